@@ -1,0 +1,20 @@
+//! The typed graph IR of densenetc.
+//!
+//! A [`Graph`] is a DAG of [`Node`]s (petgraph) whose values are tensors in
+//! *logical* NCHW layout with PyTorch semantics; weights are named
+//! [`Constant`]s referenced by the ops that use them. The crate knows nothing
+//! of LLVM or CUDA: it holds the op definitions (one shape rule each), the
+//! verifier, the deterministic text form and the reference executor that
+//! every pass and backend is checked against.
+
+pub mod error;
+pub mod graph;
+pub mod ops;
+pub mod stats;
+pub mod types;
+pub mod verify;
+
+pub use error::IrError;
+pub use graph::{Constant, Graph, Node, NodeId};
+pub use ops::{Conv2d, Linear, Op, Pool2d, Prologue};
+pub use types::{DType, TensorType};

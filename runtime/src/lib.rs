@@ -1,0 +1,1 @@
+//! densenetc runtime (artefact loader and executors); see issue 4.
