@@ -1,1 +1,4 @@
-//! densenetc compiler.
+//! densenetc, the compiler: DenseNet builder, weight import, pass pipeline,
+//! memory planner, backends and the `densenetc` command line.
+
+pub mod builder;
