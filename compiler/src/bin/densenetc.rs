@@ -1,1 +1,181 @@
-fn main() {}
+//! `densenetc`: the command line of the DenseNet compiler (DESIGN §4).
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use compiler::builder::{self, ConfigOverrides, DenseNetConfig, Stem};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "densenetc", version, about = "Ahead-of-time compiler for DenseNet")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print a model's IR and a summary (parameters, MACs, layers).
+    Inspect(InspectArgs),
+}
+
+/// Which DenseNet: a preset or a TOML file, plus overrides.
+#[derive(Args, Debug)]
+struct ModelArgs {
+    /// A preset: densenet121|161|169|201, densenet-bc-100|250|190, densenet-40.
+    #[arg(long, conflicts_with = "config")]
+    arch: Option<String>,
+    /// A TOML configuration file (an `arch` key plus overrides, see README).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    growth_rate: Option<usize>,
+    /// Layers per dense block, e.g. 6,12,24,16.
+    #[arg(long, value_delimiter = ',')]
+    block_config: Option<Vec<usize>>,
+    #[arg(long)]
+    init_features: Option<usize>,
+    /// Bottleneck factor; 0 = plain BN-ReLU-3x3 layers.
+    #[arg(long)]
+    bn_size: Option<usize>,
+    /// θ in (0, 1]: a transition outputs floor(C·θ) channels.
+    #[arg(long)]
+    compression: Option<f64>,
+    #[arg(long)]
+    num_classes: Option<usize>,
+    #[arg(long)]
+    in_channels: Option<usize>,
+    #[arg(long)]
+    stem: Option<Stem>,
+    /// Every conv carries a bias.
+    #[arg(long)]
+    conv_bias: bool,
+    /// Input height and width.
+    #[arg(long)]
+    image_size: Option<usize>,
+    /// Batch size the model is compiled for.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+}
+
+impl ModelArgs {
+    fn config(&self) -> Result<DenseNetConfig> {
+        let mut o = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                let o: ConfigOverrides = toml::from_str(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?;
+                o
+            }
+            None => ConfigOverrides::default(),
+        };
+        if self.arch.is_none() && self.config.is_none() {
+            bail!("no model given: use --arch NAME or --config FILE");
+        }
+        if let Some(a) = &self.arch {
+            o.arch = Some(a.clone());
+        }
+        let set = |dst: &mut Option<usize>, v: Option<usize>| {
+            if v.is_some() {
+                *dst = v;
+            }
+        };
+        set(&mut o.growth_rate, self.growth_rate);
+        set(&mut o.num_init_features, self.init_features);
+        set(&mut o.bn_size, self.bn_size);
+        set(&mut o.num_classes, self.num_classes);
+        set(&mut o.in_channels, self.in_channels);
+        set(&mut o.image_size, self.image_size);
+        if let Some(b) = &self.block_config {
+            o.block_config = Some(b.clone());
+        }
+        if let Some(c) = self.compression {
+            o.compression = Some(c);
+        }
+        if let Some(s) = self.stem {
+            o.stem = Some(s);
+        }
+        if self.conv_bias {
+            o.conv_bias = Some(true);
+        }
+        // A config file without `arch` describes a custom model in full;
+        // unspecified keys default to densenet121's.
+        Ok(DenseNetConfig::resolve(Some("densenet121"), &o)?)
+    }
+
+    fn graph(&self) -> Result<(DenseNetConfig, ir::Graph)> {
+        let cfg = self.config()?;
+        let g = builder::build(&cfg, self.batch)
+            .with_context(|| format!("building {}", cfg.name))?;
+        Ok((cfg, g))
+    }
+}
+
+#[derive(Args, Debug)]
+struct InspectArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Print only the summary, not the IR.
+    #[arg(long)]
+    summary: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(a) => inspect(&a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn inspect(a: &InspectArgs) -> Result<()> {
+    let (cfg, g) = a.model.graph()?;
+    let s = ir::stats::stats(&g);
+    if a.json {
+        let out = serde_json::json!({
+            "name": cfg.name,
+            "config": cfg,
+            "batch": a.model.batch,
+            "params": s.params,
+            "macs": s.macs,
+            "conv_layers": s.conv_layers,
+            "linear_layers": s.linear_layers,
+            "nodes": g.node_count(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    if !a.summary {
+        print!("{}", ir::text::print(&g));
+    }
+    println!("model:         {}", cfg.name);
+    println!(
+        "config:        k={} blocks={:?} init={} bn_size={} θ={} classes={} stem={} image={} in_channels={} conv_bias={}",
+        cfg.growth_rate,
+        cfg.block_config,
+        cfg.num_init_features,
+        cfg.bn_size,
+        cfg.compression,
+        cfg.num_classes,
+        cfg.stem,
+        cfg.image_size,
+        cfg.in_channels,
+        cfg.conv_bias
+    );
+    println!("batch:         {}", a.model.batch);
+    println!("params:        {}", s.params);
+    println!("macs:          {}", s.macs);
+    println!("conv layers:   {}", s.conv_layers);
+    println!("linear layers: {}", s.linear_layers);
+    println!("nodes:         {}", g.node_count());
+    Ok(())
+}
