@@ -2,3 +2,6 @@
 //! memory planner, backends and the `densenetc` command line.
 
 pub mod builder;
+pub mod dot;
+pub mod memory;
+pub mod passes;
