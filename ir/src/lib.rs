@@ -11,6 +11,7 @@ pub mod error;
 pub mod graph;
 pub mod ops;
 pub mod stats;
+pub mod text;
 pub mod types;
 pub mod verify;
 
