@@ -10,7 +10,9 @@
 pub mod error;
 pub mod graph;
 pub mod ops;
+pub mod reference;
 pub mod stats;
+pub mod text;
 pub mod types;
 pub mod verify;
 

@@ -337,7 +337,7 @@ impl Op {
                     check_affine(a, c)?;
                 }
                 for i in 0..2 {
-                    if p.padding[i] * 2 > p.kernel[i] {
+                    if p.padding[i] > p.kernel[i] / 2 {
                         return Err(format!(
                             "pool padding {:?} exceeds half the kernel {:?}",
                             p.padding, p.kernel
@@ -412,8 +412,9 @@ pub fn window_out(
             "kernel {kernel} and stride {stride} must be positive"
         ));
     }
-    let padded = input
-        .checked_add(2 * padding)
+    let padded = padding
+        .checked_mul(2)
+        .and_then(|p| p.checked_add(input))
         .ok_or("padded extent overflows")?;
     if padded < kernel || input == 0 {
         return Err(format!(

@@ -3,10 +3,15 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use compiler::builder::{self, ConfigOverrides, DenseNetConfig, Stem};
+use std::fmt::Write as _;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "densenetc", version, about = "Ahead-of-time compiler for DenseNet")]
+#[command(
+    name = "densenetc",
+    version,
+    about = "Ahead-of-time compiler for DenseNet"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -105,8 +110,8 @@ impl ModelArgs {
 
     fn graph(&self) -> Result<(DenseNetConfig, ir::Graph)> {
         let cfg = self.config()?;
-        let g = builder::build(&cfg, self.batch)
-            .with_context(|| format!("building {}", cfg.name))?;
+        let g =
+            builder::build(&cfg, self.batch).with_context(|| format!("building {}", cfg.name))?;
         Ok((cfg, g))
     }
 }
@@ -151,14 +156,15 @@ fn inspect(a: &InspectArgs) -> Result<()> {
             "linear_layers": s.linear_layers,
             "nodes": g.node_count(),
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(());
+        return emit(&format!("{}\n", serde_json::to_string_pretty(&out)?));
     }
+    let mut text = String::new();
     if !a.summary {
-        print!("{}", ir::text::print(&g));
+        text.push_str(&ir::text::print(&g));
     }
-    println!("model:         {}", cfg.name);
-    println!(
+    let _ = writeln!(text, "model:         {}", cfg.name);
+    let _ = writeln!(
+        text,
         "config:        k={} blocks={:?} init={} bn_size={} θ={} classes={} stem={} image={} in_channels={} conv_bias={}",
         cfg.growth_rate,
         cfg.block_config,
@@ -171,11 +177,21 @@ fn inspect(a: &InspectArgs) -> Result<()> {
         cfg.in_channels,
         cfg.conv_bias
     );
-    println!("batch:         {}", a.model.batch);
-    println!("params:        {}", s.params);
-    println!("macs:          {}", s.macs);
-    println!("conv layers:   {}", s.conv_layers);
-    println!("linear layers: {}", s.linear_layers);
-    println!("nodes:         {}", g.node_count());
-    Ok(())
+    let _ = writeln!(text, "batch:         {}", a.model.batch);
+    let _ = writeln!(text, "params:        {}", s.params);
+    let _ = writeln!(text, "macs:          {}", s.macs);
+    let _ = writeln!(text, "conv layers:   {}", s.conv_layers);
+    let _ = writeln!(text, "linear layers: {}", s.linear_layers);
+    let _ = writeln!(text, "nodes:         {}", g.node_count());
+    emit(&text)
+}
+
+/// Write to stdout; a closed pipe (`densenetc inspect … | head`) is not an error.
+fn emit(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }

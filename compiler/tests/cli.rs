@@ -1,0 +1,139 @@
+//! The `densenetc` command line, run as a user runs it.
+
+use std::process::{Command, Output};
+
+fn densenetc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_densenetc"))
+        .args(args)
+        .output()
+        .expect("densenetc runs")
+}
+
+fn json(args: &[&str]) -> serde_json::Value {
+    let out = densenetc(args);
+    assert!(
+        out.status.success(),
+        "densenetc {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("valid JSON")
+}
+
+fn fails_with(args: &[&str], needle: &str) {
+    let out = densenetc(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "densenetc {args:?} should fail");
+    assert!(
+        err.contains(needle),
+        "stderr of {args:?} lacks `{needle}`: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn inspect_json_matches_torchvision() {
+    let v = json(&["inspect", "--arch", "densenet121", "--json"]);
+    assert_eq!(v["params"], 7_978_856);
+    assert_eq!(v["macs"], 2_834_161_664u64);
+    assert_eq!(v["conv_layers"], 120);
+    assert_eq!(v["linear_layers"], 1);
+    let v = json(&["inspect", "--arch", "densenet201", "--json"]);
+    assert_eq!(v["params"], 20_013_928);
+    assert_eq!(v["macs"], 4_291_365_888u64);
+    let v = json(&["inspect", "--arch", "densenet-bc-100", "--json"]);
+    assert_eq!(v["params"], 769_162);
+    assert_eq!(v["macs"], 287_929_692);
+}
+
+#[test]
+fn inspect_prints_ir_that_parses() {
+    let out = densenetc(&["inspect", "--arch", "densenet-40", "--block-config", "2,2"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).expect("utf8");
+    let ir_end = text.find("model:").expect("summary after the IR");
+    let g = ir::text::parse(&text[..ir_end]).expect("printed IR parses");
+    ir::verify::verify(&g).expect("verifies");
+    assert!(text[ir_end..].contains("params:"));
+}
+
+#[test]
+fn overrides_and_config_files() {
+    let v = json(&[
+        "inspect",
+        "--arch",
+        "densenet121",
+        "--growth-rate",
+        "12",
+        "--block-config",
+        "2,3",
+        "--init-features",
+        "16",
+        "--bn-size",
+        "0",
+        "--compression",
+        "0.5",
+        "--num-classes",
+        "7",
+        "--in-channels",
+        "1",
+        "--stem",
+        "cifar",
+        "--conv-bias",
+        "--image-size",
+        "9",
+        "--batch",
+        "3",
+        "--json",
+    ]);
+    assert_eq!(v["config"]["growth_rate"], 12);
+    assert_eq!(v["config"]["stem"], "cifar");
+    assert_eq!(v["config"]["conv_bias"], true);
+    assert_eq!(v["batch"], 3);
+    let dir = std::env::temp_dir().join(format!("densenetc-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let path = dir.join("m.toml");
+    std::fs::write(
+        &path,
+        "arch = \"densenet-bc-100\"\nblock_config = [2, 2, 2]\n",
+    )
+    .expect("write");
+    let p = path.to_str().expect("utf8 path");
+    let v = json(&["inspect", "--config", p, "--json"]);
+    assert_eq!(v["config"]["block_config"], serde_json::json!([2, 2, 2]));
+    assert_eq!(v["config"]["growth_rate"], 12);
+    // Command-line overrides win over the file.
+    let v = json(&["inspect", "--config", p, "--growth-rate", "5", "--json"]);
+    assert_eq!(v["config"]["growth_rate"], 5);
+    std::fs::write(&path, "grwth_rate = 3\n").expect("write");
+    fails_with(&["inspect", "--config", p], "grwth_rate");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    fails_with(
+        &["inspect", "--arch", "densenet122"],
+        "valid names: densenet121",
+    );
+    fails_with(&["inspect"], "--arch");
+    fails_with(
+        &["inspect", "--arch", "densenet121", "--growth-rate", "0"],
+        "growth rate",
+    );
+    fails_with(
+        &["inspect", "--arch", "densenet121", "--compression", "1.5"],
+        "compression",
+    );
+    fails_with(
+        &["inspect", "--arch", "densenet121", "--image-size", "8"],
+        "too small",
+    );
+    fails_with(
+        &["inspect", "--arch", "densenet121", "--batch", "0"],
+        "batch",
+    );
+    fails_with(
+        &["inspect", "--config", "/nonexistent/x.toml"],
+        "/nonexistent/x.toml",
+    );
+}
