@@ -5,3 +5,4 @@ pub mod builder;
 pub mod dot;
 pub mod memory;
 pub mod passes;
+pub mod plan_exec;

@@ -260,28 +260,5 @@ fn verify_after(g: &Graph, pass: &'static str) -> Result<(), PassError> {
 
 /// The IR with the node an error names marked.
 pub fn render_error(g: &Graph, error: &IrError) -> String {
-    let node = match error {
-        IrError::Node { node, .. } => g.node_by_name(node),
-        _ => None,
-    };
-    let mut out = String::new();
-    for id in g.schedule().unwrap_or_else(|_| g.node_ids()) {
-        let n = g.node(id);
-        let operands: Vec<&str> = g
-            .operands(id)
-            .iter()
-            .map(|&o| g.node(o).name.as_str())
-            .collect();
-        out += &format!(
-            "  {} = {}({}) : {}\n",
-            n.name,
-            n.op.mnemonic(),
-            operands.join(", "),
-            n.ty
-        );
-        if Some(id) == node {
-            out += &format!("  ^ {error}\n");
-        }
-    }
-    out
+    ir::text::print_with_error(g, error)
 }
