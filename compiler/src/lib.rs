@@ -1,1 +1,2 @@
 //! densenetc compiler.
+pub mod weights;
