@@ -15,12 +15,14 @@
 //! `module.` prefixes, old torchvision spellings) and checks every tensor
 //! against the graph.
 
+mod bind;
 mod error;
 mod pickle;
 mod pth;
 mod safetensors;
 mod zip;
 
+pub use bind::{bind, normalize_name, BindReport};
 pub use error::{BindProblem, WeightError};
 
 use std::collections::BTreeMap;
