@@ -19,11 +19,13 @@ mod bind;
 mod error;
 mod pickle;
 mod pth;
+mod random;
 mod safetensors;
 mod zip;
 
 pub use bind::{bind, normalize_name, BindReport};
 pub use error::{BindProblem, WeightError};
+pub use random::randomize;
 
 use std::collections::BTreeMap;
 use std::path::Path;
