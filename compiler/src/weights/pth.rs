@@ -385,7 +385,15 @@ impl<'a> Storages<'_, 'a> {
             .collect();
         let mut data = Vec::with_capacity(numel);
         if numel > 0 && is_contiguous(&v.size, &stride) {
-            data.extend((v.offset..v.offset + numel).map(read));
+            let run = &bytes[4 * v.offset..4 * (v.offset + numel)];
+            data.extend(run.chunks_exact(4).map(|b| {
+                let b = [b[0], b[1], b[2], b[3]];
+                if big_endian {
+                    f32::from_be_bytes(b)
+                } else {
+                    f32::from_le_bytes(b)
+                }
+            }));
         } else if numel > 0 {
             // Odometer over the multi-index; `at` is the storage index.
             let mut idx = vec![0usize; v.size.len()];
