@@ -2,3 +2,4 @@
 //! memory planner, backends and the `densenetc` command line.
 
 pub mod builder;
+pub mod weights;
