@@ -149,6 +149,10 @@ def main():
                 "idx": torch.arange(3)}, p("dtypes.pth"))
 
     small = {"w": torch.tensor([1.0, 2.0])}
+    # A wrapper key holding a string, beside the real state dict.
+    torch.save({"model": "tiny", "state_dict": small}, p("wrapped_with_model_name.pth"))
+    # A state dict under a key densenetc does not know.
+    torch.save({"epoch": 1, "net": small}, p("unknown_wrapper.pth"))
     # Formats we refuse, each with its own message.
     torch.save(small, p("legacy_format.pth"), _use_new_zipfile_serialization=False)
     repack(p("views.pth"), p("compressed.pth"), compress=True)

@@ -201,6 +201,8 @@ fn mutated_and_truncated_files_never_panic() {
         ("dtypes.pth", 2000),
         ("whole_module.pth", 2000),
         ("compressed.pth", 1000),
+        ("wrapped_with_model_name.pth", 1000),
+        ("unknown_wrapper.pth", 1000),
     ] {
         n += sampled(name, count, n as u64);
     }

@@ -138,6 +138,20 @@ fn a_whole_pickled_module_is_refused_with_a_hint() {
 }
 
 #[test]
+fn wrapper_keys_must_hold_dicts() {
+    let m = read("wrapped_with_model_name.pth");
+    assert_eq!(values(&m, "w"), (vec![2], vec![1.0, 2.0]));
+    let (e, msg) = read_err("unknown_wrapper.pth");
+    assert!(matches!(e, WeightError::Unsupported { .. }), "{e:?}");
+    assert!(msg.contains("unknown_wrapper.pth"), "{msg}");
+    assert!(msg.contains("keys `epoch`, `net`"), "{msg}");
+    assert!(
+        msg.contains("under `state_dict`, `model_state_dict`, `model`"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn unreadable_and_unknown_files() {
     let missing = data("no_such_file.pth");
     let e = read_tensors(&missing).expect_err("missing file");

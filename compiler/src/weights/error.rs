@@ -33,7 +33,7 @@ pub enum WeightError {
     LegacyFormat { path: PathBuf },
     #[error(
         "weights file `{}` is neither a PyTorch checkpoint (a torch.save zip archive) \
-         nor a valid safetensors file: {detail}",
+         nor a valid safetensors file ({detail})",
         path.display()
     )]
     UnknownFormat { path: PathBuf, detail: String },

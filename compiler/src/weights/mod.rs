@@ -117,7 +117,7 @@ pub fn parse_tensors(bytes: &[u8], path: &Path) -> Result<TensorMap, WeightError
         } else {
             WeightError::UnknownFormat {
                 path: path.to_owned(),
-                detail: format!("not a zip archive, and as safetensors: {e}"),
+                detail: format!("safetensors: {e}"),
             }
         }
     })

@@ -121,17 +121,39 @@ fn state_dict_entries(heap: &Heap, root: &Value) -> ParseResult<Vec<(String, Val
                 heap.type_name(&current)
             )));
         };
+        // Only a dict (or a pickled object, refused with a hint) can be a
+        // wrapped state dict: `{'model': 'densenet121', 'state_dict': ..}`.
         let wrapped = WRAPPER_KEYS.iter().find_map(|&key| {
             items
                 .iter()
                 .rev()
                 .find(|(k, _)| str_key(k) == Some(key))
+                .filter(|(_, v)| matches!(heap.get(v), Some(Obj::Dict(_) | Obj::Call { .. })))
                 .map(|(_, v)| (key, v))
         });
         match wrapped {
             Some((key, v)) => {
                 path = format!("entry `{key}` of the checkpoint");
                 current = v.clone();
+            }
+            None if items
+                .iter()
+                .any(|(_, v)| matches!(heap.get(v), Some(Obj::Dict(_)))) =>
+            {
+                let keys: Vec<String> = items
+                    .iter()
+                    .take(10)
+                    .map(|(k, _)| match str_key(k) {
+                        Some(k) => format!("`{k}`"),
+                        None => heap.type_name(k),
+                    })
+                    .collect();
+                return Err(ParseError::unsupported(format!(
+                    "{path} is a dict (keys {}) that is not a state dict; densenetc \
+                     looks for the state dict at the top level or under `{}`",
+                    keys.join(", "),
+                    WRAPPER_KEYS.join("`, `")
+                )));
             }
             None => {
                 return items
