@@ -6,3 +6,4 @@ pub mod dot;
 pub mod memory;
 pub mod passes;
 pub mod plan_exec;
+pub mod weights;

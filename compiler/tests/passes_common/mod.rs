@@ -12,83 +12,20 @@ use ir::{Constant, Graph, Op};
 /// `Tensor::rel_error` (`||a - b||_inf / ||b||_inf`).
 pub const TOL: f64 = 1e-5;
 
-/// SplitMix64: small, deterministic, good enough for test data.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[lo, hi)`.
-    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        let u = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
-        lo + (hi - lo) * u
-    }
-}
-
-/// Bind every constant of `g` to random data: convs and linears with
-/// He-uniform weights, biases small; BatchNorms with random γ, β, mean and
-/// var (so no BN is the identity and every shift is non-zero).
+/// Bind every constant of `g` to deterministic random data (random BN
+/// statistics and signs: no BN is the identity, every shift is non-zero).
 pub fn randomize(g: &mut Graph, seed: u64) {
-    let mut rng = Rng::new(seed);
-    let mut kind: std::collections::BTreeMap<String, (f32, f32)> = Default::default();
-    for id in g.node_ids() {
-        match &g.node(id).op {
-            Op::BatchNorm(b) => {
-                kind.insert(b.weight.clone(), (0.5, 1.5));
-                kind.insert(b.bias.clone(), (-0.5, 0.5));
-                kind.insert(b.running_mean.clone(), (-0.5, 0.5));
-                kind.insert(b.running_var.clone(), (0.25, 2.0));
-            }
-            Op::Conv2d(c) => {
-                if let Some(b) = &c.bias {
-                    kind.insert(b.clone(), (-0.2, 0.2));
-                }
-            }
-            Op::Linear(l) => {
-                if let Some(b) = &l.bias {
-                    kind.insert(b.clone(), (-0.2, 0.2));
-                }
-            }
-            _ => {}
-        }
-    }
-    let names: Vec<String> = g.constants.keys().cloned().collect();
-    for name in names {
-        let shape = g.constants[&name].shape.clone();
-        let n: usize = shape.iter().product();
-        let (lo, hi) = kind.get(&name).copied().unwrap_or_else(|| {
-            let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
-            let b = (6.0 / fan_in as f32).sqrt();
-            (-b, b)
-        });
-        let data = (0..n).map(|_| rng.uniform(lo, hi)).collect();
-        g.constants.insert(name, Constant::with_data(shape, data));
-    }
+    compiler::weights::randomize(g, seed);
 }
 
-/// One random input per graph input.
+/// One random input per graph input, in `[-1, 1)`.
 pub fn inputs(g: &Graph, seed: u64) -> Vec<Tensor> {
-    let mut rng = Rng::new(seed.wrapping_add(1));
     g.inputs()
         .iter()
-        .map(|&i| {
-            let shape = g.node(i).ty.shape.clone();
-            let n = shape.iter().product();
-            Tensor {
-                shape,
-                data: (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect(),
-            }
+        .enumerate()
+        .map(|(i, &id)| {
+            let shape = g.node(id).ty.shape.clone();
+            Tensor::random_uniform(shape, seed.wrapping_add(i as u64), -1.0, 1.0)
         })
         .collect()
 }
@@ -117,6 +54,7 @@ pub fn assert_close(what: &str, got: &[Tensor], want: &[Tensor]) {
     assert_eq!(got.len(), want.len(), "{what}: number of outputs");
     for (i, (a, b)) in got.iter().zip(want).enumerate() {
         let e = a.rel_error(b).expect("same shapes");
+        eprintln!("{what}: output {i}: relative error {e:e}");
         assert!(
             e <= TOL,
             "{what}: output {i} differs, relative error {e:e} > {TOL:e}"
