@@ -35,7 +35,7 @@ pub mod svg;
 pub use liveness::{lifetimes, Lifetime};
 pub use lower_bound::{lower_bound, LowerBound};
 pub use report::{concat_copies, report, MemoryPlan, MemoryReport, PlannedBuffer};
-pub use svg::svg;
+pub use svg::{svg, svg_of};
 
 use ir::{Graph, IrError, Op};
 use thiserror::Error;

@@ -81,6 +81,11 @@ pub fn svg(plan: &MemoryPlan) -> String {
     s
 }
 
+/// The SVG of a planned graph's arena.
+pub fn svg_of(g: &ir::Graph) -> Result<String, super::PlanError> {
+    Ok(svg(&MemoryPlan::of(g)?))
+}
+
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")

@@ -90,8 +90,8 @@ pub enum PassError {
     },
     #[error("node `{node}`: {message}")]
     Constants { node: String, message: String },
-    #[error("rewrites did not settle after {sweeps} sweeps")]
-    NoFixpoint { sweeps: usize },
+    #[error("rewrites did not settle after {sweeps} sweeps (still firing: {rules})")]
+    NoFixpoint { sweeps: usize, rules: String },
     #[error("pass `{pass}`: {source}")]
     InPass {
         pass: &'static str,

@@ -8,8 +8,8 @@
 //! no two buffers live at one step overlap.
 //!
 //! Guarantees: values unchanged; afterwards every non-input node is placed
-//! and the plan is valid for `Graph::schedule`. Re-running re-packs the same
-//! buffers.
+//! and the plan is valid for `Graph::schedule`. Re-running on a planned
+//! graph re-packs the same buffers to the same offsets (reports no change).
 
 use super::{Pass, PassError};
 use ir::Graph;
@@ -27,7 +27,8 @@ impl Pass for PlanMemory {
     }
 
     fn run(&self, g: &mut Graph) -> Result<bool, PassError> {
+        let before = (g.buffers.clone(), g.arena_bytes);
         crate::memory::plan(g)?;
-        Ok(true)
+        Ok((g.buffers.clone(), g.arena_bytes) != before)
     }
 }

@@ -133,8 +133,9 @@ const MAX_SWEEPS: usize = 32;
 /// first rule that matches each live node.
 pub fn rewrite(g: &mut Graph, rules: &[&dyn Rule]) -> Result<bool, PassError> {
     let mut changed = g.remove_dead();
+    let mut fired: Vec<&'static str> = Vec::new();
     for _ in 0..MAX_SWEEPS {
-        let mut progress = false;
+        fired.clear();
         for id in g.schedule()? {
             if !is_live(g, id) {
                 continue;
@@ -142,18 +143,23 @@ pub fn rewrite(g: &mut Graph, rules: &[&dyn Rule]) -> Result<bool, PassError> {
             for rule in rules {
                 if let Some(patch) = rule.apply(g, id)? {
                     patch.apply(g)?;
-                    progress = true;
+                    fired.push(rule.name());
                     break;
                 }
             }
         }
         g.remove_dead();
-        if !progress {
+        if fired.is_empty() {
             return Ok(changed);
         }
         changed = true;
     }
-    Err(PassError::NoFixpoint { sweeps: MAX_SWEEPS })
+    fired.sort_unstable();
+    fired.dedup();
+    Err(PassError::NoFixpoint {
+        sweeps: MAX_SWEEPS,
+        rules: fired.join(", "),
+    })
 }
 
 /// A node whose value is still used.
