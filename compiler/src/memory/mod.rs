@@ -20,7 +20,7 @@
 //!    [`ir::Graph::arena_bytes`].
 //!
 //! [`check`] then proves no two buffers live at one step share a byte, and
-//! [`lower_bound`] — the largest total of bytes live at one step, computed
+//! [`lower_bound()`] — the largest total of bytes live at one step, computed
 //! per value without looking at offsets — is what the arena is compared
 //! with. Graph inputs are the caller's and take no arena space (nor count
 //! in the bound); graph outputs live in the arena.

@@ -1,4 +1,4 @@
-//! The plan as data ([`MemoryPlan`], drawn by [`super::svg`]) and the
+//! The plan as data ([`MemoryPlan`], drawn by [`super::svg()`]) and the
 //! figures `densenetc inspect --memory` prints ([`MemoryReport`]).
 
 use super::{lifetimes, lower_bound, PlanError};
@@ -97,7 +97,7 @@ pub struct MemoryReport {
     /// Every intermediate of the unoptimised graph kept.
     pub naive_bytes: usize,
     /// Largest total of simultaneously live bytes (see
-    /// [`super::lower_bound`]); `arena_bytes >= lower_bound_bytes`.
+    /// [`super::lower_bound()`]); `arena_bytes >= lower_bound_bytes`.
     pub lower_bound_bytes: usize,
     /// Concatenations that copy (not views of a block buffer).
     pub concat_copies: usize,
