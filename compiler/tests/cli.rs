@@ -137,3 +137,45 @@ fn bad_input_is_a_clear_error() {
         "/nonexistent/x.toml",
     );
 }
+
+#[test]
+fn inspect_binds_weights_and_names_mismatches() {
+    let root = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/golden/bc40_cifar/weights.pth"
+    );
+    let base = [
+        "inspect",
+        "--arch",
+        "densenet-bc-100",
+        "--block-config",
+        "6,6,6",
+        "--json",
+        "--weights",
+        root,
+    ];
+    let v = json(&base);
+    assert_eq!(v["weights_bound"], true);
+    let mut wrong = base.to_vec();
+    wrong.extend(["--growth-rate", "8"]);
+    fails_with(&wrong, "features.denseblock1.denselayer1.conv2.weight");
+    fails_with(
+        &[
+            "inspect",
+            "--arch",
+            "densenet-40",
+            "--weights",
+            "/nonexistent.pth",
+        ],
+        "/nonexistent.pth",
+    );
+    let v = json(&[
+        "inspect",
+        "--arch",
+        "densenet-40",
+        "--random-weights",
+        "7",
+        "--json",
+    ]);
+    assert_eq!(v["weights_bound"], true);
+}

@@ -3,6 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use compiler::builder::{self, ConfigOverrides, DenseNetConfig, Stem};
+use compiler::weights;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
@@ -60,6 +61,12 @@ struct ModelArgs {
     /// Batch size the model is compiled for.
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// Trained weights: a .safetensors file or a PyTorch .pth/.pt state dict.
+    #[arg(long, conflicts_with = "random_weights")]
+    weights: Option<PathBuf>,
+    /// Deterministic random weights (with non-trivial BatchNorm statistics).
+    #[arg(long, value_name = "SEED")]
+    random_weights: Option<u64>,
 }
 
 impl ModelArgs {
@@ -110,8 +117,15 @@ impl ModelArgs {
 
     fn graph(&self) -> Result<(DenseNetConfig, ir::Graph)> {
         let cfg = self.config()?;
-        let g =
+        let mut g =
             builder::build(&cfg, self.batch).with_context(|| format!("building {}", cfg.name))?;
+        if let Some(path) = &self.weights {
+            let tensors = weights::read_tensors(path)?;
+            weights::bind(&mut g, tensors)
+                .with_context(|| format!("binding {} to {}", path.display(), cfg.name))?;
+        } else if let Some(seed) = self.random_weights {
+            weights::randomize(&mut g, seed);
+        }
         Ok((cfg, g))
     }
 }
@@ -155,6 +169,7 @@ fn inspect(a: &InspectArgs) -> Result<()> {
             "conv_layers": s.conv_layers,
             "linear_layers": s.linear_layers,
             "nodes": g.node_count(),
+            "weights_bound": g.is_bound(),
         });
         return emit(&format!("{}\n", serde_json::to_string_pretty(&out)?));
     }
@@ -183,6 +198,15 @@ fn inspect(a: &InspectArgs) -> Result<()> {
     let _ = writeln!(text, "conv layers:   {}", s.conv_layers);
     let _ = writeln!(text, "linear layers: {}", s.linear_layers);
     let _ = writeln!(text, "nodes:         {}", g.node_count());
+    let _ = writeln!(
+        text,
+        "weights:       {}",
+        if g.is_bound() {
+            "bound"
+        } else {
+            "none (shapes only)"
+        }
+    );
     emit(&text)
 }
 

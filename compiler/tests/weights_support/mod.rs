@@ -1,10 +1,11 @@
 //! Shared by the `weights_*` tests: test data paths, a hand-built DenseNet
-//! graph with torchvision's constant names, and a tiny NCHW interpreter
-//! for it (until the builder and reference executor land).
+//! graph with torchvision's constant names (its stem, 3x3 conv then max
+//! pool, is one the builder does not offer), run by `ir::reference`.
 
 #![allow(dead_code)]
 
 use ir::ops::{BatchNorm, Pool2d};
+use ir::reference::{self, Options, Tensor};
 use ir::{Constant, Conv2d, Graph, Linear, NodeId, Op, TensorType};
 use std::path::PathBuf;
 
@@ -197,179 +198,31 @@ pub struct Nd {
     pub data: Vec<f32>,
 }
 
-/// Run a bound graph (the ops [`densenet`] uses) on one input.
+/// Run a bound graph on one input with the reference executor.
 pub fn run(g: &Graph, input: &Nd) -> Nd {
-    let out = g.outputs()[0];
-    run_all(g, input)
-        .into_iter()
-        .find(|(id, _)| *id == out)
-        .expect("output computed")
-        .1
+    let t = Tensor::from_vec(input.shape.clone(), input.data.clone()).expect("input tensor");
+    let out = reference::run(g, &[t]).expect("reference run");
+    let o = out.into_iter().next().expect("one output");
+    Nd {
+        shape: o.shape,
+        data: o.data,
+    }
 }
 
 /// Every node's value, in schedule order.
 pub fn run_all(g: &Graph, input: &Nd) -> Vec<(NodeId, Nd)> {
-    let mut values: Vec<Option<Nd>> = Vec::new();
-    let order = g.schedule().expect("acyclic");
-    let slot = |id: NodeId| id.index();
-    values.resize(order.iter().map(|&i| slot(i) + 1).max().unwrap_or(0), None);
-    let w = |name: &str| g.constant_data(name).expect("bound constant").clone();
-    for id in order {
-        let node = g.node(id);
-        let ins: Vec<&Nd> = g
-            .operands(id)
-            .iter()
-            .map(|&o| values[slot(o)].as_ref().expect("operand computed"))
-            .collect();
-        let shape = node.ty.shape.clone();
-        let out = match &node.op {
-            Op::Input => input.clone(),
-            Op::Conv2d(c) => {
-                let x = ins[0];
-                let (n, ci, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
-                let (co, ho, wo) = (shape[1], shape[2], shape[3]);
-                let [kh, kw] = c.kernel;
-                let wt = w(&c.weight);
-                let bias = c.bias.as_ref().map(|b| w(b));
-                let mut y = vec![0f32; n * co * ho * wo];
-                for b in 0..n {
-                    for o in 0..co {
-                        for oy in 0..ho {
-                            for ox in 0..wo {
-                                let mut acc = bias.as_ref().map_or(0.0, |b| b[o]);
-                                for i in 0..ci {
-                                    for ky in 0..kh {
-                                        for kx in 0..kw {
-                                            let iy = (oy * c.stride[0] + ky) as isize
-                                                - c.padding[0] as isize;
-                                            let ix = (ox * c.stride[1] + kx) as isize
-                                                - c.padding[1] as isize;
-                                            if iy < 0
-                                                || ix < 0
-                                                || iy >= h as isize
-                                                || ix >= wd as isize
-                                            {
-                                                continue;
-                                            }
-                                            let xv = x.data[((b * ci + i) * h + iy as usize) * wd
-                                                + ix as usize];
-                                            acc += xv * wt[((o * ci + i) * kh + ky) * kw + kx];
-                                        }
-                                    }
-                                }
-                                y[((b * co + o) * ho + oy) * wo + ox] = acc;
-                            }
-                        }
-                    }
-                }
-                Nd { shape, data: y }
-            }
-            Op::BatchNorm(bn) => {
-                let x = ins[0];
-                let (gm, bt, mu, var) = (
-                    w(&bn.weight),
-                    w(&bn.bias),
-                    w(&bn.running_mean),
-                    w(&bn.running_var),
-                );
-                let (c, hw) = (x.shape[1], x.shape[2] * x.shape[3]);
-                let data = x
-                    .data
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &v)| {
-                        let ch = (i / hw) % c;
-                        (v - mu[ch]) / (var[ch] + bn.eps).sqrt() * gm[ch] + bt[ch]
-                    })
-                    .collect();
-                Nd { shape, data }
-            }
-            Op::Relu => Nd {
-                shape,
-                data: ins[0].data.iter().map(|&v| v.max(0.0)).collect(),
+    let t = Tensor::from_vec(input.shape.clone(), input.data.clone()).expect("input tensor");
+    let mut values = Vec::new();
+    reference::run_with(g, &[t], &Options::default(), &mut |node, v| {
+        let id = g.node_by_name(&node.name).expect("node exists");
+        values.push((
+            id,
+            Nd {
+                shape: v.shape.clone(),
+                data: v.data.clone(),
             },
-            Op::Concat => {
-                let n = shape[0];
-                let mut data = Vec::with_capacity(shape.iter().product());
-                for b in 0..n {
-                    for x in &ins {
-                        let per = x.data.len() / n;
-                        data.extend_from_slice(&x.data[b * per..(b + 1) * per]);
-                    }
-                }
-                Nd { shape, data }
-            }
-            Op::MaxPool2d(p) | Op::AvgPool2d(p) => {
-                let max = matches!(node.op, Op::MaxPool2d(_));
-                let x = ins[0];
-                let (h, wd) = (x.shape[2], x.shape[3]);
-                let (nc, ho, wo) = (shape[0] * shape[1], shape[2], shape[3]);
-                let mut data = Vec::with_capacity(nc * ho * wo);
-                for plane in 0..nc {
-                    for oy in 0..ho {
-                        for ox in 0..wo {
-                            let mut acc = if max { f32::NEG_INFINITY } else { 0.0 };
-                            for ky in 0..p.kernel[0] {
-                                for kx in 0..p.kernel[1] {
-                                    let iy =
-                                        (oy * p.stride[0] + ky) as isize - p.padding[0] as isize;
-                                    let ix =
-                                        (ox * p.stride[1] + kx) as isize - p.padding[1] as isize;
-                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
-                                        continue;
-                                    }
-                                    let v = x.data[(plane * h + iy as usize) * wd + ix as usize];
-                                    acc = if max { acc.max(v) } else { acc + v };
-                                }
-                            }
-                            if !max {
-                                acc /= (p.kernel[0] * p.kernel[1]) as f32;
-                            }
-                            data.push(acc);
-                        }
-                    }
-                }
-                Nd { shape, data }
-            }
-            Op::GlobalAvgPool { .. } => {
-                let x = ins[0];
-                let hw = x.shape[2] * x.shape[3];
-                let data = x
-                    .data
-                    .chunks(hw)
-                    .map(|c| c.iter().sum::<f32>() / hw as f32)
-                    .collect();
-                Nd { shape, data }
-            }
-            Op::Flatten => Nd {
-                shape,
-                data: ins[0].data.clone(),
-            },
-            Op::Linear(l) => {
-                let x = ins[0];
-                let (n, i) = (x.shape[0], x.shape[1]);
-                let o = l.out_features;
-                let wt = w(&l.weight);
-                let bias = l.bias.as_ref().map(|b| w(b));
-                let mut data = vec![0f32; n * o];
-                for b in 0..n {
-                    for j in 0..o {
-                        let mut acc = bias.as_ref().map_or(0.0, |b| b[j]);
-                        for k in 0..i {
-                            acc += x.data[b * i + k] * wt[j * i + k];
-                        }
-                        data[b * o + j] = acc;
-                    }
-                }
-                Nd { shape, data }
-            }
-            other => panic!("the test interpreter does not run {}", other.mnemonic()),
-        };
-        values[slot(id)] = Some(out);
-    }
-    g.schedule()
-        .expect("acyclic")
-        .into_iter()
-        .map(|id| (id, values[slot(id)].take().expect("computed")))
-        .collect()
+        ));
+    })
+    .expect("reference run");
+    values
 }
