@@ -130,3 +130,34 @@ fn unplaceable_operands_are_copied_and_counted() {
     assert!(o.is_view(o.node_by_name("c2").expect("c2")));
     assert_same_function("copies", &g, &o, 2);
 }
+
+/// A concatenation that starts like a block's but continues with another
+/// value must not write over the block's slices: it gets its own buffer.
+#[test]
+fn a_diverging_concatenation_never_overwrites_a_slice() {
+    let (mut h, x) = Hand::new("diverging", [2, 3, 6, 6]);
+    let x0 = h.conv("x0", x, 4, 3, 1, 1, false);
+    let f1 = h.conv("f1", x0, 2, 3, 1, 1, true);
+    let f2 = h.conv("f2", x0, 2, 1, 1, 0, false);
+    let block = h.op("block", Op::Concat, &[x0, f1, f2]);
+    let other = h.conv("other", x0, 2, 1, 1, 0, true);
+    let diverging = h.op("diverging", Op::Concat, &[x0, other]);
+    let g = h.finish(vec![block, diverging], 10);
+    let (o, report) = optimized(&g);
+    assert_eq!(placement(&o, "f1").buffer, "block");
+    let d = placement(&o, "diverging");
+    assert_eq!(d.buffer, "diverging", "a buffer of its own");
+    assert_eq!(
+        placement(&o, "other"),
+        Placement {
+            buffer: "diverging".into(),
+            channel_offset: 4
+        }
+    );
+    assert_eq!(
+        report.memory.expect("memory").concat_copies,
+        1,
+        "x0 copied once"
+    );
+    assert_same_function("diverging", &g, &o, 3);
+}

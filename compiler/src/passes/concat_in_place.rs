@@ -12,8 +12,9 @@
 //! concatenate inside each layer) land in the same buffer.
 //!
 //! Algorithm: concatenations in decreasing channel count (then schedule
-//! order). One whose operands are already placed consistently inside a
-//! buffer joins it; otherwise it gets a new buffer. Then each operand is
+//! order). One that fits inside the buffer of its first placed operand —
+//! every other operand already at its slot there, or its slot still free —
+//! joins that buffer; otherwise it gets a new buffer. Then each operand is
 //! placed at its slot; an operand that cannot be (a graph input, a value
 //! already placed elsewhere, the same value twice) is copied into its slot
 //! by a one-operand concatenation `<operand>.copy` — the only copies left,
@@ -97,34 +98,67 @@ fn placed_at(
 }
 
 /// A placement for concat `c` inside an existing buffer, derived from the
-/// first operand that is already placed, if it fits there.
+/// first operand that is already placed: valid when the concat fits there
+/// and every operand either already sits at its slot or can be written to
+/// a slot no other value occupies.
 fn anchor(
     g: &Graph,
     c: NodeId,
     copies: &BTreeMap<(NodeId, Placement), NodeId>,
 ) -> Option<Placement> {
-    let total = channels(g, c);
+    let operands = g.operands(c);
     let mut prefix = 0;
-    for o in g.operands(c) {
+    let mut candidate = None;
+    for &o in &operands {
         if let Some(p) = placed_at(g, o, copies).into_iter().next() {
-            let start = p.channel_offset.checked_sub(prefix)?;
-            let buf = g.buffers.get(&p.buffer)?;
-            let fits = match (buf.ty.nchw(), g.node(c).ty.nchw()) {
-                (Some((bn, bc, bh, bw)), Some((n, _, h, w))) => {
-                    (bn, bh, bw) == (n, h, w)
-                        && buf.ty.dtype == g.node(c).ty.dtype
-                        && start + total <= bc
-                }
-                _ => false,
-            };
-            return fits.then_some(Placement {
+            candidate = Some(Placement {
+                channel_offset: p.channel_offset.checked_sub(prefix)?,
                 buffer: p.buffer,
-                channel_offset: start,
             });
+            break;
         }
         prefix += channels(g, o);
     }
-    None
+    let at = candidate?;
+    let buf = g.buffers.get(&at.buffer)?;
+    let fits = match (buf.ty.nchw(), g.node(c).ty.nchw()) {
+        (Some((bn, bc, bh, bw)), Some((n, total, h, w))) => {
+            (bn, bh, bw) == (n, h, w)
+                && buf.ty.dtype == g.node(c).ty.dtype
+                && at.channel_offset + total <= bc
+        }
+        _ => false,
+    };
+    if !fits {
+        return None;
+    }
+    let mut offset = at.channel_offset;
+    for &o in &operands {
+        let slot = Placement {
+            buffer: at.buffer.clone(),
+            channel_offset: offset,
+        };
+        let there = placed_at(g, o, copies).contains(&slot);
+        if !there && !slot_is_free(g, &slot, channels(g, o)) {
+            return None;
+        }
+        offset += channels(g, o);
+    }
+    Some(at)
+}
+
+/// No value is written to `len` channels from `slot` yet.
+fn slot_is_free(g: &Graph, slot: &Placement, len: usize) -> bool {
+    let end = slot.channel_offset + len;
+    g.node_ids()
+        .into_iter()
+        .all(|id| match &g.node(id).placement {
+            Some(p) if p.buffer == slot.buffer && !g.is_view(id) => {
+                let c = channels(g, id);
+                end <= p.channel_offset || p.channel_offset + c <= slot.channel_offset
+            }
+            _ => true,
+        })
 }
 
 /// Place each operand of the placed concat `c` at its slot, recursing into
