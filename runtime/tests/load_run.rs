@@ -1,0 +1,192 @@
+//! End to end through the real loader: a shared object compiled from `tests/data/toy_model.c`
+//! (written to the generated-code ABI), wrapped by `ArtefactWriter`, loaded by `Model::load`
+//! and run by sessions on 1 and 2 threads, sequentially and concurrently.
+//! Skipped, with a printed reason, where no C compiler is available.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{assert_close, toy_artefact, toy_expected, toy_input, INPUT_SHAPE, OUTPUT_SHAPE};
+use runtime::{Device, Error, Model, Session};
+
+fn toy_model() -> Option<Model> {
+    let path = toy_artefact()?;
+    Some(Model::load(path).expect("load toy artefact"))
+}
+
+#[test]
+fn model_and_session_types_are_thread_safe() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Model>();
+    send::<Session>();
+}
+
+#[test]
+fn runs_on_one_and_two_threads() {
+    let Some(model) = toy_model() else { return };
+    assert_eq!(model.input_shape(), INPUT_SHAPE);
+    assert_eq!(model.output_shape(), OUTPUT_SHAPE);
+    assert_eq!(model.labels().map(|l| l.len()), Some(5));
+    for threads in [1, 2] {
+        let mut session = model.session(Device::Cpu { threads }).expect("session");
+        assert_eq!(session.device(), Device::Cpu { threads });
+        // Several runs reuse the arena and the pool.
+        for seed in 0..20 {
+            let input = toy_input(seed);
+            let out = session.run(&input, &INPUT_SHAPE).expect("run");
+            assert_close(&out, &toy_expected(&input));
+        }
+    }
+}
+
+#[test]
+fn sessions_run_concurrently_on_a_shared_model() {
+    let Some(model) = toy_model() else { return };
+    let model = Arc::new(model);
+    let handles: Vec<_> = (0..6u32)
+        .map(|t| {
+            let model = Arc::clone(&model);
+            std::thread::spawn(move || {
+                let threads = 1 + t as usize % 2;
+                let mut session = model.session(Device::Cpu { threads }).expect("session");
+                for i in 0..300 {
+                    let input = toy_input(t * 1000 + i);
+                    let out = session.run(&input, &INPUT_SHAPE).expect("run");
+                    assert_close(&out, &toy_expected(&input));
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("a session thread failed");
+    }
+}
+
+#[test]
+fn a_model_clone_outlives_the_original_and_sessions_outlive_both() {
+    let Some(model) = toy_model() else { return };
+    let mut session = model.session(Device::Cpu { threads: 2 }).expect("session");
+    drop(model);
+    let input = toy_input(3);
+    assert_close(
+        &session.run(&input, &INPUT_SHAPE).expect("run"),
+        &toy_expected(&input),
+    );
+}
+
+#[test]
+fn loading_twice_gives_independent_models() {
+    let Some(a) = toy_model() else { return };
+    let Some(b) = toy_model() else { return };
+    drop(a);
+    // `b`'s code must still be the right one after `a` was unloaded.
+    let mut s = b.session(Device::Cpu { threads: 1 }).expect("session");
+    let input = toy_input(9);
+    assert_close(
+        &s.run(&input, &INPUT_SHAPE).expect("run"),
+        &toy_expected(&input),
+    );
+}
+
+#[test]
+fn wrong_shapes_name_expected_and_found() {
+    let Some(model) = toy_model() else { return };
+    let mut s = model.session(Device::Cpu { threads: 1 }).expect("session");
+    let input = toy_input(0);
+    let e = s.run(&input, &[2, 3, 8, 2]).expect_err("shape");
+    assert_eq!(
+        e.to_string(),
+        "input shape mismatch: expected [2, 3, 4, 4], found [2, 3, 8, 2]"
+    );
+    let e = s.run(&input[1..], &INPUT_SHAPE).expect_err("length");
+    assert_eq!(
+        e.to_string(),
+        "input has 95 elements, expected 96 (shape [2, 3, 4, 4])"
+    );
+    let mut out = vec![0.0; 9];
+    let e = s.run_into(&input, &mut out).expect_err("output length");
+    assert!(
+        matches!(
+            e,
+            Error::LengthMismatch {
+                what: "output",
+                expected: 10,
+                found: 9,
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_failing_entry_is_an_error_with_its_status() {
+    let Some(model) = toy_model() else { return };
+    let mut s = model.session(Device::Cpu { threads: 2 }).expect("session");
+    let mut input = toy_input(0);
+    input[0] = f32::NAN;
+    let e = s.run(&input, &INPUT_SHAPE).expect_err("status 7");
+    assert_eq!(e.to_string(), "generated code returned status 7");
+    // The session still works afterwards.
+    let input = toy_input(1);
+    assert_close(
+        &s.run(&input, &INPUT_SHAPE).expect("run"),
+        &toy_expected(&input),
+    );
+}
+
+#[test]
+fn cuda_is_a_clear_error_in_this_build() {
+    let Some(model) = toy_model() else { return };
+    let e = model
+        .session(Device::Cuda { ordinal: 0 })
+        .expect_err("no CUDA");
+    assert!(matches!(e, Error::DeviceUnavailable(_)));
+    assert!(e.to_string().contains("built without CUDA support"), "{e}");
+}
+
+#[test]
+fn a_missing_entry_symbol_is_a_load_error() {
+    let Some(so) = common::toy_so() else { return };
+    let mut manifest = common::toy_manifest();
+    if let Some(cpu) = &mut manifest.cpu {
+        cpu.entry = "dnc_no_such_entry".into();
+    }
+    let mut w = runtime::ArtefactWriter::new(manifest);
+    w.add_section(runtime::SectionKind::CpuSharedObject, so.to_vec())
+        .expect("so");
+    let a = runtime::Artefact::read(&w.to_bytes().expect("bytes")).expect("valid artefact");
+    let e = Model::from_artefact(a).expect_err("no such symbol");
+    assert!(matches!(e, Error::Library(_)));
+    assert!(e.to_string().contains("dnc_no_such_entry"), "{e}");
+}
+
+#[test]
+fn code_that_is_not_a_shared_object_is_a_load_error_not_a_crash() {
+    let bytes = common::toy_artefact_bytes(b"\x7fELF but truncated garbage");
+    let a = runtime::Artefact::read(&bytes).expect("valid artefact");
+    let e = Model::from_artefact(a).expect_err("not loadable");
+    assert!(matches!(e, Error::Library(_)), "{e}");
+}
+
+#[test]
+fn another_abi_version_is_refused_before_loading() {
+    let mut manifest = common::toy_manifest();
+    if let Some(cpu) = &mut manifest.cpu {
+        cpu.abi_version = 99;
+    }
+    let mut w = runtime::ArtefactWriter::new(manifest);
+    w.add_section(
+        runtime::SectionKind::CpuSharedObject,
+        b"never loaded".to_vec(),
+    )
+    .expect("so");
+    let a = runtime::Artefact::read(&w.to_bytes().expect("bytes")).expect("valid artefact");
+    let e = Model::from_artefact(a).expect_err("abi");
+    assert_eq!(
+        e.to_string(),
+        "the artefact's CPU code uses ABI version 99; this runtime speaks 1"
+    );
+}
