@@ -171,7 +171,7 @@ fn fuzz(original: &[u8], multi: usize, structural: usize, seed: u64) -> Budget {
         len - 1,
         len,
         len + 1,
-        u32::MAX as u64,
+        u64::from(u32::MAX),
         i64::MAX as u64,
         u64::MAX - 63,
         u64::MAX,
