@@ -10,29 +10,35 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-/* The contract between the code in an artefact and the runtime (see runtime/src/abi.rs).
- * The CPU shared object exports the manifest's `cpu.entry` symbol:
- *     int32_t dnc_entry(const DncContext *ctx);   // 0 on success
+/* The contract between the code in an artefact and the runtime; see runtime/src/abi.rs.
+ * The CPU shared object exports:
+ *   void    dnc_run(const DncContext *ctx);                    every kernel, in order
+ *   int32_t dnc_run_kernel(const DncContext *ctx, int64_t i);  one kernel: 0, or -1: bad i
+ *   int32_t dnc_abi_version(void);                             DNC_ABI_VERSION
+ *   int64_t dnc_kernel_count(void);
+ *   int64_t dnc_kernel_tasks(int64_t i);                       -1: bad i
  * and needs nothing from the runtime but what `ctx` holds. */
 
+struct DncContext;
+
 /**
- * The version of this ABI; bump it whenever a type below changes.
+ * The version of this ABI; bump it whenever a type or symbol below changes.
  */
 #define DNC_ABI_VERSION 1
 
 /**
- * One parallel task: runs the items `[begin, end)` of a parallel loop.
+ * One kernel's task function: runs its tasks `[begin, end)`.
  */
-typedef void (*DncTaskFn)(const void *task_ctx, int64_t begin, int64_t end);
+typedef void (*DncTaskFn)(const struct DncContext *ctx, int64_t begin, int64_t end);
 
 /**
- * The runtime's parallel-for: runs `task` over `[0, n)` on the pool `pool` and returns when
- * every item is done.
+ * The runtime's parallel-for: runs `task(ctx, ·, ·)` over `[0, n)` on the pool `pool` and
+ * returns when every task is done.
  */
-typedef void (*DncParallelForFn)(void *pool, DncTaskFn task, const void *task_ctx, int64_t n);
+typedef void (*DncParallelForFn)(void *pool, DncTaskFn task, const struct DncContext *ctx, int64_t n);
 
 /**
- * Everything one run of the generated code gets from the runtime.
+ * Everything the generated code gets from the runtime.
  */
 typedef struct DncContext {
   /**
@@ -44,26 +50,13 @@ typedef struct DncContext {
    */
   float *arena;
   /**
-   * The input tensor (manifest shape, NCHW, f32; 4-byte aligned).
+   * The runtime's parallel-for.
    */
-  const float *input;
-  /**
-   * The output tensor (manifest shape, f32; 4-byte aligned).
-   */
-  float *output;
+  DncParallelForFn parallel_for;
   /**
    * The session's thread pool; opaque, passed back to `parallel_for`.
    */
   void *pool;
-  /**
-   * The runtime's parallel-for.
-   */
-  DncParallelForFn parallel_for;
 } DncContext;
-
-/**
- * The entry point of the generated code: 0 on success.
- */
-typedef int32_t (*DncEntryFn)(const struct DncContext *ctx);
 
 #endif  /* DENSENETC_ABI_H */

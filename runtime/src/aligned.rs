@@ -61,6 +61,19 @@ impl AlignedBuf {
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 
+    /// The buffer as f32 elements (a trailing partial element is left out).
+    pub fn as_f32(&self) -> &[f32] {
+        // SAFETY: the allocation is 64-byte aligned, any bytes are a valid f32, and len / 4
+        // elements fit in it; the shared borrow of self prevents mutation meanwhile.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast::<f32>(), self.len / 4) }
+    }
+
+    /// The buffer as f32 elements, mutably.
+    pub fn as_f32_mut(&mut self) -> &mut [f32] {
+        // SAFETY: as in `as_f32`, and the unique borrow of self makes this the only access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().cast::<f32>(), self.len / 4) }
+    }
+
     /// The start of the buffer, for handing to generated code.
     pub fn as_mut_ptr(&mut self) -> *mut u8 {
         self.ptr.as_ptr()

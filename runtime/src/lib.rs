@@ -26,13 +26,16 @@
 //!
 //! The runtime never links LLVM and needs no CUDA installation to build or run.
 
+#[cfg(not(unix))]
+compile_error!("the densenetc runtime needs a Unix dynamic loader (dlopen)");
+
 pub mod abi;
 mod aligned;
 pub mod artefact;
+mod binding;
 mod error;
 pub mod ffi;
 pub mod hash;
-#[cfg(unix)]
 mod library;
 mod model;
 mod pool;
@@ -40,5 +43,5 @@ mod pool;
 pub use aligned::ALIGN;
 pub use artefact::{Artefact, ArtefactWriter, Manifest, SectionKind};
 pub use error::{ArtefactError, Error, Result};
-pub use model::{Device, Model, Session};
+pub use model::{Device, KernelTime, Model, Session};
 pub use pool::MAX_THREADS;

@@ -1,10 +1,10 @@
-//! Loading the artefact's CPU shared object and resolving its entry symbol, once per model.
+//! Loading the artefact's CPU shared object and resolving its entry points, once per model.
 //!
 //! The section's bytes go to an anonymous, sealed in-memory file (`memfd_create` on Linux;
 //! elsewhere, or where memfd is refused, a private temporary file) which is `dlopen`ed by its
 //! path with `RTLD_NOW | RTLD_LOCAL`. Nothing is written where another program would look.
 //!
-//! Trust: `dlopen` runs the object's initialisers and the entry runs with the process's full
+//! Trust: `dlopen` runs the object's initialisers and its code runs with the process's full
 //! rights. The artefact's checksums are verified before this point, but they only detect
 //! corruption: load artefacts only from sources you would take a shared library from.
 //!
@@ -17,7 +17,10 @@ use std::io::Write;
 
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 
-use crate::abi::DncEntryFn;
+use crate::abi::{
+    symbols, DncAbiVersionFn, DncKernelCountFn, DncKernelTasksFn, DncRunFn, DncRunKernelFn,
+    DNC_ABI_VERSION,
+};
 use crate::error::{Error, Result};
 
 /// Where the shared object's bytes live while it is loaded (held for its `Drop` only).
@@ -32,42 +35,91 @@ enum Backing {
     },
 }
 
-/// A loaded CPU shared object and its entry point.
+/// A loaded CPU shared object and its entry points, resolved once.
 #[derive(Debug)]
 pub struct CpuLibrary {
-    entry: DncEntryFn,
+    run: DncRunFn,
+    run_kernel: DncRunKernelFn,
+    /// `dnc_kernel_tasks(i)` for each kernel, queried once.
+    kernel_tasks: Vec<i64>,
     // Options so that `Drop` can close the library first and then decide about the backing.
     library: Option<Library>,
     backing: Option<Backing>,
     path: OsString,
 }
 
+/// Resolves `name` as a function pointer of type `T`.
+///
+/// # Safety
+/// `T` must be the symbol's true type (the ABI in `crate::abi` fixes it), and the pointer must
+/// not be used after `library` is closed.
+unsafe fn function<T: Copy>(library: &Library, name: &str) -> Result<T> {
+    let mut symbol = name.as_bytes().to_vec();
+    symbol.push(0);
+    // SAFETY: forwarded caller's contract.
+    unsafe { library.get::<T>(&symbol) }
+        .map(|s| *s)
+        .map_err(|e| Error::Library(format!("symbol `{name}`: {e}")))
+}
+
 impl CpuLibrary {
-    /// Loads `object` and resolves the symbol `entry`.
-    pub fn load(object: &[u8], entry: &str) -> Result<Self> {
+    /// Loads `object`, resolves the ABI's symbols and checks its version.
+    pub fn load(object: &[u8]) -> Result<Self> {
         let (backing, path) = write_backing(object)?;
         // SAFETY: loading runs the object's initialisers; the object comes from an artefact the
         // caller chose to trust (module docs) and whose checksums were verified.
         let library = unsafe { Library::open(Some(&path), RTLD_NOW | RTLD_LOCAL) }
             .map_err(|e| Error::Library(e.to_string()))?;
-        let mut symbol = entry.as_bytes().to_vec();
-        symbol.push(0);
-        // SAFETY: the ABI (crate::abi) fixes the entry's type as DncEntryFn; the pointer is only
-        // used while `library` stays loaded (both live in self, the library is closed in Drop).
-        let entry_fn = unsafe { library.get::<DncEntryFn>(&symbol) }
-            .map(|s| *s)
-            .map_err(|e| Error::Library(format!("entry symbol `{entry}`: {e}")))?;
+        // SAFETY: the types are the ABI's (crate::abi); the pointers live in `self` next to the
+        // library, which is closed only in Drop.
+        let (abi_version, kernel_count, kernel_tasks_fn, run, run_kernel) = unsafe {
+            (
+                function::<DncAbiVersionFn>(&library, symbols::ABI_VERSION)?,
+                function::<DncKernelCountFn>(&library, symbols::KERNEL_COUNT)?,
+                function::<DncKernelTasksFn>(&library, symbols::KERNEL_TASKS)?,
+                function::<DncRunFn>(&library, symbols::RUN)?,
+                function::<DncRunKernelFn>(&library, symbols::RUN_KERNEL)?,
+            )
+        };
+        // SAFETY: metadata functions of the ABI: no arguments, no side effects.
+        let (version, count) = unsafe { (abi_version(), kernel_count()) };
+        if u32::try_from(version).ok() != Some(DNC_ABI_VERSION) {
+            return Err(Error::AbiVersion {
+                found: version.max(0) as u32,
+                supported: DNC_ABI_VERSION,
+            });
+        }
+        let count = usize::try_from(count)
+            .ok()
+            .filter(|&c| c <= 1 << 20)
+            .ok_or_else(|| Error::Library(format!("the code reports {count} kernels")))?;
+        // SAFETY: dnc_kernel_tasks accepts any index (-1 for a bad one); 0..count are valid.
+        let kernel_tasks = (0..count as i64)
+            .map(|i| unsafe { kernel_tasks_fn(i) })
+            .collect();
         Ok(CpuLibrary {
-            entry: entry_fn,
+            run,
+            run_kernel,
+            kernel_tasks,
             library: Some(library),
             backing: Some(backing),
             path,
         })
     }
 
-    /// The resolved entry point (valid while `self` lives).
-    pub fn entry(&self) -> DncEntryFn {
-        self.entry
+    /// `dnc_run` (valid while `self` lives).
+    pub fn run(&self) -> DncRunFn {
+        self.run
+    }
+
+    /// `dnc_run_kernel` (valid while `self` lives).
+    pub fn run_kernel(&self) -> DncRunKernelFn {
+        self.run_kernel
+    }
+
+    /// The task count of each kernel, in schedule order.
+    pub fn kernel_tasks(&self) -> &[i64] {
+        &self.kernel_tasks
     }
 }
 

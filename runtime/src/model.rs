@@ -11,8 +11,8 @@ use std::sync::Arc;
 use crate::abi::{DncContext, DNC_ABI_VERSION};
 use crate::aligned::AlignedBuf;
 use crate::artefact::{Artefact, Manifest, SectionKind};
+use crate::binding;
 use crate::error::{Error, Result};
-#[cfg(unix)]
 use crate::library::CpuLibrary;
 use crate::pool::{dnc_parallel_for, ThreadPool};
 
@@ -34,7 +34,6 @@ pub struct Model {
 #[derive(Debug)]
 struct Inner {
     artefact: Artefact,
-    #[cfg(unix)]
     cpu: Option<CpuLibrary>,
 }
 
@@ -46,7 +45,6 @@ impl Model {
 
     /// A model from an already validated artefact.
     pub fn from_artefact(artefact: Artefact) -> Result<Model> {
-        #[cfg(unix)]
         let cpu = match &artefact.manifest().cpu {
             Some(target) => {
                 if target.abi_version != DNC_ABI_VERSION {
@@ -55,17 +53,22 @@ impl Model {
                         supported: DNC_ABI_VERSION,
                     });
                 }
-                let object = artefact.require(SectionKind::CpuSharedObject)?;
-                Some(CpuLibrary::load(object, &target.entry)?)
+                let library = CpuLibrary::load(artefact.require(SectionKind::CpuSharedObject)?)?;
+                let (listed, compiled) = (
+                    artefact.manifest().schedule.len(),
+                    library.kernel_tasks().len(),
+                );
+                if listed != 0 && listed != compiled {
+                    return Err(Error::Library(format!(
+                        "the code has {compiled} kernels but the manifest's schedule lists {listed}"
+                    )));
+                }
+                Some(library)
             }
             None => None,
         };
         Ok(Model {
-            inner: Arc::new(Inner {
-                artefact,
-                #[cfg(unix)]
-                cpu,
-            }),
+            inner: Arc::new(Inner { artefact, cpu }),
         })
     }
 
@@ -105,6 +108,17 @@ impl Model {
     }
 }
 
+/// The time one kernel took in [`Session::run_profiled`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelTime {
+    /// The kernel's index in the schedule (`manifest.schedule[index]` names it).
+    pub index: usize,
+    /// The tasks it was split into.
+    pub tasks: i64,
+    /// Wall time in seconds.
+    pub seconds: f64,
+}
+
 /// One execution context of a model: an arena and a thread pool.
 #[derive(Debug)]
 pub struct Session {
@@ -120,10 +134,6 @@ impl Session {
                 "CPU: the artefact has no CPU code (compile it with --target cpu)".into(),
             ));
         }
-        #[cfg(not(unix))]
-        return Err(Error::DeviceUnavailable(
-            "CPU: loading CPU code is only implemented on Unix".into(),
-        ));
         // Validated by the manifest check: fits in isize.
         let arena_bytes = usize::try_from(model.manifest().memory.arena_bytes).map_err(|_| {
             Error::OutOfMemory {
@@ -172,43 +182,73 @@ impl Session {
         self.execute(input, output)
     }
 
-    #[cfg(unix)]
+    /// Runs the model like [`Session::run_into`], one kernel at a time, and returns each
+    /// kernel's wall time (for `densenetc bench --profile`).
+    pub fn run_profiled(&mut self, input: &[f32], output: &mut [f32]) -> Result<Vec<KernelTime>> {
+        let m = self.model.manifest();
+        check_len("input", input.len(), &m.input.shape, m.input.elements())?;
+        check_len("output", output.len(), &m.output.shape, m.output.elements())?;
+        let mut times = Vec::new();
+        self.with_context(input, output, |cpu, ctx| {
+            for (i, &tasks) in cpu.kernel_tasks().iter().enumerate() {
+                let start = std::time::Instant::now();
+                // SAFETY: as in `execute`; i < dnc_kernel_count().
+                let status = unsafe { (cpu.run_kernel())(ctx, i as i64) };
+                if status != 0 {
+                    return Err(Error::Execution(status));
+                }
+                times.push(KernelTime {
+                    index: i,
+                    tasks,
+                    seconds: start.elapsed().as_secs_f64(),
+                });
+            }
+            Ok(())
+        })?;
+        Ok(times)
+    }
+
     fn execute(&mut self, input: &[f32], output: &mut [f32]) -> Result<()> {
-        let Some(cpu) = &self.model.inner.cpu else {
+        self.with_context(input, output, |cpu, ctx| {
+            // SAFETY: the context follows the ABI (see `with_context`).
+            unsafe { (cpu.run())(ctx) };
+            Ok(())
+        })
+    }
+
+    /// Copies `input` into the arena, calls `f` with the loaded code and a context for it, then
+    /// copies the output out of the arena.
+    fn with_context(
+        &mut self,
+        input: &[f32],
+        output: &mut [f32],
+        f: impl FnOnce(&CpuLibrary, &DncContext) -> Result<()>,
+    ) -> Result<()> {
+        let model = self.model.clone();
+        let Some(cpu) = &model.inner.cpu else {
             return Err(Error::DeviceUnavailable(
                 "CPU: the artefact has no CPU code".into(),
             ));
         };
-        let weights = self
-            .model
+        let m = model.manifest();
+        binding::copy_in(&m.input, input, self.arena.as_f32_mut());
+        let weights = model
             .artefact()
             .section(SectionKind::Weights)
             .map_or(std::ptr::null(), |w| w.as_ptr().cast::<f32>());
+        // The context follows the ABI (crate::abi): weights is the 64-byte-aligned weights
+        // section, kept alive by `model`; the arena has memory.arena_bytes bytes and is
+        // exclusively ours (&mut self); the pool is live and only this thread dispatches on it.
+        // The code itself is trusted (see the crate docs).
         let ctx = DncContext {
             weights,
             arena: self.arena.as_mut_ptr().cast::<f32>(),
-            input: input.as_ptr(),
-            output: output.as_mut_ptr(),
-            pool: self.pool.as_abi_ptr(),
             parallel_for: dnc_parallel_for,
+            pool: self.pool.as_abi_ptr(),
         };
-        // SAFETY: the context follows the ABI (crate::abi): weights is the 64-byte-aligned
-        // weights section, kept alive by self.model; the arena has memory.arena_bytes bytes and
-        // is exclusively ours (&mut self); input and output have the manifest's element counts
-        // (checked above) and outlive the call; the pool is live and only this thread
-        // dispatches on it. The code itself is trusted (see the crate docs).
-        let status = unsafe { (cpu.entry())(&ctx) };
-        if status != 0 {
-            return Err(Error::Execution(status));
-        }
+        f(cpu, &ctx)?;
+        binding::copy_out(&m.output, self.arena.as_f32(), output);
         Ok(())
-    }
-
-    #[cfg(not(unix))]
-    fn execute(&mut self, _input: &[f32], _output: &mut [f32]) -> Result<()> {
-        Err(Error::DeviceUnavailable(
-            "CPU: loading CPU code is only implemented on Unix".into(),
-        ))
     }
 }
 

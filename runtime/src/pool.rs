@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use crate::abi::DncTaskFn;
+use crate::abi::{DncContext, DncTaskFn};
 use crate::error::{Error, Result};
 
 /// The most threads a session may ask for.
@@ -31,7 +31,7 @@ thread_local! {
 
 /// A raw task context that may cross threads: the ABI makes the task responsible for it.
 #[derive(Clone, Copy)]
-struct TaskCtx(*const c_void);
+struct TaskCtx(*const DncContext);
 // SAFETY: the pointer is only passed back to the task it came with, whose contract (see
 // `abi`) is to be callable from any pool thread concurrently.
 unsafe impl Send for TaskCtx {}
@@ -217,7 +217,7 @@ impl ThreadPool {
     /// # Safety
     /// `task` must be safe to call with `ctx` on any thread, concurrently, with disjoint ranges.
     #[cfg(test)]
-    pub unsafe fn parallel_for(&mut self, task: DncTaskFn, ctx: *const c_void, n: i64) {
+    pub unsafe fn parallel_for(&mut self, task: DncTaskFn, ctx: *const DncContext, n: i64) {
         run(&self.shared, task, ctx, n);
     }
 }
@@ -234,7 +234,7 @@ impl Drop for ThreadPool {
     }
 }
 
-fn run(shared: &Shared, task: DncTaskFn, ctx: *const c_void, n: i64) {
+fn run(shared: &Shared, task: DncTaskFn, ctx: *const DncContext, n: i64) {
     if n <= 0 {
         return;
     }
@@ -262,7 +262,7 @@ fn run(shared: &Shared, task: DncTaskFn, ctx: *const c_void, n: i64) {
 pub unsafe extern "C" fn dnc_parallel_for(
     pool: *mut c_void,
     task: DncTaskFn,
-    task_ctx: *const c_void,
+    task_ctx: *const DncContext,
     n: i64,
 ) {
     if n <= 0 {
@@ -286,7 +286,7 @@ mod tests {
     use std::sync::atomic::AtomicU32;
     use std::time::{Duration, Instant};
 
-    unsafe extern "C" fn count(ctx: *const c_void, begin: i64, end: i64) {
+    unsafe extern "C" fn count(ctx: *const DncContext, begin: i64, end: i64) {
         // SAFETY: the tests pass a pointer to a live slice of counters at least `end` long.
         let hits = unsafe { &*(ctx as *const Vec<AtomicU32>) };
         for i in begin..end {
@@ -328,7 +328,7 @@ mod tests {
     }
 
     /// Each call waits (bounded) until another call is running at the same time.
-    unsafe extern "C" fn meet(ctx: *const c_void, _begin: i64, _end: i64) {
+    unsafe extern "C" fn meet(ctx: *const DncContext, _begin: i64, _end: i64) {
         // SAFETY: the test passes a live Rendezvous.
         let r = unsafe { &*(ctx as *const Rendezvous) };
         r.arrived.fetch_add(1, Ordering::SeqCst);
@@ -362,7 +362,7 @@ mod tests {
         hits: Vec<AtomicU32>,
     }
 
-    unsafe extern "C" fn inner(ctx: *const c_void, begin: i64, end: i64) {
+    unsafe extern "C" fn inner(ctx: *const DncContext, begin: i64, end: i64) {
         // SAFETY: the test passes a live Nested.
         let n = unsafe { &*(ctx as *const Nested) };
         for i in begin..end {
@@ -370,7 +370,7 @@ mod tests {
         }
     }
 
-    unsafe extern "C" fn outer(ctx: *const c_void, begin: i64, end: i64) {
+    unsafe extern "C" fn outer(ctx: *const DncContext, begin: i64, end: i64) {
         // SAFETY: the test passes a live Nested.
         let n = unsafe { &*(ctx as *const Nested) };
         for _ in begin..end {
@@ -391,7 +391,7 @@ mod tests {
         assert!(nested.hits.iter().all(|h| h.load(Ordering::Relaxed) == 8));
     }
 
-    unsafe extern "C" fn record_thread(ctx: *const c_void, _begin: i64, _end: i64) {
+    unsafe extern "C" fn record_thread(ctx: *const DncContext, _begin: i64, _end: i64) {
         // SAFETY: the test passes a live Mutex<HashSet>.
         let ids = unsafe { &*(ctx as *const Mutex<HashSet<std::thread::ThreadId>>) };
         ids.lock()

@@ -333,3 +333,31 @@ fn layout_constants_match_the_documentation() {
         assert_eq!(SectionKind::from_code(k.code()), Some(k));
     }
 }
+
+#[test]
+fn tensor_views_must_match_their_shape_and_fit_the_arena() {
+    let write = |m: runtime::Manifest| {
+        let mut w = ArtefactWriter::new(m);
+        w.add_section(SectionKind::CpuSharedObject, vec![])
+            .expect("so");
+        w.to_bytes().expect_err("invalid view").to_string()
+    };
+    let mut m = toy_manifest();
+    m.output.view.offset = 560;
+    assert!(write(m).contains("extends past the 576-byte arena"));
+    let mut m = toy_manifest();
+    m.input.view.channels = 4;
+    assert!(write(m).contains("inconsistent arena view"));
+    let mut m = toy_manifest();
+    m.input.view.offset = 2;
+    assert!(write(m).contains("inconsistent arena view"));
+    let mut m = toy_manifest();
+    m.input.view.channel_offset = usize::MAX;
+    assert!(write(m).contains("inconsistent arena view"));
+    let mut m = toy_manifest();
+    m.input.shape = vec![2, 96];
+    assert!(write(m).contains("inconsistent arena view"));
+    let mut m = toy_manifest();
+    m.input.shape = vec![2, 3, 16];
+    assert!(write(m).contains("only NCHW (rank 4) and NC (rank 2)"));
+}

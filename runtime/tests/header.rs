@@ -56,10 +56,17 @@ fn check(header: &str, source: &str, guard: &str, export: &[&str], note: Option<
     );
 }
 
-const ABI_NOTE: &str = "\n/* The contract between the code in an artefact and the runtime (see runtime/src/abi.rs).\n \
- * The CPU shared object exports the manifest's `cpu.entry` symbol:\n \
- *     int32_t dnc_entry(const DncContext *ctx);   // 0 on success\n \
- * and needs nothing from the runtime but what `ctx` holds. */";
+const ABI_NOTE: &str = "
+/* The contract between the code in an artefact and the runtime; see runtime/src/abi.rs.
+ * The CPU shared object exports:
+ *   void    dnc_run(const DncContext *ctx);                    every kernel, in order
+ *   int32_t dnc_run_kernel(const DncContext *ctx, int64_t i);  one kernel: 0, or -1: bad i
+ *   int32_t dnc_abi_version(void);                             DNC_ABI_VERSION
+ *   int64_t dnc_kernel_count(void);
+ *   int64_t dnc_kernel_tasks(int64_t i);                       -1: bad i
+ * and needs nothing from the runtime but what `ctx` holds. */
+
+struct DncContext;";
 
 #[test]
 fn c_api_header_is_fresh() {

@@ -122,22 +122,6 @@ fn wrong_shapes_name_expected_and_found() {
 }
 
 #[test]
-fn a_failing_entry_is_an_error_with_its_status() {
-    let Some(model) = toy_model() else { return };
-    let mut s = model.session(Device::Cpu { threads: 2 }).expect("session");
-    let mut input = toy_input(0);
-    input[0] = f32::NAN;
-    let e = s.run(&input, &INPUT_SHAPE).expect_err("status 7");
-    assert_eq!(e.to_string(), "generated code returned status 7");
-    // The session still works afterwards.
-    let input = toy_input(1);
-    assert_close(
-        &s.run(&input, &INPUT_SHAPE).expect("run"),
-        &toy_expected(&input),
-    );
-}
-
-#[test]
 fn cuda_is_a_clear_error_in_this_build() {
     let Some(model) = toy_model() else { return };
     let e = model
@@ -145,22 +129,6 @@ fn cuda_is_a_clear_error_in_this_build() {
         .expect_err("no CUDA");
     assert!(matches!(e, Error::DeviceUnavailable(_)));
     assert!(e.to_string().contains("built without CUDA support"), "{e}");
-}
-
-#[test]
-fn a_missing_entry_symbol_is_a_load_error() {
-    let Some(so) = common::toy_so() else { return };
-    let mut manifest = common::toy_manifest();
-    if let Some(cpu) = &mut manifest.cpu {
-        cpu.entry = "dnc_no_such_entry".into();
-    }
-    let mut w = runtime::ArtefactWriter::new(manifest);
-    w.add_section(runtime::SectionKind::CpuSharedObject, so.to_vec())
-        .expect("so");
-    let a = runtime::Artefact::read(&w.to_bytes().expect("bytes")).expect("valid artefact");
-    let e = Model::from_artefact(a).expect_err("no such symbol");
-    assert!(matches!(e, Error::Library(_)));
-    assert!(e.to_string().contains("dnc_no_such_entry"), "{e}");
 }
 
 #[test]
@@ -188,5 +156,75 @@ fn another_abi_version_is_refused_before_loading() {
     assert_eq!(
         e.to_string(),
         "the artefact's CPU code uses ABI version 99; this runtime speaks 1"
+    );
+}
+
+#[test]
+fn profiled_runs_time_every_kernel_and_compute_the_same() {
+    let Some(model) = toy_model() else { return };
+    let mut s = model.session(Device::Cpu { threads: 2 }).expect("session");
+    let input = toy_input(5);
+    let mut out = vec![0.0; 10];
+    let times = s.run_profiled(&input, &mut out).expect("profile");
+    assert_close(&out, &toy_expected(&input));
+    assert_eq!(
+        times.iter().map(|t| (t.index, t.tasks)).collect::<Vec<_>>(),
+        [(0, 2), (1, 10)]
+    );
+    assert!(times.iter().all(|t| t.seconds >= 0.0));
+    assert_eq!(model.manifest().schedule[times[1].index].name, "affine");
+}
+
+fn load_variant(name: &str, defines: &[&str], manifest: runtime::Manifest) -> Option<Error> {
+    if !common::have_cc() {
+        return None;
+    }
+    let so = common::compile_toy(name, defines);
+    let mut w = runtime::ArtefactWriter::new(manifest);
+    w.add_section(runtime::SectionKind::CpuSharedObject, so)
+        .expect("so");
+    let a = runtime::Artefact::read(&w.to_bytes().expect("bytes")).expect("valid artefact");
+    Some(Model::from_artefact(a).expect_err("the loader must refuse this variant"))
+}
+
+#[test]
+fn a_missing_abi_symbol_is_a_load_error() {
+    let Some(e) = load_variant(
+        "toy_no_run_kernel",
+        &["-DTOY_NO_RUN_KERNEL"],
+        common::toy_manifest(),
+    ) else {
+        return;
+    };
+    assert!(matches!(e, Error::Library(_)));
+    assert!(e.to_string().contains("dnc_run_kernel"), "{e}");
+}
+
+#[test]
+fn code_reporting_another_abi_version_is_refused() {
+    let Some(e) = load_variant(
+        "toy_abi_99",
+        &["-DTOY_ABI_VERSION=99"],
+        common::toy_manifest(),
+    ) else {
+        return;
+    };
+    assert_eq!(
+        e.to_string(),
+        "the artefact's CPU code uses ABI version 99; this runtime speaks 1"
+    );
+}
+
+#[test]
+fn a_schedule_that_disagrees_with_the_code_is_refused() {
+    let mut manifest = common::toy_manifest();
+    let extra = manifest.schedule[0].clone();
+    manifest.schedule.push(extra);
+    let Some(e) = load_variant("toy_model_again", &[], manifest) else {
+        return;
+    };
+    assert_eq!(
+        e.to_string(),
+        "cannot load the artefact's CPU code: the code has 2 kernels but the manifest's schedule lists 3"
     );
 }

@@ -24,7 +24,7 @@ pub struct Manifest {
     pub config: Value,
     /// The batch size the code was compiled for (the first dimension of input and output).
     pub batch: usize,
-    /// The input tensor (NCHW, as in PyTorch).
+    /// The input tensor (the caller's is NCHW, as in PyTorch).
     pub input: TensorSpec,
     /// The output tensor (`[N, num_classes]` logits).
     pub output: TensorSpec,
@@ -45,26 +45,38 @@ pub struct Manifest {
 }
 
 /// A tensor crossing the runtime boundary.
+///
+/// The caller's tensor is NCHW (rank 4) or NC (rank 2, logits); the generated code reads or
+/// writes it at `view` in the arena, NHWC. The runtime copies between the two.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TensorSpec {
     /// A name for messages (`input`, `logits`).
     pub name: String,
-    /// The shape, batch first.
+    /// The shape, batch first: `[N, C, H, W]` or `[N, C]`.
     pub shape: Vec<usize>,
     /// The element type; only `f32` today.
     pub dtype: String,
-    /// The memory layout callers use (`NCHW` for the input, `NC` for the logits).
-    pub layout: String,
+    /// Where the generated code finds the tensor in the arena.
+    pub view: ArenaView,
 }
 
 impl TensorSpec {
-    /// An f32 tensor spec.
-    pub fn f32(name: &str, shape: &[usize], layout: &str) -> Self {
+    /// An f32 tensor of `shape` stored densely at arena byte `offset`.
+    pub fn f32(name: &str, shape: &[usize], offset: u64) -> Self {
+        let [n, c, h, w] = nchw(shape).unwrap_or([0; 4]);
         TensorSpec {
             name: name.to_owned(),
             shape: shape.to_vec(),
             dtype: DTYPE_F32.to_owned(),
-            layout: layout.to_owned(),
+            view: ArenaView {
+                offset,
+                n,
+                h,
+                w,
+                channels: c,
+                pixel_stride: c,
+                channel_offset: 0,
+            },
         }
     }
 
@@ -74,6 +86,56 @@ impl TensorSpec {
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
             .unwrap_or(usize::MAX)
+    }
+
+    /// `[N, C, H, W]` of the shape (`H = W = 1` for rank 2), if its rank is 2 or 4.
+    pub fn nchw(&self) -> Option<[usize; 4]> {
+        nchw(&self.shape)
+    }
+}
+
+fn nchw(shape: &[usize]) -> Option<[usize; 4]> {
+    match *shape {
+        [n, c] => Some([n, c, 1, 1]),
+        [n, c, h, w] => Some([n, c, h, w]),
+        _ => None,
+    }
+}
+
+/// An NHWC window of the arena, as the compiler's kernel views describe it: element
+/// `(n, h, w, c)` lives at byte `offset + 4 * (((n * h_count + h) * w_count + w) * pixel_stride
+/// + channel_offset + c)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArenaView {
+    /// Byte offset of the buffer's first element (a multiple of 4).
+    pub offset: u64,
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    /// Channels in the view.
+    pub channels: usize,
+    /// Elements between consecutive pixels.
+    pub pixel_stride: usize,
+    /// First channel of the view within each pixel.
+    pub channel_offset: usize,
+}
+
+impl ArenaView {
+    /// One past the view's last byte, or `None` on overflow.
+    pub fn end_bytes(&self) -> Option<u64> {
+        let last_pixel = self
+            .n
+            .checked_mul(self.h)?
+            .checked_mul(self.w)?
+            .checked_sub(1)?;
+        let elements = last_pixel
+            .checked_mul(self.pixel_stride)?
+            .checked_add(self.channel_offset)?
+            .checked_add(self.channels)?;
+        u64::try_from(elements)
+            .ok()?
+            .checked_mul(4)?
+            .checked_add(self.offset)
     }
 }
 
@@ -108,8 +170,6 @@ pub struct MemoryPlan {
 /// The CPU code's description.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CpuTarget {
-    /// The entry symbol exported by the shared object (see [`crate::abi`]).
-    pub entry: String,
     /// The generated-code ABI version it was compiled against ([`crate::abi::DNC_ABI_VERSION`]).
     pub abi_version: u32,
     /// The LLVM CPU name the code was compiled for (`x86-64-v3`, `znver3`, …).
@@ -133,7 +193,7 @@ fn invalid(msg: String) -> ArtefactError {
     ArtefactError::ManifestInvalid(msg)
 }
 
-fn check_tensor(t: &TensorSpec, batch: usize) -> Result<(), ArtefactError> {
+fn check_tensor(t: &TensorSpec, batch: usize, arena_bytes: u64) -> Result<(), ArtefactError> {
     let name = &t.name;
     if t.dtype != DTYPE_F32 {
         return Err(invalid(format!(
@@ -164,14 +224,29 @@ fn check_tensor(t: &TensorSpec, batch: usize) -> Result<(), ArtefactError> {
             t.shape
         )));
     }
+    let Some([n, c, h, w]) = t.nchw() else {
+        return Err(invalid(format!(
+            "tensor '{name}' has shape {:?}: only NCHW (rank 4) and NC (rank 2) are supported",
+            t.shape
+        )));
+    };
+    let v = &t.view;
+    let fits = v
+        .channel_offset
+        .checked_add(v.channels)
+        .is_some_and(|e| e <= v.pixel_stride);
+    if (v.n, v.h, v.w, v.channels) != (n, h, w, c) || !fits || !v.offset.is_multiple_of(4) {
+        return Err(invalid(format!(
+            "tensor '{name}' of shape {:?} has an inconsistent arena view {v:?}",
+            t.shape
+        )));
+    }
+    if v.end_bytes().is_none_or(|end| end > arena_bytes) {
+        return Err(invalid(format!(
+            "tensor '{name}': arena view {v:?} extends past the {arena_bytes}-byte arena"
+        )));
+    }
     Ok(())
-}
-
-fn is_c_identifier(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && s.len() <= 256
 }
 
 impl Manifest {
@@ -193,31 +268,23 @@ impl Manifest {
         if self.batch == 0 {
             return Err(invalid("batch is 0".into()));
         }
-        check_tensor(&self.input, self.batch)?;
-        check_tensor(&self.output, self.batch)?;
         if usize::try_from(self.memory.arena_bytes).map_or(true, |b| b > isize::MAX as usize) {
             return Err(invalid(format!(
                 "arena of {} bytes is too large",
                 self.memory.arena_bytes
             )));
         }
+        check_tensor(&self.input, self.batch, self.memory.arena_bytes)?;
+        check_tensor(&self.output, self.batch, self.memory.arena_bytes)?;
         if self.cpu.is_none() && self.cuda.is_none() {
             return Err(invalid(
                 "no target: the artefact holds neither CPU nor CUDA code".into(),
             ));
         }
-        if let Some(cpu) = &self.cpu {
-            if !is_c_identifier(&cpu.entry) {
-                return Err(invalid(format!(
-                    "cpu entry symbol {:?} is not a C identifier",
-                    cpu.entry
-                )));
-            }
-            if !present.contains(&SectionKind::CpuSharedObject) {
-                return Err(ArtefactError::MissingSection(
-                    SectionKind::CpuSharedObject.name(),
-                ));
-            }
+        if self.cpu.is_some() && !present.contains(&SectionKind::CpuSharedObject) {
+            return Err(ArtefactError::MissingSection(
+                SectionKind::CpuSharedObject.name(),
+            ));
         }
         if self.cuda.is_some()
             && !present.contains(&SectionKind::Ptx)

@@ -23,7 +23,7 @@ use std::path::Path;
 
 pub use format::{SectionKind, FORMAT_VERSION, MAGIC};
 pub use manifest::{
-    CpuTarget, CudaTarget, KernelInfo, Manifest, MemoryPlan, TensorSpec, DTYPE_F32,
+    ArenaView, CpuTarget, CudaTarget, KernelInfo, Manifest, MemoryPlan, TensorSpec, DTYPE_F32,
 };
 pub use reader::SectionInfo;
 pub use writer::ArtefactWriter;

@@ -47,33 +47,33 @@ pub fn have_cc() -> bool {
 /// Compiles `tests/data/toy_model.c` to a shared object (once per test binary).
 pub fn toy_so() -> Option<&'static [u8]> {
     static SO: OnceLock<Option<Vec<u8>>> = OnceLock::new();
-    SO.get_or_init(|| {
-        if !have_cc() {
-            return None;
-        }
-        let out = scratch_dir().join("toy_model.so");
-        let status = Command::new("cc")
-            .args([
-                "-shared",
-                "-fPIC",
-                "-O2",
-                "-Wall",
-                "-Wextra",
-                "-Werror",
-                "-Wl,-z,defs",
-            ])
-            .arg("-I")
-            .arg(runtime_dir().join("include"))
-            .arg(runtime_dir().join("tests/data/toy_model.c"))
-            .arg("-o")
-            .arg(&out)
-            .arg("-lm")
-            .status()
-            .expect("run cc");
-        assert!(status.success(), "cc failed to build the toy model");
-        Some(std::fs::read(&out).expect("read toy_model.so"))
-    })
-    .as_deref()
+    SO.get_or_init(|| have_cc().then(|| compile_toy("toy_model", &[])))
+        .as_deref()
+}
+
+/// Compiles `tests/data/toy_model.c` with extra `-D` flags (variants that break the ABI).
+pub fn compile_toy(name: &str, defines: &[&str]) -> Vec<u8> {
+    let out = scratch_dir().join(format!("{name}.so"));
+    let status = Command::new("cc")
+        .args([
+            "-shared",
+            "-fPIC",
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-Wl,-z,defs",
+        ])
+        .args(defines)
+        .arg("-I")
+        .arg(runtime_dir().join("include"))
+        .arg(runtime_dir().join("tests/data/toy_model.c"))
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .expect("run cc");
+    assert!(status.success(), "cc failed to build the toy model");
+    std::fs::read(&out).expect("read the toy shared object")
 }
 
 pub fn toy_manifest() -> Manifest {
@@ -81,8 +81,8 @@ pub fn toy_manifest() -> Manifest {
         compiler_version: "toy model (runtime tests)".into(),
         config: serde_json::json!({ "model": "toy", "classes": CLASSES }),
         batch: BATCH,
-        input: TensorSpec::f32("input", &INPUT_SHAPE, "NCHW"),
-        output: TensorSpec::f32("logits", &OUTPUT_SHAPE, "NC"),
+        input: TensorSpec::f32("input", &INPUT_SHAPE, 0),
+        output: TensorSpec::f32("logits", &OUTPUT_SHAPE, 128 * 4),
         schedule: vec![
             KernelInfo {
                 name: "mean".into(),
@@ -98,12 +98,11 @@ pub fn toy_manifest() -> Manifest {
             },
         ],
         memory: MemoryPlan {
-            arena_bytes: 64,
-            naive_bytes: 64,
-            lower_bound_bytes: (BATCH * 4) as u64,
+            arena_bytes: 576,
+            naive_bytes: 576,
+            lower_bound_bytes: 432,
         },
         cpu: Some(CpuTarget {
-            entry: "dnc_entry".into(),
             abi_version: DNC_ABI_VERSION,
             cpu: "x86-64".into(),
             features: String::new(),
@@ -153,13 +152,20 @@ pub fn toy_input(seed: u32) -> Vec<f32> {
         .collect()
 }
 
-/// What the toy model computes, in the same order of operations as the C code.
+/// What the toy model computes, in the same order of operations as the C code (which sums
+/// the NHWC copy of the NCHW input).
 pub fn toy_expected(input: &[f32]) -> Vec<f32> {
+    let [_, c, h, w] = INPUT_SHAPE;
     let mut out = Vec::with_capacity(BATCH * CLASSES);
     for b in 0..BATCH {
-        let sum: f32 = input[b * PIXELS..(b + 1) * PIXELS]
-            .iter()
-            .fold(0.0, |a, &x| a + x);
+        let mut sum = 0.0f32;
+        for y in 0..h {
+            for x in 0..w {
+                for ch in 0..c {
+                    sum += input[((b * c + ch) * h + y) * w + x];
+                }
+            }
+        }
         let mean = sum / PIXELS as f32;
         for k in 0..CLASSES {
             out.push(WEIGHTS[k] * mean + WEIGHTS[CLASSES + k]);
