@@ -19,8 +19,9 @@ use crate::error::{Error, Result};
 pub const MAX_THREADS: usize = 256;
 /// Stack of each worker: generated tasks may keep tiles on the stack.
 const WORKER_STACK: usize = 8 << 20;
-/// Iterations a worker or the caller spins before blocking.
-const SPIN: u32 = 20_000;
+/// Iterations a worker or the caller spins before blocking (tens of microseconds: long enough
+/// to bridge the gap between two kernels, short enough not to starve an oversubscribed core).
+const SPIN: u32 = 2_000;
 /// Chunks per thread: more balances better, fewer costs less in hand-offs.
 const CHUNKS_PER_THREAD: i64 = 4;
 
