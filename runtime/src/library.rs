@@ -139,8 +139,13 @@ impl Drop for CpuLibrary {
 }
 
 fn write_backing(object: &[u8]) -> Result<(Backing, OsString)> {
+    // The loader opens the memfd by its /proc path: without /proc, use a temporary file.
     #[cfg(target_os = "linux")]
-    if let Some(file) = memfd(object) {
+    if let Some(file) = std::path::Path::new("/proc/self/fd")
+        .is_dir()
+        .then(|| memfd(object))
+        .flatten()
+    {
         use std::os::fd::AsRawFd;
         let path = OsString::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
         return Ok((Backing::Memfd { _file: file }, path));

@@ -3,7 +3,7 @@
 //! A fixed header (magic, format version, file length, header checksum), a section table, and
 //! 64-byte-aligned sections, each with a kind, offset, length and XXH64 checksum: the manifest
 //! (JSON, [`Manifest`]), the packed weights, the CPU shared object, PTX, an optional cubin. The
-//! byte layout is drawn in [`format`].
+//! byte layout is drawn in [`mod@format`].
 //!
 //! [`Artefact::read`] and [`Artefact::open`] validate the magic, the version, every offset and
 //! length (checked arithmetic against the file length, before any allocation that depends on
