@@ -65,7 +65,10 @@ unsafe fn function<T: Copy>(library: &Library, name: &str) -> Result<T> {
 impl CpuLibrary {
     /// Loads `object`, resolves the ABI's symbols and checks its version.
     pub fn load(object: &[u8]) -> Result<Self> {
-        let (backing, path) = write_backing(object)?;
+        Self::load_from(write_backing(object, true)?)
+    }
+
+    fn load_from((backing, path): (Backing, OsString)) -> Result<Self> {
         // SAFETY: loading runs the object's initialisers; the object comes from an artefact the
         // caller chose to trust (module docs) and whose checksums were verified.
         let library = unsafe { Library::open(Some(&path), RTLD_NOW | RTLD_LOCAL) }
@@ -138,11 +141,12 @@ impl Drop for CpuLibrary {
     }
 }
 
-fn write_backing(object: &[u8]) -> Result<(Backing, OsString)> {
+/// Writes `object` where the loader can open it: a memfd when `memfd_allowed` and possible,
+/// else a private temporary file.
+fn write_backing(object: &[u8], memfd_allowed: bool) -> Result<(Backing, OsString)> {
     // The loader opens the memfd by its /proc path: without /proc, use a temporary file.
     #[cfg(target_os = "linux")]
-    if let Some(file) = std::path::Path::new("/proc/self/fd")
-        .is_dir()
+    if let Some(file) = (memfd_allowed && std::path::Path::new("/proc/self/fd").is_dir())
         .then(|| memfd(object))
         .flatten()
     {
@@ -186,4 +190,47 @@ fn memfd(object: &[u8]) -> Option<File> {
     // SAFETY: fcntl on a descriptor we own; failure only leaves the file unsealed.
     unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, seals) };
     Some(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::process::Command;
+
+    /// The toy model of the integration tests, compiled here; `None` without a C compiler.
+    fn toy_object(dir: &Path) -> Option<Vec<u8>> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = dir.join("toy.so");
+        let status = Command::new("cc")
+            .args(["-shared", "-fPIC", "-O1", "-I"])
+            .arg(root.join("include"))
+            .arg(root.join("tests/data/toy_model.c"))
+            .arg("-o")
+            .arg(&out)
+            .status();
+        if !status.is_ok_and(|s| s.success()) {
+            eprintln!("skipping: no working C compiler (`cc`)");
+            return None;
+        }
+        std::fs::read(out).ok()
+    }
+
+    #[test]
+    fn both_backings_load_and_the_temporary_file_is_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let Some(object) = toy_object(dir.path()) else {
+            return;
+        };
+        let lib = CpuLibrary::load(&object).expect("memfd load");
+        assert_eq!(lib.kernel_tasks(), [2, 10]);
+
+        let backing = write_backing(&object, false).expect("temporary file");
+        let path = std::path::PathBuf::from(&backing.1);
+        assert!(matches!(backing.0, Backing::Temp { .. }));
+        let lib = CpuLibrary::load_from(backing).expect("temporary-file load");
+        assert_eq!(lib.kernel_tasks(), [2, 10]);
+        drop(lib);
+        assert!(!path.exists(), "{} left behind", path.display());
+    }
 }
