@@ -269,3 +269,20 @@ proptest! {
         prop_assert!(!accepted(&sealed));
     }
 }
+
+/// The seed of the cargo-fuzz targets (`fuzz/seeds/toy.dnc`) must stay a valid artefact of the
+/// current format; `DNC_BLESS=1` rewrites it.
+#[test]
+fn cargo_fuzz_seed_is_a_current_artefact() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/toy.dnc");
+    let fresh = common::toy_artefact_bytes(b"\x7fELF a small stand-in for the shared object");
+    if std::env::var_os("DNC_BLESS").is_some() {
+        std::fs::write(&path, &fresh).expect("write seed");
+    }
+    let seed = std::fs::read(&path).expect("read fuzz/seeds/toy.dnc");
+    assert!(
+        seed == fresh,
+        "fuzz/seeds/toy.dnc is stale: regenerate with DNC_BLESS=1"
+    );
+    assert!(accepted(&seed));
+}
