@@ -33,6 +33,7 @@ pub mod abi;
 mod aligned;
 pub mod artefact;
 mod binding;
+mod cpu_features;
 mod error;
 pub mod ffi;
 pub mod hash;

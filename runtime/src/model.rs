@@ -12,6 +12,7 @@ use crate::abi::{DncContext, DNC_ABI_VERSION};
 use crate::aligned::AlignedBuf;
 use crate::artefact::{Artefact, Manifest, SectionKind};
 use crate::binding;
+use crate::cpu_features;
 use crate::error::{Error, Result};
 use crate::library::CpuLibrary;
 use crate::pool::{dnc_parallel_for, ThreadPool};
@@ -52,6 +53,15 @@ impl Model {
                         found: target.abi_version,
                         supported: DNC_ABI_VERSION,
                     });
+                }
+                let missing = cpu_features::missing(&target.cpu, &target.features);
+                if !missing.is_empty() {
+                    return Err(Error::DeviceUnavailable(format!(
+                        "CPU: the code was compiled for `{}` and needs {}, which this CPU lacks \
+                         (recompile with --cpu native, or for an older CPU)",
+                        target.cpu,
+                        missing.join(", ")
+                    )));
                 }
                 let library = CpuLibrary::load(artefact.require(SectionKind::CpuSharedObject)?)?;
                 let (listed, compiled) = (

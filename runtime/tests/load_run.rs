@@ -228,3 +228,44 @@ fn a_schedule_that_disagrees_with_the_code_is_refused() {
         "cannot load the artefact's CPU code: the code has 2 kernels but the manifest's schedule lists 3"
     );
 }
+
+#[test]
+fn code_for_extensions_this_cpu_lacks_is_refused_before_loading() {
+    #[cfg(target_arch = "x86_64")]
+    let lacking = [
+        (
+            "avx512fp16",
+            std::arch::is_x86_feature_detected!("avx512fp16"),
+        ),
+        ("avx512f", std::arch::is_x86_feature_detected!("avx512f")),
+        ("avx2", std::arch::is_x86_feature_detected!("avx2")),
+    ]
+    .into_iter()
+    .find(|(_, present)| !present)
+    .map(|(name, _)| name);
+    #[cfg(not(target_arch = "x86_64"))]
+    let lacking: Option<&str> = None;
+    let Some(feature) = lacking else {
+        eprintln!("skipping: this CPU has every extension the test could ask for");
+        return;
+    };
+    let mut manifest = common::toy_manifest();
+    if let Some(cpu) = &mut manifest.cpu {
+        cpu.cpu = "sapphirerapids".into();
+        cpu.features = format!("+sse2,+{feature},-amx-tile");
+    }
+    let mut w = runtime::ArtefactWriter::new(manifest);
+    w.add_section(
+        runtime::SectionKind::CpuSharedObject,
+        b"never loaded".to_vec(),
+    )
+    .expect("so");
+    let a = runtime::Artefact::read(&w.to_bytes().expect("bytes")).expect("valid artefact");
+    let e = Model::from_artefact(a).expect_err("missing extension");
+    assert!(matches!(e, Error::DeviceUnavailable(_)));
+    assert!(
+        e.to_string()
+            .contains(&format!("needs {feature}, which this CPU lacks")),
+        "{e}"
+    );
+}

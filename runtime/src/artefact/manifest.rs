@@ -174,7 +174,9 @@ pub struct CpuTarget {
     pub abi_version: u32,
     /// The LLVM CPU name the code was compiled for (`x86-64-v3`, `znver3`, …).
     pub cpu: String,
-    /// The LLVM target features, if any were given.
+    /// The LLVM target feature string (`+avx2,+fma,…`). The runtime refuses to load code whose
+    /// `+` features (or whose `x86-64-vN` level) this CPU lacks, instead of crashing on an
+    /// illegal instruction; record the full string whenever it is known.
     #[serde(default)]
     pub features: String,
 }
