@@ -10,12 +10,42 @@ use std::sync::Arc;
 
 use crate::abi::{DncContext, DNC_ABI_VERSION};
 use crate::aligned::AlignedBuf;
-use crate::artefact::{Artefact, Manifest, SectionKind};
+use crate::artefact::{Artefact, CpuTarget, Manifest, SectionKind};
 use crate::binding;
 use crate::cpu_features;
 use crate::error::{Error, Result};
 use crate::library::CpuLibrary;
 use crate::pool::{dnc_parallel_for, ThreadPool};
+
+/// Checks that the artefact's CPU code can run here, then loads it.
+fn load_cpu(artefact: &Artefact, target: &CpuTarget) -> Result<CpuLibrary> {
+    if target.abi_version != DNC_ABI_VERSION {
+        return Err(Error::AbiVersion {
+            found: target.abi_version,
+            supported: DNC_ABI_VERSION,
+        });
+    }
+    let missing = cpu_features::missing(&target.cpu, &target.features);
+    if !missing.is_empty() {
+        return Err(Error::DeviceUnavailable(format!(
+            "CPU: the code was compiled for `{}` and needs {}, which this CPU lacks \
+             (recompile with --cpu native, or for an older CPU)",
+            target.cpu,
+            missing.join(", ")
+        )));
+    }
+    let library = CpuLibrary::load(artefact.require(SectionKind::CpuSharedObject)?)?;
+    let (listed, compiled) = (
+        artefact.manifest().schedule.len(),
+        library.kernel_tasks().len(),
+    );
+    if listed != 0 && listed != compiled {
+        return Err(Error::Library(format!(
+            "the code has {compiled} kernels but the manifest's schedule lists {listed}"
+        )));
+    }
+    Ok(library)
+}
 
 /// Where a session runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,34 +77,7 @@ impl Model {
     /// A model from an already validated artefact.
     pub fn from_artefact(artefact: Artefact) -> Result<Model> {
         let cpu = match &artefact.manifest().cpu {
-            Some(target) => {
-                if target.abi_version != DNC_ABI_VERSION {
-                    return Err(Error::AbiVersion {
-                        found: target.abi_version,
-                        supported: DNC_ABI_VERSION,
-                    });
-                }
-                let missing = cpu_features::missing(&target.cpu, &target.features);
-                if !missing.is_empty() {
-                    return Err(Error::DeviceUnavailable(format!(
-                        "CPU: the code was compiled for `{}` and needs {}, which this CPU lacks \
-                         (recompile with --cpu native, or for an older CPU)",
-                        target.cpu,
-                        missing.join(", ")
-                    )));
-                }
-                let library = CpuLibrary::load(artefact.require(SectionKind::CpuSharedObject)?)?;
-                let (listed, compiled) = (
-                    artefact.manifest().schedule.len(),
-                    library.kernel_tasks().len(),
-                );
-                if listed != 0 && listed != compiled {
-                    return Err(Error::Library(format!(
-                        "the code has {compiled} kernels but the manifest's schedule lists {listed}"
-                    )));
-                }
-                Some(library)
-            }
+            Some(target) => Some(load_cpu(&artefact, target)?),
             None => None,
         };
         Ok(Model {
