@@ -22,8 +22,10 @@ const WORKER_STACK: usize = 8 << 20;
 /// Iterations a worker or the caller spins before blocking (tens of microseconds: long enough
 /// to bridge the gap between two kernels, short enough not to starve an oversubscribed core).
 const SPIN: u32 = 2_000;
-/// Chunks per thread: more balances better, fewer costs less in hand-offs.
-const CHUNKS_PER_THREAD: i64 = 4;
+/// Chunks per thread. The generated code splits a kernel into few, coarse tasks (about 16), so
+/// this makes a chunk one task: a thread preempted in the middle of a chunk (the machine may be
+/// shared) then holds up the others by one task at most, for one atomic add per task.
+const CHUNKS_PER_THREAD: i64 = 16;
 
 thread_local! {
     /// Set while this thread runs a task: a nested parallel-for then runs inline.
