@@ -1,0 +1,120 @@
+//! The artefact writer the compiler uses: a manifest plus sections in, one file out.
+//!
+//! The writer validates the manifest against the sections it was given with the same check
+//! the reader runs, so the compiler cannot emit an artefact this runtime would reject.
+
+use std::path::Path;
+
+use super::format::{
+    align_up, Entry, Header, SectionKind, ENTRY_LEN, FORMAT_VERSION, HEADER_LEN, MAX_SECTIONS,
+};
+use super::manifest::Manifest;
+use crate::error::{ArtefactError, Error, Result};
+use crate::hash::xxh64;
+
+/// Builds an artefact: `ArtefactWriter::new(manifest)`, `add_section` for each payload, then
+/// `to_bytes` or `write`.
+#[derive(Debug, Clone)]
+pub struct ArtefactWriter {
+    manifest: Manifest,
+    sections: Vec<(SectionKind, Vec<u8>)>,
+}
+
+impl ArtefactWriter {
+    /// A writer for this manifest (stored as the first section).
+    pub fn new(manifest: Manifest) -> Self {
+        ArtefactWriter {
+            manifest,
+            sections: Vec::new(),
+        }
+    }
+
+    /// Adds a section; each kind at most once, and the manifest is not added by hand.
+    pub fn add_section(
+        &mut self,
+        kind: SectionKind,
+        bytes: Vec<u8>,
+    ) -> Result<&mut Self, ArtefactError> {
+        if kind == SectionKind::Manifest {
+            return Err(ArtefactError::Malformed(
+                "the manifest section is written from the manifest".into(),
+            ));
+        }
+        if self.sections.iter().any(|(k, _)| *k == kind) {
+            return Err(ArtefactError::Malformed(format!(
+                "section '{kind}' added twice"
+            )));
+        }
+        self.sections.push((kind, bytes));
+        Ok(self)
+    }
+
+    /// The artefact's bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, ArtefactError> {
+        let mut kinds = vec![SectionKind::Manifest];
+        kinds.extend(self.sections.iter().map(|(k, _)| *k));
+        self.manifest.validate(&kinds)?;
+        let manifest = self.manifest.to_json()?;
+        let mut payloads: Vec<(SectionKind, &[u8])> = vec![(SectionKind::Manifest, &manifest)];
+        payloads.extend(self.sections.iter().map(|(k, b)| (*k, b.as_slice())));
+        if payloads.len() > MAX_SECTIONS as usize {
+            return Err(ArtefactError::Malformed(format!(
+                "more than {MAX_SECTIONS} sections"
+            )));
+        }
+
+        let too_big = || ArtefactError::Malformed("artefact larger than 2^64 bytes".into());
+        let table_end = (HEADER_LEN + payloads.len() * ENTRY_LEN) as u64;
+        let mut entries = Vec::with_capacity(payloads.len());
+        let mut cursor = table_end;
+        for (kind, bytes) in &payloads {
+            let offset = align_up(cursor).ok_or_else(too_big)?;
+            let len = bytes.len() as u64;
+            entries.push(Entry {
+                kind: kind.code(),
+                flags: 0,
+                offset,
+                len,
+                checksum: xxh64(bytes),
+            });
+            cursor = offset.checked_add(len).ok_or_else(too_big)?;
+        }
+        let file_len = usize::try_from(cursor).map_err(|_| too_big())?;
+
+        let mut out = vec![0u8; file_len];
+        for (i, (e, (_, bytes))) in entries.iter().zip(&payloads).enumerate() {
+            let at = HEADER_LEN + i * ENTRY_LEN;
+            out[at..at + ENTRY_LEN].copy_from_slice(&e.encode());
+            let start = e.offset as usize;
+            out[start..start + bytes.len()].copy_from_slice(bytes);
+        }
+        let table_checksum = xxh64(&out[HEADER_LEN..table_end as usize]);
+        let header = Header {
+            version: FORMAT_VERSION,
+            file_len: cursor,
+            table_offset: HEADER_LEN as u64,
+            section_count: entries.len() as u32,
+            table_checksum,
+        };
+        out[..HEADER_LEN].copy_from_slice(&header.encode());
+        Ok(out)
+    }
+
+    /// Writes the artefact to `path` (through a temporary file in the same directory, renamed
+    /// into place, so a reader never sees a half-written artefact).
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let bytes = self.to_bytes()?;
+        let io = |source| Error::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+        std::io::Write::write_all(&mut tmp, &bytes).map_err(io)?;
+        tmp.persist(path).map_err(|e| io(e.error))?;
+        Ok(())
+    }
+}

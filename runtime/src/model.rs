@@ -1,0 +1,278 @@
+//! Models and sessions: the runtime's Rust API.
+//!
+//! A [`Model`] is a validated artefact with its CPU code loaded; it is cheap to clone, `Send`
+//! and `Sync`, and serves any number of [`Session`]s on any threads. A session owns what one
+//! run mutates (its arena, allocated once, and its thread pool, started once), so sessions run
+//! concurrently without locks; one session runs one inference at a time (`&mut self`).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::abi::{DncContext, DNC_ABI_VERSION};
+use crate::aligned::AlignedBuf;
+use crate::artefact::{Artefact, CpuTarget, Manifest, SectionKind};
+use crate::binding;
+use crate::cpu_features;
+use crate::error::{Error, Result};
+use crate::library::CpuLibrary;
+use crate::pool::{dnc_parallel_for, ThreadPool};
+
+/// Checks that the artefact's CPU code can run here, then loads it.
+fn load_cpu(artefact: &Artefact, target: &CpuTarget) -> Result<CpuLibrary> {
+    if target.abi_version != DNC_ABI_VERSION {
+        return Err(Error::AbiVersion {
+            found: target.abi_version,
+            supported: DNC_ABI_VERSION,
+        });
+    }
+    let missing = cpu_features::missing(&target.cpu, &target.features);
+    if !missing.is_empty() {
+        return Err(Error::DeviceUnavailable(format!(
+            "CPU: the code was compiled for `{}` and needs {}, which this CPU lacks \
+             (recompile with --cpu native, or for an older CPU)",
+            target.cpu,
+            missing.join(", ")
+        )));
+    }
+    let library = CpuLibrary::load(artefact.require(SectionKind::CpuSharedObject)?)?;
+    let (listed, compiled) = (
+        artefact.manifest().schedule.len(),
+        library.kernel_tasks().len(),
+    );
+    if listed != 0 && listed != compiled {
+        return Err(Error::Library(format!(
+            "the code has {compiled} kernels but the manifest's schedule lists {listed}"
+        )));
+    }
+    Ok(library)
+}
+
+/// Where a session runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    /// The CPU, on `threads` threads (the calling thread included; 0 = one per core).
+    Cpu { threads: usize },
+    /// The CUDA device with this ordinal.
+    Cuda { ordinal: usize },
+}
+
+/// A loaded artefact, shareable between threads.
+#[derive(Debug, Clone)]
+pub struct Model {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    artefact: Artefact,
+    cpu: Option<CpuLibrary>,
+}
+
+impl Model {
+    /// Reads and validates the artefact at `path`, then loads its CPU code (if it has any).
+    pub fn load(path: impl AsRef<Path>) -> Result<Model> {
+        Model::from_artefact(Artefact::open(path.as_ref())?)
+    }
+
+    /// A model from an already validated artefact.
+    pub fn from_artefact(artefact: Artefact) -> Result<Model> {
+        let cpu = match &artefact.manifest().cpu {
+            Some(target) => Some(load_cpu(&artefact, target)?),
+            None => None,
+        };
+        Ok(Model {
+            inner: Arc::new(Inner { artefact, cpu }),
+        })
+    }
+
+    /// The artefact.
+    pub fn artefact(&self) -> &Artefact {
+        &self.inner.artefact
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        self.inner.artefact.manifest()
+    }
+
+    /// The input shape the model was compiled for (NCHW).
+    pub fn input_shape(&self) -> &[usize] {
+        &self.manifest().input.shape
+    }
+
+    /// The output shape (`[N, classes]`).
+    pub fn output_shape(&self) -> &[usize] {
+        &self.manifest().output.shape
+    }
+
+    /// Class names, if the artefact carries them.
+    pub fn labels(&self) -> Option<&[String]> {
+        self.manifest().labels.as_deref()
+    }
+
+    /// A new session on `device`, with its own arena and threads.
+    pub fn session(&self, device: Device) -> Result<Session> {
+        match device {
+            Device::Cpu { threads } => Session::cpu(self.clone(), threads),
+            Device::Cuda { .. } => Err(Error::DeviceUnavailable(
+                "CUDA: this runtime was built without CUDA support (the CUDA executor is not implemented yet)".into(),
+            )),
+        }
+    }
+}
+
+/// The time one kernel took in [`Session::run_profiled`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelTime {
+    /// The kernel's index in the schedule (`manifest.schedule[index]` names it).
+    pub index: usize,
+    /// The tasks it was split into.
+    pub tasks: i64,
+    /// Wall time in seconds.
+    pub seconds: f64,
+}
+
+/// One execution context of a model: an arena and a thread pool.
+#[derive(Debug)]
+pub struct Session {
+    model: Model,
+    arena: AlignedBuf,
+    pool: ThreadPool,
+}
+
+impl Session {
+    fn cpu(model: Model, threads: usize) -> Result<Session> {
+        if model.manifest().cpu.is_none() {
+            return Err(Error::DeviceUnavailable(
+                "CPU: the artefact has no CPU code (compile it with --target cpu)".into(),
+            ));
+        }
+        // Validated by the manifest check: fits in isize.
+        let arena_bytes = usize::try_from(model.manifest().memory.arena_bytes).map_err(|_| {
+            Error::OutOfMemory {
+                what: "arena",
+                bytes: usize::MAX,
+            }
+        })?;
+        let arena = AlignedBuf::zeroed(arena_bytes, "arena")?;
+        let pool = ThreadPool::new(threads)?;
+        Ok(Session { model, arena, pool })
+    }
+
+    /// The session's model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The device the session runs on.
+    pub fn device(&self) -> Device {
+        Device::Cpu {
+            threads: self.pool.threads(),
+        }
+    }
+
+    /// Runs the model on `input` of shape `shape` (which must be the model's input shape) and
+    /// returns the output, of the model's output shape.
+    pub fn run(&mut self, input: &[f32], shape: &[usize]) -> Result<Vec<f32>> {
+        let expected = self.model.input_shape();
+        if shape != expected {
+            return Err(Error::ShapeMismatch {
+                what: "input",
+                expected: expected.to_vec(),
+                found: shape.to_vec(),
+            });
+        }
+        let mut output = vec![0f32; self.model.manifest().output.elements()];
+        self.run_into(input, &mut output)?;
+        Ok(output)
+    }
+
+    /// Runs the model with flat buffers whose lengths must match the model's shapes.
+    pub fn run_into(&mut self, input: &[f32], output: &mut [f32]) -> Result<()> {
+        let m = self.model.manifest();
+        check_len("input", input.len(), &m.input.shape, m.input.elements())?;
+        check_len("output", output.len(), &m.output.shape, m.output.elements())?;
+        self.execute(input, output)
+    }
+
+    /// Runs the model like [`Session::run_into`], one kernel at a time, and returns each
+    /// kernel's wall time (for `densenetc bench --profile`).
+    pub fn run_profiled(&mut self, input: &[f32], output: &mut [f32]) -> Result<Vec<KernelTime>> {
+        let m = self.model.manifest();
+        check_len("input", input.len(), &m.input.shape, m.input.elements())?;
+        check_len("output", output.len(), &m.output.shape, m.output.elements())?;
+        let mut times = Vec::new();
+        self.with_context(input, output, |cpu, ctx| {
+            for (i, &tasks) in cpu.kernel_tasks().iter().enumerate() {
+                let start = std::time::Instant::now();
+                // SAFETY: as in `execute`; i < dnc_kernel_count().
+                let status = unsafe { (cpu.run_kernel())(ctx, i as i64) };
+                if status != 0 {
+                    return Err(Error::Execution(status));
+                }
+                times.push(KernelTime {
+                    index: i,
+                    tasks,
+                    seconds: start.elapsed().as_secs_f64(),
+                });
+            }
+            Ok(())
+        })?;
+        Ok(times)
+    }
+
+    fn execute(&mut self, input: &[f32], output: &mut [f32]) -> Result<()> {
+        self.with_context(input, output, |cpu, ctx| {
+            // SAFETY: the context follows the ABI (see `with_context`).
+            unsafe { (cpu.run())(ctx) };
+            Ok(())
+        })
+    }
+
+    /// Copies `input` into the arena, calls `f` with the loaded code and a context for it, then
+    /// copies the output out of the arena.
+    fn with_context(
+        &mut self,
+        input: &[f32],
+        output: &mut [f32],
+        f: impl FnOnce(&CpuLibrary, &DncContext) -> Result<()>,
+    ) -> Result<()> {
+        let model = self.model.clone();
+        let Some(cpu) = &model.inner.cpu else {
+            return Err(Error::DeviceUnavailable(
+                "CPU: the artefact has no CPU code".into(),
+            ));
+        };
+        let m = model.manifest();
+        binding::copy_in(&m.input, input, self.arena.as_f32_mut());
+        let weights = model
+            .artefact()
+            .section(SectionKind::Weights)
+            .map_or(std::ptr::null(), |w| w.as_ptr().cast::<f32>());
+        // The context follows the ABI (crate::abi): weights is the 64-byte-aligned weights
+        // section, kept alive by `model`; the arena has memory.arena_bytes bytes and is
+        // exclusively ours (&mut self); the pool is live and only this thread dispatches on it.
+        // The code itself is trusted (see the crate docs).
+        let ctx = DncContext {
+            weights,
+            arena: self.arena.as_mut_ptr().cast::<f32>(),
+            parallel_for: dnc_parallel_for,
+            pool: self.pool.as_abi_ptr(),
+        };
+        f(cpu, &ctx)?;
+        binding::copy_out(&m.output, self.arena.as_f32(), output);
+        Ok(())
+    }
+}
+
+fn check_len(what: &'static str, found: usize, shape: &[usize], expected: usize) -> Result<()> {
+    if found != expected {
+        return Err(Error::LengthMismatch {
+            what,
+            expected,
+            found,
+            shape: shape.to_vec(),
+        });
+    }
+    Ok(())
+}
