@@ -1,4 +1,5 @@
 //! densenetc, the compiler: DenseNet builder, weight import, pass pipeline,
 //! memory planner, backends and the `densenetc` command line.
 
+pub mod backend;
 pub mod builder;

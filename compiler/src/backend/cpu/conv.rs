@@ -1,0 +1,541 @@
+//! Convolution (and linear, as a 1x1 convolution over `N` pixels) lowered
+//! to register-blocked micro-kernels (`microkernel.rs`).
+//!
+//! Two task shapes:
+//! - **GEMM** (1x1, stride 1, no padding): the pixels of the view, flattened
+//!   across rows and images, are the GEMM's M dimension. A task is a block of
+//!   `mc` pixels × a group of output-channel blocks. With a prologue, each
+//!   input-channel chunk of the pixel block is first packed into a panel with
+//!   the affine+ReLU applied (vectorised along channels); without one, the
+//!   micro-kernel reads the strided input view directly.
+//! - **Direct** (any kernel, stride, padding): a task is `owb` output pixels
+//!   of one output row × a group of output-channel blocks. The input rows the
+//!   task needs are packed into a panel `[KH][span][kc]` with the prologue
+//!   applied to real pixels and zeros written for the padding, so the
+//!   micro-kernel runs without bounds checks and pad taps contribute 0.
+//!
+//! Input channels are processed in chunks of at most `KC_MAX`: the first
+//! chunk starts from the bias, later ones accumulate onto the output, and the
+//! ReLU epilogue runs with the last.
+
+use super::codegen::{Cg, Result, LANES};
+use super::lower::{split_last, AffineRef, Env, TARGET_TASKS};
+use super::microkernel::{Microkernels, UkSpec};
+use super::pack::{pack_bias, pack_conv_weight, OcBlocking, WeightsBuilder};
+use crate::backend::kernel::{ConvKernel, LinearKernel, View};
+use crate::backend::BackendError;
+use inkwell::values::{IntValue, PointerValue};
+
+/// Input channels per chunk (the K blocking of the GEMM).
+const KC_MAX: usize = 256;
+/// Largest direct-conv panel in floats (it lives on the task's stack).
+const PANEL_MAX: usize = 24 * 1024;
+
+/// Task shape of a convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Gemm {
+        m: usize,
+        mc: usize,
+        mblocks: usize,
+        pack: bool,
+    },
+    Direct {
+        owb: usize,
+        n_owb: usize,
+        span: usize,
+    },
+}
+
+/// Tiling and packing decisions for one convolution.
+#[derive(Debug)]
+pub(crate) struct ConvPlan {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub ic: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub k: [usize; 2],
+    pub s: [usize; 2],
+    pub p: [usize; 2],
+    in_base: usize,
+    in_ps: usize,
+    out_base: usize,
+    out_ps: usize,
+    prologue: Option<AffineRef>,
+    relu: bool,
+    pub blocking: OcBlocking,
+    pub mr: usize,
+    weight_off: usize,
+    bias_off: usize,
+    pub kc: usize,
+    kcp: usize,
+    pub mode: Mode,
+    pub groups: usize,
+    pub bpg: usize,
+}
+
+/// Vectors per output-channel block: whole output when it fits three
+/// vectors, else blocks of 16 (or 24 where that divides better).
+fn choose_nv(oc: usize) -> usize {
+    let vecs = oc.div_ceil(LANES);
+    if vecs <= 3 {
+        vecs
+    } else if vecs.is_multiple_of(3) && !vecs.is_multiple_of(2) {
+        3
+    } else {
+        2
+    }
+}
+
+/// Tile height so that `mr · nv` accumulators + `nv` weights + 1 broadcast
+/// fit the 16 vector registers of AVX2.
+fn choose_mr(nv: usize) -> usize {
+    match nv {
+        1 => 12,
+        2 => 6,
+        3 => 4,
+        _ => 3,
+    }
+}
+
+fn scratch<'ctx>(env: &Env<'ctx>) -> Result<PointerValue<'ctx>> {
+    env.scratch
+        .ok_or_else(|| BackendError::Codegen("convolution panel without scratch".into()))
+}
+
+fn round_up(x: usize, m: usize) -> usize {
+    x.div_ceil(m) * m
+}
+
+impl ConvPlan {
+    pub fn new(c: &ConvKernel, i: &View, o: &View, wb: &mut WeightsBuilder) -> ConvPlan {
+        let ic = i.channels;
+        let nv = choose_nv(c.out_channels);
+        let blocking = OcBlocking::new(c.out_channels, nv);
+        let mr = choose_mr(nv);
+        let weight_off = wb.push(&pack_conv_weight(&c.weight, ic, c.kernel, &blocking));
+        let bias_off = wb.push(&pack_bias(c.bias.as_deref().map(Vec::as_slice), &blocking));
+        let prologue = c.prologue.as_ref().map(|a| AffineRef::pack(a, wb));
+        let gemm = c.kernel == [1, 1] && c.stride == [1, 1] && c.padding == [0, 0];
+        let mut kc = ic.min(KC_MAX);
+        let (mode, row_tasks) = if gemm {
+            let m = o.pixels();
+            let mut mc = mr * 8;
+            if m.div_ceil(mc) < TARGET_TASKS {
+                mc = round_up(m.div_ceil(TARGET_TASKS), mr).clamp(mr, mc);
+            }
+            let mblocks = m.div_ceil(mc);
+            let pack = prologue.is_some();
+            (
+                Mode::Gemm {
+                    m,
+                    mc,
+                    mblocks,
+                    pack,
+                },
+                mblocks,
+            )
+        } else {
+            let span = |owb: usize| (owb - 1) * c.stride[1] + c.kernel[1];
+            let panel = |owb: usize, kc: usize| c.kernel[0] * span(owb) * round_up(kc, LANES);
+            let mut owb = o.w;
+            let rows = o.n * o.h;
+            if rows < TARGET_TASKS {
+                let want = TARGET_TASKS.div_ceil(rows);
+                owb = round_up(o.w.div_ceil(want), mr).min(o.w);
+            }
+            while panel(owb, kc) > PANEL_MAX {
+                if owb > 2 * mr {
+                    owb = round_up(owb / 2, mr);
+                } else if kc > LANES {
+                    kc = round_up(kc / 2, LANES);
+                } else {
+                    break;
+                }
+            }
+            let n_owb = o.w.div_ceil(owb);
+            (
+                Mode::Direct {
+                    owb,
+                    n_owb,
+                    span: span(owb),
+                },
+                rows * n_owb,
+            )
+        };
+        let blocks = blocking.blocks();
+        let mut groups = 1;
+        if row_tasks < TARGET_TASKS {
+            groups = TARGET_TASKS.div_ceil(row_tasks).min(blocks);
+        }
+        let bpg = blocks.div_ceil(groups);
+        let groups = blocks.div_ceil(bpg);
+        ConvPlan {
+            n: i.n,
+            h: i.h,
+            w: i.w,
+            ic,
+            oh: o.h,
+            ow: o.w,
+            k: c.kernel,
+            s: c.stride,
+            p: c.padding,
+            in_base: i.first_element(),
+            in_ps: i.pixel_stride,
+            out_base: o.first_element(),
+            out_ps: o.pixel_stride,
+            prologue,
+            relu: c.relu,
+            blocking,
+            mr,
+            weight_off,
+            bias_off,
+            kc,
+            kcp: round_up(kc, LANES),
+            mode,
+            groups,
+            bpg,
+        }
+    }
+
+    /// A linear layer is a 1x1 convolution over `N` pixels.
+    pub fn linear(l: &LinearKernel, i: &View, o: &View, wb: &mut WeightsBuilder) -> ConvPlan {
+        let conv = ConvKernel {
+            out_channels: l.out_features,
+            kernel: [1, 1],
+            stride: [1, 1],
+            padding: [0, 0],
+            weight: l.weight.clone(),
+            bias: l.bias.clone(),
+            prologue: None,
+            relu: l.relu,
+        };
+        ConvPlan::new(&conv, i, o, wb)
+    }
+
+    pub fn tasks(&self) -> usize {
+        let rows = match self.mode {
+            Mode::Gemm { mblocks, .. } => mblocks,
+            Mode::Direct { n_owb, .. } => self.n * self.oh * n_owb,
+        };
+        rows * self.groups
+    }
+
+    pub fn scratch_floats(&self) -> usize {
+        match self.mode {
+            Mode::Gemm { pack: true, mc, .. } => mc * self.kcp,
+            Mode::Gemm { pack: false, .. } => 0,
+            Mode::Direct { span, .. } => self.k[0] * span * self.kcp,
+        }
+    }
+
+    pub fn emit_task<'ctx>(
+        &self,
+        cg: &Cg<'ctx>,
+        uks: &Microkernels<'ctx>,
+        env: &Env<'ctx>,
+        t: IntValue<'ctx>,
+    ) -> Result<()> {
+        let (r, og) = if self.groups > 1 {
+            cg.divrem(t, self.groups)?
+        } else {
+            (t, cg.c64(0))
+        };
+        match self.mode {
+            Mode::Gemm { m, mc, mblocks, .. } => {
+                split_last(cg, r, mblocks, mc, m - (mblocks - 1) * mc, |count| {
+                    self.emit_gemm(cg, uks, env, r, og, count)
+                })
+            }
+            Mode::Direct { owb, n_owb, .. } => {
+                let (r, owb_i) = cg.divrem(r, n_owb)?;
+                let (n_i, oh_i) = cg.divrem(r, self.oh)?;
+                let last = self.ow - (n_owb - 1) * owb;
+                split_last(cg, owb_i, n_owb, owb, last, |count| {
+                    self.emit_direct(cg, uks, env, [n_i, oh_i, owb_i, og], count)
+                })
+            }
+        }
+    }
+
+    fn emit_gemm<'ctx>(
+        &self,
+        cg: &Cg<'ctx>,
+        uks: &Microkernels<'ctx>,
+        env: &Env<'ctx>,
+        mb: IntValue<'ctx>,
+        og: IntValue<'ctx>,
+        count: usize,
+    ) -> Result<()> {
+        let Mode::Gemm { mc, pack, .. } = self.mode else {
+            return Ok(());
+        };
+        let in0 = cg.gep2(cg.gepc(env.arena, self.in_base)?, mb, mc * self.in_ps)?;
+        let out0 = cg.gep2(cg.gepc(env.arena, self.out_base)?, mb, mc * self.out_ps)?;
+        self.for_chunks(cg, |c0, kc, acc, relu| {
+            let (a, a_step) = if pack {
+                let panel = scratch(env)?;
+                cg.for_n(count, |i| {
+                    let src = cg.gep(cg.gep2(in0, i, self.in_ps)?, c0)?;
+                    let dst = cg.gep2(panel, i, self.kcp)?;
+                    self.copy_channels(cg, env, src, dst, c0, kc)
+                })?;
+                (panel, self.kcp)
+            } else {
+                (cg.gep(in0, c0)?, self.in_ps)
+            };
+            self.for_blocks(cg, env, og, |w, bias, col, nv, valid| {
+                let spec = UkSpec {
+                    mr: self.mr,
+                    nv,
+                    valid,
+                    a_step,
+                    taps: [1, 1],
+                    a_row: 0,
+                    a_col: 0,
+                    b_tap: 0,
+                    c_step: self.out_ps,
+                };
+                let b = cg.gep(w, cg.mulc(c0, nv * LANES)?)?;
+                let c = cg.gep(out0, col)?;
+                self.for_tiles(cg, uks, spec, count, [a, b, c, bias], kc, acc, relu)
+            })
+        })
+    }
+
+    fn emit_direct<'ctx>(
+        &self,
+        cg: &Cg<'ctx>,
+        uks: &Microkernels<'ctx>,
+        env: &Env<'ctx>,
+        [n_i, oh_i, owb_i, og]: [IntValue<'ctx>; 4],
+        count: usize,
+    ) -> Result<()> {
+        let Mode::Direct {
+            owb,
+            span: span_max,
+            ..
+        } = self.mode
+        else {
+            return Ok(());
+        };
+        let panel = scratch(env)?;
+        let [kh, kw] = self.k;
+        let [sh, sw] = self.s;
+        let ow0 = cg.mulc(owb_i, owb)?;
+        let img = cg.gep2(
+            cg.gepc(env.arena, self.in_base)?,
+            n_i,
+            self.h * self.w * self.in_ps,
+        )?;
+        let out_px = cg.add(
+            cg.mulc(cg.add(cg.mulc(n_i, self.oh)?, oh_i)?, self.ow)?,
+            ow0,
+        )?;
+        let out0 = cg.gep2(cg.gepc(env.arena, self.out_base)?, out_px, self.out_ps)?;
+        let ih0 = cg.sub(cg.mulc(oh_i, sh)?, cg.c64(self.p[0]))?;
+        let iw0 = cg.sub(cg.mulc(ow0, sw)?, cg.c64(self.p[1]))?;
+        let span = (count - 1) * sw + kw;
+        self.for_chunks(cg, |c0, kc, acc, relu| {
+            cg.for_n(kh, |y| {
+                let ih = cg.add(ih0, y)?;
+                let row_ok = cg.in_range(ih, 0, self.h)?;
+                let dst_row = cg.gep2(panel, y, span_max * self.kcp)?;
+                cg.for_n(span, |x| {
+                    let iw = cg.add(iw0, x)?;
+                    let ok = cg.b.build_and(row_ok, cg.in_range(iw, 0, self.w)?, "")?;
+                    let dst = cg.gep2(dst_row, x, self.kcp)?;
+                    cg.if_else(
+                        ok,
+                        || {
+                            let px = cg.add(cg.mulc(ih, self.w)?, iw)?;
+                            let src = cg.gep(cg.gep2(img, px, self.in_ps)?, c0)?;
+                            self.copy_channels(cg, env, src, dst, c0, kc)
+                        },
+                        || {
+                            for v in 0..kc.div_ceil(LANES) {
+                                cg.store_v(cg.v8.const_zero(), cg.gepc(dst, v * LANES)?, LANES)?;
+                            }
+                            Ok(())
+                        },
+                    )
+                })
+            })?;
+            self.for_blocks(cg, env, og, |w, bias, col, nv, valid| {
+                let nr = nv * LANES;
+                let spec = UkSpec {
+                    mr: self.mr,
+                    nv,
+                    valid,
+                    a_step: sw * self.kcp,
+                    taps: self.k,
+                    a_row: span_max * self.kcp,
+                    a_col: self.kcp,
+                    b_tap: self.ic * nr,
+                    c_step: self.out_ps,
+                };
+                let b = cg.gep(w, cg.mulc(c0, nr)?)?;
+                let c = cg.gep(out0, col)?;
+                self.for_tiles(cg, uks, spec, count, [panel, b, c, bias], kc, acc, relu)
+            })
+        })
+    }
+
+    /// Copy `kc` channels from `src` to the panel at `dst`, applying the
+    /// prologue (channel `c0 + c` of the input). Writes whole vectors: the
+    /// panel's row stride is `kc` rounded up to a vector.
+    fn copy_channels<'ctx>(
+        &self,
+        cg: &Cg<'ctx>,
+        env: &Env<'ctx>,
+        src: PointerValue<'ctx>,
+        dst: PointerValue<'ctx>,
+        c0: IntValue<'ctx>,
+        kc: usize,
+    ) -> Result<()> {
+        cg.for_channel_vectors(kc, |c, lanes| {
+            let x = cg.load_v(cg.gep(src, c)?, lanes)?;
+            let y = match &self.prologue {
+                Some(a) => a.apply(cg, env, x, cg.add(c0, c)?)?,
+                None => x,
+            };
+            cg.store_v(y, cg.gep(dst, c)?, LANES)
+        })
+    }
+
+    /// Run `body(c0, kc, accumulate, relu)` for each input-channel chunk.
+    fn for_chunks<'ctx>(
+        &self,
+        cg: &Cg<'ctx>,
+        mut body: impl FnMut(IntValue<'ctx>, usize, IntValue<'ctx>, IntValue<'ctx>) -> Result<()>,
+    ) -> Result<()> {
+        let (full, rem) = (self.ic / self.kc, self.ic % self.kc);
+        let bool_c = |b: bool| cg.i1.const_int(u64::from(b), false);
+        if full == 1 {
+            body(
+                cg.c64(0),
+                self.kc,
+                bool_c(false),
+                bool_c(self.relu && rem == 0),
+            )?;
+        } else if full > 1 {
+            let last = (full - 1) * self.kc;
+            cg.for_range(cg.c64(0), cg.c64(full * self.kc), self.kc, |c0| {
+                let acc = cg.b.build_not(cg.eqc(c0, 0)?, "")?;
+                let relu = if self.relu && rem == 0 {
+                    cg.eqc(c0, last)?
+                } else {
+                    bool_c(false)
+                };
+                body(c0, self.kc, acc, relu)
+            })?;
+        }
+        if rem > 0 {
+            body(
+                cg.c64(full * self.kc),
+                rem,
+                bool_c(full > 0),
+                bool_c(self.relu),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Run `body(weights, bias, first channel, nv, valid)` for each output
+    /// channel block of group `og`.
+    fn for_blocks<'ctx>(
+        &self,
+        cg: &Cg<'ctx>,
+        env: &Env<'ctx>,
+        og: IntValue<'ctx>,
+        mut body: impl FnMut(
+            PointerValue<'ctx>,
+            PointerValue<'ctx>,
+            IntValue<'ctx>,
+            usize,
+            usize,
+        ) -> Result<()>,
+    ) -> Result<()> {
+        let bk = &self.blocking;
+        let nr = bk.nr();
+        let block_elems = self.k[0] * self.k[1] * self.ic * nr;
+        let w = cg.gepc(env.weights, self.weight_off)?;
+        let bias = cg.gepc(env.weights, self.bias_off)?;
+        if bk.full > 0 {
+            let mut one = |j: IntValue<'ctx>| {
+                body(
+                    cg.gep2(w, j, block_elems)?,
+                    cg.gep2(bias, j, nr)?,
+                    cg.mulc(j, nr)?,
+                    bk.nv,
+                    nr,
+                )
+            };
+            if self.groups == 1 {
+                cg.for_n(bk.full, &mut one)?;
+            } else {
+                let start = cg.mulc(og, self.bpg)?;
+                let end = cg.umin(cg.addc(start, self.bpg)?, cg.c64(bk.full))?;
+                cg.for_range(start, end, 1, &mut one)?;
+            }
+        }
+        if bk.has_tail() {
+            let body = std::cell::RefCell::new(&mut body);
+            let tail = || {
+                (body.borrow_mut())(
+                    cg.gepc(w, bk.full * block_elems)?,
+                    cg.gepc(bias, bk.full * nr)?,
+                    cg.c64(bk.full * nr),
+                    bk.tail_nv,
+                    bk.tail_valid,
+                )
+            };
+            if self.groups == 1 {
+                tail()?;
+            } else {
+                cg.if_then(cg.eqc(og, self.groups - 1)?, tail)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Call the micro-kernel over `count` tile pixels: full `mr` tiles, then
+    /// one shorter tile for the remainder.
+    #[allow(clippy::too_many_arguments)]
+    fn for_tiles<'ctx>(
+        &self,
+        cg: &Cg<'ctx>,
+        uks: &Microkernels<'ctx>,
+        spec: UkSpec,
+        count: usize,
+        [a, b, c, bias]: [PointerValue<'ctx>; 4],
+        kc: usize,
+        acc: IntValue<'ctx>,
+        relu: IntValue<'ctx>,
+    ) -> Result<()> {
+        let call = |mr: usize, tile: IntValue<'ctx>| -> Result<()> {
+            let f = uks.get(cg, UkSpec { mr, ..spec })?;
+            let a = cg.gep2(a, tile, spec.mr * spec.a_step)?;
+            let c = cg.gep2(c, tile, spec.mr * spec.c_step)?;
+            let args = [
+                a.into(),
+                b.into(),
+                c.into(),
+                bias.into(),
+                cg.c64(kc).into(),
+                acc.into(),
+                relu.into(),
+            ];
+            cg.b.build_call(f, &args, "")?;
+            Ok(())
+        };
+        let (full, rem) = (count / spec.mr, count % spec.mr);
+        cg.for_n(full, |tile| call(spec.mr, tile))?;
+        if rem > 0 {
+            call(rem, cg.c64(full))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,783 @@
+//! The CPU backend, kernel by kernel, against the reference executor.
+//!
+//! Each case builds a one-op IR graph, runs it through `ir::reference`,
+//! maps the op to a `KernelDesc` with NHWC views into an arena (dense,
+//! strided with channel offsets, or a channel slice of a shared block
+//! buffer), compiles it to a shared object, loads it and runs it with three
+//! parallel-fors (sequential, two threads, single tasks in reverse order).
+//! The output must be within 1e-4 relative error of the reference, and every
+//! arena element outside the output view must be left untouched.
+
+mod cpu_kernels_support;
+use cpu_kernels_support as support;
+
+use compiler::backend::cpu::{self, CpuOptions};
+use compiler::backend::kernel::{KernelDesc, View};
+use compiler::backend::BackendError;
+use ir::graph::Graph;
+use ir::ops::{ChannelAffine, Conv2d, Linear, Op, Pool2d};
+use ir::reference::Tensor;
+use ir::types::TensorType;
+use support::{Arena, Loaded, Pfor, Rng};
+
+/// A one-op test case.
+struct Case {
+    name: String,
+    graph: Graph,
+    op: Op,
+    input: Tensor,
+    in_view: View,
+    out_view: View,
+}
+
+/// Where the views live in the arena.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Layout {
+    /// Two dense buffers.
+    Dense,
+    /// Two buffers with extra channels per pixel and non-zero channel offsets.
+    Strided,
+    /// One block buffer: input is its channel prefix, output the slice after.
+    Block,
+}
+
+fn views(rng: &mut Rng, layout: Layout, i: [usize; 4], o: [usize; 4]) -> (View, View) {
+    let [n, c, h, w] = i;
+    let [_, oc, oh, ow] = o;
+    match layout {
+        Layout::Dense => {
+            let iv = View::dense(64, n, h, w, c);
+            let ov = View::dense(support::round_up(iv.end_bytes(), 64) + 4, n, oh, ow, oc);
+            (iv, ov)
+        }
+        Layout::Strided => {
+            let (co, extra) = (rng.range(1, 6), rng.range(0, 7));
+            let iv = View {
+                offset: 4 * rng.range(0, 9),
+                n,
+                h,
+                w,
+                channels: c,
+                pixel_stride: c + co + extra,
+                channel_offset: co,
+            };
+            let (co, extra) = (rng.range(1, 10), rng.range(1, 5));
+            let ov = View {
+                offset: iv.end_bytes() + 4 * rng.range(0, 5),
+                n,
+                h: oh,
+                w: ow,
+                channels: oc,
+                pixel_stride: oc + co + extra,
+                channel_offset: co,
+            };
+            (iv, ov)
+        }
+        Layout::Block => {
+            assert_eq!(
+                (h, w),
+                (oh, ow),
+                "a block buffer needs equal spatial extents"
+            );
+            let stride = c + oc + rng.range(0, 9);
+            let buf = View {
+                offset: 4 * rng.range(0, 9),
+                n,
+                h,
+                w,
+                channels: c,
+                pixel_stride: stride,
+                channel_offset: 0,
+            };
+            (buf, buf.slice(c, oc))
+        }
+    }
+}
+
+fn affine(
+    rng: &mut Rng,
+    g: &mut Graph,
+    name: &str,
+    c: usize,
+    shift: (f32, f32),
+    relu: bool,
+) -> ChannelAffine {
+    let scale = format!("{name}.scale");
+    let shift_name = format!("{name}.shift");
+    support::constant(g, &scale, vec![c], rng.vec(c, 0.5, 1.5));
+    support::constant(g, &shift_name, vec![c], rng.vec(c, shift.0, shift.1));
+    ChannelAffine {
+        scale,
+        shift: shift_name,
+        relu,
+    }
+}
+
+/// Build a case: `make(graph, rng)` declares constants and returns the op.
+fn case(
+    name: &str,
+    seed: u64,
+    in_shape: Vec<usize>,
+    layout: Layout,
+    make: impl FnOnce(&mut Graph, &mut Rng) -> Op,
+) -> Case {
+    let mut rng = Rng::new(seed);
+    let mut graph = Graph::new(name);
+    let op = make(&mut graph, &mut rng);
+    let x = graph
+        .add_input("x", TensorType::f32(in_shape.clone()))
+        .expect("input");
+    let y = graph.add_node("y", op.clone(), &[x]).expect("op");
+    graph.set_outputs(vec![y]);
+    let out_shape = graph.node(y).ty.shape.clone();
+    let as4 = |s: &[usize]| match *s {
+        [n, c, h, w] => [n, c, h, w],
+        [n, c] => [n, c, 1, 1],
+        _ => panic!("unexpected rank {s:?}"),
+    };
+    let (in_view, out_view) = views(&mut rng, layout, as4(&in_shape), as4(&out_shape));
+    let input = Tensor::random_uniform(in_shape, seed ^ 0x5eed, -1.0, 1.0);
+    Case {
+        name: name.into(),
+        graph,
+        op,
+        input,
+        in_view,
+        out_view,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_case(
+    name: &str,
+    seed: u64,
+    [n, c, h, w]: [usize; 4],
+    oc: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    prologue: bool,
+    bias: bool,
+    relu: bool,
+    layout: Layout,
+) -> Case {
+    case(name, seed, vec![n, c, h, w], layout, |g, rng| {
+        let fan_in = (c * kernel[0] * kernel[1]) as f32;
+        let bound = 1.0 / fan_in.sqrt();
+        support::constant(
+            g,
+            "w",
+            vec![oc, c, kernel[0], kernel[1]],
+            rng.vec(oc * c * kernel[0] * kernel[1], -bound, bound),
+        );
+        let bias = bias.then(|| {
+            support::constant(g, "b", vec![oc], rng.vec(oc, -0.5, 0.5));
+            "b".to_string()
+        });
+        // Positive shifts: a prologue wrongly applied to the zero padding
+        // turns it into a visible non-zero.
+        let prologue = prologue.then(|| affine(rng, g, "pro", c, (0.2, 1.0), true));
+        Op::Conv2d(Conv2d {
+            weight: "w".into(),
+            bias,
+            out_channels: oc,
+            kernel,
+            stride,
+            padding,
+            prologue,
+            relu,
+        })
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pool_case(
+    name: &str,
+    seed: u64,
+    shape: [usize; 4],
+    max: bool,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    prologue: Option<((f32, f32), bool)>,
+    layout: Layout,
+) -> Case {
+    case(name, seed, shape.to_vec(), layout, |g, rng| {
+        let prologue = prologue.map(|(shift, relu)| affine(rng, g, "pro", shape[1], shift, relu));
+        let p = Pool2d {
+            kernel,
+            stride,
+            padding,
+            prologue,
+        };
+        if max {
+            Op::MaxPool2d(p)
+        } else {
+            Op::AvgPool2d(p)
+        }
+    })
+}
+
+/// Compile one case, run it under every parallel-for and check it.
+fn check(case: &Case) {
+    let reference = ir::reference::run(&case.graph, std::slice::from_ref(&case.input))
+        .unwrap_or_else(|e| panic!("{}: reference failed: {e}", case.name))
+        .remove(0);
+    let desc = KernelDesc::from_ir(
+        &case.name,
+        &case.op,
+        &case.graph.constants,
+        case.in_view,
+        case.out_view,
+    )
+    .unwrap_or_else(|e| panic!("{}: kernel description: {e}", case.name));
+    let compiled = cpu::compile(std::slice::from_ref(&desc), &CpuOptions::default())
+        .unwrap_or_else(|e| panic!("{}: compile failed: {e}", case.name));
+    let lib = Loaded::new(&compiled);
+    for pfor in [Pfor::Sequential, Pfor::TwoThreads, Pfor::ReverseSingles] {
+        let mut arena = Arena::new(compiled.arena_bytes);
+        arena.write(&case.in_view, &case.input);
+        let before = arena.clone();
+        lib.run(&mut arena, pfor);
+        let got = arena.read(&case.out_view, &reference.shape);
+        let err = got.rel_error(&reference).expect("same shape");
+        assert!(
+            err <= 1e-4,
+            "{} ({pfor:?}): relative error {err:e} (plan {})",
+            case.name,
+            compiled.kernels[0].plan
+        );
+        if let Some(i) = arena.first_change_outside(&before, &case.out_view) {
+            panic!(
+                "{} ({pfor:?}): arena element {i} outside the output view was written",
+                case.name
+            );
+        }
+    }
+}
+
+#[test]
+fn conv_1x1_gemm() {
+    use Layout::*;
+    let cases = [
+        conv_case(
+            "bottleneck",
+            1,
+            [2, 20, 5, 7],
+            12,
+            [1, 1],
+            [1, 1],
+            [0, 0],
+            true,
+            false,
+            true,
+            Block,
+        ),
+        conv_case(
+            "plain_bias_relu",
+            2,
+            [1, 37, 6, 6],
+            40,
+            [1, 1],
+            [1, 1],
+            [0, 0],
+            false,
+            true,
+            true,
+            Strided,
+        ),
+        conv_case(
+            "chunked_rem",
+            3,
+            [1, 300, 3, 5],
+            24,
+            [1, 1],
+            [1, 1],
+            [0, 0],
+            true,
+            true,
+            true,
+            Dense,
+        ),
+        conv_case(
+            "two_full_chunks",
+            4,
+            [1, 512, 2, 3],
+            16,
+            [1, 1],
+            [1, 1],
+            [0, 0],
+            false,
+            false,
+            true,
+            Strided,
+        ),
+        conv_case(
+            "three_chunks_block",
+            5,
+            [1, 600, 2, 2],
+            8,
+            [1, 1],
+            [1, 1],
+            [0, 0],
+            true,
+            false,
+            true,
+            Block,
+        ),
+        conv_case(
+            "many_pixels",
+            6,
+            [3, 13, 11, 9],
+            33,
+            [1, 1],
+            [1, 1],
+            [0, 0],
+            true,
+            true,
+            false,
+            Dense,
+        ),
+        conv_case(
+            "one_channel",
+            7,
+            [1, 1, 4, 4],
+            1,
+            [1, 1],
+            [1, 1],
+            [0, 0],
+            true,
+            false,
+            false,
+            Strided,
+        ),
+    ];
+    cases.iter().for_each(check);
+}
+
+#[test]
+fn conv_direct() {
+    use Layout::*;
+    let cases = [
+        conv_case(
+            "dense_3x3_k12",
+            11,
+            [2, 16, 9, 11],
+            12,
+            [3, 3],
+            [1, 1],
+            [1, 1],
+            true,
+            false,
+            false,
+            Block,
+        ),
+        conv_case(
+            "3x3_k32",
+            12,
+            [1, 48, 7, 7],
+            32,
+            [3, 3],
+            [1, 1],
+            [1, 1],
+            false,
+            true,
+            true,
+            Strided,
+        ),
+        conv_case(
+            "3x3_s2",
+            13,
+            [2, 5, 10, 9],
+            9,
+            [3, 3],
+            [2, 2],
+            [1, 1],
+            true,
+            true,
+            true,
+            Dense,
+        ),
+        conv_case(
+            "stem_7x7",
+            14,
+            [1, 3, 23, 20],
+            16,
+            [7, 7],
+            [2, 2],
+            [3, 3],
+            false,
+            true,
+            true,
+            Strided,
+        ),
+        conv_case(
+            "1x1_s2",
+            15,
+            [1, 10, 7, 7],
+            8,
+            [1, 1],
+            [2, 2],
+            [0, 0],
+            true,
+            false,
+            false,
+            Dense,
+        ),
+        conv_case(
+            "3x3_nopad_oc70",
+            16,
+            [1, 8, 6, 5],
+            70,
+            [3, 3],
+            [1, 1],
+            [0, 0],
+            false,
+            true,
+            false,
+            Strided,
+        ),
+        conv_case(
+            "3x3_chunked",
+            17,
+            [1, 260, 4, 4],
+            12,
+            [3, 3],
+            [1, 1],
+            [1, 1],
+            true,
+            false,
+            true,
+            Block,
+        ),
+        conv_case(
+            "5x3_mixed",
+            18,
+            [1, 6, 9, 8],
+            5,
+            [5, 3],
+            [2, 1],
+            [2, 1],
+            true,
+            true,
+            false,
+            Strided,
+        ),
+        conv_case(
+            "wide_row_split",
+            19,
+            [1, 8, 2, 40],
+            8,
+            [3, 3],
+            [1, 1],
+            [1, 1],
+            true,
+            false,
+            true,
+            Block,
+        ),
+        conv_case(
+            "big_panel",
+            20,
+            [1, 256, 3, 120],
+            8,
+            [3, 3],
+            [1, 1],
+            [1, 1],
+            true,
+            false,
+            false,
+            Dense,
+        ),
+        conv_case(
+            "pad_gt_half",
+            21,
+            [1, 4, 3, 3],
+            4,
+            [3, 3],
+            [1, 1],
+            [2, 2],
+            true,
+            true,
+            false,
+            Strided,
+        ),
+    ];
+    cases.iter().for_each(check);
+}
+
+#[test]
+fn conv_random_shapes() {
+    let mut rng = Rng::new(2024);
+    for i in 0..8 {
+        let k = [rng.range(1, 4), rng.range(1, 4)];
+        let s = [rng.range(1, 3), rng.range(1, 3)];
+        let p = [rng.range(0, k[0]), rng.range(0, k[1])];
+        let shape = [
+            rng.range(1, 3),
+            rng.range(1, 40),
+            rng.range(k[0], 10),
+            rng.range(k[1], 10),
+        ];
+        let oc = rng.range(1, 40);
+        let layout = if rng.range(0, 2) == 0 {
+            Layout::Dense
+        } else {
+            Layout::Strided
+        };
+        let (pro, bias, relu) = (
+            rng.range(0, 2) == 1,
+            rng.range(0, 2) == 1,
+            rng.range(0, 2) == 1,
+        );
+        let name = format!("random{i}_{shape:?}_oc{oc}_k{k:?}_s{s:?}_p{p:?}");
+        check(&conv_case(
+            &name,
+            100 + i,
+            shape,
+            oc,
+            k,
+            s,
+            p,
+            pro,
+            bias,
+            relu,
+            layout,
+        ));
+    }
+}
+
+#[test]
+fn pools() {
+    use Layout::*;
+    let cases = [
+        // All prologue outputs negative: zero padding instead of -inf shows.
+        pool_case(
+            "max_3x3_s2_neg",
+            31,
+            [2, 13, 11, 10],
+            true,
+            [3, 3],
+            [2, 2],
+            [1, 1],
+            Some(((-3.0, -2.0), false)),
+            Strided,
+        ),
+        pool_case(
+            "max_2x2_odd",
+            32,
+            [1, 9, 7, 9],
+            true,
+            [2, 2],
+            [2, 2],
+            [0, 0],
+            None,
+            Dense,
+        ),
+        pool_case(
+            "avg_transition",
+            33,
+            [2, 20, 8, 8],
+            false,
+            [2, 2],
+            [2, 2],
+            [0, 0],
+            Some(((-0.5, 0.5), true)),
+            Strided,
+        ),
+        pool_case(
+            "avg_3x3_pad_counts",
+            34,
+            [1, 17, 5, 6],
+            false,
+            [3, 3],
+            [1, 1],
+            [1, 1],
+            Some(((0.2, 1.0), true)),
+            Dense,
+        ),
+        pool_case(
+            "max_stem_relu",
+            35,
+            [1, 16, 12, 12],
+            true,
+            [3, 3],
+            [2, 2],
+            [1, 1],
+            Some(((0.2, 1.0), true)),
+            Dense,
+        ),
+    ];
+    cases.iter().for_each(check);
+}
+
+#[test]
+fn global_avg_pool_linear_affine() {
+    use Layout::*;
+    let gap = |name: &str, seed, shape: [usize; 4], pro: bool, layout| {
+        case(name, seed, shape.to_vec(), layout, |g, rng| {
+            Op::GlobalAvgPool {
+                prologue: pro.then(|| affine(rng, g, "pro", shape[1], (0.2, 1.0), true)),
+            }
+        })
+    };
+    let linear = |name: &str, seed, n: usize, i: usize, o: usize, bias: bool, layout| {
+        case(name, seed, vec![n, i], layout, |g, rng| {
+            support::constant(g, "w", vec![o, i], rng.vec(o * i, -0.2, 0.2));
+            let bias = bias.then(|| {
+                support::constant(g, "b", vec![o], rng.vec(o, -1.0, 1.0));
+                "b".to_string()
+            });
+            Op::Linear(Linear {
+                weight: "w".into(),
+                bias,
+                out_features: o,
+            })
+        })
+    };
+    let affine_case = |name: &str, seed, shape: [usize; 4], relu: bool, layout| {
+        case(name, seed, shape.to_vec(), layout, |g, rng| {
+            Op::ChannelAffine(affine(rng, g, "a", shape[1], (-0.5, 0.5), relu))
+        })
+    };
+    let cases = [
+        gap("gap_norm5", 41, [3, 70, 7, 7], true, Strided),
+        gap("gap_plain_1x1", 42, [2, 8, 1, 1], false, Dense),
+        linear("classifier", 43, 1, 50, 10, true, Dense),
+        linear("classifier_b3", 44, 3, 70, 1000, false, Strided),
+        affine_case("affine_relu", 45, [2, 11, 3, 5], true, Strided),
+        affine_case("affine_plain", 46, [1, 16, 4, 4], false, Dense),
+    ];
+    cases.iter().for_each(check);
+}
+
+#[test]
+fn affine_in_place() {
+    let mut c = case(
+        "relu_in_place",
+        51,
+        vec![2, 19, 3, 4],
+        Layout::Strided,
+        |_, _| Op::Relu,
+    );
+    c.out_view = c.in_view;
+    check(&c);
+}
+
+#[test]
+fn checker_catches_a_write_outside_the_slice() {
+    let c = conv_case(
+        "guard",
+        61,
+        [1, 8, 3, 3],
+        8,
+        [1, 1],
+        [1, 1],
+        [0, 0],
+        false,
+        false,
+        false,
+        Layout::Block,
+    );
+    let mut arena = Arena::new(c.out_view.end_bytes());
+    arena.write(&c.in_view, &c.input);
+    let before = arena.clone();
+    // One element just past the output slice of pixel 0 (the block has
+    // padding channels after the slice or the next pixel's channel 0).
+    let i = c.out_view.first_element() + c.out_view.channels;
+    arena.poke(i, 42.0);
+    assert_eq!(arena.first_change_outside(&before, &c.out_view), Some(i));
+}
+
+#[test]
+fn errors_are_typed() {
+    let c = conv_case(
+        "err",
+        71,
+        [1, 8, 3, 3],
+        8,
+        [1, 1],
+        [1, 1],
+        [0, 0],
+        false,
+        false,
+        false,
+        Layout::Dense,
+    );
+    let desc =
+        KernelDesc::from_ir("err", &c.op, &c.graph.constants, c.in_view, c.out_view).expect("desc");
+
+    let opts = CpuOptions {
+        cpu: "not-a-cpu".into(),
+        ..CpuOptions::default()
+    };
+    assert!(matches!(
+        cpu::compile(std::slice::from_ref(&desc), &opts),
+        Err(BackendError::UnknownCpu(_))
+    ));
+
+    let mut bad = desc.clone();
+    bad.output.channel_offset = bad.output.pixel_stride;
+    assert!(matches!(
+        cpu::compile(&[bad], &CpuOptions::default()),
+        Err(BackendError::InvalidKernel { index: 0, .. })
+    ));
+
+    let mut alias = desc.clone();
+    alias.output = alias.input.slice(0, 8);
+    let err = cpu::compile(&[alias], &CpuOptions::default()).expect_err("aliasing views");
+    assert!(err.to_string().contains("overlaps"), "{err}");
+
+    let opts = CpuOptions {
+        linker: Some("/nonexistent/cc".into()),
+        ..CpuOptions::default()
+    };
+    assert!(matches!(
+        cpu::compile(&[desc], &opts),
+        Err(BackendError::LinkerNotFound { .. })
+    ));
+}
+
+#[test]
+fn named_cpu_and_abi_metadata() {
+    let c = conv_case(
+        "abi",
+        81,
+        [1, 24, 5, 5],
+        16,
+        [3, 3],
+        [1, 1],
+        [1, 1],
+        true,
+        true,
+        true,
+        Layout::Strided,
+    );
+    let desc =
+        KernelDesc::from_ir("abi", &c.op, &c.graph.constants, c.in_view, c.out_view).expect("desc");
+    let opts = CpuOptions {
+        cpu: "x86-64-v3".into(),
+        emit_asm: true,
+        ..CpuOptions::default()
+    };
+    let compiled = cpu::compile(&[desc.clone(), desc], &opts).expect("compile");
+    assert_eq!(compiled.target.cpu, "x86-64-v3");
+    let asm = compiled.asm.as_deref().expect("asm");
+    assert!(asm.contains("vfmadd"), "no FMA in the generated code");
+    assert!(compiled.llvm_ir_before.contains("define void @dnc_run"));
+    assert!(compiled.llvm_ir_after.contains("<8 x float>"));
+    let lib = Loaded::new(&compiled);
+    assert_eq!(lib.abi_version(), cpu::ABI_VERSION as i32);
+    assert_eq!(lib.kernel_count(), 2);
+    assert_eq!(lib.kernel_tasks(1), compiled.kernels[1].tasks as i64);
+    assert_eq!(lib.kernel_tasks(2), -1);
+    assert_eq!(lib.kernel_tasks(-1), -1);
+    let mut arena = Arena::new(compiled.arena_bytes);
+    assert_eq!(lib.run_kernel(&mut arena, 5), -1);
+    arena.write(&c.in_view, &c.input);
+    assert_eq!(lib.run_kernel(&mut arena, 0), 0);
+    let reference =
+        ir::reference::run(&c.graph, std::slice::from_ref(&c.input)).expect("reference");
+    let got = arena.read(&c.out_view, &reference[0].shape);
+    assert!(got.rel_error(&reference[0]).expect("shape") <= 1e-4);
+}
