@@ -8,6 +8,7 @@ use compiler::backend::kernel::View;
 use ir::graph::{Constant, Graph};
 use ir::reference::Tensor;
 use std::ffi::c_void;
+use std::sync::{Barrier, Mutex, OnceLock};
 
 /// SplitMix64: small, deterministic, good enough for test data.
 #[derive(Debug)]
@@ -155,6 +156,8 @@ pub enum Pfor {
     TwoThreads,
     /// One task per call, last task first.
     ReverseSingles,
+    /// A persistent two-thread pool (the caller and one worker), for timing.
+    Pool2,
 }
 
 unsafe extern "C" fn pfor_sequential(_: *mut c_void, task: TaskFn, ctx: *const Ctx, n: i64) {
@@ -183,6 +186,63 @@ unsafe extern "C" fn pfor_reverse(_: *mut c_void, task: TaskFn, ctx: *const Ctx,
         // SAFETY: as for `pfor_sequential`, one task at a time.
         unsafe { task(ctx, i, i + 1) }
     }
+}
+
+/// One half of a parallel-for, handed to the pool's worker.
+#[derive(Clone, Copy)]
+struct Job {
+    task: TaskFn,
+    ctx: usize,
+    begin: i64,
+    end: i64,
+}
+
+/// The caller plus one persistent worker, synchronised by two barriers.
+struct Pool2 {
+    busy: Mutex<()>,
+    job: Mutex<Option<Job>>,
+    start: Barrier,
+    done: Barrier,
+}
+
+fn pool2() -> &'static Pool2 {
+    static POOL: OnceLock<&'static Pool2> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let pool: &'static Pool2 = Box::leak(Box::new(Pool2 {
+            busy: Mutex::new(()),
+            job: Mutex::new(None),
+            start: Barrier::new(2),
+            done: Barrier::new(2),
+        }));
+        std::thread::spawn(move || loop {
+            pool.start.wait();
+            let job = *pool.job.lock().expect("job lock");
+            if let Some(j) = job {
+                // SAFETY: the job was published by `pfor_pool2`, which waits
+                // on `done` before returning, so the context is alive.
+                unsafe { (j.task)(j.ctx as *const Ctx, j.begin, j.end) }
+            }
+            pool.done.wait();
+        });
+        pool
+    })
+}
+
+unsafe extern "C" fn pfor_pool2(pool: *mut c_void, task: TaskFn, ctx: *const Ctx, n: i64) {
+    // SAFETY: `Loaded::ctx` sets `pool` to the leaked, never-freed `Pool2`.
+    let pool = unsafe { &*(pool as *const Pool2) };
+    let _busy = pool.busy.lock().expect("pool lock");
+    let mid = n / 2;
+    *pool.job.lock().expect("job lock") = Some(Job {
+        task,
+        ctx: ctx as usize,
+        begin: mid,
+        end: n,
+    });
+    pool.start.wait();
+    // SAFETY: as for `pfor_sequential`; the worker runs the other half.
+    unsafe { task(ctx, 0, mid) };
+    pool.done.wait();
 }
 
 /// A compiled kernel list, loaded.
@@ -214,12 +274,17 @@ impl Loaded {
             Pfor::Sequential => pfor_sequential,
             Pfor::TwoThreads => pfor_two_threads,
             Pfor::ReverseSingles => pfor_reverse,
+            Pfor::Pool2 => pfor_pool2,
+        };
+        let pool = match pfor {
+            Pfor::Pool2 => pool2() as *const Pool2 as *mut c_void,
+            _ => std::ptr::null_mut(),
         };
         Ctx {
             weights: self.weights.as_ptr(),
             arena: arena.as_mut_ptr(),
             parallel_for,
-            pool: std::ptr::null_mut(),
+            pool,
         }
     }
 

@@ -108,6 +108,14 @@ impl<'ctx> Cg<'ctx> {
         );
     }
 
+    pub fn noinline(&self, f: FunctionValue<'ctx>) {
+        let kind = Attribute::get_named_enum_kind_id("noinline");
+        f.add_attribute(
+            AttributeLoc::Function,
+            self.ctx.create_enum_attribute(kind, 0),
+        );
+    }
+
     pub fn param_ptr(&self, f: FunctionValue<'ctx>, i: u32) -> Result<PointerValue<'ctx>> {
         f.get_nth_param(i)
             .map(|p| p.into_pointer_value())

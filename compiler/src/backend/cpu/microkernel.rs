@@ -79,6 +79,10 @@ fn emit<'ctx>(cg: &Cg<'ctx>, s: &UkSpec, name: &str) -> Result<FunctionValue<'ct
         false,
     );
     let f = cg.function(name, ty, Linkage::Internal);
+    // One copy per spec, shared by every kernel that uses it: inlining it
+    // into each call site multiplies compile time for no measurable gain
+    // (a call per tile of thousands of FMAs).
+    cg.noinline(f);
     for i in 0..4 {
         cg.noalias_param(f, i);
     }

@@ -1,0 +1,249 @@
+//! Throughput of DenseNet-shaped CPU kernels (ignored by default: a
+//! measurement, not a check). Run with
+//!
+//! ```text
+//! cargo test -p compiler --test cpu_kernels_bench -- --ignored --nocapture
+//! ```
+//!
+//! The generated code is optimised by LLVM at O3 whatever the Rust profile.
+//! `DNC_BENCH_ASM=DIR` writes each kernel's assembly there;
+//! `DNC_BENCH_BATCH=N` sets the DenseNet-121 batch (default 1).
+
+mod cpu_kernels_net;
+mod cpu_kernels_support;
+
+use compiler::backend::cpu::{self, CpuOptions};
+use compiler::backend::kernel::{Affine, ConvKernel, KernelDesc, KernelOp, View};
+use cpu_kernels_net::NetConfig;
+use cpu_kernels_support::{Arena, Loaded, Pfor, Rng};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+struct Shape {
+    name: &'static str,
+    hw: usize,
+    ic: usize,
+    oc: usize,
+    k: usize,
+    /// Channels per pixel of the block buffer the views live in.
+    block: usize,
+    prologue: bool,
+}
+
+fn desc(s: &Shape, rng: &mut Rng) -> KernelDesc {
+    let pad = s.k / 2;
+    let weight = rng.vec(s.oc * s.ic * s.k * s.k, -0.05, 0.05);
+    let affine = |rng: &mut Rng| Affine {
+        scale: Arc::new(rng.vec(s.ic, 0.5, 1.5)),
+        shift: Arc::new(rng.vec(s.ic, -0.2, 0.5)),
+        relu: true,
+    };
+    let input = View {
+        offset: 0,
+        n: 1,
+        h: s.hw,
+        w: s.hw,
+        channels: s.ic,
+        pixel_stride: s.block,
+        channel_offset: 0,
+    };
+    let out_buf = input.end_bytes().div_ceil(64) * 64;
+    let output = if s.k == 1 {
+        View::dense(out_buf, 1, s.hw, s.hw, s.oc)
+    } else {
+        // A 3x3 growth conv writes its slice of the block buffer.
+        View {
+            offset: 0,
+            channels: s.oc,
+            channel_offset: s.ic,
+            ..input
+        }
+    };
+    KernelDesc {
+        name: s.name.into(),
+        op: KernelOp::Conv(ConvKernel {
+            out_channels: s.oc,
+            kernel: [s.k, s.k],
+            stride: [1, 1],
+            padding: [pad, pad],
+            weight: Arc::new(weight),
+            bias: Some(Arc::new(rng.vec(s.oc, -0.1, 0.1))),
+            prologue: s.prologue.then(|| affine(rng)),
+            relu: true,
+        }),
+        input,
+        output,
+    }
+}
+
+fn median_ms(mut f: impl FnMut(), iters: usize) -> f64 {
+    for _ in 0..3 {
+        f();
+    }
+    let mut t: Vec<f64> = (0..iters)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+#[test]
+#[ignore = "measurement; run with --ignored --nocapture"]
+fn densenet_conv_throughput() {
+    let shapes = [
+        Shape {
+            name: "1x1_28x28_512to128",
+            hw: 28,
+            ic: 512,
+            oc: 128,
+            k: 1,
+            block: 512,
+            prologue: true,
+        },
+        Shape {
+            name: "3x3_28x28_128to32",
+            hw: 28,
+            ic: 128,
+            oc: 32,
+            k: 3,
+            block: 512,
+            prologue: false,
+        },
+        Shape {
+            name: "1x1_56x56_256to128",
+            hw: 56,
+            ic: 256,
+            oc: 128,
+            k: 1,
+            block: 256,
+            prologue: true,
+        },
+        Shape {
+            name: "3x3_56x56_128to32",
+            hw: 56,
+            ic: 128,
+            oc: 32,
+            k: 3,
+            block: 256,
+            prologue: false,
+        },
+        Shape {
+            name: "1x1_7x7_1024to128",
+            hw: 7,
+            ic: 1024,
+            oc: 128,
+            k: 1,
+            block: 1024,
+            prologue: true,
+        },
+    ];
+    let asm_dir = std::env::var_os("DNC_BENCH_ASM");
+    let mut rng = Rng::new(7);
+    println!(
+        "{:<22} {:>8} {:>6} {:>10} {:>10} {:>10} {:>10}",
+        "kernel", "MFLOP", "tasks", "1T ms", "1T GF/s", "2T ms", "2T GF/s"
+    );
+    for s in &shapes {
+        let d = desc(s, &mut rng);
+        let opts = CpuOptions {
+            emit_asm: asm_dir.is_some(),
+            ..CpuOptions::default()
+        };
+        let compiled = cpu::compile(std::slice::from_ref(&d), &opts).expect("compile");
+        if let (Some(dir), Some(asm)) = (&asm_dir, &compiled.asm) {
+            std::fs::create_dir_all(dir).expect("asm dir");
+            std::fs::write(std::path::Path::new(dir).join(format!("{}.s", s.name)), asm)
+                .expect("write asm");
+        }
+        let lib = Loaded::new(&compiled);
+        let mut arena = Arena::new(compiled.arena_bytes);
+        let flop = 2.0 * d.macs() as f64;
+        let iters = (2e9 / flop).clamp(10.0, 400.0) as usize;
+        let t1 = median_ms(|| lib.run(&mut arena, Pfor::Sequential), iters);
+        let t2 = median_ms(|| lib.run(&mut arena, Pfor::Pool2), iters);
+        println!(
+            "{:<22} {:>8.1} {:>6} {:>10.3} {:>10.1} {:>10.3} {:>10.1}",
+            s.name,
+            flop / 1e6,
+            compiled.kernels[0].tasks,
+            t1,
+            flop / t1 / 1e6,
+            t2,
+            flop / t2 / 1e6
+        );
+    }
+}
+
+/// The kernel class a DenseNet kernel's time is reported under.
+fn class(k: &KernelDesc) -> String {
+    match &k.op {
+        KernelOp::Conv(c) if k.name.starts_with('t') => {
+            format!("transition conv {}x{}", c.kernel[0], c.kernel[1])
+        }
+        KernelOp::Conv(c) => format!("conv {}x{}", c.kernel[0], c.kernel[1]),
+        op => op.mnemonic().to_string(),
+    }
+}
+
+#[test]
+#[ignore = "measurement; run with --ignored --nocapture"]
+fn densenet121_kernel_chain() {
+    let batch = std::env::var("DNC_BENCH_BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(1);
+    let net = cpu_kernels_net::build(&NetConfig::densenet121(batch), 1);
+    let start = Instant::now();
+    let compiled = cpu::compile(&net.kernels, &CpuOptions::default()).expect("compile");
+    let compile_s = start.elapsed().as_secs_f64();
+    let lib = Loaded::new(&compiled);
+    let mut arena = Arena::new(compiled.arena_bytes);
+    let flop: f64 = net.kernels.iter().map(|k| 2.0 * k.macs() as f64).sum();
+    println!(
+        "DenseNet-121 b{batch}: {} kernels, compile {compile_s:.2} s, .so {} KiB, weights {:.1} MiB, arena {:.1} MiB, {:.2} GFLOP",
+        net.kernels.len(),
+        compiled.shared_object.len() / 1024,
+        compiled.packed_weights.len() as f64 / 1_048_576.0,
+        compiled.arena_bytes as f64 / 1_048_576.0,
+        flop / 1e9
+    );
+    let iters = if batch > 2 { 5 } else { 15 };
+    let t1 = median_ms(|| lib.run(&mut arena, Pfor::Sequential), iters);
+    let t2 = median_ms(|| lib.run(&mut arena, Pfor::Pool2), iters);
+    println!(
+        "dnc_run: 1 thread {t1:.2} ms ({:.1} GFLOP/s), 2 threads {t2:.2} ms ({:.1} GFLOP/s)",
+        flop / t1 / 1e6,
+        flop / t2 / 1e6
+    );
+
+    let mut by_class: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for (i, k) in net.kernels.iter().enumerate() {
+        let ms = median_ms(
+            || {
+                lib.run_kernel(&mut arena, i as i64);
+            },
+            5,
+        );
+        let e = by_class.entry(class(k)).or_default();
+        e.0 += ms;
+        e.1 += 2.0 * k.macs() as f64;
+    }
+    let total: f64 = by_class.values().map(|v| v.0).sum();
+    println!(
+        "{:<22} {:>9} {:>8} {:>8} {:>7}",
+        "class (1 thread)", "ms", "GFLOP", "GFLOP/s", "share"
+    );
+    for (c, (ms, f)) in &by_class {
+        println!(
+            "{c:<22} {ms:>9.2} {:>8.3} {:>8.1} {:>6.1}%",
+            f / 1e9,
+            f / ms / 1e6,
+            100.0 * ms / total
+        );
+    }
+}
