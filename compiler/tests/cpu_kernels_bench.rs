@@ -7,7 +7,8 @@
 //!
 //! The generated code is optimised by LLVM at O3 whatever the Rust profile.
 //! `DNC_BENCH_ASM=DIR` writes each kernel's assembly there;
-//! `DNC_BENCH_BATCH=N` sets the DenseNet-121 batch (default 1).
+//! `DNC_BENCH_BATCH=N` sets the DenseNet-121 batch (default 1);
+//! `DNC_BENCH_IR=DIR` writes its LLVM module before and after optimisation.
 
 mod cpu_kernels_net;
 mod cpu_kernels_support;
@@ -201,6 +202,14 @@ fn densenet121_kernel_chain() {
     let start = Instant::now();
     let compiled = cpu::compile(&net.kernels, &CpuOptions::default()).expect("compile");
     let compile_s = start.elapsed().as_secs_f64();
+    if let Some(dir) = std::env::var_os("DNC_BENCH_IR") {
+        let dir = std::path::Path::new(&dir);
+        std::fs::create_dir_all(dir).expect("ir dir");
+        std::fs::write(dir.join("densenet121.before.ll"), &compiled.llvm_ir_before)
+            .expect("write ir");
+        std::fs::write(dir.join("densenet121.after.ll"), &compiled.llvm_ir_after)
+            .expect("write ir");
+    }
     let lib = Loaded::new(&compiled);
     let mut arena = Arena::new(compiled.arena_bytes);
     let flop: f64 = net.kernels.iter().map(|k| 2.0 * k.macs() as f64).sum();

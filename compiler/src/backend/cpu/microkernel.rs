@@ -22,6 +22,7 @@
 use super::codegen::{Cg, Result, LANES};
 use inkwell::module::Linkage;
 use inkwell::values::FunctionValue;
+use inkwell::IntPredicate;
 use std::cell::RefCell;
 use std::collections::HashMap;
 
@@ -131,7 +132,9 @@ fn emit<'ctx>(cg: &Cg<'ctx>, s: &UkSpec, name: &str) -> Result<FunctionValue<'ct
             let pa = cg.gep(a, a_off)?;
             let tap = cg.add(cg.mulc(kh, kw_n)?, kw)?;
             let pb = cg.gep2(b, tap, s.b_tap)?;
-            cg.for_range(cg.c64(0), kc, 1, |ic| {
+            // One rank-1 update per input channel, unrolled by two (LLVM's
+            // unroller is off, see `pass_options`).
+            let step = |ic| -> Result<()> {
                 let pbi = cg.gep2(pb, ic, nr)?;
                 let mut bv = Vec::with_capacity(s.nv);
                 for v in 0..s.nv {
@@ -147,7 +150,16 @@ fn emit<'ctx>(cg: &Cg<'ctx>, s: &UkSpec, name: &str) -> Result<FunctionValue<'ct
                     }
                 }
                 Ok(())
-            })
+            };
+            let even = cg.b.build_and(kc, cg.c64(!1), "")?;
+            cg.for_range(cg.c64(0), even, 2, |ic| {
+                step(ic)?;
+                step(cg.addc(ic, 1)?)
+            })?;
+            cg.if_then(
+                cg.b.build_int_compare(IntPredicate::NE, even, kc, "")?,
+                || step(even),
+            )
         })
     })?;
 
