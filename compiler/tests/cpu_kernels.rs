@@ -149,70 +149,117 @@ fn case(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn conv_case(
-    name: &str,
-    seed: u64,
-    [n, c, h, w]: [usize; 4],
+/// A case in one line: `n2 c20 5x7 oc12 k3 s2x1 p1 pro bias relu block`.
+/// Unset: batch 1, kernel 1, stride 1, padding 0, dense layout. For pools,
+/// `max`/`avg` and the prologue `pro` (positive shifts, ReLU), `neg` (all
+/// outputs negative, no ReLU) or `bn` (mixed shifts, ReLU).
+#[derive(Debug, Clone)]
+struct Spec {
+    shape: [usize; 4],
     oc: usize,
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 2],
-    prologue: bool,
+    k: [usize; 2],
+    s: [usize; 2],
+    p: [usize; 2],
+    prologue: Option<((f32, f32), bool)>,
     bias: bool,
     relu: bool,
+    max: bool,
     layout: Layout,
-) -> Case {
-    case(name, seed, vec![n, c, h, w], layout, |g, rng| {
-        let fan_in = (c * kernel[0] * kernel[1]) as f32;
-        let bound = 1.0 / fan_in.sqrt();
-        support::constant(
-            g,
-            "w",
-            vec![oc, c, kernel[0], kernel[1]],
-            rng.vec(oc * c * kernel[0] * kernel[1], -bound, bound),
-        );
-        let bias = bias.then(|| {
-            support::constant(g, "b", vec![oc], rng.vec(oc, -0.5, 0.5));
+}
+
+fn pair(v: &str) -> [usize; 2] {
+    let num = |x: &str| {
+        x.parse::<usize>()
+            .unwrap_or_else(|_| panic!("bad number in `{v}`"))
+    };
+    match v.split_once('x') {
+        Some((a, b)) => [num(a), num(b)],
+        None => [num(v), num(v)],
+    }
+}
+
+impl Spec {
+    fn parse(text: &str) -> Spec {
+        let mut s = Spec {
+            shape: [1, 0, 0, 0],
+            oc: 0,
+            k: [1, 1],
+            s: [1, 1],
+            p: [0, 0],
+            prologue: None,
+            bias: false,
+            relu: false,
+            max: false,
+            layout: Layout::Dense,
+        };
+        for tok in text.split_whitespace() {
+            match tok {
+                "pro" => s.prologue = Some(((0.2, 1.0), true)),
+                "neg" => s.prologue = Some(((-3.0, -2.0), false)),
+                "bn" => s.prologue = Some(((-0.5, 0.5), true)),
+                "bias" => s.bias = true,
+                "relu" => s.relu = true,
+                "max" => s.max = true,
+                "avg" => s.max = false,
+                "dense" => s.layout = Layout::Dense,
+                "strided" => s.layout = Layout::Strided,
+                "block" => s.layout = Layout::Block,
+                t if t.starts_with("oc") => s.oc = pair(&t[2..])[0],
+                t if t.starts_with('n') => s.shape[0] = pair(&t[1..])[0],
+                t if t.starts_with('c') => s.shape[1] = pair(&t[1..])[0],
+                t if t.starts_with('k') => s.k = pair(&t[1..]),
+                t if t.starts_with('s') => s.s = pair(&t[1..]),
+                t if t.starts_with('p') => s.p = pair(&t[1..]),
+                t => [s.shape[2], s.shape[3]] = pair(t),
+            }
+        }
+        s
+    }
+}
+
+fn conv_case(name: &str, seed: u64, spec: &str) -> Case {
+    let sp = Spec::parse(spec);
+    let [_, c, ..] = sp.shape;
+    let [kh, kw] = sp.k;
+    case(name, seed, sp.shape.to_vec(), sp.layout, |g, rng| {
+        let bound = 1.0 / ((c * kh * kw) as f32).sqrt();
+        let w = rng.vec(sp.oc * c * kh * kw, -bound, bound);
+        support::constant(g, "w", vec![sp.oc, c, kh, kw], w);
+        let bias = sp.bias.then(|| {
+            support::constant(g, "b", vec![sp.oc], rng.vec(sp.oc, -0.5, 0.5));
             "b".to_string()
         });
         // Positive shifts: a prologue wrongly applied to the zero padding
         // turns it into a visible non-zero.
-        let prologue = prologue.then(|| affine(rng, g, "pro", c, (0.2, 1.0), true));
+        let prologue = sp
+            .prologue
+            .map(|(shift, relu)| affine(rng, g, "pro", c, shift, relu));
         Op::Conv2d(Conv2d {
             weight: "w".into(),
             bias,
-            out_channels: oc,
-            kernel,
-            stride,
-            padding,
+            out_channels: sp.oc,
+            kernel: sp.k,
+            stride: sp.s,
+            padding: sp.p,
             prologue,
-            relu,
+            relu: sp.relu,
         })
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn pool_case(
-    name: &str,
-    seed: u64,
-    shape: [usize; 4],
-    max: bool,
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 2],
-    prologue: Option<((f32, f32), bool)>,
-    layout: Layout,
-) -> Case {
-    case(name, seed, shape.to_vec(), layout, |g, rng| {
-        let prologue = prologue.map(|(shift, relu)| affine(rng, g, "pro", shape[1], shift, relu));
+fn pool_case(name: &str, seed: u64, spec: &str) -> Case {
+    let sp = Spec::parse(spec);
+    case(name, seed, sp.shape.to_vec(), sp.layout, |g, rng| {
+        let prologue = sp
+            .prologue
+            .map(|(shift, relu)| affine(rng, g, "pro", sp.shape[1], shift, relu));
         let p = Pool2d {
-            kernel,
-            stride,
-            padding,
+            kernel: sp.k,
+            stride: sp.s,
+            padding: sp.p,
             prologue,
         };
-        if max {
+        if sp.max {
             Op::MaxPool2d(p)
         } else {
             Op::AvgPool2d(p)
@@ -260,357 +307,78 @@ fn check(case: &Case) {
 
 #[test]
 fn conv_1x1_gemm() {
-    use Layout::*;
     let cases = [
-        conv_case(
-            "bottleneck",
-            1,
-            [2, 20, 5, 7],
-            12,
-            [1, 1],
-            [1, 1],
-            [0, 0],
-            true,
-            false,
-            true,
-            Block,
-        ),
-        conv_case(
-            "plain_bias_relu",
-            2,
-            [1, 37, 6, 6],
-            40,
-            [1, 1],
-            [1, 1],
-            [0, 0],
-            false,
-            true,
-            true,
-            Strided,
-        ),
-        conv_case(
-            "chunked_rem",
-            3,
-            [1, 300, 3, 5],
-            24,
-            [1, 1],
-            [1, 1],
-            [0, 0],
-            true,
-            true,
-            true,
-            Dense,
-        ),
-        conv_case(
-            "two_full_chunks",
-            4,
-            [1, 512, 2, 3],
-            16,
-            [1, 1],
-            [1, 1],
-            [0, 0],
-            false,
-            false,
-            true,
-            Strided,
-        ),
-        conv_case(
-            "three_chunks_block",
-            5,
-            [1, 600, 2, 2],
-            8,
-            [1, 1],
-            [1, 1],
-            [0, 0],
-            true,
-            false,
-            true,
-            Block,
-        ),
-        conv_case(
-            "many_pixels",
-            6,
-            [3, 13, 11, 9],
-            33,
-            [1, 1],
-            [1, 1],
-            [0, 0],
-            true,
-            true,
-            false,
-            Dense,
-        ),
-        conv_case(
-            "one_channel",
-            7,
-            [1, 1, 4, 4],
-            1,
-            [1, 1],
-            [1, 1],
-            [0, 0],
-            true,
-            false,
-            false,
-            Strided,
-        ),
+        ("bottleneck", "n2 c20 5x7 oc12 pro relu block"),
+        ("plain_bias_relu", "c37 6x6 oc40 bias relu strided"),
+        ("chunked_rem", "c300 3x5 oc24 pro bias relu"),
+        ("two_full_chunks", "c512 2x3 oc16 relu strided"),
+        ("three_chunks_block", "c600 2x2 oc8 pro relu block"),
+        ("many_pixels", "n3 c13 11x9 oc33 pro bias"),
+        ("one_channel", "c1 4x4 oc1 pro strided"),
     ];
-    cases.iter().for_each(check);
+    for (seed, (name, spec)) in cases.iter().enumerate() {
+        check(&conv_case(name, seed as u64, spec));
+    }
 }
 
 #[test]
 fn conv_direct() {
-    use Layout::*;
     let cases = [
-        conv_case(
-            "dense_3x3_k12",
-            11,
-            [2, 16, 9, 11],
-            12,
-            [3, 3],
-            [1, 1],
-            [1, 1],
-            true,
-            false,
-            false,
-            Block,
-        ),
-        conv_case(
-            "3x3_k32",
-            12,
-            [1, 48, 7, 7],
-            32,
-            [3, 3],
-            [1, 1],
-            [1, 1],
-            false,
-            true,
-            true,
-            Strided,
-        ),
-        conv_case(
-            "3x3_s2",
-            13,
-            [2, 5, 10, 9],
-            9,
-            [3, 3],
-            [2, 2],
-            [1, 1],
-            true,
-            true,
-            true,
-            Dense,
-        ),
-        conv_case(
-            "stem_7x7",
-            14,
-            [1, 3, 23, 20],
-            16,
-            [7, 7],
-            [2, 2],
-            [3, 3],
-            false,
-            true,
-            true,
-            Strided,
-        ),
-        conv_case(
-            "1x1_s2",
-            15,
-            [1, 10, 7, 7],
-            8,
-            [1, 1],
-            [2, 2],
-            [0, 0],
-            true,
-            false,
-            false,
-            Dense,
-        ),
-        conv_case(
-            "3x3_nopad_oc70",
-            16,
-            [1, 8, 6, 5],
-            70,
-            [3, 3],
-            [1, 1],
-            [0, 0],
-            false,
-            true,
-            false,
-            Strided,
-        ),
-        conv_case(
-            "3x3_chunked",
-            17,
-            [1, 260, 4, 4],
-            12,
-            [3, 3],
-            [1, 1],
-            [1, 1],
-            true,
-            false,
-            true,
-            Block,
-        ),
-        conv_case(
-            "5x3_mixed",
-            18,
-            [1, 6, 9, 8],
-            5,
-            [5, 3],
-            [2, 1],
-            [2, 1],
-            true,
-            true,
-            false,
-            Strided,
-        ),
-        conv_case(
-            "wide_row_split",
-            19,
-            [1, 8, 2, 40],
-            8,
-            [3, 3],
-            [1, 1],
-            [1, 1],
-            true,
-            false,
-            true,
-            Block,
-        ),
-        conv_case(
-            "big_panel",
-            20,
-            [1, 256, 3, 120],
-            8,
-            [3, 3],
-            [1, 1],
-            [1, 1],
-            true,
-            false,
-            false,
-            Dense,
-        ),
-        conv_case(
-            "pad_gt_half",
-            21,
-            [1, 4, 3, 3],
-            4,
-            [3, 3],
-            [1, 1],
-            [2, 2],
-            true,
-            true,
-            false,
-            Strided,
-        ),
+        ("dense_3x3_k12", "n2 c16 9x11 oc12 k3 p1 pro block"),
+        ("3x3_k32", "c48 7x7 oc32 k3 p1 bias relu strided"),
+        ("3x3_s2", "n2 c5 10x9 oc9 k3 s2 p1 pro bias relu"),
+        ("stem_7x7", "c3 23x20 oc16 k7 s2 p3 bias relu strided"),
+        ("1x1_s2", "c10 7x7 oc8 s2 pro"),
+        ("3x3_nopad_oc70", "c8 6x5 oc70 k3 bias strided"),
+        ("3x3_chunked", "c260 4x4 oc12 k3 p1 pro relu block"),
+        ("5x3_mixed", "c6 9x8 oc5 k5x3 s2x1 p2x1 pro bias strided"),
+        ("wide_row_split", "c8 2x40 oc8 k3 p1 pro relu block"),
+        ("big_panel", "c256 3x120 oc8 k3 p1 pro"),
+        ("pad_gt_half", "c4 3x3 oc4 k3 p2 pro bias strided"),
     ];
-    cases.iter().for_each(check);
+    for (seed, (name, spec)) in cases.iter().enumerate() {
+        check(&conv_case(name, 100 + seed as u64, spec));
+    }
 }
 
 #[test]
 fn conv_random_shapes() {
     let mut rng = Rng::new(2024);
     for i in 0..8 {
-        let k = [rng.range(1, 4), rng.range(1, 4)];
-        let s = [rng.range(1, 3), rng.range(1, 3)];
-        let p = [rng.range(0, k[0]), rng.range(0, k[1])];
-        let shape = [
+        let (kh, kw) = (rng.range(1, 4), rng.range(1, 4));
+        let spec = format!(
+            "n{} c{} {}x{} oc{} k{kh}x{kw} s{}x{} p{}x{} {} {} {} {}",
             rng.range(1, 3),
             rng.range(1, 40),
-            rng.range(k[0], 10),
-            rng.range(k[1], 10),
-        ];
-        let oc = rng.range(1, 40);
-        let layout = if rng.range(0, 2) == 0 {
-            Layout::Dense
-        } else {
-            Layout::Strided
-        };
-        let (pro, bias, relu) = (
-            rng.range(0, 2) == 1,
-            rng.range(0, 2) == 1,
-            rng.range(0, 2) == 1,
+            rng.range(kh, 10),
+            rng.range(kw, 10),
+            rng.range(1, 40),
+            rng.range(1, 3),
+            rng.range(1, 3),
+            rng.range(0, kh),
+            rng.range(0, kw),
+            ["", "pro"][rng.range(0, 2)],
+            ["", "bias"][rng.range(0, 2)],
+            ["", "relu"][rng.range(0, 2)],
+            ["dense", "strided"][rng.range(0, 2)],
         );
-        let name = format!("random{i}_{shape:?}_oc{oc}_k{k:?}_s{s:?}_p{p:?}");
-        check(&conv_case(
-            &name,
-            100 + i,
-            shape,
-            oc,
-            k,
-            s,
-            p,
-            pro,
-            bias,
-            relu,
-            layout,
-        ));
+        check(&conv_case(&format!("random{i}: {spec}"), 200 + i, &spec));
     }
 }
 
 #[test]
 fn pools() {
-    use Layout::*;
     let cases = [
         // All prologue outputs negative: zero padding instead of -inf shows.
-        pool_case(
-            "max_3x3_s2_neg",
-            31,
-            [2, 13, 11, 10],
-            true,
-            [3, 3],
-            [2, 2],
-            [1, 1],
-            Some(((-3.0, -2.0), false)),
-            Strided,
-        ),
-        pool_case(
-            "max_2x2_odd",
-            32,
-            [1, 9, 7, 9],
-            true,
-            [2, 2],
-            [2, 2],
-            [0, 0],
-            None,
-            Dense,
-        ),
-        pool_case(
-            "avg_transition",
-            33,
-            [2, 20, 8, 8],
-            false,
-            [2, 2],
-            [2, 2],
-            [0, 0],
-            Some(((-0.5, 0.5), true)),
-            Strided,
-        ),
-        pool_case(
-            "avg_3x3_pad_counts",
-            34,
-            [1, 17, 5, 6],
-            false,
-            [3, 3],
-            [1, 1],
-            [1, 1],
-            Some(((0.2, 1.0), true)),
-            Dense,
-        ),
-        pool_case(
-            "max_stem_relu",
-            35,
-            [1, 16, 12, 12],
-            true,
-            [3, 3],
-            [2, 2],
-            [1, 1],
-            Some(((0.2, 1.0), true)),
-            Dense,
-        ),
+        ("max_3x3_s2_neg", "n2 c13 11x10 max k3 s2 p1 neg strided"),
+        ("max_2x2_odd", "c9 7x9 max k2 s2"),
+        ("avg_transition", "n2 c20 8x8 avg k2 s2 bn strided"),
+        ("avg_3x3_pad_counts", "c17 5x6 avg k3 p1 pro"),
+        ("max_stem_relu", "c16 12x12 max k3 s2 p1 pro"),
     ];
-    cases.iter().for_each(check);
+    for (seed, (name, spec)) in cases.iter().enumerate() {
+        check(&pool_case(name, 300 + seed as u64, spec));
+    }
 }
 
 #[test]
@@ -668,19 +436,7 @@ fn affine_in_place() {
 
 #[test]
 fn checker_catches_a_write_outside_the_slice() {
-    let c = conv_case(
-        "guard",
-        61,
-        [1, 8, 3, 3],
-        8,
-        [1, 1],
-        [1, 1],
-        [0, 0],
-        false,
-        false,
-        false,
-        Layout::Block,
-    );
+    let c = conv_case("guard", 61, "c8 3x3 oc8 block");
     let mut arena = Arena::new(c.out_view.end_bytes());
     arena.write(&c.in_view, &c.input);
     let before = arena.clone();
@@ -693,19 +449,7 @@ fn checker_catches_a_write_outside_the_slice() {
 
 #[test]
 fn errors_are_typed() {
-    let c = conv_case(
-        "err",
-        71,
-        [1, 8, 3, 3],
-        8,
-        [1, 1],
-        [1, 1],
-        [0, 0],
-        false,
-        false,
-        false,
-        Layout::Dense,
-    );
+    let c = conv_case("err", 71, "c8 3x3 oc8");
     let desc =
         KernelDesc::from_ir("err", &c.op, &c.graph.constants, c.in_view, c.out_view).expect("desc");
 
@@ -742,19 +486,7 @@ fn errors_are_typed() {
 
 #[test]
 fn named_cpu_and_abi_metadata() {
-    let c = conv_case(
-        "abi",
-        81,
-        [1, 24, 5, 5],
-        16,
-        [3, 3],
-        [1, 1],
-        [1, 1],
-        true,
-        true,
-        true,
-        Layout::Strided,
-    );
+    let c = conv_case("abi", 81, "c24 5x5 oc16 k3 p1 pro bias relu strided");
     let desc =
         KernelDesc::from_ir("abi", &c.op, &c.graph.constants, c.in_view, c.out_view).expect("desc");
     let opts = CpuOptions {
