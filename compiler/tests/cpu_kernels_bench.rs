@@ -27,6 +27,7 @@ struct Shape {
     ic: usize,
     oc: usize,
     k: usize,
+    stride: usize,
     /// Channels per pixel of the block buffer the views live in.
     block: usize,
     prologue: bool,
@@ -50,8 +51,9 @@ fn desc(s: &Shape, rng: &mut Rng) -> KernelDesc {
         channel_offset: 0,
     };
     let out_buf = input.end_bytes().div_ceil(64) * 64;
-    let output = if s.k == 1 {
-        View::dense(out_buf, 1, s.hw, s.hw, s.oc)
+    let out_hw = (s.hw + 2 * pad - s.k) / s.stride + 1;
+    let output = if s.k == 1 || s.stride > 1 {
+        View::dense(out_buf, 1, out_hw, out_hw, s.oc)
     } else {
         // A 3x3 growth conv writes its slice of the block buffer.
         View {
@@ -66,7 +68,7 @@ fn desc(s: &Shape, rng: &mut Rng) -> KernelDesc {
         op: KernelOp::Conv(ConvKernel {
             out_channels: s.oc,
             kernel: [s.k, s.k],
-            stride: [1, 1],
+            stride: [s.stride, s.stride],
             padding: [pad, pad],
             weight: Arc::new(weight),
             bias: Some(Arc::new(rng.vec(s.oc, -0.1, 0.1))),
@@ -96,53 +98,27 @@ fn median_ms(mut f: impl FnMut(), iters: usize) -> f64 {
 #[test]
 #[ignore = "measurement; run with --ignored --nocapture"]
 fn densenet_conv_throughput() {
+    // (name, spatial, in, out, kernel, stride, block-buffer channels, prologue)
     let shapes = [
-        Shape {
-            name: "1x1_28x28_512to128",
-            hw: 28,
-            ic: 512,
-            oc: 128,
-            k: 1,
-            block: 512,
-            prologue: true,
-        },
-        Shape {
-            name: "3x3_28x28_128to32",
-            hw: 28,
-            ic: 128,
-            oc: 32,
-            k: 3,
-            block: 512,
-            prologue: false,
-        },
-        Shape {
-            name: "1x1_56x56_256to128",
-            hw: 56,
-            ic: 256,
-            oc: 128,
-            k: 1,
-            block: 256,
-            prologue: true,
-        },
-        Shape {
-            name: "3x3_56x56_128to32",
-            hw: 56,
-            ic: 128,
-            oc: 32,
-            k: 3,
-            block: 256,
-            prologue: false,
-        },
-        Shape {
-            name: "1x1_7x7_1024to128",
-            hw: 7,
-            ic: 1024,
-            oc: 128,
-            k: 1,
-            block: 1024,
-            prologue: true,
-        },
-    ];
+        ("1x1_28x28_512to128", 28, 512, 128, 1, 1, 512, true),
+        ("3x3_28x28_128to32", 28, 128, 32, 3, 1, 512, false),
+        ("1x1_56x56_256to128", 56, 256, 128, 1, 1, 256, true),
+        ("3x3_56x56_128to32", 56, 128, 32, 3, 1, 256, false),
+        ("3x3_14x14_128to32", 14, 128, 32, 3, 1, 1024, false),
+        ("3x3_7x7_128to32", 7, 128, 32, 3, 1, 1024, false),
+        ("1x1_7x7_1024to128", 7, 1024, 128, 1, 1, 1024, true),
+        ("7x7s2_224_3to64", 224, 3, 64, 7, 2, 3, false),
+    ]
+    .map(|(name, hw, ic, oc, k, stride, block, prologue)| Shape {
+        name,
+        hw,
+        ic,
+        oc,
+        k,
+        stride,
+        block,
+        prologue,
+    });
     let asm_dir = std::env::var_os("DNC_BENCH_ASM");
     let mut rng = Rng::new(7);
     println!(
