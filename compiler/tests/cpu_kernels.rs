@@ -514,6 +514,43 @@ fn named_cpu_and_abi_metadata() {
         ir::reference::run(&c.graph, std::slice::from_ref(&c.input)).expect("reference");
     let got = arena.read(&c.out_view, &reference[0].shape);
     assert!(got.rel_error(&reference[0]).expect("shape") <= 1e-4);
+
+    let dir = std::env::temp_dir().join(format!("dnc-dump-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dump dir");
+    compiled.dump(&dir).expect("dump");
+    let table = std::fs::read_to_string(dir.join("cpu-kernels.txt")).expect("table");
+    assert!(table.contains("dnc_k1_abi"), "{table}");
+    assert!(dir.join("cpu.s").exists() && dir.join("cpu-after-opt.ll").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Correctness does not depend on LLVM's optimisations.
+#[test]
+fn unoptimised_code_is_correct() {
+    let opts = CpuOptions {
+        opt_level: 0,
+        ..CpuOptions::default()
+    };
+    for (name, spec) in [
+        ("o0_3x3", "n2 c10 5x6 oc12 k3 p1 pro bias relu strided"),
+        ("o0_1x1", "c20 4x3 oc9 pro block"),
+    ] {
+        let c = conv_case(name, 91, spec);
+        let desc = KernelDesc::from_ir(name, &c.op, &c.graph.constants, c.in_view, c.out_view)
+            .expect("desc");
+        let compiled = cpu::compile(&[desc], &opts).expect("compile");
+        let lib = Loaded::new(&compiled);
+        let mut arena = Arena::new(compiled.arena_bytes);
+        arena.write(&c.in_view, &c.input);
+        lib.run(&mut arena, Pfor::TwoThreads);
+        let reference =
+            ir::reference::run(&c.graph, std::slice::from_ref(&c.input)).expect("reference");
+        let got = arena.read(&c.out_view, &reference[0].shape);
+        assert!(
+            got.rel_error(&reference[0]).expect("shape") <= 1e-4,
+            "{name}"
+        );
+    }
 }
 
 /// Whole small DenseNets: every kernel chained through block-buffer views

@@ -124,6 +124,42 @@ pub struct CompiledCpu {
     pub asm: Option<String>,
 }
 
+impl CompiledCpu {
+    /// Write the inspectable artefacts into `dir` (for `--dump-dir`):
+    /// `cpu-before-opt.ll`, `cpu-after-opt.ll`, `cpu.s` when assembly was
+    /// asked for, and `cpu-kernels.txt` (target, then per kernel its tasks,
+    /// MACs and tiling plan).
+    pub fn dump(&self, dir: &std::path::Path) -> Result<(), BackendError> {
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).map_err(|source| BackendError::Io {
+                context: format!("writing {}", path.display()),
+                source,
+            })
+        };
+        write("cpu-before-opt.ll", &self.llvm_ir_before)?;
+        write("cpu-after-opt.ll", &self.llvm_ir_after)?;
+        if let Some(asm) = &self.asm {
+            write("cpu.s", asm)?;
+        }
+        let mut table = format!(
+            "target {} cpu {} features {}\narena_bytes {} weights_bytes {}\n",
+            self.target.triple,
+            self.target.cpu,
+            self.target.features,
+            self.arena_bytes,
+            self.packed_weights.len()
+        );
+        for (i, k) in self.kernels.iter().enumerate() {
+            table.push_str(&format!(
+                "{i:4} {} tasks={} macs={} {}\n",
+                k.symbol, k.tasks, k.macs, k.plan
+            ));
+        }
+        write("cpu-kernels.txt", &table)
+    }
+}
+
 /// The O3 pipeline without LLVM's own unrolling and vectorisation: the
 /// kernels are emitted already vectorised and register-blocked, and letting
 /// LLVM fully unroll every constant-trip packing loop multiplies code size
