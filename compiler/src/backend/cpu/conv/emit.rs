@@ -13,7 +13,13 @@ fn scratch<'ctx>(env: &Env<'ctx>) -> Result<PointerValue<'ctx>> {
         .ok_or_else(|| BackendError::Codegen("convolution panel without scratch".into()))
 }
 
+fn wrong_mode(mode: Mode) -> BackendError {
+    BackendError::Codegen(format!("convolution emitter called for {mode:?}"))
+}
+
 impl ConvPlan {
+    /// Task `t` is (pixel block or row segment, output-channel group), the
+    /// group fastest.
     pub fn emit_task<'ctx>(
         &self,
         cg: &Cg<'ctx>,
@@ -53,7 +59,7 @@ impl ConvPlan {
         count: usize,
     ) -> Result<()> {
         let Mode::Gemm { mc, pack, .. } = self.mode else {
-            return Ok(());
+            return Err(wrong_mode(self.mode));
         };
         let in0 = cg.gep2(cg.gepc(env.arena, self.in_base)?, mb, mc * self.in_ps)?;
         let out0 = cg.gep2(cg.gepc(env.arena, self.out_base)?, mb, mc * self.out_ps)?;
@@ -102,7 +108,7 @@ impl ConvPlan {
             ..
         } = self.mode
         else {
-            return Ok(());
+            return Err(wrong_mode(self.mode));
         };
         let panel = scratch(env)?;
         let [kh, kw] = self.k;
