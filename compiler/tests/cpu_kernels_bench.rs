@@ -42,15 +42,7 @@ fn desc(s: &Shape, rng: &mut Rng) -> KernelDesc {
         shift: Arc::new(rng.vec(s.ic, -0.2, 0.5)),
         relu: true,
     };
-    let input = View {
-        offset: 0,
-        n: 1,
-        h: s.hw,
-        w: s.hw,
-        channels: s.ic,
-        pixel_stride: s.block,
-        channel_offset: 0,
-    };
+    let input = View::dense(0, 1, s.hw, s.hw, s.block).slice(0, s.ic);
     let out_buf = input.end_bytes().div_ceil(64) * 64;
     let out_hw = (s.hw + 2 * pad - s.k) / s.stride + 1;
     let output = if s.k == 1 || s.stride > 1 {

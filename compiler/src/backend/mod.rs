@@ -9,5 +9,6 @@
 pub mod cpu;
 mod error;
 pub mod kernel;
+mod view;
 
 pub use error::BackendError;

@@ -65,6 +65,12 @@ impl Builder {
         v
     }
 
+    fn alloc_bordered(&mut self, h: usize, w: usize, c: usize, border: [usize; 2]) -> View {
+        let v = View::dense(self.next_offset, self.n, h, w, c).with_border(border);
+        self.next_offset = v.end_bytes().div_ceil(64) * 64;
+        v
+    }
+
     fn affine(&mut self, name: &str, c: usize, relu: bool) -> ChannelAffine {
         let (scale, shift) = (format!("{name}.scale"), format!("{name}.shift"));
         let s = self.rng.vec(c, 0.6, 1.4);
@@ -161,7 +167,9 @@ pub fn build(cfg: &NetConfig, seed: u64) -> Net {
     let width = cfg.bn_size * cfg.growth;
     for (bi, &layers) in cfg.blocks.iter().enumerate() {
         let mut parts = vec![feat];
-        let bottleneck = (width > 0).then(|| b.alloc(hw, hw, width));
+        // Stored with a zero border, as the memory plan does for a buffer
+        // read only by padded convs without a prologue.
+        let bottleneck = (width > 0).then(|| b.alloc_bordered(hw, hw, width, [1, 1]));
         for li in 0..layers {
             let name = format!("b{bi}l{li}");
             let xin = b.concat(&format!("{name}.cat"), &parts);

@@ -40,6 +40,7 @@
 //! reference libc's `memset`/`memcpy` if LLVM forms them). Weights and arena
 //! may be at any 4-byte alignment; 64 bytes is faster.
 
+mod border;
 mod codegen;
 mod conv;
 mod entry;
