@@ -65,6 +65,49 @@ impl View {
         }
     }
 
+    /// The view of node `id`'s value in a memory-planned graph: its slice of
+    /// the buffer it is placed in (`ir::Placement`, `ir::Buffer`). A rank-2
+    /// value `[N, C]` is the view `[N, 1, 1, C]` of its buffer. Errors on an
+    /// unplanned value or a graph input (the runtime owns input storage).
+    pub fn of_value(g: &ir::Graph, id: ir::NodeId) -> Result<View, String> {
+        let node = g.node(id);
+        let placement = node.placement.as_ref().ok_or_else(|| {
+            format!(
+                "`{}` has no placement (graph input, or memory not planned)",
+                node.name
+            )
+        })?;
+        let buf = g.buffers.get(&placement.buffer).ok_or_else(|| {
+            format!(
+                "`{}` is placed in unknown buffer `{}`",
+                node.name, placement.buffer
+            )
+        })?;
+        let offset = buf
+            .offset
+            .ok_or_else(|| format!("buffer `{}` has no arena offset", placement.buffer))?;
+        let dims = |t: &ir::TensorType| match *t.shape.as_slice() {
+            [n, c, h, w] => Some((n, c, h, w)),
+            [n, c] => Some((n, c, 1, 1)),
+            _ => None,
+        };
+        let ((n, c, h, w), (_, stride, ..)) = dims(&node.ty)
+            .zip(dims(&buf.ty))
+            .ok_or_else(|| format!("`{}` is not a rank-4 or rank-2 value", node.name))?;
+        let view = View {
+            offset,
+            n,
+            h,
+            w,
+            channels: c,
+            pixel_stride: stride,
+            channel_offset: placement.channel_offset,
+            border: buf.border,
+        };
+        view.validate(&node.name)?;
+        Ok(view)
+    }
+
     /// The same view of a buffer stored with a zero border.
     pub fn with_border(self, border: [usize; 2]) -> View {
         View { border, ..self }
@@ -193,6 +236,33 @@ mod tests {
         // channel 6 of the last pixel.
         assert_eq!(v.byte_range(), 64 + 8..64 + 4 * (79 * 10 + 7));
         assert!(v.validate("v").is_ok());
+    }
+
+    #[test]
+    fn view_of_a_planned_value() {
+        use ir::{Buffer, Graph, Op, Placement, TensorType};
+        let mut g = Graph::new("g");
+        let x = g
+            .add_input("x", TensorType::f32([2, 8, 5, 5]))
+            .expect("input");
+        let y = g.add_node("y", Op::Relu, &[x]).expect("relu");
+        let mut buf = Buffer::new(TensorType::f32([2, 20, 5, 5]));
+        buf.border = [1, 1];
+        buf.offset = Some(256);
+        g.buffers.insert("blk".into(), buf);
+        assert!(View::of_value(&g, y).is_err());
+        g.node_mut(y).placement = Some(Placement {
+            buffer: "blk".into(),
+            channel_offset: 12,
+        });
+        let v = View::of_value(&g, y).expect("view");
+        assert_eq!(
+            v,
+            View::dense(256, 2, 5, 5, 20)
+                .slice(12, 8)
+                .with_border([1, 1])
+        );
+        assert!(View::of_value(&g, x).is_err());
     }
 
     #[test]
