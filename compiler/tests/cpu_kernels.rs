@@ -8,14 +8,12 @@
 //! The output must be within 1e-4 relative error of the reference, and every
 //! arena element outside the output view must be left untouched.
 
-mod cpu_kernels_net;
 mod cpu_kernels_support;
 use cpu_kernels_support as support;
 
 use compiler::backend::cpu::{self, CpuOptions};
 use compiler::backend::kernel::{KernelDesc, View};
 use compiler::backend::BackendError;
-use cpu_kernels_net::NetConfig;
 use ir::graph::Graph;
 use ir::ops::{ChannelAffine, Conv2d, Linear, Op, Pool2d};
 use ir::reference::Tensor;
@@ -574,74 +572,6 @@ fn unoptimised_code_is_correct() {
         assert!(
             got.rel_error(&reference[0]).expect("shape") <= 1e-4,
             "{name}"
-        );
-    }
-}
-
-/// Whole small DenseNets: every kernel chained through block-buffer views
-/// by `dnc_run`, against the reference on the graph with explicit concats.
-#[test]
-fn densenet_chains() {
-    let configs = [
-        NetConfig {
-            batch: 2,
-            in_channels: 3,
-            size: 13,
-            imagenet_stem: false,
-            init_features: 16,
-            growth: 12,
-            bn_size: 4,
-            blocks: vec![2, 3],
-            classes: 10,
-        },
-        NetConfig {
-            batch: 1,
-            in_channels: 3,
-            size: 9,
-            imagenet_stem: false,
-            init_features: 8,
-            growth: 12,
-            bn_size: 0,
-            blocks: vec![3],
-            classes: 5,
-        },
-        NetConfig {
-            batch: 1,
-            in_channels: 3,
-            size: 37,
-            imagenet_stem: true,
-            init_features: 16,
-            growth: 8,
-            bn_size: 2,
-            blocks: vec![2, 2],
-            classes: 7,
-        },
-    ];
-    for (i, cfg) in configs.iter().enumerate() {
-        let net = cpu_kernels_net::build(cfg, 900 + i as u64);
-        let x = Tensor::random_uniform(net.input_shape.clone(), 17 + i as u64, -1.0, 1.0);
-        let reference = ir::reference::run(&net.graph, std::slice::from_ref(&x))
-            .expect("reference")
-            .remove(0);
-        let compiled = cpu::compile(&net.kernels, &CpuOptions::default()).expect("compile");
-        let lib = Loaded::new(&compiled);
-        for pfor in [Pfor::Sequential, Pfor::TwoThreads, Pfor::ReverseSingles] {
-            let mut arena = Arena::new(compiled.arena_bytes);
-            arena.write(&net.input, &x);
-            lib.run(&mut arena, pfor);
-            let got = arena.read(&net.output, &reference.shape);
-            let err = got.rel_error(&reference).expect("shape");
-            assert!(err <= 1e-4, "config {i} ({pfor:?}): relative error {err:e}");
-        }
-        let mut arena = Arena::new(compiled.arena_bytes);
-        arena.write(&net.input, &x);
-        for k in 0..net.kernels.len() {
-            assert_eq!(lib.run_kernel(&mut arena, k as i64), 0);
-        }
-        let got = arena.read(&net.output, &reference.shape);
-        assert!(
-            got.rel_error(&reference).expect("shape") <= 1e-4,
-            "config {i}, kernel by kernel"
         );
     }
 }

@@ -11,12 +11,13 @@
 //! `DNC_BENCH_IR=DIR` writes its LLVM module before and after optimisation
 //! and the shared object.
 
-mod cpu_kernels_net;
 mod cpu_kernels_support;
 
 use compiler::backend::cpu::{self, CpuOptions};
+use compiler::backend::graph::kernels_of;
 use compiler::backend::kernel::{Affine, ConvKernel, KernelDesc, KernelOp, View};
-use cpu_kernels_net::NetConfig;
+use compiler::builder::{build, ConfigOverrides, DenseNetConfig};
+use compiler::passes::optimize;
 use cpu_kernels_support::{Arena, Loaded, Pfor, Rng};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -168,7 +169,7 @@ fn process_cpu_s() -> f64 {
 /// The kernel class a DenseNet kernel's time is reported under.
 fn class(k: &KernelDesc) -> String {
     match &k.op {
-        KernelOp::Conv(c) if k.name.starts_with('t') => {
+        KernelOp::Conv(c) if k.name.contains("transition") => {
             format!("transition conv {}x{}", c.kernel[0], c.kernel[1])
         }
         KernelOp::Conv(c) => format!("conv {}x{}", c.kernel[0], c.kernel[1]),
@@ -183,7 +184,14 @@ fn densenet121_kernel_chain() {
         .ok()
         .and_then(|b| b.parse().ok())
         .unwrap_or(1);
-    let net = cpu_kernels_net::build(&NetConfig::densenet121(batch), 1);
+    // The real pipeline: torchvision's DenseNet-121, random weights, every
+    // pass and the memory plan, then the backend's graph mapping.
+    let cfg =
+        DenseNetConfig::resolve(Some("densenet121"), &ConfigOverrides::default()).expect("config");
+    let mut g = build(&cfg, batch).expect("build");
+    compiler::weights::randomize(&mut g, 1);
+    optimize(&mut g, false).expect("pipeline");
+    let net = kernels_of(&g).expect("kernels");
     let (start, cpu0) = (Instant::now(), process_cpu_s());
     let compiled = cpu::compile(&net.kernels, &CpuOptions::default()).expect("compile");
     let compile_s = start.elapsed().as_secs_f64();
@@ -198,7 +206,7 @@ fn densenet121_kernel_chain() {
         std::fs::write(dir.join("densenet121.so"), &compiled.shared_object).expect("write so");
     }
     let lib = Loaded::new(&compiled);
-    let mut arena = Arena::new(compiled.arena_bytes);
+    let mut arena = Arena::new(net.arena_bytes);
     let flop: f64 = net.kernels.iter().map(|k| 2.0 * k.macs() as f64).sum();
     println!(
         "DenseNet-121 b{batch}: {} kernels, compile {compile_s:.2} s ({compile_cpu_s:.2} s CPU), .so {} KiB, weights {:.1} MiB, arena {:.1} MiB, {:.2} GFLOP",

@@ -4,75 +4,16 @@
 //! planned node to a `KernelDesc` over `View::of_value` views, compile,
 //! run, and compare with the reference executor on the *unoptimised* graph.
 //!
-//! `kernels_of` below is the reference mapping for the integration: graph
-//! inputs get storage after the planned arena (the runtime owns them),
-//! concatenations that are views and flattens of `[N, C, 1, 1]` values
-//! write nothing when they alias their operand, and every other node is one
-//! kernel.
+//! The mapping is `backend::graph::kernels_of`.
 
 mod cpu_kernels_support;
 
 use compiler::backend::cpu::{self, CpuOptions};
-use compiler::backend::kernel::{Affine, KernelDesc, KernelOp, View};
+use compiler::backend::graph::{kernels_of, GraphKernels};
 use compiler::builder::{build, ConfigOverrides, DenseNetConfig, Stem};
 use compiler::passes::optimize;
 use cpu_kernels_support::{Arena, Loaded, Pfor};
 use ir::reference::Tensor;
-use ir::{Graph, Op};
-use std::sync::Arc;
-
-/// The kernel list of a planned graph, with the input and output views.
-fn kernels_of(g: &Graph) -> (Vec<KernelDesc>, Vec<View>, Vec<View>) {
-    let arena = g.arena_bytes.expect("planned").div_ceil(64) * 64;
-    let mut inputs = Vec::new();
-    let mut next = arena;
-    for &id in g.inputs() {
-        let (n, c, h, w) = g.node(id).ty.nchw().expect("NCHW input");
-        let v = View::dense(next, n, h, w, c);
-        next = v.end_bytes().div_ceil(64) * 64;
-        inputs.push(v);
-    }
-    let view = |id| match g.inputs().iter().position(|&i| i == id) {
-        Some(k) => inputs[k],
-        None => View::of_value(g, id).unwrap_or_else(|e| panic!("{e}")),
-    };
-    let mut kernels = Vec::new();
-    for id in g.schedule().expect("schedule") {
-        let node = g.node(id);
-        match &node.op {
-            Op::Input => continue,
-            Op::Concat if g.is_view(id) => continue,
-            Op::Concat => panic!("`{}` is a concat that copies", node.name),
-            _ => {}
-        }
-        let operands = g.operands(id);
-        let (input, output) = (view(operands[0]), view(id));
-        if matches!(node.op, Op::Flatten) {
-            if input == output {
-                continue;
-            }
-            // A copy: the identity affine.
-            let ones = Arc::new(vec![1.0; input.channels]);
-            let zeros = Arc::new(vec![0.0; input.channels]);
-            kernels.push(KernelDesc {
-                name: node.name.clone(),
-                op: KernelOp::Affine(Affine {
-                    scale: ones,
-                    shift: zeros,
-                    relu: false,
-                }),
-                input,
-                output,
-            });
-            continue;
-        }
-        let k = KernelDesc::from_ir(&node.name, &node.op, &g.constants, input, output)
-            .unwrap_or_else(|e| panic!("`{}`: {e}", node.name));
-        kernels.push(k);
-    }
-    let outputs = g.outputs().iter().map(|&o| view(o)).collect();
-    (kernels, inputs, outputs)
-}
 
 /// Returns how many kernels write a bordered buffer.
 fn check(arch: &str, o: ConfigOverrides, batch: usize, seed: u64) -> usize {
@@ -88,12 +29,17 @@ fn check(arch: &str, o: ConfigOverrides, batch: usize, seed: u64) -> usize {
 
     let mut planned = g.clone();
     optimize(&mut planned, true).expect("pipeline");
-    let (kernels, in_views, out_views) = kernels_of(&planned);
+    let GraphKernels {
+        kernels,
+        inputs: in_views,
+        outputs: out_views,
+        arena_bytes,
+    } = kernels_of(&planned).expect("kernels");
     let compiled = cpu::compile(&kernels, &CpuOptions::default()).expect("compile");
     let lib = Loaded::new(&compiled);
-    let end = in_views.iter().map(View::end_bytes).max().unwrap_or(0);
-    for pfor in [Pfor::Sequential, Pfor::TwoThreads] {
-        let mut arena = Arena::new(end.max(compiled.arena_bytes));
+    assert!(compiled.arena_bytes <= arena_bytes);
+    for pfor in [Pfor::Sequential, Pfor::TwoThreads, Pfor::ReverseSingles] {
+        let mut arena = Arena::new(arena_bytes);
         for (v, t) in in_views.iter().zip(&x) {
             arena.write(v, t);
         }
@@ -107,6 +53,19 @@ fn check(arch: &str, o: ConfigOverrides, batch: usize, seed: u64) -> usize {
             );
         }
     }
+    // Kernel by kernel through `dnc_run_kernel`, as a profiler would.
+    let mut arena = Arena::new(arena_bytes);
+    for (v, t) in in_views.iter().zip(&x) {
+        arena.write(v, t);
+    }
+    for k in 0..kernels.len() {
+        assert_eq!(lib.run_kernel(&mut arena, k as i64), 0);
+    }
+    let got = arena.read(&out_views[0], &want[0].shape);
+    assert!(
+        got.rel_error(&want[0]).expect("shape") <= 1e-4,
+        "{arch}: kernel by kernel"
+    );
     kernels.iter().filter(|k| !k.output.is_flat()).count()
 }
 

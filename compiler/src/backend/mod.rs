@@ -8,6 +8,7 @@
 
 pub mod cpu;
 mod error;
+pub mod graph;
 pub mod kernel;
 mod view;
 
