@@ -118,6 +118,14 @@ impl Plan {
         self.op_tasks() + self.border.as_ref().map_or(0, BorderPlan::tasks)
     }
 
+    /// Stack bytes a task call needs beyond its registers and spills.
+    pub fn stack_bytes(&self) -> usize {
+        match &self.op {
+            OpPlan::Conv(p) => p.stack_bytes(),
+            _ => 0,
+        }
+    }
+
     /// Floats of per-call scratch the task body needs (0 for none).
     pub fn scratch_floats(&self) -> usize {
         match &self.op {

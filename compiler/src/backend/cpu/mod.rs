@@ -37,8 +37,13 @@
 //! threads need a modest stack (the 2 MiB Rust default is ample).
 //!
 //! The code calls nothing but `parallel_for` (linked with `-z defs`; it may
-//! reference libc's `memset`/`memcpy` if LLVM forms them). Weights and arena
-//! may be at any 4-byte alignment; 64 bytes is faster.
+//! reference libc's `memset`/`memcpy` if LLVM forms them) and has no global
+//! state: one loaded object serves any number of contexts concurrently.
+//! Weights and arena may be at any 4-byte alignment; 64 bytes is faster.
+//! Shapes, the batch size and arena offsets are compile-time constants: one
+//! shared object per (graph, batch), its arena at least
+//! [`CompiledCpu::arena_bytes`] (with inputs placed by
+//! [`crate::backend::graph::kernels_of`], its `arena_bytes`).
 
 mod border;
 mod codegen;
@@ -193,11 +198,11 @@ pub fn compile(kernels: &[KernelDesc], opts: &CpuOptions) -> Result<CompiledCpu,
         .map(|k| (k.name.clone(), Plan::new(k, &mut wb)))
         .collect();
     for (index, (name, plan)) in plans.iter().enumerate() {
-        if plan.scratch_floats() * 4 > MAX_TASK_STACK {
+        if plan.stack_bytes() > MAX_TASK_STACK {
             return Err(BackendError::InvalidKernel {
                 index,
                 name: name.clone(),
-                message: format!("needs {} bytes of scratch", plan.scratch_floats() * 4),
+                message: format!("needs {} bytes of stack scratch", plan.stack_bytes()),
             });
         }
     }

@@ -217,6 +217,11 @@ impl ConvPlan {
         rows * self.groups
     }
 
+    /// Stack bytes of a task call: the panel and the pixel-pointer table.
+    pub fn stack_bytes(&self) -> usize {
+        self.scratch_floats() * 4 + self.max_block_pixels() * 8
+    }
+
     /// Output pixels one task covers at most.
     fn max_block_pixels(&self) -> usize {
         match self.mode {
@@ -290,10 +295,7 @@ mod tests {
                 p.tasks() >= TARGET_TASKS,
                 "{hw}x{hw} {ic}->{oc} k{k}: {p:?}"
             );
-            assert!(
-                p.scratch_floats() * 4 <= super::super::MAX_TASK_STACK,
-                "{p:?}"
-            );
+            assert!(p.stack_bytes() <= super::super::MAX_TASK_STACK, "{p:?}");
             let gemm = matches!(p.mode, Mode::Gemm { .. });
             assert_eq!(gemm, k == 1 && s == 1);
         }
