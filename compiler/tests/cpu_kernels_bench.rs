@@ -7,7 +7,8 @@
 //!
 //! The generated code is optimised by LLVM at O3 whatever the Rust profile.
 //! `DNC_BENCH_ASM=DIR` writes each kernel's assembly there;
-//! `DNC_BENCH_BATCH=N` sets the DenseNet-121 batch (default 1);
+//! `DNC_BENCH_ARCH=NAME` and `DNC_BENCH_BATCH=N` choose the network timed
+//! after the pass pipeline (default `densenet121`, batch 1);
 //! `DNC_BENCH_IR=DIR` writes its LLVM module before and after optimisation
 //! and the shared object.
 
@@ -179,15 +180,16 @@ fn class(k: &KernelDesc) -> String {
 
 #[test]
 #[ignore = "measurement; run with --ignored --nocapture"]
-fn densenet121_kernel_chain() {
+fn densenet_kernel_chain() {
     let batch = std::env::var("DNC_BENCH_BATCH")
         .ok()
         .and_then(|b| b.parse().ok())
         .unwrap_or(1);
-    // The real pipeline: torchvision's DenseNet-121, random weights, every
-    // pass and the memory plan, then the backend's graph mapping.
-    let cfg =
-        DenseNetConfig::resolve(Some("densenet121"), &ConfigOverrides::default()).expect("config");
+    // The real pipeline: the preset (torchvision's DenseNet-121 by default),
+    // random weights, every pass and the memory plan, then the backend's
+    // graph mapping.
+    let arch = std::env::var("DNC_BENCH_ARCH").unwrap_or_else(|_| "densenet121".into());
+    let cfg = DenseNetConfig::resolve(Some(&arch), &ConfigOverrides::default()).expect("config");
     let mut g = build(&cfg, batch).expect("build");
     compiler::weights::randomize(&mut g, 1);
     optimize(&mut g, false).expect("pipeline");
@@ -209,7 +211,7 @@ fn densenet121_kernel_chain() {
     let mut arena = Arena::new(net.arena_bytes);
     let flop: f64 = net.kernels.iter().map(|k| 2.0 * k.macs() as f64).sum();
     println!(
-        "DenseNet-121 b{batch}: {} kernels, compile {compile_s:.2} s ({compile_cpu_s:.2} s CPU), .so {} KiB, weights {:.1} MiB, arena {:.1} MiB, {:.2} GFLOP",
+        "{arch} b{batch}: {} kernels, compile {compile_s:.2} s ({compile_cpu_s:.2} s CPU), .so {} KiB, weights {:.1} MiB, arena {:.1} MiB, {:.2} GFLOP",
         net.kernels.len(),
         compiled.shared_object.len() / 1024,
         compiled.packed_weights.len() as f64 / 1_048_576.0,
