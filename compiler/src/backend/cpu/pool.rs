@@ -69,13 +69,15 @@ impl PoolPlan {
             let dst = cg.gep2(out_row, ow_i, ov.pixel_stride)?;
             cg.for_channel_vectors(self.c, |c, lanes| {
                 let acc = cg.vec_slot(init)?;
-                cg.for_n(self.k[0], |y| {
-                    let ih = cg.add(ih0, y)?;
+                // Taps unrolled (windows are small); the bounds checks only
+                // where padding can put a tap outside the image.
+                let padded = self.p != [0, 0];
+                for y in 0..self.k[0] {
+                    let ih = cg.addc(ih0, y)?;
                     let row_ok = cg.in_range(ih, 0, self.h)?;
-                    cg.for_n(self.k[1], |x| {
-                        let iw = cg.add(iw0, x)?;
-                        let ok = cg.b.build_and(row_ok, cg.in_range(iw, 0, self.w)?, "")?;
-                        cg.if_then(ok, || {
+                    for x in 0..self.k[1] {
+                        let iw = cg.addc(iw0, x)?;
+                        let tap = || {
                             let row = cg.gep2(img, ih, iv.row_stride())?;
                             let src = cg.gep(cg.gep2(row, iw, iv.pixel_stride)?, c)?;
                             let v = load_prologue(cg, env, self.prologue, src, c, lanes)?;
@@ -86,9 +88,15 @@ impl PoolPlan {
                                 cg.fadd(a, v)?
                             };
                             cg.store_slot(acc, r)
-                        })
-                    })
-                })?;
+                        };
+                        if padded {
+                            let ok = cg.b.build_and(row_ok, cg.in_range(iw, 0, self.w)?, "")?;
+                            cg.if_then(ok, tap)?;
+                        } else {
+                            tap()?;
+                        }
+                    }
+                }
                 let mut r = cg.load_slot(acc)?;
                 if !self.max {
                     r = cg.fmul(r, scale)?;
