@@ -575,3 +575,52 @@ fn unoptimised_code_is_correct() {
         );
     }
 }
+
+/// A NaN in the input propagates as in PyTorch (ReLU and max pooling keep
+/// it), so a poisoned arena shows reads of unwritten memory.
+#[test]
+fn nan_propagates_like_the_reference() {
+    let mut cases = [
+        conv_case("nan_conv", 401, "c9 4x5 oc10 k3 p1 pro relu strided"),
+        pool_case("nan_max", 402, "c11 5x5 max k3 s2 p1 pro bordered"),
+        case(
+            "nan_relu",
+            403,
+            vec![1, 10, 3, 3],
+            Layout::Strided,
+            |_, _| Op::Relu,
+        ),
+    ];
+    for c in &mut cases {
+        c.input.data[7] = f32::NAN;
+        let want = ir::reference::run(&c.graph, std::slice::from_ref(&c.input))
+            .expect("reference")
+            .remove(0);
+        let desc = KernelDesc::from_ir(&c.name, &c.op, &c.graph.constants, c.in_view, c.out_view)
+            .expect("desc");
+        let compiled = cpu::compile(&[desc], &CpuOptions::default()).expect("compile");
+        let lib = Loaded::new(&compiled);
+        let mut arena = Arena::new(compiled.arena_bytes);
+        arena.write(&c.in_view, &c.input);
+        lib.run(&mut arena, Pfor::Sequential);
+        let got = arena.read(&c.out_view, &want.shape);
+        let nans = want.data.iter().filter(|x| x.is_nan()).count();
+        let scale = want
+            .data
+            .iter()
+            .filter(|x| !x.is_nan())
+            .fold(1.0f32, |m, x| m.max(x.abs()));
+        assert!(nans > 0, "{}: the reference has no NaN", c.name);
+        for (i, (a, b)) in got.data.iter().zip(&want.data).enumerate() {
+            assert_eq!(
+                a.is_nan(),
+                b.is_nan(),
+                "{}: element {i}: {a} vs {b}",
+                c.name
+            );
+            if !b.is_nan() {
+                assert!((a - b).abs() <= 1e-4 * scale, "{}: {a} vs {b}", c.name);
+            }
+        }
+    }
+}

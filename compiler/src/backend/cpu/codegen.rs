@@ -329,14 +329,30 @@ impl<'ctx> Cg<'ctx> {
         Ok(self.b.build_float_mul(a, b, "")?)
     }
 
-    /// `a > b ? a : b` lane-wise (one `vmaxps`).
-    pub fn fmax(&self, a: VectorValue<'ctx>, b: VectorValue<'ctx>) -> Result<VectorValue<'ctx>> {
-        let gt = self.b.build_float_compare(FloatPredicate::OGT, a, b, "")?;
-        Ok(self.b.build_select(gt, a, b, "")?.into_vector_value())
+    /// The running maximum of max pooling, as PyTorch (and the reference)
+    /// computes it: `v` replaces `acc` when greater or NaN, so a NaN, once
+    /// seen, stays.
+    pub fn pool_max(
+        &self,
+        acc: VectorValue<'ctx>,
+        v: VectorValue<'ctx>,
+    ) -> Result<VectorValue<'ctx>> {
+        let gt = self
+            .b
+            .build_float_compare(FloatPredicate::OGT, v, acc, "")?;
+        let nan = self.b.build_float_compare(FloatPredicate::UNO, v, v, "")?;
+        let take = self.b.build_or(gt, nan, "")?;
+        Ok(self.b.build_select(take, v, acc, "")?.into_vector_value())
     }
 
+    /// `a < 0 ? 0 : a` lane-wise: NaN propagates, as in PyTorch (one
+    /// `vmaxps` with the zero first).
     pub fn relu(&self, a: VectorValue<'ctx>) -> Result<VectorValue<'ctx>> {
-        self.fmax(a, self.v8.const_zero())
+        let zero = self.v8.const_zero();
+        let lt = self
+            .b
+            .build_float_compare(FloatPredicate::OLT, a, zero, "")?;
+        Ok(self.b.build_select(lt, zero, a, "")?.into_vector_value())
     }
 
     /// A stack slot for one vector, promoted to a register by SROA.

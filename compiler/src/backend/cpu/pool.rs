@@ -83,7 +83,7 @@ impl PoolPlan {
                             let v = load_prologue(cg, env, self.prologue, src, c, lanes)?;
                             let a = cg.load_slot(acc)?;
                             let r = if self.max {
-                                cg.fmax(a, v)?
+                                cg.pool_max(a, v)?
                             } else {
                                 cg.fadd(a, v)?
                             };
