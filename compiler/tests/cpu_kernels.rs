@@ -396,6 +396,9 @@ fn pools() {
         ("max_stem_relu", "c16 12x12 max k3 s2 p1 pro"),
         ("avg_bordered", "n2 c12 6x6 avg k2 s2 bn bordered"),
         ("max_bordered_neg", "c9 7x7 max k3 s2 p1 neg bordered"),
+        // Windows over 16 taps run as loops, not unrolled.
+        ("avg_5x5_loops", "c6 7x6 avg k5 p2 pro strided"),
+        ("max_5x4_loops", "c5 9x9 max k5x4 s2 neg"),
     ];
     for (seed, (name, spec)) in cases.iter().enumerate() {
         check(&pool_case(name, 300 + seed as u64, spec));
@@ -623,4 +626,91 @@ fn nan_propagates_like_the_reference() {
             }
         }
     }
+}
+
+/// Validation rejects nonsense with an error, never a panic or overflow:
+/// views and kernels drawn from small, zero and huge values.
+#[test]
+fn validation_never_panics() {
+    use compiler::backend::kernel::{Affine, ConvKernel, KernelOp, LinearKernel, PoolKernel};
+    use std::sync::Arc;
+    let mut rng = Rng::new(99);
+    let values = [
+        0,
+        1,
+        2,
+        3,
+        7,
+        64,
+        1 << 20,
+        1 << 40,
+        usize::MAX / 3,
+        usize::MAX,
+    ];
+    let pick = |rng: &mut Rng| values[rng.range(0, values.len())];
+    let mut ok = 0;
+    for _ in 0..4000 {
+        let view = |rng: &mut Rng| View {
+            offset: pick(rng) & !3,
+            n: pick(rng),
+            h: pick(rng),
+            w: pick(rng),
+            channels: pick(rng),
+            pixel_stride: pick(rng),
+            channel_offset: pick(rng),
+            border: [pick(rng), pick(rng)],
+        };
+        let (input, output) = (view(&mut rng), view(&mut rng));
+        let consts = |rng: &mut Rng| Arc::new(vec![0.0; rng.range(0, 64)]);
+        let window = |rng: &mut Rng| {
+            let mut two = || [pick(rng), pick(rng)];
+            (two(), two(), two())
+        };
+        let (kernel, stride, padding) = window(&mut rng);
+        let affine = |rng: &mut Rng| Affine {
+            scale: consts(rng),
+            shift: consts(rng),
+            relu: true,
+        };
+        let pool = PoolKernel {
+            kernel,
+            stride,
+            padding,
+            prologue: Some(affine(&mut rng)),
+        };
+        let op = match rng.range(0, 5) {
+            0 => KernelOp::Conv(ConvKernel {
+                out_channels: pick(&mut rng),
+                kernel,
+                stride,
+                padding,
+                weight: consts(&mut rng),
+                bias: Some(consts(&mut rng)),
+                prologue: Some(affine(&mut rng)),
+                relu: false,
+            }),
+            1 => KernelOp::MaxPool(pool),
+            2 => KernelOp::GlobalAvgPool {
+                prologue: Some(affine(&mut rng)),
+            },
+            3 => KernelOp::Linear(LinearKernel {
+                out_features: pick(&mut rng),
+                weight: consts(&mut rng),
+                bias: None,
+                relu: false,
+            }),
+            _ => KernelOp::Affine(affine(&mut rng)),
+        };
+        let desc = KernelDesc {
+            name: "fuzz".into(),
+            op,
+            input,
+            output,
+        };
+        let _ = desc.macs();
+        if desc.validate().is_ok() {
+            ok += 1;
+        }
+    }
+    assert!(ok < 4000);
 }
