@@ -137,8 +137,6 @@ impl<'ctx> Cg<'ctx> {
         Ok(self.ctx.append_basic_block(f, name))
     }
 
-    // ---- integers -------------------------------------------------------
-
     pub fn c64(&self, v: usize) -> IntValue<'ctx> {
         self.i64.const_int(v as u64, false)
     }
@@ -188,8 +186,6 @@ impl<'ctx> Cg<'ctx> {
         Ok(self.b.build_select(lt, a, b, "")?.into_int_value())
     }
 
-    // ---- pointers -------------------------------------------------------
-
     /// `p + i` in f32 elements.
     pub fn gep(&self, p: PointerValue<'ctx>, i: IntValue<'ctx>) -> Result<PointerValue<'ctx>> {
         // SAFETY: building a GEP instruction only creates IR; it does not
@@ -232,8 +228,6 @@ impl<'ctx> Cg<'ctx> {
     pub fn load_ptr(&self, p: PointerValue<'ctx>) -> Result<PointerValue<'ctx>> {
         Ok(self.b.build_load(self.ptr, p, "")?.into_pointer_value())
     }
-
-    // ---- floats and vectors ---------------------------------------------
 
     pub fn load_f32(&self, p: PointerValue<'ctx>) -> Result<FloatValue<'ctx>> {
         Ok(self.b.build_load(self.f32, p, "")?.into_float_value())
@@ -398,8 +392,6 @@ impl<'ctx> Cg<'ctx> {
             .map_err(|e| BackendError::Codegen(e.to_string()))?;
         Ok(slot)
     }
-
-    // ---- control flow ---------------------------------------------------
 
     /// `for (i = begin; i < end; i += step) body(i)` with signed i64 bounds.
     pub fn for_range(
