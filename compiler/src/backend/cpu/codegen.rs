@@ -1,0 +1,501 @@
+//! A thin layer over inkwell's builder: the types, intrinsics and idioms the
+//! kernel lowerings share (counted loops, 8-wide vector loads and stores with
+//! constant tail masks, FMA, ReLU), so each lowering reads like its loop nest.
+
+use crate::backend::BackendError;
+use inkwell::attributes::{Attribute, AttributeLoc};
+use inkwell::basic_block::BasicBlock;
+use inkwell::builder::Builder;
+use inkwell::context::Context;
+use inkwell::intrinsics::Intrinsic;
+use inkwell::module::{Linkage, Module};
+use inkwell::types::{FloatType, FunctionType, IntType, PointerType, VectorType};
+use inkwell::values::{
+    BasicMetadataValueEnum, BasicValue, FloatValue, FunctionValue, IntValue, PointerValue,
+    VectorValue,
+};
+use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
+
+pub(crate) type Result<T> = std::result::Result<T, BackendError>;
+
+/// Lanes of the SIMD vector every kernel is written in (`<8 x float>`).
+pub(crate) const LANES: usize = 8;
+
+/// Code generation state for one module.
+pub(crate) struct Cg<'ctx> {
+    pub ctx: &'ctx Context,
+    pub module: Module<'ctx>,
+    pub b: Builder<'ctx>,
+    pub f32: FloatType<'ctx>,
+    pub i64: IntType<'ctx>,
+    pub i32: IntType<'ctx>,
+    pub i1: IntType<'ctx>,
+    pub ptr: PointerType<'ctx>,
+    pub v8: VectorType<'ctx>,
+    fmuladd_v8: FunctionValue<'ctx>,
+    masked_load: FunctionValue<'ctx>,
+    masked_store: FunctionValue<'ctx>,
+    fn_attrs: Vec<Attribute>,
+}
+
+fn intrinsic<'ctx>(
+    module: &Module<'ctx>,
+    name: &str,
+    types: &[inkwell::types::BasicTypeEnum<'ctx>],
+) -> Result<FunctionValue<'ctx>> {
+    Intrinsic::find(name)
+        .and_then(|i| i.get_declaration(module, types))
+        .ok_or_else(|| BackendError::Codegen(format!("intrinsic {name} is not available")))
+}
+
+impl<'ctx> Cg<'ctx> {
+    /// A fresh module whose functions all carry the target CPU and features.
+    pub fn new(ctx: &'ctx Context, name: &str, cpu: &str, features: &str) -> Result<Self> {
+        let module = ctx.create_module(name);
+        let f32 = ctx.f32_type();
+        let v8 = f32.vec_type(LANES as u32);
+        let ptr = ctx.ptr_type(AddressSpace::default());
+        let fmuladd_v8 = intrinsic(&module, "llvm.fmuladd", &[v8.into()])?;
+        let masked_load = intrinsic(&module, "llvm.masked.load", &[v8.into(), ptr.into()])?;
+        let masked_store = intrinsic(&module, "llvm.masked.store", &[v8.into(), ptr.into()])?;
+        let mut fn_attrs = vec![
+            ctx.create_string_attribute("target-cpu", cpu),
+            ctx.create_string_attribute("target-features", features),
+        ];
+        let nounwind = Attribute::get_named_enum_kind_id("nounwind");
+        fn_attrs.push(ctx.create_enum_attribute(nounwind, 0));
+        Ok(Cg {
+            ctx,
+            b: ctx.create_builder(),
+            f32,
+            i64: ctx.i64_type(),
+            i32: ctx.i32_type(),
+            i1: ctx.bool_type(),
+            ptr,
+            v8,
+            fmuladd_v8,
+            masked_load,
+            masked_store,
+            fn_attrs,
+            module,
+        })
+    }
+
+    /// Declare a function with the module's target attributes and position
+    /// the builder at its (empty) entry block.
+    pub fn function(
+        &self,
+        name: &str,
+        ty: FunctionType<'ctx>,
+        linkage: Linkage,
+    ) -> FunctionValue<'ctx> {
+        let f = self.module.add_function(name, ty, Some(linkage));
+        for a in &self.fn_attrs {
+            f.add_attribute(AttributeLoc::Function, *a);
+        }
+        let entry = self.ctx.append_basic_block(f, "entry");
+        self.b.position_at_end(entry);
+        f
+    }
+
+    /// Mark pointer parameter `index` of `f` as `noalias`: the lowering
+    /// guarantees the memory it reaches is reached through no other argument.
+    pub fn noalias_param(&self, f: FunctionValue<'ctx>, index: u32) {
+        let kind = Attribute::get_named_enum_kind_id("noalias");
+        f.add_attribute(
+            AttributeLoc::Param(index),
+            self.ctx.create_enum_attribute(kind, 0),
+        );
+    }
+
+    pub fn noinline(&self, f: FunctionValue<'ctx>) {
+        let kind = Attribute::get_named_enum_kind_id("noinline");
+        f.add_attribute(
+            AttributeLoc::Function,
+            self.ctx.create_enum_attribute(kind, 0),
+        );
+    }
+
+    pub fn param_ptr(&self, f: FunctionValue<'ctx>, i: u32) -> Result<PointerValue<'ctx>> {
+        f.get_nth_param(i)
+            .map(|p| p.into_pointer_value())
+            .ok_or_else(|| BackendError::Codegen(format!("missing parameter {i}")))
+    }
+
+    pub fn param_int(&self, f: FunctionValue<'ctx>, i: u32) -> Result<IntValue<'ctx>> {
+        f.get_nth_param(i)
+            .map(|p| p.into_int_value())
+            .ok_or_else(|| BackendError::Codegen(format!("missing parameter {i}")))
+    }
+
+    fn block(&self, name: &str) -> Result<BasicBlock<'ctx>> {
+        let f = self
+            .b
+            .get_insert_block()
+            .and_then(|bb| bb.get_parent())
+            .ok_or_else(|| BackendError::Codegen("builder is not inside a function".into()))?;
+        Ok(self.ctx.append_basic_block(f, name))
+    }
+
+    pub fn c64(&self, v: usize) -> IntValue<'ctx> {
+        self.i64.const_int(v as u64, false)
+    }
+
+    pub fn add(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> Result<IntValue<'ctx>> {
+        Ok(self.b.build_int_nsw_add(a, b, "")?)
+    }
+
+    pub fn addc(&self, a: IntValue<'ctx>, b: usize) -> Result<IntValue<'ctx>> {
+        self.add(a, self.c64(b))
+    }
+
+    pub fn sub(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> Result<IntValue<'ctx>> {
+        Ok(self.b.build_int_nsw_sub(a, b, "")?)
+    }
+
+    pub fn mulc(&self, a: IntValue<'ctx>, b: usize) -> Result<IntValue<'ctx>> {
+        Ok(self.b.build_int_nsw_mul(a, self.c64(b), "")?)
+    }
+
+    /// `(a / d, a % d)` for a non-negative `a` and constant `d > 0`.
+    pub fn divrem(&self, a: IntValue<'ctx>, d: usize) -> Result<(IntValue<'ctx>, IntValue<'ctx>)> {
+        let q = self.b.build_int_unsigned_div(a, self.c64(d), "")?;
+        let r = self.b.build_int_unsigned_rem(a, self.c64(d), "")?;
+        Ok((q, r))
+    }
+
+    pub fn eqc(&self, a: IntValue<'ctx>, b: usize) -> Result<IntValue<'ctx>> {
+        Ok(self
+            .b
+            .build_int_compare(IntPredicate::EQ, a, self.c64(b), "")?)
+    }
+
+    /// `lo <= a < hi` (signed).
+    pub fn in_range(&self, a: IntValue<'ctx>, lo: usize, hi: usize) -> Result<IntValue<'ctx>> {
+        let ge = self
+            .b
+            .build_int_compare(IntPredicate::SGE, a, self.c64(lo), "")?;
+        let lt = self
+            .b
+            .build_int_compare(IntPredicate::SLT, a, self.c64(hi), "")?;
+        Ok(self.b.build_and(ge, lt, "")?)
+    }
+
+    pub fn umin(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> Result<IntValue<'ctx>> {
+        let lt = self.b.build_int_compare(IntPredicate::ULT, a, b, "")?;
+        Ok(self.b.build_select(lt, a, b, "")?.into_int_value())
+    }
+
+    /// `p + i` in f32 elements.
+    pub fn gep(&self, p: PointerValue<'ctx>, i: IntValue<'ctx>) -> Result<PointerValue<'ctx>> {
+        // SAFETY: building a GEP instruction only creates IR; it does not
+        // dereference anything at compile time. Every index the lowerings pass
+        // stays inside the buffer the pointer addresses (the arena views and
+        // weight sections are validated, scratch indices are bounded by the
+        // plan), which the IR's `inbounds` claims.
+        Ok(unsafe { self.b.build_in_bounds_gep(self.f32, p, &[i], "")? })
+    }
+
+    pub fn gepc(&self, p: PointerValue<'ctx>, i: usize) -> Result<PointerValue<'ctx>> {
+        if i == 0 {
+            return Ok(p);
+        }
+        self.gep(p, self.c64(i))
+    }
+
+    /// `p + i * stride`.
+    pub fn gep2(
+        &self,
+        p: PointerValue<'ctx>,
+        i: IntValue<'ctx>,
+        stride: usize,
+    ) -> Result<PointerValue<'ctx>> {
+        let off = self.mulc(i, stride)?;
+        self.gep(p, off)
+    }
+
+    /// Address of element `i` of an array of pointers.
+    pub fn ptr_elem(
+        &self,
+        array: PointerValue<'ctx>,
+        i: IntValue<'ctx>,
+    ) -> Result<PointerValue<'ctx>> {
+        // SAFETY: as for `gep`; `i` is below the array's length, which the
+        // caller allocated.
+        Ok(unsafe { self.b.build_in_bounds_gep(self.ptr, array, &[i], "")? })
+    }
+
+    pub fn load_ptr(&self, p: PointerValue<'ctx>) -> Result<PointerValue<'ctx>> {
+        Ok(self.b.build_load(self.ptr, p, "")?.into_pointer_value())
+    }
+
+    pub fn load_f32(&self, p: PointerValue<'ctx>) -> Result<FloatValue<'ctx>> {
+        Ok(self.b.build_load(self.f32, p, "")?.into_float_value())
+    }
+
+    /// Load `count` (1..=8) floats into a vector; missing lanes read as 0.
+    pub fn load_v(&self, p: PointerValue<'ctx>, count: usize) -> Result<VectorValue<'ctx>> {
+        if count >= LANES {
+            let v = self.b.build_load(self.v8, p, "")?;
+            set_align(v, 4)?;
+            return Ok(v.into_vector_value());
+        }
+        let args: [BasicMetadataValueEnum; 4] = [
+            p.into(),
+            self.i32.const_int(4, false).into(),
+            self.mask(count).into(),
+            self.v8.const_zero().into(),
+        ];
+        self.call(self.masked_load, &args)
+            .map(|v| v.into_vector_value())
+    }
+
+    /// Store the first `count` (1..=8) lanes of `v`.
+    pub fn store_v(&self, v: VectorValue<'ctx>, p: PointerValue<'ctx>, count: usize) -> Result<()> {
+        if count >= LANES {
+            let st = self.b.build_store(p, v)?;
+            st.set_alignment(4)
+                .map_err(|e| BackendError::Codegen(e.to_string()))?;
+            return Ok(());
+        }
+        let args: [BasicMetadataValueEnum; 4] = [
+            v.into(),
+            p.into(),
+            self.i32.const_int(4, false).into(),
+            self.mask(count).into(),
+        ];
+        self.b.build_call(self.masked_store, &args, "")?;
+        Ok(())
+    }
+
+    fn mask(&self, count: usize) -> VectorValue<'ctx> {
+        let lanes: Vec<IntValue> = (0..LANES)
+            .map(|l| self.i1.const_int(u64::from(l < count), false))
+            .collect();
+        VectorType::const_vector(&lanes)
+    }
+
+    fn call(
+        &self,
+        f: FunctionValue<'ctx>,
+        args: &[BasicMetadataValueEnum<'ctx>],
+    ) -> Result<inkwell::values::BasicValueEnum<'ctx>> {
+        self.b
+            .build_call(f, args, "")?
+            .try_as_basic_value()
+            .basic()
+            .ok_or_else(|| BackendError::Codegen("call returned no value".into()))
+    }
+
+    pub fn splat(&self, x: FloatValue<'ctx>) -> Result<VectorValue<'ctx>> {
+        let v = self
+            .b
+            .build_insert_element(self.v8.get_poison(), x, self.i32.const_zero(), "")?;
+        let zeros = self.i32.vec_type(LANES as u32).const_zero();
+        Ok(self
+            .b
+            .build_shuffle_vector(v, self.v8.get_poison(), zeros, "")?)
+    }
+
+    pub fn splat_c(&self, x: f32) -> VectorValue<'ctx> {
+        let lanes: Vec<FloatValue> = (0..LANES)
+            .map(|_| self.f32.const_float(f64::from(x)))
+            .collect();
+        VectorType::const_vector(&lanes)
+    }
+
+    /// `a * b + c`, fused where the target has FMA.
+    pub fn fma(
+        &self,
+        a: VectorValue<'ctx>,
+        b: VectorValue<'ctx>,
+        c: VectorValue<'ctx>,
+    ) -> Result<VectorValue<'ctx>> {
+        self.call(self.fmuladd_v8, &[a.into(), b.into(), c.into()])
+            .map(|v| v.into_vector_value())
+    }
+
+    pub fn fadd(&self, a: VectorValue<'ctx>, b: VectorValue<'ctx>) -> Result<VectorValue<'ctx>> {
+        Ok(self.b.build_float_add(a, b, "")?)
+    }
+
+    pub fn fmul(&self, a: VectorValue<'ctx>, b: VectorValue<'ctx>) -> Result<VectorValue<'ctx>> {
+        Ok(self.b.build_float_mul(a, b, "")?)
+    }
+
+    /// The running maximum of max pooling, as PyTorch (and the reference)
+    /// computes it: `v` replaces `acc` when greater or NaN, so a NaN, once
+    /// seen, stays.
+    pub fn pool_max(
+        &self,
+        acc: VectorValue<'ctx>,
+        v: VectorValue<'ctx>,
+    ) -> Result<VectorValue<'ctx>> {
+        let gt = self
+            .b
+            .build_float_compare(FloatPredicate::OGT, v, acc, "")?;
+        let nan = self.b.build_float_compare(FloatPredicate::UNO, v, v, "")?;
+        let take = self.b.build_or(gt, nan, "")?;
+        Ok(self.b.build_select(take, v, acc, "")?.into_vector_value())
+    }
+
+    /// `a < 0 ? 0 : a` lane-wise: NaN propagates, as in PyTorch (one
+    /// `vmaxps` with the zero first).
+    pub fn relu(&self, a: VectorValue<'ctx>) -> Result<VectorValue<'ctx>> {
+        let zero = self.v8.const_zero();
+        let lt = self
+            .b
+            .build_float_compare(FloatPredicate::OLT, a, zero, "")?;
+        Ok(self.b.build_select(lt, zero, a, "")?.into_vector_value())
+    }
+
+    /// A stack slot for one vector, promoted to a register by SROA.
+    pub fn vec_slot(&self, init: VectorValue<'ctx>) -> Result<PointerValue<'ctx>> {
+        let slot = self.entry_alloca(self.v8.into(), "acc")?;
+        self.b.build_store(slot, init)?;
+        Ok(slot)
+    }
+
+    pub fn load_slot(&self, slot: PointerValue<'ctx>) -> Result<VectorValue<'ctx>> {
+        Ok(self.b.build_load(self.v8, slot, "")?.into_vector_value())
+    }
+
+    pub fn store_slot(&self, slot: PointerValue<'ctx>, v: VectorValue<'ctx>) -> Result<()> {
+        self.b.build_store(slot, v)?;
+        Ok(())
+    }
+
+    /// An `alloca` in the current function's entry block (so it is static
+    /// and promotable), of `ty`, 32-byte aligned.
+    pub fn entry_alloca(
+        &self,
+        ty: inkwell::types::BasicTypeEnum<'ctx>,
+        name: &str,
+    ) -> Result<PointerValue<'ctx>> {
+        let here = self
+            .b
+            .get_insert_block()
+            .ok_or_else(|| BackendError::Codegen("builder is not positioned".into()))?;
+        let entry = here
+            .get_parent()
+            .and_then(|f| f.get_first_basic_block())
+            .ok_or_else(|| BackendError::Codegen("function has no entry block".into()))?;
+        let tmp = self.ctx.create_builder();
+        match entry.get_first_instruction() {
+            Some(i) => tmp.position_before(&i),
+            None => tmp.position_at_end(entry),
+        }
+        let slot = tmp.build_alloca(ty, name)?;
+        slot.as_instruction()
+            .ok_or_else(|| BackendError::Codegen("alloca is not an instruction".into()))?
+            .set_alignment(32)
+            .map_err(|e| BackendError::Codegen(e.to_string()))?;
+        Ok(slot)
+    }
+
+    /// `for (i = begin; i < end; i += step) body(i)` with signed i64 bounds.
+    pub fn for_range(
+        &self,
+        begin: IntValue<'ctx>,
+        end: IntValue<'ctx>,
+        step: usize,
+        mut body: impl FnMut(IntValue<'ctx>) -> Result<()>,
+    ) -> Result<()> {
+        let pre = self
+            .b
+            .get_insert_block()
+            .ok_or_else(|| BackendError::Codegen("builder is not positioned".into()))?;
+        let head = self.block("loop")?;
+        let body_bb = self.block("body")?;
+        let exit = self.block("exit")?;
+        self.b.build_unconditional_branch(head)?;
+        self.b.position_at_end(head);
+        let phi = self.b.build_phi(self.i64, "i")?;
+        let i = phi.as_basic_value().into_int_value();
+        let cond = self.b.build_int_compare(IntPredicate::SLT, i, end, "")?;
+        self.b.build_conditional_branch(cond, body_bb, exit)?;
+        self.b.position_at_end(body_bb);
+        body(i)?;
+        let next = self.addc(i, step)?;
+        let latch = self
+            .b
+            .get_insert_block()
+            .ok_or_else(|| BackendError::Codegen("builder lost its block".into()))?;
+        self.b.build_unconditional_branch(head)?;
+        phi.add_incoming(&[(&begin as &dyn BasicValue, pre), (&next, latch)]);
+        self.b.position_at_end(exit);
+        Ok(())
+    }
+
+    /// `for i in 0..n` with a constant trip count; `n == 1` emits the body
+    /// once with `i = 0` and no loop.
+    pub fn for_n(
+        &self,
+        n: usize,
+        mut body: impl FnMut(IntValue<'ctx>) -> Result<()>,
+    ) -> Result<()> {
+        match n {
+            0 => Ok(()),
+            1 => body(self.c64(0)),
+            _ => self.for_range(self.c64(0), self.c64(n), 1, body),
+        }
+    }
+
+    /// `if cond { then() }`.
+    pub fn if_then(&self, cond: IntValue<'ctx>, then: impl FnOnce() -> Result<()>) -> Result<()> {
+        let then_bb = self.block("then")?;
+        let join = self.block("join")?;
+        self.b.build_conditional_branch(cond, then_bb, join)?;
+        self.b.position_at_end(then_bb);
+        then()?;
+        self.b.build_unconditional_branch(join)?;
+        self.b.position_at_end(join);
+        Ok(())
+    }
+
+    /// `if cond { then() } else { other() }`.
+    pub fn if_else(
+        &self,
+        cond: IntValue<'ctx>,
+        then: impl FnOnce() -> Result<()>,
+        other: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        let then_bb = self.block("then")?;
+        let else_bb = self.block("else")?;
+        let join = self.block("join")?;
+        self.b.build_conditional_branch(cond, then_bb, else_bb)?;
+        self.b.position_at_end(then_bb);
+        then()?;
+        self.b.build_unconditional_branch(join)?;
+        self.b.position_at_end(else_bb);
+        other()?;
+        self.b.build_unconditional_branch(join)?;
+        self.b.position_at_end(join);
+        Ok(())
+    }
+
+    /// Visit `channels` in 8-wide groups: a loop over the full vectors, then
+    /// one masked group for the remainder. `body(c, count)` gets the first
+    /// channel of the group and how many lanes are real.
+    pub fn for_channel_vectors(
+        &self,
+        channels: usize,
+        mut body: impl FnMut(IntValue<'ctx>, usize) -> Result<()>,
+    ) -> Result<()> {
+        let full = channels / LANES * LANES;
+        if full > 0 {
+            self.for_range(self.c64(0), self.c64(full), LANES, |c| body(c, LANES))?;
+        }
+        if channels > full {
+            body(self.c64(full), channels - full)?;
+        }
+        Ok(())
+    }
+}
+
+fn set_align(v: inkwell::values::BasicValueEnum, align: u32) -> Result<()> {
+    v.as_instruction_value()
+        .ok_or_else(|| BackendError::Codegen("load is not an instruction".into()))?
+        .set_alignment(align)
+        .map_err(|e| BackendError::Codegen(e.to_string()))
+}

@@ -1,0 +1,368 @@
+//! Emission of a convolution task from its [`ConvPlan`]: chunk, block and
+//! tile loops around the micro-kernel calls, and the panel packing.
+
+use super::{ConvPlan, Mode};
+use crate::backend::cpu::codegen::{Cg, Result, LANES};
+use crate::backend::cpu::lower::{pixel_at, pixel_ptr, split_last, view_base, Env};
+use crate::backend::cpu::microkernel::{Microkernels, UkSpec};
+use crate::backend::BackendError;
+use inkwell::values::{IntValue, PointerValue};
+
+fn scratch<'ctx>(env: &Env<'ctx>) -> Result<PointerValue<'ctx>> {
+    env.scratch
+        .ok_or_else(|| BackendError::Codegen("convolution panel without scratch".into()))
+}
+
+fn wrong_mode(mode: Mode) -> BackendError {
+    BackendError::Codegen(format!("convolution emitter called for {mode:?}"))
+}
+
+impl ConvPlan {
+    /// Task `t` is (pixel block or row segment, output-channel group), the
+    /// group fastest.
+    pub fn emit_task<'ctx>(
+        &self,
+        cg: &Cg<'ctx>,
+        uks: &Microkernels<'ctx>,
+        env: &Env<'ctx>,
+        t: IntValue<'ctx>,
+    ) -> Result<()> {
+        let (r, og) = if self.groups > 1 {
+            cg.divrem(t, self.groups)?
+        } else {
+            (t, cg.c64(0))
+        };
+        match self.mode {
+            Mode::Gemm { m, mc, mblocks, .. } => {
+                split_last(cg, r, mblocks, mc, m - (mblocks - 1) * mc, |count| {
+                    self.emit_gemm(cg, uks, env, r, og, count)
+                })
+            }
+            Mode::Direct { owb, n_owb, .. } => {
+                let (r, owb_i) = cg.divrem(r, n_owb)?;
+                let (n_i, oh_i) = cg.divrem(r, self.oh)?;
+                let last = self.ow - (n_owb - 1) * owb;
+                split_last(cg, owb_i, n_owb, owb, last, |count| {
+                    self.emit_direct(cg, uks, env, [n_i, oh_i, owb_i, og], count)
+                })
+            }
+        }
+    }
+
+    fn emit_gemm<'ctx>(
+        &self,
+        cg: &Cg<'ctx>,
+        uks: &Microkernels<'ctx>,
+        env: &Env<'ctx>,
+        mb: IntValue<'ctx>,
+        og: IntValue<'ctx>,
+        count: usize,
+    ) -> Result<()> {
+        let Mode::Gemm { mc, pack, .. } = self.mode else {
+            return Err(wrong_mode(self.mode));
+        };
+        let (iv, ov) = (&self.input, &self.output);
+        let (in_base, out_base) = (view_base(cg, env, iv)?, view_base(cg, env, ov)?);
+        let p0 = cg.mulc(mb, mc)?;
+        let table = self.pixel_table(cg, count, |i| pixel_ptr(cg, out_base, ov, cg.add(p0, i)?))?;
+        self.for_chunks(cg, |c0, kc, acc, relu| {
+            let (a, a_step) = if pack {
+                let panel = scratch(env)?;
+                cg.for_n(count, |i| {
+                    let src = cg.gep(pixel_ptr(cg, in_base, iv, cg.add(p0, i)?)?, c0)?;
+                    let dst = cg.gep2(panel, i, self.kcp)?;
+                    self.copy_channels(cg, env, src, dst, c0, kc)
+                })?;
+                (panel, self.kcp)
+            } else {
+                // Only for a flat input (see `ConvPlan::new`).
+                (
+                    cg.gep(pixel_ptr(cg, in_base, iv, p0)?, c0)?,
+                    iv.pixel_stride,
+                )
+            };
+            self.for_blocks(cg, env, og, |w, bias, col, nv, valid| {
+                let spec = UkSpec {
+                    mr: self.mr,
+                    nv,
+                    valid,
+                    a_step,
+                    taps: [1, 1],
+                    a_row: 0,
+                    a_col: 0,
+                    b_tap: 0,
+                };
+                let b = cg.gep(w, cg.mulc(c0, nv * LANES)?)?;
+                self.for_tiles(
+                    cg,
+                    uks,
+                    spec,
+                    count,
+                    [a, b, table, bias],
+                    col,
+                    kc,
+                    acc,
+                    relu,
+                )
+            })
+        })
+    }
+
+    fn emit_direct<'ctx>(
+        &self,
+        cg: &Cg<'ctx>,
+        uks: &Microkernels<'ctx>,
+        env: &Env<'ctx>,
+        [n_i, oh_i, owb_i, og]: [IntValue<'ctx>; 4],
+        count: usize,
+    ) -> Result<()> {
+        let Mode::Direct {
+            owb,
+            span: span_max,
+            ..
+        } = self.mode
+        else {
+            return Err(wrong_mode(self.mode));
+        };
+        let panel = scratch(env)?;
+        let [kh, kw] = self.k;
+        let [sh, sw] = self.s;
+        let ow0 = cg.mulc(owb_i, owb)?;
+        let (iv, ov) = (&self.input, &self.output);
+        let img = cg.gep2(view_base(cg, env, iv)?, n_i, iv.image_stride())?;
+        let out0 = pixel_at(cg, view_base(cg, env, ov)?, ov, [n_i, oh_i, ow0])?;
+        let ih0 = cg.sub(cg.mulc(oh_i, sh)?, cg.c64(self.p[0]))?;
+        let iw0 = cg.sub(cg.mulc(ow0, sw)?, cg.c64(self.p[1]))?;
+        let span = (count - 1) * sw + kw;
+        let table = self.pixel_table(cg, count, |i| cg.gep2(out0, i, ov.pixel_stride))?;
+        self.for_chunks(cg, |c0, kc, acc, relu| {
+            cg.for_n(kh, |y| {
+                let ih = cg.add(ih0, y)?;
+                let row_ok = cg.in_range(ih, 0, self.h)?;
+                let dst_row = cg.gep2(panel, y, span_max * self.kcp)?;
+                cg.for_n(span, |x| {
+                    let iw = cg.add(iw0, x)?;
+                    let ok = cg.b.build_and(row_ok, cg.in_range(iw, 0, self.w)?, "")?;
+                    let dst = cg.gep2(dst_row, x, self.kcp)?;
+                    cg.if_else(
+                        ok,
+                        || {
+                            let row = cg.gep2(img, ih, iv.row_stride())?;
+                            let src = cg.gep(cg.gep2(row, iw, iv.pixel_stride)?, c0)?;
+                            self.copy_channels(cg, env, src, dst, c0, kc)
+                        },
+                        || {
+                            for v in 0..kc.div_ceil(LANES) {
+                                cg.store_v(cg.v8.const_zero(), cg.gepc(dst, v * LANES)?, LANES)?;
+                            }
+                            Ok(())
+                        },
+                    )
+                })
+            })?;
+            self.for_blocks(cg, env, og, |w, bias, col, nv, valid| {
+                let nr = nv * LANES;
+                let spec = UkSpec {
+                    mr: self.mr,
+                    nv,
+                    valid,
+                    a_step: sw * self.kcp,
+                    taps: self.k,
+                    a_row: span_max * self.kcp,
+                    a_col: self.kcp,
+                    b_tap: self.ic * nr,
+                };
+                let b = cg.gep(w, cg.mulc(c0, nr)?)?;
+                self.for_tiles(
+                    cg,
+                    uks,
+                    spec,
+                    count,
+                    [panel, b, table, bias],
+                    col,
+                    kc,
+                    acc,
+                    relu,
+                )
+            })
+        })
+    }
+
+    /// Copy `kc` channels from `src` to the panel at `dst`, applying the
+    /// prologue (channel `c0 + c` of the input). Writes whole vectors: the
+    /// panel's row stride is `kc` rounded up to a vector.
+    fn copy_channels<'ctx>(
+        &self,
+        cg: &Cg<'ctx>,
+        env: &Env<'ctx>,
+        src: PointerValue<'ctx>,
+        dst: PointerValue<'ctx>,
+        c0: IntValue<'ctx>,
+        kc: usize,
+    ) -> Result<()> {
+        cg.for_channel_vectors(kc, |c, lanes| {
+            let x = cg.load_v(cg.gep(src, c)?, lanes)?;
+            let y = match &self.prologue {
+                Some(a) => a.apply(cg, env, x, cg.add(c0, c)?)?,
+                None => x,
+            };
+            cg.store_v(y, cg.gep(dst, c)?, LANES)
+        })
+    }
+
+    /// Run `body(c0, kc, accumulate, relu)` for each input-channel chunk.
+    fn for_chunks<'ctx>(
+        &self,
+        cg: &Cg<'ctx>,
+        mut body: impl FnMut(IntValue<'ctx>, usize, IntValue<'ctx>, IntValue<'ctx>) -> Result<()>,
+    ) -> Result<()> {
+        let (full, rem) = (self.ic / self.kc, self.ic % self.kc);
+        let bool_c = |b: bool| cg.i1.const_int(u64::from(b), false);
+        if full == 1 {
+            body(
+                cg.c64(0),
+                self.kc,
+                bool_c(false),
+                bool_c(self.relu && rem == 0),
+            )?;
+        } else if full > 1 {
+            let last = (full - 1) * self.kc;
+            cg.for_range(cg.c64(0), cg.c64(full * self.kc), self.kc, |c0| {
+                let acc = cg.b.build_not(cg.eqc(c0, 0)?, "")?;
+                let relu = if self.relu && rem == 0 {
+                    cg.eqc(c0, last)?
+                } else {
+                    bool_c(false)
+                };
+                body(c0, self.kc, acc, relu)
+            })?;
+        }
+        if rem > 0 {
+            body(
+                cg.c64(full * self.kc),
+                rem,
+                bool_c(full > 0),
+                bool_c(self.relu),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Run `body(weights, bias, first channel, nv, valid)` for each output
+    /// channel block of group `og`.
+    fn for_blocks<'ctx>(
+        &self,
+        cg: &Cg<'ctx>,
+        env: &Env<'ctx>,
+        og: IntValue<'ctx>,
+        mut body: impl FnMut(
+            PointerValue<'ctx>,
+            PointerValue<'ctx>,
+            IntValue<'ctx>,
+            usize,
+            usize,
+        ) -> Result<()>,
+    ) -> Result<()> {
+        let bk = &self.blocking;
+        let nr = bk.nr();
+        let block_elems = self.k[0] * self.k[1] * self.ic * nr;
+        let w = cg.gepc(env.weights, self.weight_off)?;
+        let bias = cg.gepc(env.weights, self.bias_off)?;
+        if bk.full > 0 {
+            let mut one = |j: IntValue<'ctx>| {
+                body(
+                    cg.gep2(w, j, block_elems)?,
+                    cg.gep2(bias, j, nr)?,
+                    cg.mulc(j, nr)?,
+                    bk.nv,
+                    nr,
+                )
+            };
+            if self.groups == 1 {
+                cg.for_n(bk.full, &mut one)?;
+            } else {
+                let start = cg.mulc(og, self.bpg)?;
+                let end = cg.umin(cg.addc(start, self.bpg)?, cg.c64(bk.full))?;
+                cg.for_range(start, end, 1, &mut one)?;
+            }
+        }
+        if bk.has_tail() {
+            let body = std::cell::RefCell::new(&mut body);
+            let tail = || {
+                (body.borrow_mut())(
+                    cg.gepc(w, bk.full * block_elems)?,
+                    cg.gepc(bias, bk.full * nr)?,
+                    cg.c64(bk.full * nr),
+                    bk.tail_nv,
+                    bk.tail_valid,
+                )
+            };
+            if self.groups == 1 {
+                tail()?;
+            } else {
+                cg.if_then(cg.eqc(og, self.groups - 1)?, tail)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A stack table of pointers to the `count` output pixels of the task,
+    /// `ptr(i)` each, filled by a loop: the micro-kernel reads its tile's
+    /// pixel addresses from it.
+    fn pixel_table<'ctx>(
+        &self,
+        cg: &Cg<'ctx>,
+        count: usize,
+        ptr: impl Fn(IntValue<'ctx>) -> Result<PointerValue<'ctx>>,
+    ) -> Result<PointerValue<'ctx>> {
+        let len = u32::try_from(self.max_block_pixels())
+            .map_err(|_| BackendError::Codegen("pixel table too large".into()))?;
+        let table = cg.entry_alloca(cg.ptr.array_type(len).into(), "pixels")?;
+        cg.for_range(cg.c64(0), cg.c64(count), 1, |i| {
+            cg.b.build_store(cg.ptr_elem(table, i)?, ptr(i)?)?;
+            Ok(())
+        })?;
+        Ok(table)
+    }
+
+    /// Call the micro-kernel over `count` tile pixels: full `mr` tiles, then
+    /// one shorter tile for the remainder. `table` holds the output pixel
+    /// pointers, `col` the block's first channel.
+    #[allow(clippy::too_many_arguments)]
+    fn for_tiles<'ctx>(
+        &self,
+        cg: &Cg<'ctx>,
+        uks: &Microkernels<'ctx>,
+        spec: UkSpec,
+        count: usize,
+        [a, b, table, bias]: [PointerValue<'ctx>; 4],
+        col: IntValue<'ctx>,
+        kc: usize,
+        acc: IntValue<'ctx>,
+        relu: IntValue<'ctx>,
+    ) -> Result<()> {
+        let call = |mr: usize, tile: IntValue<'ctx>| -> Result<()> {
+            let f = uks.get(cg, UkSpec { mr, ..spec })?;
+            let a = cg.gep2(a, tile, spec.mr * spec.a_step)?;
+            let cs = cg.ptr_elem(table, cg.mulc(tile, spec.mr)?)?;
+            let args = [
+                a.into(),
+                b.into(),
+                cs.into(),
+                col.into(),
+                bias.into(),
+                cg.c64(kc).into(),
+                acc.into(),
+                relu.into(),
+            ];
+            cg.b.build_call(f, &args, "")?;
+            Ok(())
+        };
+        let (full, rem) = (count / spec.mr, count % spec.mr);
+        cg.for_n(full, |tile| call(spec.mr, tile))?;
+        if rem > 0 {
+            call(rem, cg.c64(full))?;
+        }
+        Ok(())
+    }
+}

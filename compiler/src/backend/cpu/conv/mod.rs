@@ -1,0 +1,309 @@
+//! Convolution (and linear, as a 1x1 convolution over `N` pixels) lowered
+//! to register-blocked micro-kernels (`microkernel.rs`).
+//!
+//! Two task shapes:
+//! - **GEMM** (1x1, stride 1, no padding): the pixels of the view, flattened
+//!   across rows and images, are the GEMM's M dimension. A task is a block of
+//!   `mc` pixels × a group of output-channel blocks. With a prologue, each
+//!   input-channel chunk of the pixel block is first packed into a panel with
+//!   the affine+ReLU applied (vectorised along channels); without one (and
+//!   without an input border), the micro-kernel reads the strided input view
+//!   directly. Output pixels are addressed one by one, so a block may cross
+//!   rows of a bordered output.
+//! - **Direct** (any kernel, stride, padding): a task is `owb` output pixels
+//!   of one output row × a group of output-channel blocks. The input rows the
+//!   task needs are packed into a panel `[KH][span][kc]` with the prologue
+//!   applied to real pixels and zeros written for the padding, so the
+//!   micro-kernel runs without bounds checks and pad taps contribute 0.
+//!
+//! Input channels are processed in chunks of at most `KC_MAX`: the first
+//! chunk starts from the bias, later ones accumulate onto the output, and the
+//! ReLU epilogue runs with the last.
+
+mod emit;
+
+use super::codegen::LANES;
+use super::lower::{AffineRef, TARGET_TASKS};
+use super::pack::{pack_bias, pack_conv_weight, OcBlocking, WeightsBuilder};
+use crate::backend::kernel::{ConvKernel, LinearKernel, View};
+
+/// Input channels per chunk (the K blocking of the GEMM).
+const KC_MAX: usize = 256;
+/// Largest direct-conv panel in floats (it lives on the task's stack).
+const PANEL_MAX: usize = 24 * 1024;
+
+/// Task shape of a convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Gemm {
+        m: usize,
+        mc: usize,
+        mblocks: usize,
+        pack: bool,
+    },
+    Direct {
+        owb: usize,
+        n_owb: usize,
+        span: usize,
+    },
+}
+
+/// Tiling and packing decisions for one convolution.
+#[derive(Debug)]
+pub(crate) struct ConvPlan {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub ic: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub k: [usize; 2],
+    pub s: [usize; 2],
+    pub p: [usize; 2],
+    input: View,
+    output: View,
+    prologue: Option<AffineRef>,
+    relu: bool,
+    pub blocking: OcBlocking,
+    pub mr: usize,
+    weight_off: usize,
+    bias_off: usize,
+    pub kc: usize,
+    kcp: usize,
+    pub mode: Mode,
+    pub groups: usize,
+    pub bpg: usize,
+}
+
+/// Vectors per output-channel block: whole output when it fits three
+/// vectors, else blocks of 16 (or 24 where that divides better).
+fn choose_nv(oc: usize) -> usize {
+    let vecs = oc.div_ceil(LANES);
+    if vecs <= 3 {
+        vecs
+    } else if vecs.is_multiple_of(3) && !vecs.is_multiple_of(2) {
+        3
+    } else {
+        2
+    }
+}
+
+/// Tile height so that `mr · nv` accumulators + `nv` weights + 1 broadcast
+/// fit the 16 vector registers of AVX2.
+fn choose_mr(nv: usize) -> usize {
+    match nv {
+        1 => 12,
+        2 => 6,
+        3 => 4,
+        _ => 3,
+    }
+}
+
+fn round_up(x: usize, m: usize) -> usize {
+    x.div_ceil(m) * m
+}
+
+impl ConvPlan {
+    pub fn new(c: &ConvKernel, i: &View, o: &View, wb: &mut WeightsBuilder) -> ConvPlan {
+        let ic = i.channels;
+        let nv = choose_nv(c.out_channels);
+        let blocking = OcBlocking::new(c.out_channels, nv);
+        let mr = choose_mr(nv);
+        let weight_off = wb.push(&pack_conv_weight(&c.weight, ic, c.kernel, &blocking));
+        let bias_off = wb.push(&pack_bias(c.bias.as_deref().map(Vec::as_slice), &blocking));
+        let prologue = c.prologue.as_ref().map(|a| AffineRef::pack(a, wb));
+        let gemm = c.kernel == [1, 1] && c.stride == [1, 1] && c.padding == [0, 0];
+        let mut kc = ic.min(KC_MAX);
+        let (mode, row_tasks) = if gemm {
+            let m = o.pixels();
+            let mut mc = mr * 8;
+            if m.div_ceil(mc) < TARGET_TASKS {
+                mc = round_up(m.div_ceil(TARGET_TASKS), mr).clamp(mr, mc);
+            }
+            let mblocks = m.div_ceil(mc);
+            // The micro-kernel reads A at a constant pixel stride: a
+            // prologue or a bordered input goes through a packed panel.
+            let pack = prologue.is_some() || !i.is_flat();
+            (
+                Mode::Gemm {
+                    m,
+                    mc,
+                    mblocks,
+                    pack,
+                },
+                mblocks,
+            )
+        } else {
+            let span = |owb: usize| (owb - 1) * c.stride[1] + c.kernel[1];
+            let panel = |owb: usize, kc: usize| c.kernel[0] * span(owb) * round_up(kc, LANES);
+            let mut owb = o.w;
+            let rows = o.n * o.h;
+            if rows < TARGET_TASKS {
+                let want = TARGET_TASKS.div_ceil(rows);
+                owb = round_up(o.w.div_ceil(want), mr).min(o.w);
+            }
+            while panel(owb, kc) > PANEL_MAX {
+                if owb > 2 * mr {
+                    owb = round_up(owb / 2, mr);
+                } else if kc > LANES {
+                    kc = round_up(kc / 2, LANES);
+                } else {
+                    break;
+                }
+            }
+            let n_owb = o.w.div_ceil(owb);
+            (
+                Mode::Direct {
+                    owb,
+                    n_owb,
+                    span: span(owb),
+                },
+                rows * n_owb,
+            )
+        };
+        let blocks = blocking.blocks();
+        let mut groups = 1;
+        if row_tasks < TARGET_TASKS {
+            groups = TARGET_TASKS.div_ceil(row_tasks).min(blocks);
+        }
+        let bpg = blocks.div_ceil(groups);
+        let groups = blocks.div_ceil(bpg);
+        ConvPlan {
+            n: i.n,
+            h: i.h,
+            w: i.w,
+            ic,
+            oh: o.h,
+            ow: o.w,
+            k: c.kernel,
+            s: c.stride,
+            p: c.padding,
+            input: *i,
+            output: *o,
+            prologue,
+            relu: c.relu,
+            blocking,
+            mr,
+            weight_off,
+            bias_off,
+            kc,
+            kcp: round_up(kc, LANES),
+            mode,
+            groups,
+            bpg,
+        }
+    }
+
+    /// A linear layer is a 1x1 convolution over `N` pixels.
+    pub fn linear(l: &LinearKernel, i: &View, o: &View, wb: &mut WeightsBuilder) -> ConvPlan {
+        let conv = ConvKernel {
+            out_channels: l.out_features,
+            kernel: [1, 1],
+            stride: [1, 1],
+            padding: [0, 0],
+            weight: l.weight.clone(),
+            bias: l.bias.clone(),
+            prologue: None,
+            relu: l.relu,
+        };
+        ConvPlan::new(&conv, i, o, wb)
+    }
+
+    pub fn tasks(&self) -> usize {
+        let rows = match self.mode {
+            Mode::Gemm { mblocks, .. } => mblocks,
+            Mode::Direct { n_owb, .. } => self.n * self.oh * n_owb,
+        };
+        rows * self.groups
+    }
+
+    /// Stack bytes of a task call: the panel and the pixel-pointer table.
+    pub fn stack_bytes(&self) -> usize {
+        self.scratch_floats() * 4 + self.max_block_pixels() * 8
+    }
+
+    /// Output pixels one task covers at most.
+    fn max_block_pixels(&self) -> usize {
+        match self.mode {
+            Mode::Gemm { mc, .. } => mc,
+            Mode::Direct { owb, .. } => owb,
+        }
+    }
+
+    pub fn scratch_floats(&self) -> usize {
+        match self.mode {
+            Mode::Gemm { pack: true, mc, .. } => mc * self.kcp,
+            Mode::Gemm { pack: false, .. } => 0,
+            Mode::Direct { span, .. } => self.k[0] * span * self.kcp,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn plan(hw: usize, ic: usize, oc: usize, k: usize, stride: usize) -> ConvPlan {
+        let conv = ConvKernel {
+            out_channels: oc,
+            kernel: [k, k],
+            stride: [stride, stride],
+            padding: [k / 2, k / 2],
+            weight: Arc::new(vec![0.0; oc * ic * k * k]),
+            bias: None,
+            prologue: None,
+            relu: false,
+        };
+        let i = View::dense(0, 1, hw, hw, ic);
+        let o_hw = (hw + 2 * (k / 2) - k) / stride + 1;
+        let o = View::dense(i.end_bytes(), 1, o_hw, o_hw, oc);
+        ConvPlan::new(&conv, &i, &o, &mut WeightsBuilder::default())
+    }
+
+    #[test]
+    fn register_blocks_fit_sixteen_registers() {
+        for oc in 1..200 {
+            let nv = choose_nv(oc);
+            let (accumulators, weights, broadcast) = (choose_mr(nv) * nv, nv, 1);
+            assert!(accumulators + weights + broadcast <= 16, "oc {oc}");
+        }
+        assert_eq!(choose_nv(12), 2);
+        assert_eq!(choose_nv(32), 2);
+        assert_eq!(choose_nv(24), 3);
+        assert_eq!(choose_nv(72), 3);
+    }
+
+    #[test]
+    fn densenet121_shapes_split_into_enough_tasks() {
+        // (spatial, in, out, kernel, stride): stem, bottlenecks, growth
+        // convs and transitions at every resolution of DenseNet-121 at 224.
+        let shapes = [
+            (224, 3, 64, 7, 2),
+            (56, 256, 128, 1, 1),
+            (56, 128, 32, 3, 1),
+            (28, 512, 128, 1, 1),
+            (14, 1024, 128, 1, 1),
+            (14, 128, 32, 3, 1),
+            (7, 1024, 128, 1, 1),
+            (7, 128, 32, 3, 1),
+            (7, 1024, 512, 1, 1),
+        ];
+        for (hw, ic, oc, k, s) in shapes {
+            let p = plan(hw, ic, oc, k, s);
+            assert!(
+                p.tasks() >= TARGET_TASKS,
+                "{hw}x{hw} {ic}->{oc} k{k}: {p:?}"
+            );
+            assert!(p.stack_bytes() <= super::super::MAX_TASK_STACK, "{p:?}");
+            let gemm = matches!(p.mode, Mode::Gemm { .. });
+            assert_eq!(gemm, k == 1 && s == 1);
+        }
+    }
+
+    #[test]
+    fn wide_rows_shrink_the_panel() {
+        let p = plan(224, 256, 8, 3, 1);
+        assert!(p.scratch_floats() <= PANEL_MAX, "{p:?}");
+    }
+}

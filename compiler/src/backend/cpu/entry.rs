@@ -1,0 +1,208 @@
+//! The generated module's entry points: one task function per kernel, the
+//! `dnc_run` schedule that hands each to the runtime's parallel-for, and a
+//! few metadata functions. See [`super`] for the ABI contract.
+
+use super::codegen::{Cg, Result};
+use super::lower::{Env, Plan};
+use super::microkernel::Microkernels;
+use crate::backend::BackendError;
+use inkwell::module::Linkage;
+use inkwell::types::{FunctionType, StructType};
+use inkwell::values::{FunctionValue, PointerValue};
+
+/// Version of the generated-code ABI (`dnc_abi_version()`).
+pub const ABI_VERSION: u32 = 1;
+
+/// Symbol names exported by the shared object.
+pub mod symbols {
+    pub const RUN: &str = "dnc_run";
+    pub const RUN_KERNEL: &str = "dnc_run_kernel";
+    pub const ABI_VERSION: &str = "dnc_abi_version";
+    pub const KERNEL_COUNT: &str = "dnc_kernel_count";
+    pub const KERNEL_TASKS: &str = "dnc_kernel_tasks";
+}
+
+struct Abi<'ctx> {
+    ctx_ty: StructType<'ctx>,
+    task_ty: FunctionType<'ctx>,
+    pfor_ty: FunctionType<'ctx>,
+}
+
+/// Emit every kernel's task function and the exported entry points.
+pub(crate) fn emit_module<'ctx>(cg: &Cg<'ctx>, plans: &[(String, Plan)]) -> Result<Vec<String>> {
+    let p = cg.ptr.into();
+    let void = cg.ctx.void_type();
+    let pm: inkwell::types::BasicMetadataTypeEnum = cg.ptr.into();
+    let abi = Abi {
+        ctx_ty: cg.ctx.struct_type(&[p, p, p, p], false),
+        task_ty: void.fn_type(&[pm, cg.i64.into(), cg.i64.into()], false),
+        pfor_ty: void.fn_type(&[pm, pm, pm, cg.i64.into()], false),
+    };
+    let uks = Microkernels::default();
+    let mut tasks = Vec::with_capacity(plans.len());
+    let mut names = Vec::with_capacity(plans.len());
+    for (i, (name, plan)) in plans.iter().enumerate() {
+        let symbol = format!("dnc_k{i}_{}", sanitize(name));
+        tasks.push(emit_task_fn(cg, &abi, &uks, &symbol, plan)?);
+        names.push(symbol);
+    }
+    emit_run(cg, &abi, plans, &tasks)?;
+    emit_run_kernel(cg, &abi, plans, &tasks)?;
+    emit_metadata(cg, plans)?;
+    Ok(names)
+}
+
+fn load_field<'ctx>(
+    cg: &Cg<'ctx>,
+    abi: &Abi<'ctx>,
+    ctx: PointerValue<'ctx>,
+    field: u32,
+) -> Result<PointerValue<'ctx>> {
+    let p = cg.b.build_struct_gep(abi.ctx_ty, ctx, field, "")?;
+    Ok(cg.b.build_load(cg.ptr, p, "")?.into_pointer_value())
+}
+
+/// `void k(const dnc_ctx* ctx, i64 begin, i64 end)`: tasks `[begin, end)`.
+fn emit_task_fn<'ctx>(
+    cg: &Cg<'ctx>,
+    abi: &Abi<'ctx>,
+    uks: &Microkernels<'ctx>,
+    symbol: &str,
+    plan: &Plan,
+) -> Result<FunctionValue<'ctx>> {
+    let f = cg.function(symbol, abi.task_ty, Linkage::Internal);
+    let ctx = cg.param_ptr(f, 0)?;
+    let (begin, end) = (cg.param_int(f, 1)?, cg.param_int(f, 2)?);
+    let scratch = match plan.scratch_floats() {
+        0 => None,
+        n => {
+            let len = u32::try_from(n)
+                .map_err(|_| BackendError::Codegen(format!("scratch of {n} floats")))?;
+            Some(cg.entry_alloca(cg.f32.array_type(len).into(), "panel")?)
+        }
+    };
+    let env = Env {
+        weights: load_field(cg, abi, ctx, 0)?,
+        arena: load_field(cg, abi, ctx, 1)?,
+        scratch,
+    };
+    cg.for_range(begin, end, 1, |t| plan.emit_task(cg, uks, &env, t))?;
+    cg.b.build_return(None)?;
+    Ok(f)
+}
+
+fn call_pfor<'ctx>(
+    cg: &Cg<'ctx>,
+    abi: &Abi<'ctx>,
+    ctx: PointerValue<'ctx>,
+    task: FunctionValue<'ctx>,
+    n: usize,
+) -> Result<()> {
+    let pfor = load_field(cg, abi, ctx, 2)?;
+    let pool = load_field(cg, abi, ctx, 3)?;
+    let args = [
+        pool.into(),
+        task.as_global_value().as_pointer_value().into(),
+        ctx.into(),
+        cg.c64(n).into(),
+    ];
+    cg.b.build_indirect_call(abi.pfor_ty, pfor, &args, "")?;
+    Ok(())
+}
+
+/// `void dnc_run(const dnc_ctx*)`: every kernel in order.
+fn emit_run<'ctx>(
+    cg: &Cg<'ctx>,
+    abi: &Abi<'ctx>,
+    plans: &[(String, Plan)],
+    tasks: &[FunctionValue<'ctx>],
+) -> Result<()> {
+    let ty = cg.ctx.void_type().fn_type(&[cg.ptr.into()], false);
+    let f = cg.function(symbols::RUN, ty, Linkage::External);
+    let ctx = cg.param_ptr(f, 0)?;
+    for ((_, plan), task) in plans.iter().zip(tasks) {
+        call_pfor(cg, abi, ctx, *task, plan.tasks())?;
+    }
+    cg.b.build_return(None)?;
+    Ok(())
+}
+
+/// `i32 dnc_run_kernel(const dnc_ctx*, i64 index)`: one kernel (0) or -1.
+fn emit_run_kernel<'ctx>(
+    cg: &Cg<'ctx>,
+    abi: &Abi<'ctx>,
+    plans: &[(String, Plan)],
+    tasks: &[FunctionValue<'ctx>],
+) -> Result<()> {
+    let ty = cg.i32.fn_type(&[cg.ptr.into(), cg.i64.into()], false);
+    let f = cg.function(symbols::RUN_KERNEL, ty, Linkage::External);
+    let ctx = cg.param_ptr(f, 0)?;
+    let index = cg.param_int(f, 1)?;
+    let bad = cg.ctx.append_basic_block(f, "bad");
+    let mut cases = Vec::with_capacity(plans.len());
+    let entry = cg.b.get_insert_block();
+    for (i, ((_, plan), task)) in plans.iter().zip(tasks).enumerate() {
+        let bb = cg.ctx.append_basic_block(f, "kernel");
+        cg.b.position_at_end(bb);
+        call_pfor(cg, abi, ctx, *task, plan.tasks())?;
+        cg.b.build_return(Some(&cg.i32.const_zero()))?;
+        cases.push((cg.c64(i), bb));
+    }
+    cg.b.position_at_end(bad);
+    cg.b.build_return(Some(&cg.i32.const_int(u64::MAX, true)))?;
+    if let Some(entry) = entry {
+        cg.b.position_at_end(entry);
+    }
+    cg.b.build_switch(index, bad, &cases)?;
+    Ok(())
+}
+
+fn emit_metadata(cg: &Cg<'_>, plans: &[(String, Plan)]) -> Result<()> {
+    cg.function(
+        symbols::ABI_VERSION,
+        cg.i32.fn_type(&[], false),
+        Linkage::External,
+    );
+    cg.b.build_return(Some(&cg.i32.const_int(u64::from(ABI_VERSION), false)))?;
+
+    cg.function(
+        symbols::KERNEL_COUNT,
+        cg.i64.fn_type(&[], false),
+        Linkage::External,
+    );
+    cg.b.build_return(Some(&cg.c64(plans.len())))?;
+
+    let ty = cg.i64.fn_type(&[cg.i64.into()], false);
+    let f = cg.function(symbols::KERNEL_TASKS, ty, Linkage::External);
+    let index = cg.param_int(f, 0)?;
+    let entry = cg.b.get_insert_block();
+    let bad = cg.ctx.append_basic_block(f, "bad");
+    cg.b.position_at_end(bad);
+    cg.b.build_return(Some(&cg.i64.const_int(u64::MAX, true)))?;
+    let mut cases = Vec::with_capacity(plans.len());
+    for (i, (_, plan)) in plans.iter().enumerate() {
+        let bb = cg.ctx.append_basic_block(f, "kernel");
+        cg.b.position_at_end(bb);
+        cg.b.build_return(Some(&cg.c64(plan.tasks())))?;
+        cases.push((cg.c64(i), bb));
+    }
+    if let Some(entry) = entry {
+        cg.b.position_at_end(entry);
+    }
+    cg.b.build_switch(index, bad, &cases)?;
+    Ok(())
+}
+
+/// A symbol-safe spelling of a kernel name (ASCII alphanumerics and `_`).
+fn sanitize(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .take(48)
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if s.is_empty() {
+        "kernel".into()
+    } else {
+        s
+    }
+}

@@ -1,0 +1,226 @@
+//! From a [`KernelDesc`] to a *plan* (tiling, task split, packed constants)
+//! and from a plan to the body of one parallel task.
+//!
+//! Each kernel's work is split into `tasks()` independent tasks; the task
+//! function generated for the kernel runs a range of them (see
+//! `entry.rs`). Plans only hold numbers, so they can be printed and tested
+//! without LLVM.
+
+use super::border::BorderPlan;
+use super::codegen::{Cg, Result, LANES};
+use super::conv::ConvPlan;
+use super::microkernel::Microkernels;
+use super::pack::{pad_to_vectors, WeightsBuilder};
+use super::pool::{AffinePlan, GapPlan, PoolPlan};
+use crate::backend::kernel::{Affine, KernelDesc, KernelOp, View};
+use inkwell::values::{IntValue, PointerValue, VectorValue};
+use inkwell::IntPredicate;
+
+/// Tasks a kernel is split into when its shape allows: enough for a few
+/// threads to balance, few enough that per-task overheads stay small.
+pub(crate) const TARGET_TASKS: usize = 16;
+
+/// The values every task body can use.
+pub(crate) struct Env<'ctx> {
+    /// Base of the weights section (`const float*`).
+    pub weights: PointerValue<'ctx>,
+    /// Base of the activation arena (`float*`).
+    pub arena: PointerValue<'ctx>,
+    /// Per-call scratch (a stack array of `scratch_floats()`), if any.
+    pub scratch: Option<PointerValue<'ctx>>,
+}
+
+/// A packed per-channel affine: element offsets of its vectors in the
+/// weights section (each zero-padded to whole SIMD vectors).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AffineRef {
+    pub scale: usize,
+    pub shift: usize,
+    pub relu: bool,
+}
+
+impl AffineRef {
+    pub fn pack(a: &Affine, wb: &mut WeightsBuilder) -> AffineRef {
+        AffineRef {
+            scale: wb.push(&pad_to_vectors(&a.scale)),
+            shift: wb.push(&pad_to_vectors(&a.shift)),
+            relu: a.relu,
+        }
+    }
+
+    /// `x * scale[c..c+8] + shift[c..c+8]`, then ReLU if asked. `c` is a
+    /// multiple of 8 below the padded length.
+    pub fn apply<'ctx>(
+        &self,
+        cg: &Cg<'ctx>,
+        env: &Env<'ctx>,
+        x: VectorValue<'ctx>,
+        c: IntValue<'ctx>,
+    ) -> Result<VectorValue<'ctx>> {
+        let s = cg.load_v(cg.gep(cg.gepc(env.weights, self.scale)?, c)?, LANES)?;
+        let t = cg.load_v(cg.gep(cg.gepc(env.weights, self.shift)?, c)?, LANES)?;
+        let y = cg.fma(x, s, t)?;
+        if self.relu {
+            cg.relu(y)
+        } else {
+            Ok(y)
+        }
+    }
+}
+
+/// The lowering decision for one kernel: the op's plan, and the zeroing
+/// of the output's border slice when the output buffer has one.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    op: OpPlan,
+    border: Option<BorderPlan>,
+}
+
+#[derive(Debug)]
+enum OpPlan {
+    Conv(ConvPlan),
+    Pool(PoolPlan),
+    Gap(GapPlan),
+    Affine(AffinePlan),
+}
+
+impl Plan {
+    /// Plan `desc` (already validated) and pack its constants into `wb`.
+    pub fn new(desc: &KernelDesc, wb: &mut WeightsBuilder) -> Plan {
+        let (i, o) = (&desc.input, &desc.output);
+        let op = match &desc.op {
+            KernelOp::Conv(c) => OpPlan::Conv(ConvPlan::new(c, i, o, wb)),
+            KernelOp::Linear(l) => OpPlan::Conv(ConvPlan::linear(l, i, o, wb)),
+            KernelOp::MaxPool(p) => OpPlan::Pool(PoolPlan::new(p, true, i, o, wb)),
+            KernelOp::AvgPool(p) => OpPlan::Pool(PoolPlan::new(p, false, i, o, wb)),
+            KernelOp::GlobalAvgPool { prologue } => {
+                OpPlan::Gap(GapPlan::new(prologue.as_ref(), i, o, wb))
+            }
+            KernelOp::Affine(a) => OpPlan::Affine(AffinePlan::new(a, i, o, wb)),
+        };
+        Plan {
+            op,
+            border: BorderPlan::new(o),
+        }
+    }
+
+    fn op_tasks(&self) -> usize {
+        match &self.op {
+            OpPlan::Conv(p) => p.tasks(),
+            OpPlan::Pool(p) => p.tasks(),
+            OpPlan::Gap(p) => p.tasks(),
+            OpPlan::Affine(p) => p.tasks(),
+        }
+    }
+
+    /// Tasks of the op, then one per image whose output border is zeroed.
+    pub fn tasks(&self) -> usize {
+        self.op_tasks() + self.border.as_ref().map_or(0, BorderPlan::tasks)
+    }
+
+    /// Stack bytes a task call needs beyond its registers and spills.
+    pub fn stack_bytes(&self) -> usize {
+        match &self.op {
+            OpPlan::Conv(p) => p.stack_bytes(),
+            _ => 0,
+        }
+    }
+
+    /// Floats of per-call scratch the task body needs (0 for none).
+    pub fn scratch_floats(&self) -> usize {
+        match &self.op {
+            OpPlan::Conv(p) => p.scratch_floats(),
+            _ => 0,
+        }
+    }
+
+    /// Emit the body of task `t` at the builder's position.
+    pub fn emit_task<'ctx>(
+        &self,
+        cg: &Cg<'ctx>,
+        uks: &Microkernels<'ctx>,
+        env: &Env<'ctx>,
+        t: IntValue<'ctx>,
+    ) -> Result<()> {
+        let op = |t| match &self.op {
+            OpPlan::Conv(p) => p.emit_task(cg, uks, env, t),
+            OpPlan::Pool(p) => p.emit_task(cg, env, t),
+            OpPlan::Gap(p) => p.emit_task(cg, env, t),
+            OpPlan::Affine(p) => p.emit_task(cg, env, t),
+        };
+        match &self.border {
+            None => op(t),
+            Some(border) => {
+                let n = self.op_tasks();
+                let is_op =
+                    cg.b.build_int_compare(IntPredicate::ULT, t, cg.c64(n), "")?;
+                cg.if_else(
+                    is_op,
+                    || op(t),
+                    || border.emit_task(cg, env, cg.sub(t, cg.c64(n))?),
+                )
+            }
+        }
+    }
+}
+
+/// Pointer to channel 0 of the view's pixel `(0, 0, 0)`.
+pub(crate) fn view_base<'ctx>(
+    cg: &Cg<'ctx>,
+    env: &Env<'ctx>,
+    v: &View,
+) -> Result<PointerValue<'ctx>> {
+    cg.gepc(env.arena, v.first_element())
+}
+
+/// Pointer to pixel `p` of the view (row-major over n, h, w), from
+/// `base = view_base(v)`.
+pub(crate) fn pixel_ptr<'ctx>(
+    cg: &Cg<'ctx>,
+    base: PointerValue<'ctx>,
+    v: &View,
+    p: IntValue<'ctx>,
+) -> Result<PointerValue<'ctx>> {
+    if v.is_flat() {
+        return cg.gep2(base, p, v.pixel_stride);
+    }
+    let (n, r) = cg.divrem(p, v.h * v.w)?;
+    let (h, w) = cg.divrem(r, v.w)?;
+    pixel_at(cg, base, v, [n, h, w])
+}
+
+/// Pointer to pixel `(n, h, w)` of the view, from `base = view_base(v)`.
+pub(crate) fn pixel_at<'ctx>(
+    cg: &Cg<'ctx>,
+    base: PointerValue<'ctx>,
+    v: &View,
+    [n, h, w]: [IntValue<'ctx>; 3],
+) -> Result<PointerValue<'ctx>> {
+    let off = cg.add(
+        cg.add(cg.mulc(n, v.image_stride())?, cg.mulc(h, v.row_stride())?)?,
+        cg.mulc(w, v.pixel_stride)?,
+    )?;
+    cg.gep(base, off)
+}
+
+/// Emit `body(count)` with the constant `count` of items in block `blk`:
+/// `last` for the final block of `blocks`, `full` for the others.
+pub(crate) fn split_last<'ctx>(
+    cg: &Cg<'ctx>,
+    blk: IntValue<'ctx>,
+    blocks: usize,
+    full: usize,
+    last: usize,
+    mut body: impl FnMut(usize) -> Result<()>,
+) -> Result<()> {
+    if last == full || blocks == 1 {
+        return body(if blocks == 1 { last } else { full });
+    }
+    let is_last = cg.eqc(blk, blocks - 1)?;
+    let body = std::cell::RefCell::new(&mut body);
+    cg.if_else(
+        is_last,
+        || (body.borrow_mut())(last),
+        || (body.borrow_mut())(full),
+    )
+}

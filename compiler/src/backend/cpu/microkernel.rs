@@ -1,0 +1,195 @@
+//! The register-blocked convolution micro-kernel: an `MR` pixels × `8·nv`
+//! output channels tile held in `MR·nv` vector accumulators, updated by one
+//! broadcast-times-vector FMA per (pixel, vector) for every tap and input
+//! channel.
+//!
+//! ```text
+//! void uk(const float* a, const float* b, float* const* c, i64 col,
+//!         const float* bias, i64 kc, i1 accumulate, i1 relu)
+//!   acc[i][v] = accumulate ? c[i][col + 8v ..] : bias[8v ..]
+//!   for kh < KH, kw < KW, ic < kc:
+//!     bv[v]      = b[(kh*KW + kw)*B_TAP + ic*NR + 8v ..]          (packed weights)
+//!     acc[i][v] += splat(a[i*A_STEP + kh*A_ROW + kw*A_COL + ic]) * bv[v]
+//!   if relu: acc = max(acc, 0)
+//!   c[i][col + 8v ..] = acc[i][v]         (the last vector masked to VALID)
+//! ```
+//!
+//! Every stride is a compile-time constant of the [`UkSpec`]; identical specs
+//! share one function. The output pixels come as an array of `MR` pointers
+//! (a table the task fills once per pixel block), so a tile may span rows of
+//! a bordered buffer. `a` is either the input view itself or a packed panel
+//! (prologue applied, zero padding materialised), so the kernel never checks
+//! bounds.
+
+use super::codegen::{Cg, Result, LANES};
+use inkwell::module::Linkage;
+use inkwell::values::FunctionValue;
+use inkwell::IntPredicate;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+/// The constants that shape one micro-kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct UkSpec {
+    /// Pixels in the tile.
+    pub mr: usize,
+    /// Vectors of output channels.
+    pub nv: usize,
+    /// Output channels actually stored (`<= 8·nv`).
+    pub valid: usize,
+    /// A elements between consecutive tile pixels.
+    pub a_step: usize,
+    /// Kernel taps `[KH, KW]`.
+    pub taps: [usize; 2],
+    /// A elements per `kh` step and per `kw` step.
+    pub a_row: usize,
+    pub a_col: usize,
+    /// B elements per tap (input channels × block width).
+    pub b_tap: usize,
+}
+
+/// Micro-kernels emitted so far, by spec.
+#[derive(Debug, Default)]
+pub(crate) struct Microkernels<'ctx> {
+    cache: RefCell<HashMap<UkSpec, FunctionValue<'ctx>>>,
+}
+
+impl<'ctx> Microkernels<'ctx> {
+    /// The function for `spec`, emitting it on first use. The builder's
+    /// position is restored afterwards.
+    pub fn get(&self, cg: &Cg<'ctx>, spec: UkSpec) -> Result<FunctionValue<'ctx>> {
+        if let Some(f) = self.cache.borrow().get(&spec) {
+            return Ok(*f);
+        }
+        let here = cg.b.get_insert_block();
+        let id = self.cache.borrow().len();
+        let name = format!("dnc_uk{id}_{}x{}", spec.mr, spec.nv * LANES);
+        let f = emit(cg, &spec, &name)?;
+        if let Some(bb) = here {
+            cg.b.position_at_end(bb);
+        }
+        self.cache.borrow_mut().insert(spec, f);
+        Ok(f)
+    }
+}
+
+fn emit<'ctx>(cg: &Cg<'ctx>, s: &UkSpec, name: &str) -> Result<FunctionValue<'ctx>> {
+    let p = cg.ptr.into();
+    let ty = cg.ctx.void_type().fn_type(
+        &[
+            p,
+            p,
+            p,
+            cg.i64.into(),
+            p,
+            cg.i64.into(),
+            cg.i1.into(),
+            cg.i1.into(),
+        ],
+        false,
+    );
+    let f = cg.function(name, ty, Linkage::Internal);
+    // One copy per spec, shared by every kernel that uses it: inlining it
+    // into each call site multiplies compile time for no measurable gain
+    // (a call per tile of thousands of FMAs).
+    cg.noinline(f);
+    for i in [0, 1, 2, 4] {
+        cg.noalias_param(f, i);
+    }
+    let (a, b, cs, col, bias) = (
+        cg.param_ptr(f, 0)?,
+        cg.param_ptr(f, 1)?,
+        cg.param_ptr(f, 2)?,
+        cg.param_int(f, 3)?,
+        cg.param_ptr(f, 4)?,
+    );
+    let mut c = Vec::with_capacity(s.mr);
+    for i in 0..s.mr {
+        let pixel = cg.load_ptr(cg.ptr_elem(cs, cg.c64(i))?)?;
+        c.push(cg.gep(pixel, col)?);
+    }
+    let kc = cg.param_int(f, 5)?;
+    let accumulate = cg.param_int(f, 6)?;
+    let relu = cg.param_int(f, 7)?;
+    let nr = s.nv * LANES;
+    let lanes = |v: usize| (s.valid - v * LANES).min(LANES);
+
+    let mut acc = Vec::with_capacity(s.mr * s.nv);
+    for _ in 0..s.mr * s.nv {
+        acc.push(cg.vec_slot(cg.v8.const_zero())?);
+    }
+    cg.if_else(
+        accumulate,
+        || {
+            for i in 0..s.mr {
+                for v in 0..s.nv {
+                    let pc = cg.gepc(c[i], v * LANES)?;
+                    cg.store_slot(acc[i * s.nv + v], cg.load_v(pc, lanes(v))?)?;
+                }
+            }
+            Ok(())
+        },
+        || {
+            for v in 0..s.nv {
+                let bv = cg.load_v(cg.gepc(bias, v * LANES)?, LANES)?;
+                for i in 0..s.mr {
+                    cg.store_slot(acc[i * s.nv + v], bv)?;
+                }
+            }
+            Ok(())
+        },
+    )?;
+
+    let [kh_n, kw_n] = s.taps;
+    cg.for_n(kh_n, |kh| {
+        cg.for_n(kw_n, |kw| {
+            let a_off = cg.add(cg.mulc(kh, s.a_row)?, cg.mulc(kw, s.a_col)?)?;
+            let pa = cg.gep(a, a_off)?;
+            let tap = cg.add(cg.mulc(kh, kw_n)?, kw)?;
+            let pb = cg.gep2(b, tap, s.b_tap)?;
+            // One rank-1 update per input channel, unrolled by two (LLVM's
+            // unroller is off, see `pass_options`).
+            let step = |ic| -> Result<()> {
+                let pbi = cg.gep2(pb, ic, nr)?;
+                let mut bv = Vec::with_capacity(s.nv);
+                for v in 0..s.nv {
+                    bv.push(cg.load_v(cg.gepc(pbi, v * LANES)?, LANES)?);
+                }
+                let pai = cg.gep(pa, ic)?;
+                for i in 0..s.mr {
+                    let x = cg.splat(cg.load_f32(cg.gepc(pai, i * s.a_step)?)?)?;
+                    for (v, bv) in bv.iter().enumerate() {
+                        let slot = acc[i * s.nv + v];
+                        let sum = cg.fma(x, *bv, cg.load_slot(slot)?)?;
+                        cg.store_slot(slot, sum)?;
+                    }
+                }
+                Ok(())
+            };
+            let even = cg.b.build_and(kc, cg.c64(!1), "")?;
+            cg.for_range(cg.c64(0), even, 2, |ic| {
+                step(ic)?;
+                step(cg.addc(ic, 1)?)
+            })?;
+            cg.if_then(
+                cg.b.build_int_compare(IntPredicate::NE, even, kc, "")?,
+                || step(even),
+            )
+        })
+    })?;
+
+    cg.if_then(relu, || {
+        for slot in &acc {
+            cg.store_slot(*slot, cg.relu(cg.load_slot(*slot)?)?)?;
+        }
+        Ok(())
+    })?;
+    for i in 0..s.mr {
+        for v in 0..s.nv {
+            let pc = cg.gepc(c[i], v * LANES)?;
+            cg.store_v(cg.load_slot(acc[i * s.nv + v])?, pc, lanes(v))?;
+        }
+    }
+    cg.b.build_return(None)?;
+    Ok(f)
+}

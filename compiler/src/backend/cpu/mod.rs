@@ -1,0 +1,266 @@
+//! The CPU backend: kernel descriptions → LLVM IR (inkwell) → x86-64 object
+//! → shared object, plus the packed weights section the code reads.
+//!
+//! ```text
+//! [KernelDesc] ─plan─▶ Plan (tiling, tasks) + packed weights
+//!              ─emit─▶ LLVM module (task fn per kernel, dnc_run, …)
+//!              ─O3──▶ object file ─cc -shared─▶ .so
+//! ```
+//!
+//! # Generated-code ABI (version [`ABI_VERSION`])
+//!
+//! ```c
+//! typedef void (*dnc_task_fn)(const struct dnc_ctx *ctx, int64_t begin, int64_t end);
+//! typedef void (*dnc_parallel_for_fn)(void *pool, dnc_task_fn task,
+//!                                     const struct dnc_ctx *ctx, int64_t n_tasks);
+//! struct dnc_ctx {
+//!     const float *weights;              /* packed_weights, 64-byte aligned recommended */
+//!     float *arena;                      /* activation arena, >= arena_bytes          */
+//!     dnc_parallel_for_fn parallel_for;  /* supplied by the runtime                   */
+//!     void *pool;                        /* opaque, passed back to parallel_for       */
+//! };
+//! void    dnc_run(const struct dnc_ctx *ctx);                    /* all kernels, in order */
+//! int32_t dnc_run_kernel(const struct dnc_ctx *ctx, int64_t i);  /* one kernel; -1: bad i */
+//! int32_t dnc_abi_version(void);
+//! int64_t dnc_kernel_count(void);
+//! int64_t dnc_kernel_tasks(int64_t i);                           /* -1: bad i */
+//! ```
+//!
+//! **Parallel-for contract.** For each kernel, the generated code calls
+//! `parallel_for(pool, task, ctx, n)` once. The runtime must call `task`
+//! on ranges `[begin, end)` that together cover `[0, n)` exactly once, in
+//! any order, from any threads, possibly concurrently, and return only when
+//! all calls have returned (the next kernel reads what this one wrote).
+//! Sequential execution is `task(ctx, 0, n)`. Tasks write disjoint outputs
+//! and need no synchronisation of their own. A task call uses at most
+//! [`MAX_TASK_STACK`] bytes of stack beyond its frame basics, so worker
+//! threads need a modest stack (the 2 MiB Rust default is ample).
+//!
+//! The code calls nothing but `parallel_for` (linked with `-z defs`; it may
+//! reference libc's `memset`/`memcpy` if LLVM forms them) and has no global
+//! state: one loaded object serves any number of contexts concurrently.
+//! Weights and arena may be at any 4-byte alignment; 64 bytes is faster.
+//! Shapes, the batch size and arena offsets are compile-time constants: one
+//! shared object per (graph, batch), its arena at least
+//! [`CompiledCpu::arena_bytes`] (with inputs placed by
+//! [`crate::backend::graph::kernels_of`], its `arena_bytes`).
+
+mod border;
+mod codegen;
+mod conv;
+mod entry;
+mod link;
+mod lower;
+mod microkernel;
+mod pack;
+mod pool;
+mod target;
+
+pub use entry::{symbols, ABI_VERSION};
+pub use pack::WEIGHT_ALIGN;
+pub use target::TargetInfo;
+
+use crate::backend::kernel::KernelDesc;
+use crate::backend::BackendError;
+use codegen::Cg;
+use inkwell::context::Context;
+use inkwell::passes::PassBuilderOptions;
+use inkwell::targets::FileType;
+use lower::Plan;
+use pack::WeightsBuilder;
+use std::path::PathBuf;
+
+/// Upper bound of the stack scratch one task call uses.
+pub const MAX_TASK_STACK: usize = 128 * 1024;
+
+/// How to compile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuOptions {
+    /// `native` (the host CPU and its features) or an LLVM x86 CPU name
+    /// (`x86-64-v3`, `znver3`, `skylake`, …).
+    pub cpu: String,
+    /// LLVM optimisation level 0..=3.
+    pub opt_level: u8,
+    /// Also render the optimised module as assembly.
+    pub emit_asm: bool,
+    /// The C compiler driver used to link; `None` tries `$DNC_CC`, `$CC`,
+    /// `cc`, `gcc`, `clang`.
+    pub linker: Option<PathBuf>,
+}
+
+impl Default for CpuOptions {
+    fn default() -> Self {
+        CpuOptions {
+            cpu: "native".into(),
+            opt_level: 3,
+            emit_asm: false,
+            linker: None,
+        }
+    }
+}
+
+/// What was decided for one kernel.
+#[derive(Debug, Clone)]
+pub struct CompiledKernel {
+    pub name: String,
+    /// The task function's symbol (local to the shared object).
+    pub symbol: String,
+    /// Tasks handed to `parallel_for`.
+    pub tasks: usize,
+    pub macs: u64,
+    /// The tiling plan, for dumps.
+    pub plan: String,
+}
+
+/// The result of compiling a kernel list.
+#[derive(Debug, Clone)]
+pub struct CompiledCpu {
+    /// The ELF shared object exporting the ABI above.
+    pub shared_object: Vec<u8>,
+    /// The weights section the code reads (`dnc_ctx.weights`).
+    pub packed_weights: Vec<u8>,
+    /// Arena bytes the kernels touch (the largest view end).
+    pub arena_bytes: usize,
+    pub kernels: Vec<CompiledKernel>,
+    pub target: TargetInfo,
+    /// The module as generated, and after the O3 pipeline.
+    pub llvm_ir_before: String,
+    pub llvm_ir_after: String,
+    /// Assembly of the optimised module, when asked for.
+    pub asm: Option<String>,
+}
+
+impl CompiledCpu {
+    /// Write the inspectable artefacts into `dir` (for `--dump-dir`):
+    /// `cpu-before-opt.ll`, `cpu-after-opt.ll`, `cpu.s` when assembly was
+    /// asked for, and `cpu-kernels.txt` (target, then per kernel its tasks,
+    /// MACs and tiling plan).
+    pub fn dump(&self, dir: &std::path::Path) -> Result<(), BackendError> {
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).map_err(|source| BackendError::Io {
+                context: format!("writing {}", path.display()),
+                source,
+            })
+        };
+        write("cpu-before-opt.ll", &self.llvm_ir_before)?;
+        write("cpu-after-opt.ll", &self.llvm_ir_after)?;
+        if let Some(asm) = &self.asm {
+            write("cpu.s", asm)?;
+        }
+        let mut table = format!(
+            "target {} cpu {} features {}\narena_bytes {} weights_bytes {}\n",
+            self.target.triple,
+            self.target.cpu,
+            self.target.features,
+            self.arena_bytes,
+            self.packed_weights.len()
+        );
+        for (i, k) in self.kernels.iter().enumerate() {
+            table.push_str(&format!(
+                "{i:4} {} tasks={} macs={} {}\n",
+                k.symbol, k.tasks, k.macs, k.plan
+            ));
+        }
+        write("cpu-kernels.txt", &table)
+    }
+}
+
+/// The O3 pipeline without LLVM's own unrolling and vectorisation: the
+/// kernels are emitted already vectorised and register-blocked, and letting
+/// LLVM fully unroll every constant-trip packing loop multiplies code size
+/// and compile time (DenseNet-121: 10x the IR) for no speed.
+fn pass_options() -> PassBuilderOptions {
+    let o = PassBuilderOptions::create();
+    o.set_loop_unrolling(false);
+    o.set_loop_interleaving(false);
+    o.set_loop_vectorization(false);
+    o.set_loop_slp_vectorization(false);
+    o
+}
+
+/// Compile `kernels` (run in order by `dnc_run`) for the CPU.
+pub fn compile(kernels: &[KernelDesc], opts: &CpuOptions) -> Result<CompiledCpu, BackendError> {
+    for (index, k) in kernels.iter().enumerate() {
+        k.validate()
+            .map_err(|message| BackendError::InvalidKernel {
+                index,
+                name: k.name.clone(),
+                message,
+            })?;
+    }
+    let target = target::resolve(&opts.cpu)?;
+    let machine = target::machine(&target, opts.opt_level)?;
+
+    let mut wb = WeightsBuilder::default();
+    let plans: Vec<(String, Plan)> = kernels
+        .iter()
+        .map(|k| (k.name.clone(), Plan::new(k, &mut wb)))
+        .collect();
+    for (index, (name, plan)) in plans.iter().enumerate() {
+        if plan.stack_bytes() > MAX_TASK_STACK {
+            return Err(BackendError::InvalidKernel {
+                index,
+                name: name.clone(),
+                message: format!("needs {} bytes of stack scratch", plan.stack_bytes()),
+            });
+        }
+    }
+
+    let context = Context::create();
+    let cg = Cg::new(&context, "densenetc_kernels", &target.cpu, &target.features)?;
+    cg.module.set_triple(&machine.get_triple());
+    cg.module
+        .set_data_layout(&machine.get_target_data().get_data_layout());
+    let symbols = entry::emit_module(&cg, &plans)?;
+    cg.module
+        .verify()
+        .map_err(|e| BackendError::Codegen(format!("invalid module: {e}")))?;
+    let llvm_ir_before = cg.module.print_to_string().to_string();
+
+    let passes = format!("default<O{}>", opts.opt_level.min(3));
+    cg.module
+        .run_passes(&passes, &machine, pass_options())
+        .map_err(|e| BackendError::Codegen(format!("optimisation failed: {e}")))?;
+    let llvm_ir_after = cg.module.print_to_string().to_string();
+    let object = machine
+        .write_to_memory_buffer(&cg.module, FileType::Object)
+        .map_err(|e| BackendError::Codegen(format!("object emission failed: {e}")))?;
+    let asm = if opts.emit_asm {
+        let buf = machine
+            .write_to_memory_buffer(&cg.module, FileType::Assembly)
+            .map_err(|e| BackendError::Codegen(format!("assembly emission failed: {e}")))?;
+        Some(String::from_utf8_lossy(buf.as_slice()).into_owned())
+    } else {
+        None
+    };
+    let shared_object = link::shared_object(object.as_slice(), opts.linker.as_deref())?;
+
+    let arena_bytes = kernels
+        .iter()
+        .flat_map(|k| [k.input.end_bytes(), k.output.end_bytes()])
+        .max()
+        .unwrap_or(0);
+    let compiled = kernels
+        .iter()
+        .zip(&plans)
+        .zip(symbols)
+        .map(|((k, (_, plan)), symbol)| CompiledKernel {
+            name: k.name.clone(),
+            symbol,
+            tasks: plan.tasks(),
+            macs: k.macs(),
+            plan: format!("{plan:?}"),
+        })
+        .collect();
+    Ok(CompiledCpu {
+        shared_object,
+        packed_weights: wb.into_bytes(),
+        arena_bytes,
+        kernels: compiled,
+        target,
+        llvm_ir_before,
+        llvm_ir_after,
+        asm,
+    })
+}

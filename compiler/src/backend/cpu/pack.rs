@@ -1,0 +1,178 @@
+//! Compile-time packing of constants into the weights section, in the exact
+//! order the generated kernels read them.
+//!
+//! Conv (and linear) weights are split into output-channel blocks of `NR = 8·nv`
+//! channels; block `j` is stored as `[KH][KW][I][NR]`, so the micro-kernel's
+//! inner loop over input channels reads `nv` consecutive vectors per step.
+//! The last block may be narrower (fewer vectors) and is zero-padded to a
+//! whole vector; biases are stored per block the same way.
+
+use super::codegen::LANES;
+
+/// Byte alignment of every packed constant within the weights section.
+pub const WEIGHT_ALIGN: usize = 64;
+
+/// The weights section under construction (f32, 64-byte aligned pieces).
+#[derive(Debug, Default)]
+pub(crate) struct WeightsBuilder {
+    data: Vec<f32>,
+}
+
+impl WeightsBuilder {
+    /// Append `xs` at the next 64-byte boundary; returns its element offset.
+    pub fn push(&mut self, xs: &[f32]) -> usize {
+        let align = WEIGHT_ALIGN / 4;
+        let start = self.data.len().div_ceil(align) * align;
+        self.data.resize(start, 0.0);
+        self.data.extend_from_slice(xs);
+        start
+    }
+
+    /// The section as little-endian bytes, padded to a 64-byte multiple.
+    pub fn into_bytes(mut self) -> Vec<u8> {
+        let align = WEIGHT_ALIGN / 4;
+        self.data
+            .resize(self.data.len().div_ceil(align) * align, 0.0);
+        self.data.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+}
+
+/// How a kernel's output channels are split into register blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OcBlocking {
+    /// Vectors per full block.
+    pub nv: usize,
+    /// Number of full blocks.
+    pub full: usize,
+    /// Vectors of the trailing partial block (0 when there is none).
+    pub tail_nv: usize,
+    /// Real channels of the trailing partial block.
+    pub tail_valid: usize,
+}
+
+impl OcBlocking {
+    pub fn new(out_channels: usize, nv: usize) -> Self {
+        let nr = nv * LANES;
+        let rem = out_channels % nr;
+        OcBlocking {
+            nv,
+            full: out_channels / nr,
+            tail_nv: rem.div_ceil(LANES),
+            tail_valid: rem,
+        }
+    }
+
+    pub fn nr(&self) -> usize {
+        self.nv * LANES
+    }
+
+    pub fn has_tail(&self) -> bool {
+        self.tail_nv > 0
+    }
+
+    pub fn blocks(&self) -> usize {
+        self.full + usize::from(self.has_tail())
+    }
+
+    /// `(first channel, vectors, real channels)` of each block in order.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        let nr = self.nr();
+        (0..self.full)
+            .map(move |j| (j * nr, self.nv, nr))
+            .chain(
+                self.has_tail()
+                    .then_some((self.full * nr, self.tail_nv, self.tail_valid)),
+            )
+    }
+}
+
+/// Pack a `[O, I, KH, KW]` weight as blocks of `[KH][KW][I][NR]`.
+pub(crate) fn pack_conv_weight(
+    w: &[f32],
+    ic: usize,
+    [kh, kw]: [usize; 2],
+    blocking: &OcBlocking,
+) -> Vec<f32> {
+    let mut out = Vec::new();
+    for (oc0, nv, valid) in blocking.iter() {
+        let nr = nv * LANES;
+        for y in 0..kh {
+            for x in 0..kw {
+                for i in 0..ic {
+                    for j in 0..nr {
+                        let v = if j < valid {
+                            w[(((oc0 + j) * ic + i) * kh + y) * kw + x]
+                        } else {
+                            0.0
+                        };
+                        out.push(v);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Pack a bias (or zeros) per block, each zero-padded to its block width.
+pub(crate) fn pack_bias(bias: Option<&[f32]>, blocking: &OcBlocking) -> Vec<f32> {
+    let mut out = Vec::new();
+    for (oc0, nv, valid) in blocking.iter() {
+        for j in 0..nv * LANES {
+            out.push(match bias {
+                Some(b) if j < valid => b[oc0 + j],
+                _ => 0.0,
+            });
+        }
+    }
+    out
+}
+
+/// A per-channel vector zero-padded to a whole number of SIMD vectors.
+pub(crate) fn pad_to_vectors(v: &[f32]) -> Vec<f32> {
+    let mut out = v.to_vec();
+    out.resize(v.len().div_ceil(LANES) * LANES, 0.0);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_cover_every_channel_once() {
+        for oc in 1..70 {
+            for nv in 1..=4 {
+                let b = OcBlocking::new(oc, nv);
+                let covered: usize = b.iter().map(|(_, _, valid)| valid).sum();
+                assert_eq!(covered, oc);
+                let mut next = 0;
+                for (oc0, v, valid) in b.iter() {
+                    assert_eq!(oc0, next);
+                    assert!(valid <= v * LANES && valid > (v - 1) * LANES);
+                    next += valid;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn packed_weight_order() {
+        // O=3, I=2, 1x2 kernel, one block of 8.
+        let w: Vec<f32> = (0..12).map(|x| x as f32).collect();
+        let b = OcBlocking::new(3, 1);
+        let p = pack_conv_weight(&w, 2, [1, 2], &b);
+        assert_eq!(p.len(), 2 * 2 * 8);
+        // Tap x=1, input 0: W[o][0][0][1] = o*4 + 1.
+        assert_eq!(&p[16..19], &[1.0, 5.0, 9.0]);
+        assert_eq!(p[19], 0.0);
+    }
+
+    #[test]
+    fn weights_are_aligned() {
+        let mut wb = WeightsBuilder::default();
+        assert_eq!(wb.push(&[1.0; 3]), 0);
+        assert_eq!(wb.push(&[2.0; 5]), 16);
+        assert_eq!(wb.into_bytes().len() % WEIGHT_ALIGN, 0);
+    }
+}
