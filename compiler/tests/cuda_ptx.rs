@@ -1,0 +1,238 @@
+//! The CUDA backend without a GPU.
+//!
+//! - Every kernel kind (odd channel counts, stride 2, prologues, slices of
+//!   a wider buffer, in place) is lowered to PTX and run by the CPU
+//!   emulator of the same emission code, which checks bounds, grid
+//!   coverage (each output element stored exactly once) and shared-memory
+//!   races; results must be within 1e-4 of the reference executor, and the
+//!   arena outside the output view must be untouched.
+//! - Whole small DenseNets run kernel after kernel through block buffers.
+//! - The PTX assembles with `ptxas` for sm_80 and sm_90 with no spills in
+//!   the conv kernels (skipped, with a printed reason, without ptxas).
+//! - A snapshot pins the PTX of a tiny kernel list.
+
+mod cpu_kernels_net;
+mod cpu_kernels_support;
+mod cuda_ptx_support;
+
+use compiler::backend::cuda::{self, emulate, ptxas, CudaOptions};
+use compiler::backend::kernel::{KernelDesc, KernelOp};
+use compiler::backend::BackendError;
+use cpu_kernels_net::NetConfig;
+use cuda_ptx_support::{arena, case, ptxas_or_skip, read, write, Case};
+use ir::reference::Tensor;
+
+const CASES: &[&str] = &[
+    "conv n2 c20 5x7 oc12 pro relu block",
+    "conv c37 6x6 oc40 bias relu strided",
+    "conv c300 3x5 oc24 pro bias relu",
+    "conv n3 c13 11x9 oc33 pro bias",
+    "conv c1 4x4 oc1 pro strided",
+    "conv n2 c16 9x11 oc12 k3 p1 pro block",
+    "conv c48 7x7 oc32 k3 p1 bias relu strided",
+    "conv n2 c5 10x9 oc9 k3 s2 p1 pro bias relu",
+    "conv c3 23x20 oc16 k7 s2 p3 bias relu strided",
+    "conv c10 7x7 oc8 s2 pro",
+    "conv c8 6x5 oc70 k3 bias strided",
+    "conv c6 9x8 oc5 k5x3 s2x1 p2x1 pro bias strided",
+    "conv c4 3x3 oc4 k3 p2 pro bias strided",
+    "conv n2 c24 12x12 oc96 pro relu",
+    "max n2 c13 11x10 k3 s2 p1 neg strided",
+    "max c9 7x9 k2 s2",
+    "max c16 12x12 k3 s2 p1 pro",
+    "avg n2 c20 8x8 k2 s2 pro strided",
+    "avg c17 5x6 k3 p1 pro",
+    "gap n2 c19 5x3 pro strided",
+    "gap c7 4x4",
+    "linear n3 c37 oc11 bias strided",
+    "linear c64 oc1000 bias",
+    "affine n2 c13 3x5 pro inplace",
+    "affine c6 4x3 neg strided",
+];
+
+fn cases() -> Vec<Case> {
+    CASES
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| case(100 + i as u64, spec))
+        .collect()
+}
+
+fn is_conv(d: &KernelDesc) -> bool {
+    matches!(d.op, KernelOp::Conv(_) | KernelOp::Linear(_))
+}
+
+#[test]
+fn emulated_kernels_match_the_reference() {
+    for c in cases() {
+        let name = &c.desc.name;
+        let compiled = cuda::lower(std::slice::from_ref(&c.desc), &CudaOptions::default())
+            .unwrap_or_else(|e| panic!("{name}: lowering failed: {e}"));
+        let mut mem = arena(compiled.arena_bytes);
+        write(&mut mem, &c.desc.input, &c.input);
+        let before = mem.clone();
+        emulate::run(&compiled, &mut mem).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let got = read(&mem, &c.desc.output, &c.reference.shape);
+        let err = got.rel_error(&c.reference).expect("shape");
+        assert!(
+            err <= 1e-4,
+            "{name}: relative error {err:e} ({})",
+            compiled.kernels[0].plan
+        );
+        let out = c.desc.output;
+        let inside = |e: usize| {
+            let rel = e.checked_sub(out.first_element());
+            rel.is_some_and(|r| {
+                r / out.pixel_stride < out.pixels() && r % out.pixel_stride < out.channels
+            })
+        };
+        if let Some(e) =
+            (0..mem.len()).find(|&e| !inside(e) && mem[e].to_bits() != before[e].to_bits())
+        {
+            panic!("{name}: arena element {e} outside the output view changed");
+        }
+    }
+}
+
+fn nets() -> Vec<NetConfig> {
+    vec![
+        NetConfig {
+            batch: 2,
+            in_channels: 3,
+            size: 13,
+            imagenet_stem: false,
+            init_features: 16,
+            growth: 12,
+            bn_size: 4,
+            blocks: vec![2, 3],
+            classes: 10,
+        },
+        NetConfig {
+            batch: 1,
+            in_channels: 3,
+            size: 37,
+            imagenet_stem: true,
+            init_features: 16,
+            growth: 8,
+            bn_size: 2,
+            blocks: vec![2, 2],
+            classes: 7,
+        },
+    ]
+}
+
+/// Small DenseNets, every kernel writing its slice of a block buffer.
+#[test]
+fn emulated_densenet_chains_match_the_reference() {
+    for (i, cfg) in nets().iter().enumerate() {
+        let net = cpu_kernels_net::build(cfg, 900 + i as u64);
+        let x = Tensor::random_uniform(net.input_shape.clone(), 17 + i as u64, -1.0, 1.0);
+        let reference = ir::reference::run(&net.graph, std::slice::from_ref(&x))
+            .expect("reference")
+            .remove(0);
+        let compiled = cuda::lower(&net.kernels, &CudaOptions::default()).expect("lower");
+        let mut mem = arena(compiled.arena_bytes);
+        write(&mut mem, &net.input, &x);
+        emulate::run(&compiled, &mut mem).unwrap_or_else(|e| panic!("config {i}: {e}"));
+        let got = read(&mem, &net.output, &reference.shape);
+        let err = got.rel_error(&reference).expect("shape");
+        assert!(err <= 1e-4, "config {i}: relative error {err:e}");
+    }
+}
+
+fn report_table(compiled: &cuda::CompiledCuda, report: &ptxas::PtxasReport) -> String {
+    let mut s = format!("ptxas {} report:\n", report.arch);
+    for spec in &compiled.kernels {
+        let k = report.kernel(&spec.symbol);
+        s += &format!(
+            "  {:<18} regs {:>3} spill st/ld {:>3}/{:<3} smem {:>6}  grid {:?} block {}  {}\n",
+            spec.symbol.chars().take(18).collect::<String>(),
+            k.map_or(0, |k| k.registers),
+            k.map_or(0, |k| k.spill_store_bytes),
+            k.map_or(0, |k| k.spill_load_bytes),
+            k.map_or(0, |k| k.shared_bytes),
+            spec.grid,
+            spec.block[0],
+            spec.plan
+        );
+    }
+    s
+}
+
+fn assemble_all(test: &str, descs: &[KernelDesc]) {
+    let Some(ptxas) = ptxas_or_skip(test) else {
+        return;
+    };
+    for arch in ["sm_80", "sm_90"] {
+        let opts = CudaOptions {
+            arch: arch.into(),
+            ..CudaOptions::default()
+        };
+        let compiled = cuda::lower(descs, &opts).expect("lower");
+        assert!(compiled.ptx.contains(&format!(".target {arch}")));
+        let report =
+            ptxas::assemble(&ptxas, &compiled.ptx, arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        eprintln!("{test}\n{}", report_table(&compiled, &report));
+        assert!(!report.cubin.is_empty());
+        assert_eq!(report.kernels.len(), descs.len(), "{}", report.log);
+        for (spec, desc) in compiled.kernels.iter().zip(descs) {
+            let k = report
+                .kernel(&spec.symbol)
+                .unwrap_or_else(|| panic!("{arch}: no report for {}", spec.symbol));
+            assert!(
+                !(is_conv(desc) && k.spills()),
+                "{arch}: {} spills: {k:?}",
+                spec.symbol
+            );
+            assert!(k.registers * spec.block[0] <= 65536, "{arch}: {k:?}");
+        }
+    }
+}
+
+#[test]
+fn ptx_of_every_kernel_kind_assembles_for_sm80_and_sm90() {
+    let descs: Vec<KernelDesc> = cases().into_iter().map(|c| c.desc).collect();
+    assemble_all("every kernel kind", &descs);
+}
+
+#[test]
+fn ptx_of_a_densenet_chain_assembles() {
+    let net = cpu_kernels_net::build(&nets()[1], 7);
+    assemble_all("densenet chain", &net.kernels);
+}
+
+#[test]
+fn unknown_architectures_are_rejected() {
+    let c = case(1, "max c4 4x4 k2 s2");
+    let opts = CudaOptions {
+        arch: "sm_75".into(),
+        ..CudaOptions::default()
+    };
+    match cuda::lower(&[c.desc], &opts) {
+        Err(BackendError::Target(m)) => assert!(m.contains("sm_75") && m.contains("sm_80"), "{m}"),
+        other => panic!("expected a target error, got {other:?}"),
+    }
+}
+
+#[test]
+fn invalid_kernels_are_rejected() {
+    let mut c = case(1, "conv c4 4x4 oc4 k3 p1");
+    c.desc.output.channels = 5;
+    let err = cuda::lower(&[c.desc], &CudaOptions::default()).expect_err("invalid");
+    assert!(
+        matches!(err, BackendError::InvalidKernel { index: 0, .. }),
+        "{err}"
+    );
+}
+
+/// The PTX of a tiny list: a 3x3 conv with prologue into a block slice and
+/// a max pool. Regenerate with `INSTA_UPDATE=always` after a deliberate change.
+#[test]
+fn ptx_snapshot_tiny() {
+    let descs = [
+        case(1, "conv c3 4x4 oc4 k3 p1 pro bias relu block").desc,
+        case(2, "max c5 4x4 k3 s2 p1").desc,
+    ];
+    let compiled = cuda::lower(&descs, &CudaOptions::default()).expect("lower");
+    insta::assert_snapshot!("cuda_ptx_tiny", compiled.ptx);
+}
