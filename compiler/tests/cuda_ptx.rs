@@ -168,12 +168,14 @@ fn assemble_all(test: &str, descs: &[KernelDesc]) {
             arch: arch.into(),
             ..CudaOptions::default()
         };
-        let compiled = cuda::lower(descs, &opts).expect("lower");
+        let mut compiled = cuda::lower(descs, &opts).expect("lower");
         assert!(compiled.ptx.contains(&format!(".target {arch}")));
-        let report =
-            ptxas::assemble(&ptxas, &compiled.ptx, arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        let report = compiled
+            .assemble(&ptxas)
+            .unwrap_or_else(|e| panic!("{arch}: {e}"));
         eprintln!("{test}\n{}", report_table(&compiled, &report));
-        assert!(!report.cubin.is_empty());
+        assert_eq!(compiled.cubin.as_deref(), Some(&report.cubin[..]));
+        assert!(report.cubin.starts_with(b"\x7fELF"));
         assert_eq!(report.kernels.len(), descs.len(), "{}", report.log);
         for (spec, desc) in compiled.kernels.iter().zip(descs) {
             let k = report
@@ -199,6 +201,26 @@ fn ptx_of_every_kernel_kind_assembles_for_sm80_and_sm90() {
 fn ptx_of_a_densenet_chain_assembles() {
     let net = cpu_kernels_net::build(&nets()[1], 7);
     assemble_all("densenet chain", &net.kernels);
+}
+
+/// The emulator's coverage check is live: a grid one block short leaves
+/// output elements unwritten, and it says so.
+#[test]
+fn emulator_reports_a_short_grid() {
+    for spec in ["conv n2 c6 9x9 oc20 k3 p1 pro", "max c5 20x20 k3 s1 p1"] {
+        let c = case(5, spec);
+        let mut compiled =
+            cuda::lower(std::slice::from_ref(&c.desc), &CudaOptions::default()).expect("lower");
+        compiled.kernels[0].grid[0] -= 1;
+        let mut mem = arena(compiled.arena_bytes);
+        write(&mut mem, &c.desc.input, &c.input);
+        match emulate::run(&compiled, &mut mem) {
+            Err(emulate::EmuError::Coverage { message, .. }) => {
+                assert!(message.contains("stored 0 times"), "{message}")
+            }
+            other => panic!("{spec}: expected a coverage error, got {other:?}"),
+        }
+    }
 }
 
 #[test]
@@ -235,4 +257,23 @@ fn ptx_snapshot_tiny() {
     ];
     let compiled = cuda::lower(&descs, &CudaOptions::default()).expect("lower");
     insta::assert_snapshot!("cuda_ptx_tiny", compiled.ptx);
+}
+
+/// DenseNet-121 at batch 1: lowering time, and ptxas for sm_80 / sm_90
+/// with no spills in any conv kernel.
+#[test]
+fn densenet121_ptx_assembles_without_spills() {
+    if ptxas_or_skip("densenet121").is_none() {
+        return;
+    }
+    let net = cpu_kernels_net::build(&NetConfig::densenet121(1), 3);
+    let t = std::time::Instant::now();
+    let compiled = cuda::lower(&net.kernels, &CudaOptions::default()).expect("lower");
+    eprintln!(
+        "densenet121 b1: {} kernels lowered in {:.2?}, {} KiB of PTX",
+        compiled.kernels.len(),
+        t.elapsed(),
+        compiled.ptx.len() / 1024
+    );
+    assemble_all("densenet121 b1", &net.kernels);
 }

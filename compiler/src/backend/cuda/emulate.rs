@@ -500,3 +500,102 @@ impl Kb for Sim<'_> {
         Ok(acc)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::kernel::View;
+
+    /// Run `body` as one block of `threads` threads; the fault, if any.
+    fn block(threads: usize, body: impl FnOnce(&mut Sim) -> Result<()>) -> Option<String> {
+        let weights = [1.0f32; 8];
+        let mut arena = [0.0f32; 16];
+        let mut writes = [0u8; 16];
+        let mut sim = Sim {
+            threads,
+            ctaid: [0, 0],
+            ints: Vec::new(),
+            longs: Vec::new(),
+            floats: Vec::new(),
+            bools: Vec::new(),
+            shared: Vec::new(),
+            epoch: 1,
+            weights: &weights,
+            arena: &mut arena,
+            writes: &mut writes,
+            input: View::dense(0, 1, 1, 1, 8),
+            fault: None,
+        };
+        body(&mut sim).expect("emulation never fails to build");
+        sim.fault
+    }
+
+    #[test]
+    fn shared_races_are_reported() {
+        // Every thread writes element 0.
+        let f = block(4, |k| {
+            let s = k.shared(4)?;
+            let (i, v) = (k.ci(0), k.cf(1.0));
+            k.store_shared(s, i, v)
+        });
+        assert!(f.is_some_and(|m| m.contains("race")));
+        // Thread t writes t, then reads (t + 1) % 4: a race without a barrier.
+        let exchange = |barrier: bool| {
+            block(4, move |k| {
+                let s = k.shared(4)?;
+                let t = k.tid()?;
+                let v = k.cf(2.0);
+                k.store_shared(s, t, v)?;
+                if barrier {
+                    k.barrier()?;
+                }
+                let one = k.ci(1);
+                let next = k.add(t, one)?;
+                let next = k.rem(next, 4)?;
+                k.load_shared(s, next).map(|_| ())
+            })
+        };
+        assert!(exchange(false).is_some_and(|m| m.contains("race")));
+        assert_eq!(exchange(true), None);
+    }
+
+    #[test]
+    fn uninitialised_and_out_of_bounds_accesses_are_reported() {
+        let f = block(2, |k| {
+            let s = k.shared(2)?;
+            let t = k.tid()?;
+            k.load_shared(s, t).map(|_| ())
+        });
+        assert!(f.is_some_and(|m| m.contains("before any write")));
+        let f = block(2, |k| {
+            let i = k.cl(8);
+            k.load(Buf::Arena, i).map(|_| ())
+        });
+        assert!(f.is_some_and(|m| m.contains("outside the input view")));
+        let f = block(2, |k| {
+            let (i, v) = (k.cl(99), k.cf(0.0));
+            let t = k.tid()?;
+            let c = k.ult(t, t)?; // false: no store made
+            k.store_if(c, Buf::Arena, i, v)?;
+            let yes = k.ci(1);
+            let c = k.ult(t, yes)?; // thread 0 stores out of bounds
+            k.store_if(c, Buf::Arena, i, v)
+        });
+        assert!(f.is_some_and(|m| m.contains("thread 0: store arena[99] out of bounds")));
+    }
+
+    #[test]
+    fn overflow_and_negative_division_are_reported() {
+        let f = block(1, |k| {
+            let a = k.ci(i32::MAX);
+            let b = k.ci(2);
+            k.mul(a, b).map(|_| ())
+        });
+        assert!(f.is_some_and(|m| m.contains("overflows")));
+        let f = block(1, |k| {
+            let a = k.ci(-3);
+            k.div(a, 2).map(|_| ())
+        });
+        assert!(f.is_some_and(|m| m.contains("negative")));
+    }
+}

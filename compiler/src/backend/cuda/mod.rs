@@ -116,6 +116,8 @@ pub struct CompiledCuda {
     pub arena_bytes: usize,
     /// The LLVM module as generated (before optimisation).
     pub llvm_ir: String,
+    /// The PTX assembled by `ptxas` for `arch`, once [`Self::assemble`] ran.
+    pub cubin: Option<Vec<u8>>,
     descs: Vec<KernelDesc>,
     plans: Vec<KernelPlan>,
 }
@@ -124,6 +126,17 @@ impl CompiledCuda {
     /// The kernel descriptions this was compiled from.
     pub fn descs(&self) -> &[KernelDesc] {
         &self.descs
+    }
+
+    /// Assemble the PTX with `ptxas` (see [`ptxas::find`]), keep the cubin
+    /// in [`Self::cubin`] and return the register/spill report.
+    pub fn assemble(
+        &mut self,
+        ptxas_path: &std::path::Path,
+    ) -> Result<ptxas::PtxasReport, ptxas::PtxasError> {
+        let report = ptxas::assemble(ptxas_path, &self.ptx, &self.arch)?;
+        self.cubin = Some(report.cubin.clone());
+        Ok(report)
     }
 }
 
@@ -230,6 +243,7 @@ pub fn lower(kernels: &[KernelDesc], opts: &CudaOptions) -> Result<CompiledCuda,
         weights: wb.into_bytes(),
         arena_bytes,
         llvm_ir,
+        cubin: None,
         descs: kernels.to_vec(),
         plans,
     })
