@@ -3,3 +3,8 @@
 
 pub mod backend;
 pub mod builder;
+pub mod dot;
+pub mod memory;
+pub mod passes;
+pub mod plan_exec;
+pub mod weights;

@@ -137,3 +137,105 @@ fn bad_input_is_a_clear_error() {
         "/nonexistent/x.toml",
     );
 }
+
+#[test]
+fn inspect_binds_weights_and_names_mismatches() {
+    let root = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/golden/bc40_cifar/weights.pth"
+    );
+    let base = [
+        "inspect",
+        "--arch",
+        "densenet-bc-100",
+        "--block-config",
+        "6,6,6",
+        "--json",
+        "--weights",
+        root,
+    ];
+    let v = json(&base);
+    assert_eq!(v["weights_bound"], true);
+    let mut wrong = base.to_vec();
+    wrong.extend(["--growth-rate", "8"]);
+    fails_with(&wrong, "features.denseblock1.denselayer1.conv2.weight");
+    fails_with(
+        &[
+            "inspect",
+            "--arch",
+            "densenet-40",
+            "--weights",
+            "/nonexistent.pth",
+        ],
+        "/nonexistent.pth",
+    );
+    let v = json(&[
+        "inspect",
+        "--arch",
+        "densenet-40",
+        "--random-weights",
+        "7",
+        "--json",
+    ]);
+    assert_eq!(v["weights_bound"], true);
+}
+
+#[test]
+fn inspect_memory_and_optimised_macs() {
+    let v = json(&["inspect", "--arch", "densenet121", "--memory", "--json"]);
+    assert_eq!(v["concat_copies"], 0);
+    let arena = v["arena_bytes"].as_u64().expect("arena");
+    let bound = v["lower_bound_bytes"].as_u64().expect("bound");
+    let naive = v["naive_bytes"].as_u64().expect("naive");
+    assert!(arena as f64 <= bound as f64 * 1.05, "{arena} vs {bound}");
+    assert!(arena * 10 <= naive, "{arena} vs {naive}");
+    // The transition reorder saves 3/4 of the transition convs' MACs.
+    assert_eq!(v["macs_optimized"], 2_602_950_656u64);
+}
+
+#[test]
+fn inspect_after_pass_dumps_dot_and_svg() {
+    let dir = std::env::temp_dir().join(format!("densenetc-dump-{}", std::process::id()));
+    let dot = dir.join("g.dot");
+    let svg = dir.join("m.svg");
+    let out = densenetc(&[
+        "inspect",
+        "--arch",
+        "densenet-bc-100",
+        "--block-config",
+        "2,2",
+        "--after",
+        "fuse-preactivation",
+        "--dump-dir",
+        dir.to_str().expect("utf8"),
+        "--dot",
+        dot.to_str().expect("utf8"),
+        "--memory-svg",
+        svg.to_str().expect("utf8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf8");
+    assert!(
+        !text.contains("batch_norm("),
+        "BNs are fused after fuse-preactivation"
+    );
+    assert!(text.contains("prologue=affine("));
+    for (i, pass) in compiler::passes::PASSES.iter().enumerate() {
+        let path = dir.join(format!("{:02}-after-{pass}.ir", i + 1));
+        let ir_text = std::fs::read_to_string(&path).expect("dump written");
+        ir::text::parse(&ir_text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+    assert!(std::fs::read_to_string(&dot)
+        .expect("dot")
+        .starts_with("digraph"));
+    assert!(std::fs::read_to_string(&svg).expect("svg").contains("<svg"));
+    std::fs::remove_dir_all(&dir).ok();
+    fails_with(
+        &["inspect", "--arch", "densenet-40", "--after", "fuze"],
+        "valid passes: fold-batchnorm",
+    );
+}

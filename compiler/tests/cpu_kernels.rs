@@ -8,14 +8,12 @@
 //! The output must be within 1e-4 relative error of the reference, and every
 //! arena element outside the output view must be left untouched.
 
-mod cpu_kernels_net;
 mod cpu_kernels_support;
 use cpu_kernels_support as support;
 
 use compiler::backend::cpu::{self, CpuOptions};
 use compiler::backend::kernel::{KernelDesc, View};
 use compiler::backend::BackendError;
-use cpu_kernels_net::NetConfig;
 use ir::graph::Graph;
 use ir::ops::{ChannelAffine, Conv2d, Linear, Op, Pool2d};
 use ir::reference::Tensor;
@@ -41,6 +39,9 @@ enum Layout {
     Strided,
     /// One block buffer: input is its channel prefix, output the slice after.
     Block,
+    /// Strided buffers stored with zero borders (the output's writer zeroes
+    /// its slice of the border; the input's border holds garbage).
+    Bordered,
 }
 
 fn views(rng: &mut Rng, layout: Layout, i: [usize; 4], o: [usize; 4]) -> (View, View) {
@@ -52,7 +53,11 @@ fn views(rng: &mut Rng, layout: Layout, i: [usize; 4], o: [usize; 4]) -> (View, 
             let ov = View::dense(support::round_up(iv.end_bytes(), 64) + 4, n, oh, ow, oc);
             (iv, ov)
         }
-        Layout::Strided => {
+        Layout::Strided | Layout::Bordered => {
+            let border = |rng: &mut Rng, lo| match layout {
+                Layout::Bordered => [rng.range(lo, 3), rng.range(lo, 3)],
+                _ => [0, 0],
+            };
             let (co, extra) = (rng.range(1, 6), rng.range(0, 7));
             let iv = View {
                 offset: 4 * rng.range(0, 9),
@@ -62,6 +67,7 @@ fn views(rng: &mut Rng, layout: Layout, i: [usize; 4], o: [usize; 4]) -> (View, 
                 channels: c,
                 pixel_stride: c + co + extra,
                 channel_offset: co,
+                border: border(rng, 0),
             };
             let (co, extra) = (rng.range(1, 10), rng.range(1, 5));
             let ov = View {
@@ -72,6 +78,7 @@ fn views(rng: &mut Rng, layout: Layout, i: [usize; 4], o: [usize; 4]) -> (View, 
                 channels: oc,
                 pixel_stride: oc + co + extra,
                 channel_offset: co,
+                border: border(rng, 1),
             };
             (iv, ov)
         }
@@ -90,6 +97,7 @@ fn views(rng: &mut Rng, layout: Layout, i: [usize; 4], o: [usize; 4]) -> (View, 
                 channels: c,
                 pixel_stride: stride,
                 channel_offset: 0,
+                border: [0, 0],
             };
             (buf, buf.slice(c, oc))
         }
@@ -204,6 +212,7 @@ impl Spec {
                 "dense" => s.layout = Layout::Dense,
                 "strided" => s.layout = Layout::Strided,
                 "block" => s.layout = Layout::Block,
+                "bordered" => s.layout = Layout::Bordered,
                 t if t.starts_with("oc") => s.oc = pair(&t[2..])[0],
                 t if t.starts_with('n') => s.shape[0] = pair(&t[1..])[0],
                 t if t.starts_with('c') => s.shape[1] = pair(&t[1..])[0],
@@ -296,6 +305,12 @@ fn check(case: &Case) {
             case.name,
             compiled.kernels[0].plan
         );
+        if let Some(i) = arena.first_nonzero_border(&case.out_view) {
+            panic!(
+                "{} ({pfor:?}): border element {i} of the output slice is not zero",
+                case.name
+            );
+        }
         if let Some(i) = arena.first_change_outside(&before, &case.out_view) {
             panic!(
                 "{} ({pfor:?}): arena element {i} outside the output view was written",
@@ -315,6 +330,8 @@ fn conv_1x1_gemm() {
         ("three_chunks_block", "c600 2x2 oc8 pro relu block"),
         ("many_pixels", "n3 c13 11x9 oc33 pro bias"),
         ("one_channel", "c1 4x4 oc1 pro strided"),
+        ("bordered_in_out", "n2 c19 5x7 oc20 bias relu bordered"),
+        ("bordered_pro_chunks", "c270 3x4 oc12 pro bordered"),
     ];
     for (seed, (name, spec)) in cases.iter().enumerate() {
         check(&conv_case(name, seed as u64, spec));
@@ -335,6 +352,8 @@ fn conv_direct() {
         ("wide_row_split", "c8 2x40 oc8 k3 p1 pro relu block"),
         ("big_panel", "c256 3x120 oc8 k3 p1 pro"),
         ("pad_gt_half", "c4 3x3 oc4 k3 p2 pro bias strided"),
+        ("bordered_3x3", "n2 c16 6x9 oc12 k3 p1 relu bordered"),
+        ("bordered_s2", "c7 9x8 oc10 k3 s2 p1 pro bordered"),
     ];
     for (seed, (name, spec)) in cases.iter().enumerate() {
         check(&conv_case(name, 100 + seed as u64, spec));
@@ -360,7 +379,7 @@ fn conv_random_shapes() {
             ["", "pro"][rng.range(0, 2)],
             ["", "bias"][rng.range(0, 2)],
             ["", "relu"][rng.range(0, 2)],
-            ["dense", "strided"][rng.range(0, 2)],
+            ["dense", "strided", "bordered"][rng.range(0, 3)],
         );
         check(&conv_case(&format!("random{i}: {spec}"), 200 + i, &spec));
     }
@@ -375,6 +394,8 @@ fn pools() {
         ("avg_transition", "n2 c20 8x8 avg k2 s2 bn strided"),
         ("avg_3x3_pad_counts", "c17 5x6 avg k3 p1 pro"),
         ("max_stem_relu", "c16 12x12 max k3 s2 p1 pro"),
+        ("avg_bordered", "n2 c12 6x6 avg k2 s2 bn bordered"),
+        ("max_bordered_neg", "c9 7x7 max k3 s2 p1 neg bordered"),
     ];
     for (seed, (name, spec)) in cases.iter().enumerate() {
         check(&pool_case(name, 300 + seed as u64, spec));
@@ -413,10 +434,12 @@ fn global_avg_pool_linear_affine() {
     let cases = [
         gap("gap_norm5", 41, [3, 70, 7, 7], true, Strided),
         gap("gap_plain_1x1", 42, [2, 8, 1, 1], false, Dense),
+        gap("gap_bordered", 47, [2, 20, 3, 4], true, Bordered),
         linear("classifier", 43, 1, 50, 10, true, Dense),
         linear("classifier_b3", 44, 3, 70, 1000, false, Strided),
         affine_case("affine_relu", 45, [2, 11, 3, 5], true, Strided),
         affine_case("affine_plain", 46, [1, 16, 4, 4], false, Dense),
+        affine_case("affine_bordered", 48, [2, 10, 3, 5], true, Bordered),
     ];
     cases.iter().for_each(check);
 }
@@ -514,72 +537,41 @@ fn named_cpu_and_abi_metadata() {
         ir::reference::run(&c.graph, std::slice::from_ref(&c.input)).expect("reference");
     let got = arena.read(&c.out_view, &reference[0].shape);
     assert!(got.rel_error(&reference[0]).expect("shape") <= 1e-4);
+
+    let dir = std::env::temp_dir().join(format!("dnc-dump-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dump dir");
+    compiled.dump(&dir).expect("dump");
+    let table = std::fs::read_to_string(dir.join("cpu-kernels.txt")).expect("table");
+    assert!(table.contains("dnc_k1_abi"), "{table}");
+    assert!(dir.join("cpu.s").exists() && dir.join("cpu-after-opt.ll").exists());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Whole small DenseNets: every kernel chained through block-buffer views
-/// by `dnc_run`, against the reference on the graph with explicit concats.
+/// Correctness does not depend on LLVM's optimisations.
 #[test]
-fn densenet_chains() {
-    let configs = [
-        NetConfig {
-            batch: 2,
-            in_channels: 3,
-            size: 13,
-            imagenet_stem: false,
-            init_features: 16,
-            growth: 12,
-            bn_size: 4,
-            blocks: vec![2, 3],
-            classes: 10,
-        },
-        NetConfig {
-            batch: 1,
-            in_channels: 3,
-            size: 9,
-            imagenet_stem: false,
-            init_features: 8,
-            growth: 12,
-            bn_size: 0,
-            blocks: vec![3],
-            classes: 5,
-        },
-        NetConfig {
-            batch: 1,
-            in_channels: 3,
-            size: 37,
-            imagenet_stem: true,
-            init_features: 16,
-            growth: 8,
-            bn_size: 2,
-            blocks: vec![2, 2],
-            classes: 7,
-        },
-    ];
-    for (i, cfg) in configs.iter().enumerate() {
-        let net = cpu_kernels_net::build(cfg, 900 + i as u64);
-        let x = Tensor::random_uniform(net.input_shape.clone(), 17 + i as u64, -1.0, 1.0);
-        let reference = ir::reference::run(&net.graph, std::slice::from_ref(&x))
-            .expect("reference")
-            .remove(0);
-        let compiled = cpu::compile(&net.kernels, &CpuOptions::default()).expect("compile");
+fn unoptimised_code_is_correct() {
+    let opts = CpuOptions {
+        opt_level: 0,
+        ..CpuOptions::default()
+    };
+    for (name, spec) in [
+        ("o0_3x3", "n2 c10 5x6 oc12 k3 p1 pro bias relu strided"),
+        ("o0_1x1", "c20 4x3 oc9 pro block"),
+    ] {
+        let c = conv_case(name, 91, spec);
+        let desc = KernelDesc::from_ir(name, &c.op, &c.graph.constants, c.in_view, c.out_view)
+            .expect("desc");
+        let compiled = cpu::compile(&[desc], &opts).expect("compile");
         let lib = Loaded::new(&compiled);
-        for pfor in [Pfor::Sequential, Pfor::TwoThreads, Pfor::ReverseSingles] {
-            let mut arena = Arena::new(compiled.arena_bytes);
-            arena.write(&net.input, &x);
-            lib.run(&mut arena, pfor);
-            let got = arena.read(&net.output, &reference.shape);
-            let err = got.rel_error(&reference).expect("shape");
-            assert!(err <= 1e-4, "config {i} ({pfor:?}): relative error {err:e}");
-        }
         let mut arena = Arena::new(compiled.arena_bytes);
-        arena.write(&net.input, &x);
-        for k in 0..net.kernels.len() {
-            assert_eq!(lib.run_kernel(&mut arena, k as i64), 0);
-        }
-        let got = arena.read(&net.output, &reference.shape);
+        arena.write(&c.in_view, &c.input);
+        lib.run(&mut arena, Pfor::TwoThreads);
+        let reference =
+            ir::reference::run(&c.graph, std::slice::from_ref(&c.input)).expect("reference");
+        let got = arena.read(&c.out_view, &reference[0].shape);
         assert!(
-            got.rel_error(&reference).expect("shape") <= 1e-4,
-            "config {i}, kernel by kernel"
+            got.rel_error(&reference[0]).expect("shape") <= 1e-4,
+            "{name}"
         );
     }
 }

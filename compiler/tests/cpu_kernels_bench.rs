@@ -7,15 +7,18 @@
 //!
 //! The generated code is optimised by LLVM at O3 whatever the Rust profile.
 //! `DNC_BENCH_ASM=DIR` writes each kernel's assembly there;
-//! `DNC_BENCH_BATCH=N` sets the DenseNet-121 batch (default 1);
-//! `DNC_BENCH_IR=DIR` writes its LLVM module before and after optimisation.
+//! `DNC_BENCH_ARCH=NAME` and `DNC_BENCH_BATCH=N` choose the network timed
+//! after the pass pipeline (default `densenet121`, batch 1);
+//! `DNC_BENCH_IR=DIR` writes its LLVM module before and after optimisation
+//! and the shared object.
 
-mod cpu_kernels_net;
 mod cpu_kernels_support;
 
 use compiler::backend::cpu::{self, CpuOptions};
+use compiler::backend::graph::kernels_of;
 use compiler::backend::kernel::{Affine, ConvKernel, KernelDesc, KernelOp, View};
-use cpu_kernels_net::NetConfig;
+use compiler::builder::{build, ConfigOverrides, DenseNetConfig};
+use compiler::passes::optimize;
 use cpu_kernels_support::{Arena, Loaded, Pfor, Rng};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,6 +30,7 @@ struct Shape {
     ic: usize,
     oc: usize,
     k: usize,
+    stride: usize,
     /// Channels per pixel of the block buffer the views live in.
     block: usize,
     prologue: bool,
@@ -40,18 +44,11 @@ fn desc(s: &Shape, rng: &mut Rng) -> KernelDesc {
         shift: Arc::new(rng.vec(s.ic, -0.2, 0.5)),
         relu: true,
     };
-    let input = View {
-        offset: 0,
-        n: 1,
-        h: s.hw,
-        w: s.hw,
-        channels: s.ic,
-        pixel_stride: s.block,
-        channel_offset: 0,
-    };
+    let input = View::dense(0, 1, s.hw, s.hw, s.block).slice(0, s.ic);
     let out_buf = input.end_bytes().div_ceil(64) * 64;
-    let output = if s.k == 1 {
-        View::dense(out_buf, 1, s.hw, s.hw, s.oc)
+    let out_hw = (s.hw + 2 * pad - s.k) / s.stride + 1;
+    let output = if s.k == 1 || s.stride > 1 {
+        View::dense(out_buf, 1, out_hw, out_hw, s.oc)
     } else {
         // A 3x3 growth conv writes its slice of the block buffer.
         View {
@@ -66,7 +63,7 @@ fn desc(s: &Shape, rng: &mut Rng) -> KernelDesc {
         op: KernelOp::Conv(ConvKernel {
             out_channels: s.oc,
             kernel: [s.k, s.k],
-            stride: [1, 1],
+            stride: [s.stride, s.stride],
             padding: [pad, pad],
             weight: Arc::new(weight),
             bias: Some(Arc::new(rng.vec(s.oc, -0.1, 0.1))),
@@ -96,53 +93,27 @@ fn median_ms(mut f: impl FnMut(), iters: usize) -> f64 {
 #[test]
 #[ignore = "measurement; run with --ignored --nocapture"]
 fn densenet_conv_throughput() {
+    // (name, spatial, in, out, kernel, stride, block-buffer channels, prologue)
     let shapes = [
-        Shape {
-            name: "1x1_28x28_512to128",
-            hw: 28,
-            ic: 512,
-            oc: 128,
-            k: 1,
-            block: 512,
-            prologue: true,
-        },
-        Shape {
-            name: "3x3_28x28_128to32",
-            hw: 28,
-            ic: 128,
-            oc: 32,
-            k: 3,
-            block: 512,
-            prologue: false,
-        },
-        Shape {
-            name: "1x1_56x56_256to128",
-            hw: 56,
-            ic: 256,
-            oc: 128,
-            k: 1,
-            block: 256,
-            prologue: true,
-        },
-        Shape {
-            name: "3x3_56x56_128to32",
-            hw: 56,
-            ic: 128,
-            oc: 32,
-            k: 3,
-            block: 256,
-            prologue: false,
-        },
-        Shape {
-            name: "1x1_7x7_1024to128",
-            hw: 7,
-            ic: 1024,
-            oc: 128,
-            k: 1,
-            block: 1024,
-            prologue: true,
-        },
-    ];
+        ("1x1_28x28_512to128", 28, 512, 128, 1, 1, 512, true),
+        ("3x3_28x28_128to32", 28, 128, 32, 3, 1, 512, false),
+        ("1x1_56x56_256to128", 56, 256, 128, 1, 1, 256, true),
+        ("3x3_56x56_128to32", 56, 128, 32, 3, 1, 256, false),
+        ("3x3_14x14_128to32", 14, 128, 32, 3, 1, 1024, false),
+        ("3x3_7x7_128to32", 7, 128, 32, 3, 1, 1024, false),
+        ("1x1_7x7_1024to128", 7, 1024, 128, 1, 1, 1024, true),
+        ("7x7s2_224_3to64", 224, 3, 64, 7, 2, 3, false),
+    ]
+    .map(|(name, hw, ic, oc, k, stride, block, prologue)| Shape {
+        name,
+        hw,
+        ic,
+        oc,
+        k,
+        stride,
+        block,
+        prologue,
+    });
     let asm_dir = std::env::var_os("DNC_BENCH_ASM");
     let mut rng = Rng::new(7);
     println!(
@@ -180,10 +151,26 @@ fn densenet_conv_throughput() {
     }
 }
 
+/// User + system CPU time of this process in seconds (Linux; 0 elsewhere):
+/// compile time that the other jobs on a shared machine do not inflate.
+fn process_cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the line, in clock ticks (100 per second).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    f.iter().sum::<f64>() / 100.0
+}
+
 /// The kernel class a DenseNet kernel's time is reported under.
 fn class(k: &KernelDesc) -> String {
     match &k.op {
-        KernelOp::Conv(c) if k.name.starts_with('t') => {
+        KernelOp::Conv(c) if k.name.contains("transition") => {
             format!("transition conv {}x{}", c.kernel[0], c.kernel[1])
         }
         KernelOp::Conv(c) => format!("conv {}x{}", c.kernel[0], c.kernel[1]),
@@ -193,15 +180,24 @@ fn class(k: &KernelDesc) -> String {
 
 #[test]
 #[ignore = "measurement; run with --ignored --nocapture"]
-fn densenet121_kernel_chain() {
+fn densenet_kernel_chain() {
     let batch = std::env::var("DNC_BENCH_BATCH")
         .ok()
         .and_then(|b| b.parse().ok())
         .unwrap_or(1);
-    let net = cpu_kernels_net::build(&NetConfig::densenet121(batch), 1);
-    let start = Instant::now();
+    // The real pipeline: the preset (torchvision's DenseNet-121 by default),
+    // random weights, every pass and the memory plan, then the backend's
+    // graph mapping.
+    let arch = std::env::var("DNC_BENCH_ARCH").unwrap_or_else(|_| "densenet121".into());
+    let cfg = DenseNetConfig::resolve(Some(&arch), &ConfigOverrides::default()).expect("config");
+    let mut g = build(&cfg, batch).expect("build");
+    compiler::weights::randomize(&mut g, 1);
+    optimize(&mut g, false).expect("pipeline");
+    let net = kernels_of(&g).expect("kernels");
+    let (start, cpu0) = (Instant::now(), process_cpu_s());
     let compiled = cpu::compile(&net.kernels, &CpuOptions::default()).expect("compile");
     let compile_s = start.elapsed().as_secs_f64();
+    let compile_cpu_s = process_cpu_s() - cpu0;
     if let Some(dir) = std::env::var_os("DNC_BENCH_IR") {
         let dir = std::path::Path::new(&dir);
         std::fs::create_dir_all(dir).expect("ir dir");
@@ -209,12 +205,13 @@ fn densenet121_kernel_chain() {
             .expect("write ir");
         std::fs::write(dir.join("densenet121.after.ll"), &compiled.llvm_ir_after)
             .expect("write ir");
+        std::fs::write(dir.join("densenet121.so"), &compiled.shared_object).expect("write so");
     }
     let lib = Loaded::new(&compiled);
-    let mut arena = Arena::new(compiled.arena_bytes);
+    let mut arena = Arena::new(net.arena_bytes);
     let flop: f64 = net.kernels.iter().map(|k| 2.0 * k.macs() as f64).sum();
     println!(
-        "DenseNet-121 b{batch}: {} kernels, compile {compile_s:.2} s, .so {} KiB, weights {:.1} MiB, arena {:.1} MiB, {:.2} GFLOP",
+        "{arch} b{batch}: {} kernels, compile {compile_s:.2} s ({compile_cpu_s:.2} s CPU), .so {} KiB, weights {:.1} MiB, arena {:.1} MiB, {:.2} GFLOP",
         net.kernels.len(),
         compiled.shared_object.len() / 1024,
         compiled.packed_weights.len() as f64 / 1_048_576.0,

@@ -4,6 +4,11 @@
 //! node's operands are ordered. Node names are unique; the schedule is a
 //! deterministic topological order (Kahn's algorithm, lowest index first),
 //! so printing, planning and execution agree on one order.
+//!
+//! Storage is described here too, independently of any backend: a node may
+//! be *placed* in a channel slice of a named [`Buffer`] (the in-place
+//! concatenation of a dense block), and once memory is planned every buffer
+//! has a byte offset in one arena of [`Graph::arena_bytes`] bytes.
 
 use crate::error::{IrError, Result};
 use crate::ops::Op;
@@ -11,18 +16,75 @@ use crate::types::TensorType;
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
+use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::sync::Arc;
 
 pub type NodeId = NodeIndex<u32>;
 
-/// A node: a unique name, the op and the type of the value it produces.
+/// A node: a unique name, the op, the type of the value it produces and,
+/// optionally, where that value is stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
     pub name: String,
     pub op: Op,
     pub ty: TensorType,
+    /// `None`: the value is a tensor of its own (until memory planning gives
+    /// it a buffer). Graph inputs are owned by the caller and never placed.
+    pub placement: Option<Placement>,
+}
+
+/// Where a node's value lives: channels `channel_offset ..
+/// channel_offset + C` of buffer `buffer` (same N, H, W and dtype); a value
+/// of another rank fills a buffer of exactly its type at offset 0.
+///
+/// A node placed in a buffer writes only its own channel slice. A
+/// [`Op::Concat`] whose operands sit back to back in its own slice of the
+/// same buffer writes nothing: it is a *view* (see [`Graph::is_view`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Placement {
+    pub buffer: String,
+    pub channel_offset: usize,
+}
+
+/// A named activation buffer: a logical tensor, usually `[N, C, H, W]`,
+/// that several nodes may share by channel slices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Buffer {
+    /// Logical type of the whole buffer, border excluded.
+    pub ty: TensorType,
+    /// `[rows, cols]` of zeros stored around every image (above and below,
+    /// left and right), so a consumer with padding up to the border needs
+    /// no bounds checks. The writers of the buffer store these zeros.
+    pub border: [usize; 2],
+    /// Byte offset in the arena, once memory is planned.
+    pub offset: Option<usize>,
+}
+
+impl Buffer {
+    /// An unplanned buffer of type `ty` without a border.
+    pub fn new(ty: TensorType) -> Self {
+        Buffer {
+            ty,
+            border: [0, 0],
+            offset: None,
+        }
+    }
+
+    /// Bytes of storage, border included; `None` on overflow, or for a
+    /// border on a type that is not rank 4.
+    pub fn size_bytes(&self) -> Option<usize> {
+        if self.border == [0, 0] {
+            return self.ty.size_bytes();
+        }
+        let (n, c, h, w) = self.ty.nchw()?;
+        let h = h.checked_add(self.border[0].checked_mul(2)?)?;
+        let w = w.checked_add(self.border[1].checked_mul(2)?)?;
+        [n, c, h, w, self.ty.dtype.size_bytes()]
+            .into_iter()
+            .try_fold(1usize, |a, d| a.checked_mul(d))
+    }
 }
 
 /// A named f32 constant (a weight). `data` is `None` while the graph is only
@@ -61,6 +123,11 @@ pub struct Graph {
     pub constants: BTreeMap<String, Constant>,
     inputs: Vec<NodeId>,
     outputs: Vec<NodeId>,
+    /// Declared buffers, by name (see [`Placement`]).
+    pub buffers: BTreeMap<String, Buffer>,
+    /// Size of the activation arena once memory is planned: every buffer
+    /// then has an offset and every non-input node a placement.
+    pub arena_bytes: Option<usize>,
 }
 
 impl Graph {
@@ -97,6 +164,7 @@ impl Graph {
             name,
             op: Op::Input,
             ty,
+            placement: None,
         });
         self.inputs.push(id);
         Ok(id)
@@ -112,7 +180,12 @@ impl Graph {
         let name = name.into();
         self.check_fresh_name(&name)?;
         let ty = self.infer(&name, &op, operands)?;
-        let id = self.dag.add_node(Node { name, op, ty });
+        let id = self.dag.add_node(Node {
+            name,
+            op,
+            ty,
+            placement: None,
+        });
         for (i, &o) in operands.iter().enumerate() {
             self.dag.add_edge(o, id, i);
         }
@@ -256,7 +329,8 @@ impl Graph {
     }
 
     /// Remove nodes whose values reach no output, then constants no op
-    /// reads. Graph inputs are kept. Returns whether anything was removed.
+    /// reads and buffers no node is placed in. Graph inputs are kept.
+    /// Returns whether anything was removed.
     pub fn remove_dead(&mut self) -> bool {
         let mut live: BTreeSet<NodeId> = BTreeSet::new();
         let mut stack: Vec<NodeId> = self.outputs.clone();
@@ -282,7 +356,46 @@ impl Graph {
         let before = self.constants.len();
         self.constants.retain(|k, _| used.contains(k));
         changed |= self.constants.len() != before;
+        let placed: BTreeSet<String> = self
+            .dag
+            .node_weights()
+            .filter_map(|n| n.placement.as_ref().map(|p| p.buffer.clone()))
+            .collect();
+        let before = self.buffers.len();
+        self.buffers.retain(|k, _| placed.contains(k));
+        changed |= self.buffers.len() != before;
         changed
+    }
+
+    /// True when `id` is a concatenation that writes nothing: it is placed
+    /// at `(B, o)` and its operands are placed in `B` back to back from `o`.
+    pub fn is_view(&self, id: NodeId) -> bool {
+        let node = &self.dag[id];
+        let (Op::Concat, Some(p)) = (&node.op, &node.placement) else {
+            return false;
+        };
+        let mut at = p.channel_offset;
+        for o in self.operands(id) {
+            let operand = &self.dag[o];
+            match (&operand.placement, operand.ty.nchw()) {
+                (Some(q), Some((_, c, _, _))) if q.buffer == p.buffer && q.channel_offset == at => {
+                    at += c;
+                }
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// A buffer name not yet in use, derived from `base`.
+    pub fn fresh_buffer_name(&self, base: &str) -> String {
+        if !self.buffers.contains_key(base) {
+            return base.to_owned();
+        }
+        (1..)
+            .map(|i| format!("{base}.{i}"))
+            .find(|n| !self.buffers.contains_key(n))
+            .unwrap_or_else(|| base.to_owned())
     }
 
     /// A deterministic topological order of all nodes (Kahn's algorithm,

@@ -17,6 +17,6 @@ pub mod types;
 pub mod verify;
 
 pub use error::IrError;
-pub use graph::{Constant, Graph, Node, NodeId};
+pub use graph::{Buffer, Constant, Graph, Node, NodeId, Placement};
 pub use ops::{Conv2d, Linear, Op, Pool2d, Prologue};
 pub use types::{DType, TensorType};

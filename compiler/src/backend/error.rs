@@ -12,6 +12,9 @@ pub enum BackendError {
         name: String,
         message: String,
     },
+    /// A planned graph node that maps to no kernel.
+    #[error("node `{node}`: {message}")]
+    Graph { node: String, message: String },
     /// The requested target CPU is not one LLVM knows.
     #[error("unknown CPU `{0}` (use `native` or an LLVM x86 CPU name such as `x86-64-v3`, `znver3`, `skylake`)")]
     UnknownCpu(String),

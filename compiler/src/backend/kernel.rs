@@ -2,13 +2,8 @@
 //! attributes and constants, reading one NHWC view of the activation arena
 //! and writing another.
 //!
-//! A [`View`] is a 4-D NHWC window of one arena buffer: `n × h × w` pixels,
-//! `channels` consecutive channels starting at `channel_offset`, pixels
-//! `pixel_stride` elements apart. A dense block's buffer is one such buffer
-//! with `pixel_stride` = its total channels; a layer's input is the channel
-//! *prefix* view of it and its output a channel *slice* view, so concatenation
-//! costs nothing. Element `(n, h, w, c)` of a view lives at arena byte
-//! `offset + 4 * (((n * h_total + h) * w_total + w) * pixel_stride + channel_offset + c)`.
+//! Input and output are [`View`]s (see `view.rs`): channel windows of NHWC
+//! arena buffers, so a dense block's concatenation costs nothing.
 //!
 //! Constants are logical (PyTorch layouts: conv weight `[O, I, KH, KW]`,
 //! linear weight `[O, I]`); each backend packs them for its own kernels.
@@ -21,125 +16,7 @@ use ir::ops::{ChannelAffine, Op};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// Bytes per element: every view holds f32.
-pub const ELEM_BYTES: usize = 4;
-
-/// An NHWC view of an arena buffer (see the module docs for the addressing).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct View {
-    /// Arena byte offset of the buffer's first element (pixel 0, channel 0
-    /// of the buffer, not of the view). A multiple of 4.
-    pub offset: usize,
-    pub n: usize,
-    pub h: usize,
-    pub w: usize,
-    /// Channels in the view.
-    pub channels: usize,
-    /// Elements between consecutive pixels (the buffer's channel count).
-    pub pixel_stride: usize,
-    /// First channel of the view within each pixel.
-    pub channel_offset: usize,
-}
-
-impl View {
-    /// A view covering a whole dense NHWC buffer.
-    pub fn dense(offset: usize, n: usize, h: usize, w: usize, channels: usize) -> View {
-        View {
-            offset,
-            n,
-            h,
-            w,
-            channels,
-            pixel_stride: channels,
-            channel_offset: 0,
-        }
-    }
-
-    /// Channels `[channel_offset, channel_offset + channels)` of a buffer
-    /// with `pixel_stride` channels per pixel.
-    pub fn slice(self, channel_offset: usize, channels: usize) -> View {
-        View {
-            channel_offset,
-            channels,
-            ..self
-        }
-    }
-
-    /// `n * h * w`.
-    pub fn pixels(&self) -> usize {
-        self.n * self.h * self.w
-    }
-
-    /// Element index (from the arena base) of the view's element `(0,0,0,0)`.
-    pub fn first_element(&self) -> usize {
-        self.offset / ELEM_BYTES + self.channel_offset
-    }
-
-    /// Byte range from the view's first to one past its last element.
-    pub fn byte_range(&self) -> std::ops::Range<usize> {
-        let start = self.offset + ELEM_BYTES * self.channel_offset;
-        let last_pixel = self.pixels().saturating_sub(1);
-        let end = self.offset
-            + ELEM_BYTES * (last_pixel * self.pixel_stride + self.channel_offset + self.channels);
-        start..end
-    }
-
-    /// Arena bytes the view needs (end of its byte range).
-    pub fn end_bytes(&self) -> usize {
-        self.byte_range().end
-    }
-
-    fn validate(&self, what: &str) -> Result<(), String> {
-        if self.n == 0 || self.h == 0 || self.w == 0 || self.channels == 0 {
-            return Err(format!("{what} view has an empty extent: {self:?}"));
-        }
-        if !self.offset.is_multiple_of(ELEM_BYTES) {
-            return Err(format!(
-                "{what} view offset {} is not a multiple of 4",
-                self.offset
-            ));
-        }
-        let fits = self
-            .channel_offset
-            .checked_add(self.channels)
-            .is_some_and(|end| end <= self.pixel_stride);
-        if !fits {
-            return Err(format!(
-                "{what} view channels {}..{}+{} exceed the pixel stride {}",
-                self.channel_offset, self.channel_offset, self.channels, self.pixel_stride
-            ));
-        }
-        let bytes = self
-            .n
-            .checked_mul(self.h)
-            .and_then(|p| p.checked_mul(self.w))
-            .and_then(|p| p.checked_mul(self.pixel_stride))
-            .and_then(|e| e.checked_mul(ELEM_BYTES))
-            .and_then(|b| b.checked_add(self.offset));
-        match bytes {
-            // Keep every address computation comfortably inside i64.
-            Some(b) if b < (1usize << 46) => Ok(()),
-            _ => Err(format!("{what} view is too large: {self:?}")),
-        }
-    }
-
-    /// Whether two views share a byte in the arena, taking the channel
-    /// interleaving of views of one buffer into account.
-    pub fn overlaps(&self, other: &View) -> bool {
-        let (a, b) = (self.byte_range(), other.byte_range());
-        if a.end <= b.start || b.end <= a.start {
-            return false;
-        }
-        let same_buffer = self.offset == other.offset
-            && self.pixel_stride == other.pixel_stride
-            && (self.n, self.h, self.w) == (other.n, other.h, other.w);
-        if same_buffer {
-            let (sa, sb) = (self.channel_offset, other.channel_offset);
-            return sa < sb + other.channels && sb < sa + self.channels;
-        }
-        true
-    }
-}
+pub use super::view::{View, ELEM_BYTES};
 
 /// Per-channel `y = x * scale + shift`, then ReLU if `relu`.
 #[derive(Debug, Clone, PartialEq)]

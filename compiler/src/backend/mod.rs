@@ -9,6 +9,8 @@
 pub mod cpu;
 pub mod cuda;
 mod error;
+pub mod graph;
 pub mod kernel;
+mod view;
 
 pub use error::BackendError;

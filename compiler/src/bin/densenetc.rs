@@ -3,6 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use compiler::builder::{self, ConfigOverrides, DenseNetConfig, Stem};
+use compiler::{passes, weights};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
@@ -60,6 +61,12 @@ struct ModelArgs {
     /// Batch size the model is compiled for.
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// Trained weights: a .safetensors file or a PyTorch .pth/.pt state dict.
+    #[arg(long, conflicts_with = "random_weights")]
+    weights: Option<PathBuf>,
+    /// Deterministic random weights (with non-trivial BatchNorm statistics).
+    #[arg(long, value_name = "SEED")]
+    random_weights: Option<u64>,
 }
 
 impl ModelArgs {
@@ -110,8 +117,15 @@ impl ModelArgs {
 
     fn graph(&self) -> Result<(DenseNetConfig, ir::Graph)> {
         let cfg = self.config()?;
-        let g =
+        let mut g =
             builder::build(&cfg, self.batch).with_context(|| format!("building {}", cfg.name))?;
+        if let Some(path) = &self.weights {
+            let tensors = weights::read_tensors(path)?;
+            weights::bind(&mut g, tensors)
+                .with_context(|| format!("binding {} to {}", path.display(), cfg.name))?;
+        } else if let Some(seed) = self.random_weights {
+            weights::randomize(&mut g, seed);
+        }
         Ok((cfg, g))
     }
 }
@@ -126,6 +140,69 @@ struct InspectArgs {
     /// Print only the summary, not the IR.
     #[arg(long)]
     summary: bool,
+    /// Print the IR after this pass instead of the unoptimised IR.
+    #[arg(long, value_name = "PASS")]
+    after: Option<String>,
+    /// Report the memory plan: arena, naive and lower-bound bytes, concat copies.
+    #[arg(long)]
+    memory: bool,
+    /// Draw the memory plan (time × offset) as SVG.
+    #[arg(long, value_name = "FILE")]
+    memory_svg: Option<PathBuf>,
+    /// Write the graph (after `--after`, else unoptimised) for Graphviz.
+    #[arg(long, value_name = "FILE")]
+    dot: Option<PathBuf>,
+    #[command(flatten)]
+    dumps: DumpArgs,
+}
+
+/// Where to write the IR after every pass.
+#[derive(Args, Debug)]
+struct DumpArgs {
+    /// Write `NN-after-<pass>.ir` for every pass into DIR.
+    #[arg(long, value_name = "DIR")]
+    dump_dir: Option<PathBuf>,
+}
+
+/// Run the pass pipeline up to `stop_after` (all passes when `None`),
+/// writing the IR after every pass into the dump directory if one is set.
+fn optimise(
+    g: &mut ir::Graph,
+    stop_after: Option<&str>,
+    dumps: &DumpArgs,
+) -> Result<passes::PipelineReport> {
+    if let Some(name) = stop_after {
+        passes::check_pass_name(name)?;
+    }
+    let mut dump_error: Option<anyhow::Error> = None;
+    let mut write_dump = |i: usize, pass: &str, g: &ir::Graph| {
+        if let Some(dir) = &dumps.dump_dir {
+            let path = dir.join(format!("{i:02}-after-{pass}.ir"));
+            if let Err(e) = std::fs::write(&path, ir::text::print(g)) {
+                dump_error.get_or_insert(
+                    anyhow::Error::new(e).context(format!("writing {}", path.display())),
+                );
+            }
+        }
+    };
+    if let Some(dir) = &dumps.dump_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join("00-input.ir");
+        std::fs::write(&path, ir::text::print(g))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let report = passes::run_pipeline(
+        g,
+        &mut passes::PipelineOptions {
+            stop_after: stop_after.map(str::to_owned),
+            dump: Some(&mut write_dump),
+            ..Default::default()
+        },
+    )?;
+    match dump_error {
+        Some(e) => Err(e),
+        None => Ok(report),
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -145,8 +222,32 @@ fn main() -> std::process::ExitCode {
 fn inspect(a: &InspectArgs) -> Result<()> {
     let (cfg, g) = a.model.graph()?;
     let s = ir::stats::stats(&g);
+    // The full pipeline gives the optimised MACs and the memory plan; the
+    // graph shown is the unoptimised one unless `--after` names a pass.
+    let mut optimised = g.clone();
+    let report = optimise(&mut optimised, None, &a.dumps)?;
+    let shown = match &a.after {
+        Some(pass) => {
+            let mut h = g.clone();
+            optimise(&mut h, Some(pass), &DumpArgs { dump_dir: None })?;
+            h
+        }
+        None => g.clone(),
+    };
+    let memory = report
+        .memory
+        .as_ref()
+        .context("the pipeline did not produce a memory plan")?;
+    if let Some(path) = &a.dot {
+        std::fs::write(path, compiler::dot::to_dot(&shown))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &a.memory_svg {
+        std::fs::write(path, compiler::memory::svg_of(&optimised)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     if a.json {
-        let out = serde_json::json!({
+        let mut out = serde_json::json!({
             "name": cfg.name,
             "config": cfg,
             "batch": a.model.batch,
@@ -155,12 +256,21 @@ fn inspect(a: &InspectArgs) -> Result<()> {
             "conv_layers": s.conv_layers,
             "linear_layers": s.linear_layers,
             "nodes": g.node_count(),
+            "weights_bound": g.is_bound(),
+            "macs_optimized": report.macs_optimized(),
+            "passes": passes::PASSES,
         });
+        if a.memory {
+            let m = serde_json::to_value(memory)?;
+            if let (Some(o), Some(m)) = (out.as_object_mut(), m.as_object()) {
+                o.extend(m.clone());
+            }
+        }
         return emit(&format!("{}\n", serde_json::to_string_pretty(&out)?));
     }
     let mut text = String::new();
     if !a.summary {
-        text.push_str(&ir::text::print(&g));
+        text.push_str(&ir::text::print(&shown));
     }
     let _ = writeln!(text, "model:         {}", cfg.name);
     let _ = writeln!(
@@ -180,9 +290,25 @@ fn inspect(a: &InspectArgs) -> Result<()> {
     let _ = writeln!(text, "batch:         {}", a.model.batch);
     let _ = writeln!(text, "params:        {}", s.params);
     let _ = writeln!(text, "macs:          {}", s.macs);
+    let _ = writeln!(text, "macs (opt):    {}", report.macs_optimized());
     let _ = writeln!(text, "conv layers:   {}", s.conv_layers);
     let _ = writeln!(text, "linear layers: {}", s.linear_layers);
     let _ = writeln!(text, "nodes:         {}", g.node_count());
+    let _ = writeln!(
+        text,
+        "weights:       {}",
+        if g.is_bound() {
+            "bound"
+        } else {
+            "none (shapes only)"
+        }
+    );
+    if a.memory {
+        let _ = writeln!(text, "arena bytes:   {}", memory.arena_bytes);
+        let _ = writeln!(text, "lower bound:   {}", memory.lower_bound_bytes);
+        let _ = writeln!(text, "naive bytes:   {}", memory.naive_bytes);
+        let _ = writeln!(text, "concat copies: {}", memory.concat_copies);
+    }
     emit(&text)
 }
 

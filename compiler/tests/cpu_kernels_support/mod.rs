@@ -66,7 +66,33 @@ impl Arena {
     }
 
     fn index(v: &View, n: usize, c: usize, h: usize, w: usize) -> usize {
-        v.first_element() + ((n * v.h + h) * v.w + w) * v.pixel_stride + c
+        v.element(n, h, w, c)
+    }
+
+    /// Arena indices of the view's channels in its buffer's border pixels.
+    pub fn border_elements(v: &View) -> Vec<usize> {
+        let [bh, bw] = v.border;
+        let (rows, cols) = (v.h + 2 * bh, v.w + 2 * bw);
+        let mut out = Vec::new();
+        for n in 0..v.n {
+            for r in 0..rows {
+                for x in 0..cols {
+                    if (bh..bh + v.h).contains(&r) && (bw..bw + v.w).contains(&x) {
+                        continue;
+                    }
+                    let px = v.offset / 4 + ((n * rows + r) * cols + x) * v.pixel_stride;
+                    out.extend((0..v.channels).map(|c| px + v.channel_offset + c));
+                }
+            }
+        }
+        out
+    }
+
+    /// The first element of the view's border slice that is not 0.
+    pub fn first_nonzero_border(&self, v: &View) -> Option<usize> {
+        Self::border_elements(v)
+            .into_iter()
+            .find(|&i| self.0[i].to_bits() != 0)
     }
 
     /// Store an NCHW (or `[N, C]`) tensor into the view.
@@ -105,10 +131,13 @@ impl Arena {
     }
 
     /// The first element that differs from `before` and is not part of any
-    /// of `views`.
+    /// of `views` (their border slices included: their writers own them).
     pub fn first_change_outside_any(&self, before: &Arena, views: &[View]) -> Option<usize> {
         let mut inside = vec![false; self.0.len()];
         for v in views {
+            for i in Self::border_elements(v) {
+                inside[i] = true;
+            }
             for n in 0..v.n {
                 for h in 0..v.h {
                     for w in 0..v.w {

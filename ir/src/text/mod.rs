@@ -34,6 +34,11 @@
 //!   pairs, floats as Rust's `{:?}` prints them (exact round trip),
 //!   constant references `@NAME`, and
 //!   `affine(relu=BOOL, scale=@NAME, shift=@NAME)` for prologues.
+//! - Storage, once passes have chosen it: `arena BYTES` gives the size of
+//!   the activation arena; `buffer NAME: TYPE {border=[r, c], offset=BYTES}`
+//!   declares a buffer (sorted by name; `border` printed when non-zero,
+//!   `offset` once planned); a node line ending in `in BUFFER[C]` places
+//!   the node's value at channel `C` of that buffer.
 //! - `TYPE` is `f32[d, ...]` (or `f16`/`bf16`); the parser infers every
 //!   type again and rejects a printed type that differs.
 //! - `return %A, ...` lists the graph outputs in order.

@@ -4,7 +4,7 @@
 use super::attrs::{build_op, int, Attrs, Value};
 use super::lex::{lex_line, Tok};
 use crate::error::IrError;
-use crate::graph::{Constant, Graph, NodeId};
+use crate::graph::{Buffer, Constant, Graph, NodeId, Placement};
 use crate::ops::Op;
 use crate::types::{DType, TensorType};
 use std::collections::HashMap;
@@ -75,6 +75,8 @@ impl Parser {
             }
             State::Body => match c.peek() {
                 Some(Tok::Word(w)) if w == "const" => self.constant(c)?,
+                Some(Tok::Word(w)) if w == "arena" => self.arena(c)?,
+                Some(Tok::Word(w)) if w == "buffer" => self.buffer(c)?,
                 Some(Tok::Word(w)) if w == "return" => {
                     self.ret(c)?;
                     self.state = State::Returned;
@@ -115,6 +117,64 @@ impl Parser {
         added.map_err(|e| c.err(e.to_string()))
     }
 
+    /// `arena BYTES`.
+    fn arena(&mut self, c: &mut Cursor) -> Result<(), IrError> {
+        c.keyword("arena")?;
+        if self.graph.arena_bytes.is_some() {
+            return Err(c.err("`arena` given twice".into()));
+        }
+        let w = c.name("the arena size in bytes")?;
+        self.graph.arena_bytes = Some(c.big_int(&w)?);
+        Ok(())
+    }
+
+    /// `buffer NAME: type`, optionally followed by
+    /// `{border=[rows, cols], offset=BYTES}` (each key optional).
+    fn buffer(&mut self, c: &mut Cursor) -> Result<(), IrError> {
+        c.keyword("buffer")?;
+        let name = c.name("a buffer name")?;
+        c.expect(':')?;
+        let mut buf = Buffer::new(c.ty()?);
+        if c.eat('{') && !c.eat('}') {
+            let (mut border, mut offset) = (false, false);
+            loop {
+                let key = c.name("`border` or `offset`")?;
+                c.expect('=')?;
+                match key.as_str() {
+                    "border" if !border => {
+                        border = true;
+                        let l = c.list()?;
+                        let v: Vec<usize> = l
+                            .iter()
+                            .map(|w| int(w))
+                            .collect::<Result<_, _>>()
+                            .map_err(|m| c.err(m))?;
+                        buf.border = <[usize; 2]>::try_from(v.as_slice())
+                            .map_err(|_| c.err("`border` takes [rows, cols]".into()))?;
+                    }
+                    "offset" if !offset => {
+                        offset = true;
+                        let w = c.name("an offset in bytes")?;
+                        buf.offset = Some(c.big_int(&w)?);
+                    }
+                    k => {
+                        return Err(c.err(format!(
+                            "buffer `{name}`: unknown or repeated attribute `{k}`"
+                        )))
+                    }
+                }
+                if c.eat('}') {
+                    break;
+                }
+                c.expect(',')?;
+            }
+        }
+        if self.graph.buffers.insert(name.clone(), buf).is_some() {
+            return Err(c.err(format!("buffer `{name}` declared twice")));
+        }
+        Ok(())
+    }
+
     /// `%name = op(%a, ...) {key=value, ...} : type`.
     fn node(&mut self, c: &mut Cursor) -> Result<(), IrError> {
         let Some(Tok::Node(name)) = c.next() else {
@@ -146,6 +206,20 @@ impl Parser {
         };
         c.expect(':')?;
         let printed = c.ty()?;
+        let placement = if c.peek() == Some(&Tok::Word("in".into())) {
+            c.pos += 1;
+            let buffer = c.name("a buffer name")?;
+            let at = c.list()?;
+            let [w] = at.as_slice() else {
+                return Err(c.err(format!("node `{name}`: expected `[channel offset]`")));
+            };
+            Some(Placement {
+                buffer,
+                channel_offset: int(w).map_err(|m| c.err(m))?,
+            })
+        } else {
+            None
+        };
         let op = build_op(&mnemonic, attrs).map_err(|m| c.err(format!("node `{name}`: {m}")))?;
         let id = match op {
             Op::Input => self.graph.add_input(name.clone(), printed.clone()),
@@ -158,6 +232,7 @@ impl Parser {
                 "node `{name}`: printed type {printed} but the operands give {inferred}"
             )));
         }
+        self.graph.node_mut(id).placement = placement;
         self.names.insert(name, id);
         Ok(())
     }
@@ -282,6 +357,15 @@ impl Cursor {
             None => Ok(()),
             Some(t) => Err(self.err(format!("unexpected {} at end of statement", t.describe()))),
         }
+    }
+
+    /// A byte count or offset (any `usize`).
+    fn big_int(&self, w: &str) -> Result<usize, IrError> {
+        if w.is_empty() || !w.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(self.err(format!("expected a byte count, found `{w}`")));
+        }
+        w.parse::<usize>()
+            .map_err(|_| self.err(format!("byte count {w} is out of range")))
     }
 
     /// `f32[1, 3, 224, 224]`.

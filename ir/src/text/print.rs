@@ -140,6 +140,30 @@ fn render(g: &Graph) -> Vec<Line<'_>> {
     if !g.constants.is_empty() && !order.is_empty() {
         lines.push(plain(String::new()));
     }
+    if let Some(arena) = g.arena_bytes {
+        lines.push(plain(format!("  arena {arena}")));
+    }
+    for (name, b) in &g.buffers {
+        let mut t = String::from("  buffer ");
+        push_name(&mut t, name);
+        let _ = write!(t, ": {}", b.ty);
+        let mut attrs = Vec::new();
+        if b.border != [0, 0] {
+            attrs.push(("border", dims(&b.border)));
+        }
+        if let Some(o) = b.offset {
+            attrs.push(("offset", o.to_string()));
+        }
+        if !attrs.is_empty() {
+            t.push_str(" {");
+            push_attrs(&mut t, attrs);
+            t.push('}');
+        }
+        lines.push(plain(t));
+    }
+    if (g.arena_bytes.is_some() || !g.buffers.is_empty()) && !order.is_empty() {
+        lines.push(plain(String::new()));
+    }
     for id in order {
         let node = g.node(id);
         let mut t = String::from("  ");
@@ -164,6 +188,11 @@ fn render(g: &Graph) -> Vec<Line<'_>> {
             t.push('}');
         }
         let _ = write!(t, " : {}", node.ty);
+        if let Some(p) = &node.placement {
+            t.push_str(" in ");
+            push_name(&mut t, &p.buffer);
+            let _ = write!(t, "[{}]", p.channel_offset);
+        }
         lines.push(Line {
             text: t,
             subject: Subject::Node(&node.name),

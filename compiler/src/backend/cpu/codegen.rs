@@ -218,6 +218,21 @@ impl<'ctx> Cg<'ctx> {
         self.gep(p, off)
     }
 
+    /// Address of element `i` of an array of pointers.
+    pub fn ptr_elem(
+        &self,
+        array: PointerValue<'ctx>,
+        i: IntValue<'ctx>,
+    ) -> Result<PointerValue<'ctx>> {
+        // SAFETY: as for `gep`; `i` is below the array's length, which the
+        // caller allocated.
+        Ok(unsafe { self.b.build_in_bounds_gep(self.ptr, array, &[i], "")? })
+    }
+
+    pub fn load_ptr(&self, p: PointerValue<'ctx>) -> Result<PointerValue<'ctx>> {
+        Ok(self.b.build_load(self.ptr, p, "")?.into_pointer_value())
+    }
+
     // ---- floats and vectors ---------------------------------------------
 
     pub fn load_f32(&self, p: PointerValue<'ctx>) -> Result<FloatValue<'ctx>> {

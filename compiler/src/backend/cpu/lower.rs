@@ -6,13 +6,15 @@
 //! `entry.rs`). Plans only hold numbers, so they can be printed and tested
 //! without LLVM.
 
+use super::border::BorderPlan;
 use super::codegen::{Cg, Result, LANES};
 use super::conv::ConvPlan;
 use super::microkernel::Microkernels;
 use super::pack::{pad_to_vectors, WeightsBuilder};
 use super::pool::{AffinePlan, GapPlan, PoolPlan};
-use crate::backend::kernel::{Affine, KernelDesc, KernelOp};
+use crate::backend::kernel::{Affine, KernelDesc, KernelOp, View};
 use inkwell::values::{IntValue, PointerValue, VectorValue};
+use inkwell::IntPredicate;
 
 /// Tasks a kernel is split into when its shape allows: enough for a few
 /// threads to balance, few enough that per-task overheads stay small.
@@ -66,9 +68,16 @@ impl AffineRef {
     }
 }
 
-/// The lowering decision for one kernel.
+/// The lowering decision for one kernel: the op's plan, and the zeroing
+/// of the output's border slice when the output buffer has one.
 #[derive(Debug)]
-pub(crate) enum Plan {
+pub(crate) struct Plan {
+    op: OpPlan,
+    border: Option<BorderPlan>,
+}
+
+#[derive(Debug)]
+enum OpPlan {
     Conv(ConvPlan),
     Pool(PoolPlan),
     Gap(GapPlan),
@@ -79,31 +88,48 @@ impl Plan {
     /// Plan `desc` (already validated) and pack its constants into `wb`.
     pub fn new(desc: &KernelDesc, wb: &mut WeightsBuilder) -> Plan {
         let (i, o) = (&desc.input, &desc.output);
-        match &desc.op {
-            KernelOp::Conv(c) => Plan::Conv(ConvPlan::new(c, i, o, wb)),
-            KernelOp::Linear(l) => Plan::Conv(ConvPlan::linear(l, i, o, wb)),
-            KernelOp::MaxPool(p) => Plan::Pool(PoolPlan::new(p, true, i, o, wb)),
-            KernelOp::AvgPool(p) => Plan::Pool(PoolPlan::new(p, false, i, o, wb)),
+        let op = match &desc.op {
+            KernelOp::Conv(c) => OpPlan::Conv(ConvPlan::new(c, i, o, wb)),
+            KernelOp::Linear(l) => OpPlan::Conv(ConvPlan::linear(l, i, o, wb)),
+            KernelOp::MaxPool(p) => OpPlan::Pool(PoolPlan::new(p, true, i, o, wb)),
+            KernelOp::AvgPool(p) => OpPlan::Pool(PoolPlan::new(p, false, i, o, wb)),
             KernelOp::GlobalAvgPool { prologue } => {
-                Plan::Gap(GapPlan::new(prologue.as_ref(), i, o, wb))
+                OpPlan::Gap(GapPlan::new(prologue.as_ref(), i, o, wb))
             }
-            KernelOp::Affine(a) => Plan::Affine(AffinePlan::new(a, i, o, wb)),
+            KernelOp::Affine(a) => OpPlan::Affine(AffinePlan::new(a, i, o, wb)),
+        };
+        Plan {
+            op,
+            border: BorderPlan::new(o),
         }
     }
 
+    fn op_tasks(&self) -> usize {
+        match &self.op {
+            OpPlan::Conv(p) => p.tasks(),
+            OpPlan::Pool(p) => p.tasks(),
+            OpPlan::Gap(p) => p.tasks(),
+            OpPlan::Affine(p) => p.tasks(),
+        }
+    }
+
+    /// Tasks of the op, then one per image whose output border is zeroed.
     pub fn tasks(&self) -> usize {
-        match self {
-            Plan::Conv(p) => p.tasks(),
-            Plan::Pool(p) => p.tasks(),
-            Plan::Gap(p) => p.tasks(),
-            Plan::Affine(p) => p.tasks(),
+        self.op_tasks() + self.border.as_ref().map_or(0, BorderPlan::tasks)
+    }
+
+    /// Stack bytes a task call needs beyond its registers and spills.
+    pub fn stack_bytes(&self) -> usize {
+        match &self.op {
+            OpPlan::Conv(p) => p.stack_bytes(),
+            _ => 0,
         }
     }
 
     /// Floats of per-call scratch the task body needs (0 for none).
     pub fn scratch_floats(&self) -> usize {
-        match self {
-            Plan::Conv(p) => p.scratch_floats(),
+        match &self.op {
+            OpPlan::Conv(p) => p.scratch_floats(),
             _ => 0,
         }
     }
@@ -116,13 +142,65 @@ impl Plan {
         env: &Env<'ctx>,
         t: IntValue<'ctx>,
     ) -> Result<()> {
-        match self {
-            Plan::Conv(p) => p.emit_task(cg, uks, env, t),
-            Plan::Pool(p) => p.emit_task(cg, env, t),
-            Plan::Gap(p) => p.emit_task(cg, env, t),
-            Plan::Affine(p) => p.emit_task(cg, env, t),
+        let op = |t| match &self.op {
+            OpPlan::Conv(p) => p.emit_task(cg, uks, env, t),
+            OpPlan::Pool(p) => p.emit_task(cg, env, t),
+            OpPlan::Gap(p) => p.emit_task(cg, env, t),
+            OpPlan::Affine(p) => p.emit_task(cg, env, t),
+        };
+        match &self.border {
+            None => op(t),
+            Some(border) => {
+                let n = self.op_tasks();
+                let is_op =
+                    cg.b.build_int_compare(IntPredicate::ULT, t, cg.c64(n), "")?;
+                cg.if_else(
+                    is_op,
+                    || op(t),
+                    || border.emit_task(cg, env, cg.sub(t, cg.c64(n))?),
+                )
+            }
         }
     }
+}
+
+/// Pointer to channel 0 of the view's pixel `(0, 0, 0)`.
+pub(crate) fn view_base<'ctx>(
+    cg: &Cg<'ctx>,
+    env: &Env<'ctx>,
+    v: &View,
+) -> Result<PointerValue<'ctx>> {
+    cg.gepc(env.arena, v.first_element())
+}
+
+/// Pointer to pixel `p` of the view (row-major over n, h, w), from
+/// `base = view_base(v)`.
+pub(crate) fn pixel_ptr<'ctx>(
+    cg: &Cg<'ctx>,
+    base: PointerValue<'ctx>,
+    v: &View,
+    p: IntValue<'ctx>,
+) -> Result<PointerValue<'ctx>> {
+    if v.is_flat() {
+        return cg.gep2(base, p, v.pixel_stride);
+    }
+    let (n, r) = cg.divrem(p, v.h * v.w)?;
+    let (h, w) = cg.divrem(r, v.w)?;
+    pixel_at(cg, base, v, [n, h, w])
+}
+
+/// Pointer to pixel `(n, h, w)` of the view, from `base = view_base(v)`.
+pub(crate) fn pixel_at<'ctx>(
+    cg: &Cg<'ctx>,
+    base: PointerValue<'ctx>,
+    v: &View,
+    [n, h, w]: [IntValue<'ctx>; 3],
+) -> Result<PointerValue<'ctx>> {
+    let off = cg.add(
+        cg.add(cg.mulc(n, v.image_stride())?, cg.mulc(h, v.row_stride())?)?,
+        cg.mulc(w, v.pixel_stride)?,
+    )?;
+    cg.gep(base, off)
 }
 
 /// Emit `body(count)` with the constant `count` of items in block `blk`:

@@ -4,18 +4,20 @@
 //! channel.
 //!
 //! ```text
-//! void uk(const float* a, const float* b, float* c, const float* bias,
-//!         i64 kc, i1 accumulate, i1 relu)
-//!   acc[i][v] = accumulate ? c[i*C_STEP + 8v ..] : bias[8v ..]
+//! void uk(const float* a, const float* b, float* const* c, i64 col,
+//!         const float* bias, i64 kc, i1 accumulate, i1 relu)
+//!   acc[i][v] = accumulate ? c[i][col + 8v ..] : bias[8v ..]
 //!   for kh < KH, kw < KW, ic < kc:
 //!     bv[v]      = b[(kh*KW + kw)*B_TAP + ic*NR + 8v ..]          (packed weights)
 //!     acc[i][v] += splat(a[i*A_STEP + kh*A_ROW + kw*A_COL + ic]) * bv[v]
 //!   if relu: acc = max(acc, 0)
-//!   c[i*C_STEP + 8v ..] = acc[i][v]       (the last vector masked to VALID)
+//!   c[i][col + 8v ..] = acc[i][v]         (the last vector masked to VALID)
 //! ```
 //!
 //! Every stride is a compile-time constant of the [`UkSpec`]; identical specs
-//! share one function. `a` is either the input view itself or a packed panel
+//! share one function. The output pixels come as an array of `MR` pointers
+//! (a table the task fills once per pixel block), so a tile may span rows of
+//! a bordered buffer. `a` is either the input view itself or a packed panel
 //! (prologue applied, zero padding materialised), so the kernel never checks
 //! bounds.
 
@@ -44,8 +46,6 @@ pub(crate) struct UkSpec {
     pub a_col: usize,
     /// B elements per tap (input channels × block width).
     pub b_tap: usize,
-    /// C elements between consecutive tile pixels.
-    pub c_step: usize,
 }
 
 /// Micro-kernels emitted so far, by spec.
@@ -76,7 +76,16 @@ impl<'ctx> Microkernels<'ctx> {
 fn emit<'ctx>(cg: &Cg<'ctx>, s: &UkSpec, name: &str) -> Result<FunctionValue<'ctx>> {
     let p = cg.ptr.into();
     let ty = cg.ctx.void_type().fn_type(
-        &[p, p, p, p, cg.i64.into(), cg.i1.into(), cg.i1.into()],
+        &[
+            p,
+            p,
+            p,
+            cg.i64.into(),
+            p,
+            cg.i64.into(),
+            cg.i1.into(),
+            cg.i1.into(),
+        ],
         false,
     );
     let f = cg.function(name, ty, Linkage::Internal);
@@ -84,18 +93,24 @@ fn emit<'ctx>(cg: &Cg<'ctx>, s: &UkSpec, name: &str) -> Result<FunctionValue<'ct
     // into each call site multiplies compile time for no measurable gain
     // (a call per tile of thousands of FMAs).
     cg.noinline(f);
-    for i in 0..4 {
+    for i in [0, 1, 2, 4] {
         cg.noalias_param(f, i);
     }
-    let (a, b, c, bias) = (
+    let (a, b, cs, col, bias) = (
         cg.param_ptr(f, 0)?,
         cg.param_ptr(f, 1)?,
         cg.param_ptr(f, 2)?,
-        cg.param_ptr(f, 3)?,
+        cg.param_int(f, 3)?,
+        cg.param_ptr(f, 4)?,
     );
-    let kc = cg.param_int(f, 4)?;
-    let accumulate = cg.param_int(f, 5)?;
-    let relu = cg.param_int(f, 6)?;
+    let mut c = Vec::with_capacity(s.mr);
+    for i in 0..s.mr {
+        let pixel = cg.load_ptr(cg.ptr_elem(cs, cg.c64(i))?)?;
+        c.push(cg.gep(pixel, col)?);
+    }
+    let kc = cg.param_int(f, 5)?;
+    let accumulate = cg.param_int(f, 6)?;
+    let relu = cg.param_int(f, 7)?;
     let nr = s.nv * LANES;
     let lanes = |v: usize| (s.valid - v * LANES).min(LANES);
 
@@ -108,7 +123,7 @@ fn emit<'ctx>(cg: &Cg<'ctx>, s: &UkSpec, name: &str) -> Result<FunctionValue<'ct
         || {
             for i in 0..s.mr {
                 for v in 0..s.nv {
-                    let pc = cg.gepc(c, i * s.c_step + v * LANES)?;
+                    let pc = cg.gepc(c[i], v * LANES)?;
                     cg.store_slot(acc[i * s.nv + v], cg.load_v(pc, lanes(v))?)?;
                 }
             }
@@ -171,7 +186,7 @@ fn emit<'ctx>(cg: &Cg<'ctx>, s: &UkSpec, name: &str) -> Result<FunctionValue<'ct
     })?;
     for i in 0..s.mr {
         for v in 0..s.nv {
-            let pc = cg.gepc(c, i * s.c_step + v * LANES)?;
+            let pc = cg.gepc(c[i], v * LANES)?;
             cg.store_v(cg.load_slot(acc[i * s.nv + v])?, pc, lanes(v))?;
         }
     }

@@ -37,9 +37,15 @@
 //! threads need a modest stack (the 2 MiB Rust default is ample).
 //!
 //! The code calls nothing but `parallel_for` (linked with `-z defs`; it may
-//! reference libc's `memset`/`memcpy` if LLVM forms them). Weights and arena
-//! may be at any 4-byte alignment; 64 bytes is faster.
+//! reference libc's `memset`/`memcpy` if LLVM forms them) and has no global
+//! state: one loaded object serves any number of contexts concurrently.
+//! Weights and arena may be at any 4-byte alignment; 64 bytes is faster.
+//! Shapes, the batch size and arena offsets are compile-time constants: one
+//! shared object per (graph, batch), its arena at least
+//! [`CompiledCpu::arena_bytes`] (with inputs placed by
+//! [`crate::backend::graph::kernels_of`], its `arena_bytes`).
 
+mod border;
 mod codegen;
 mod conv;
 mod entry;
@@ -124,6 +130,42 @@ pub struct CompiledCpu {
     pub asm: Option<String>,
 }
 
+impl CompiledCpu {
+    /// Write the inspectable artefacts into `dir` (for `--dump-dir`):
+    /// `cpu-before-opt.ll`, `cpu-after-opt.ll`, `cpu.s` when assembly was
+    /// asked for, and `cpu-kernels.txt` (target, then per kernel its tasks,
+    /// MACs and tiling plan).
+    pub fn dump(&self, dir: &std::path::Path) -> Result<(), BackendError> {
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).map_err(|source| BackendError::Io {
+                context: format!("writing {}", path.display()),
+                source,
+            })
+        };
+        write("cpu-before-opt.ll", &self.llvm_ir_before)?;
+        write("cpu-after-opt.ll", &self.llvm_ir_after)?;
+        if let Some(asm) = &self.asm {
+            write("cpu.s", asm)?;
+        }
+        let mut table = format!(
+            "target {} cpu {} features {}\narena_bytes {} weights_bytes {}\n",
+            self.target.triple,
+            self.target.cpu,
+            self.target.features,
+            self.arena_bytes,
+            self.packed_weights.len()
+        );
+        for (i, k) in self.kernels.iter().enumerate() {
+            table.push_str(&format!(
+                "{i:4} {} tasks={} macs={} {}\n",
+                k.symbol, k.tasks, k.macs, k.plan
+            ));
+        }
+        write("cpu-kernels.txt", &table)
+    }
+}
+
 /// The O3 pipeline without LLVM's own unrolling and vectorisation: the
 /// kernels are emitted already vectorised and register-blocked, and letting
 /// LLVM fully unroll every constant-trip packing loop multiplies code size
@@ -156,11 +198,11 @@ pub fn compile(kernels: &[KernelDesc], opts: &CpuOptions) -> Result<CompiledCpu,
         .map(|k| (k.name.clone(), Plan::new(k, &mut wb)))
         .collect();
     for (index, (name, plan)) in plans.iter().enumerate() {
-        if plan.scratch_floats() * 4 > MAX_TASK_STACK {
+        if plan.stack_bytes() > MAX_TASK_STACK {
             return Err(BackendError::InvalidKernel {
                 index,
                 name: name.clone(),
-                message: format!("needs {} bytes of scratch", plan.scratch_floats() * 4),
+                message: format!("needs {} bytes of stack scratch", plan.stack_bytes()),
             });
         }
     }

@@ -5,7 +5,7 @@
 //! (with the divisor counting them) zero padding for average.
 
 use super::codegen::{Cg, Result, LANES};
-use super::lower::{split_last, AffineRef, Env, TARGET_TASKS};
+use super::lower::{pixel_at, pixel_ptr, split_last, view_base, AffineRef, Env, TARGET_TASKS};
 use super::pack::WeightsBuilder;
 use crate::backend::kernel::{Affine, PoolKernel, View};
 use inkwell::values::{IntValue, PointerValue, VectorValue};
@@ -58,34 +58,28 @@ impl PoolPlan {
 
     pub fn emit_task<'ctx>(&self, cg: &Cg<'ctx>, env: &Env<'ctx>, t: IntValue<'ctx>) -> Result<()> {
         let (n_i, oh_i) = cg.divrem(t, self.oh)?;
-        let img = cg.gep2(
-            cg.gepc(env.arena, self.input.first_element())?,
-            n_i,
-            self.h * self.w * self.input.pixel_stride,
-        )?;
-        let out_row = cg.add(cg.mulc(n_i, self.oh)?, oh_i)?;
-        let out_row = cg.gep2(
-            cg.gepc(env.arena, self.output.first_element())?,
-            out_row,
-            self.ow * self.output.pixel_stride,
-        )?;
+        let (iv, ov) = (&self.input, &self.output);
+        let img = cg.gep2(view_base(cg, env, iv)?, n_i, iv.image_stride())?;
+        let out_row = pixel_at(cg, view_base(cg, env, ov)?, ov, [n_i, oh_i, cg.c64(0)])?;
         let ih0 = cg.sub(cg.mulc(oh_i, self.s[0])?, cg.c64(self.p[0]))?;
         let init = cg.splat_c(if self.max { f32::NEG_INFINITY } else { 0.0 });
         let scale = cg.splat_c(1.0 / (self.k[0] * self.k[1]) as f32);
         cg.for_n(self.ow, |ow_i| {
             let iw0 = cg.sub(cg.mulc(ow_i, self.s[1])?, cg.c64(self.p[1]))?;
-            let dst = cg.gep2(out_row, ow_i, self.output.pixel_stride)?;
+            let dst = cg.gep2(out_row, ow_i, ov.pixel_stride)?;
             cg.for_channel_vectors(self.c, |c, lanes| {
                 let acc = cg.vec_slot(init)?;
-                cg.for_n(self.k[0], |y| {
-                    let ih = cg.add(ih0, y)?;
+                // Taps unrolled (windows are small); the bounds checks only
+                // where padding can put a tap outside the image.
+                let padded = self.p != [0, 0];
+                for y in 0..self.k[0] {
+                    let ih = cg.addc(ih0, y)?;
                     let row_ok = cg.in_range(ih, 0, self.h)?;
-                    cg.for_n(self.k[1], |x| {
-                        let iw = cg.add(iw0, x)?;
-                        let ok = cg.b.build_and(row_ok, cg.in_range(iw, 0, self.w)?, "")?;
-                        cg.if_then(ok, || {
-                            let px = cg.add(cg.mulc(ih, self.w)?, iw)?;
-                            let src = cg.gep(cg.gep2(img, px, self.input.pixel_stride)?, c)?;
+                    for x in 0..self.k[1] {
+                        let iw = cg.addc(iw0, x)?;
+                        let tap = || {
+                            let row = cg.gep2(img, ih, iv.row_stride())?;
+                            let src = cg.gep(cg.gep2(row, iw, iv.pixel_stride)?, c)?;
                             let v = load_prologue(cg, env, self.prologue, src, c, lanes)?;
                             let a = cg.load_slot(acc)?;
                             let r = if self.max {
@@ -94,9 +88,15 @@ impl PoolPlan {
                                 cg.fadd(a, v)?
                             };
                             cg.store_slot(acc, r)
-                        })
-                    })
-                })?;
+                        };
+                        if padded {
+                            let ok = cg.b.build_and(row_ok, cg.in_range(iw, 0, self.w)?, "")?;
+                            cg.if_then(ok, tap)?;
+                        } else {
+                            tap()?;
+                        }
+                    }
+                }
                 let mut r = cg.load_slot(acc)?;
                 if !self.max {
                     r = cg.fmul(r, scale)?;
@@ -152,18 +152,8 @@ impl GapPlan {
         let hw = i.h * i.w;
         let (n_i, ch) = cg.divrem(t, self.chunks)?;
         let c0 = cg.mulc(ch, GAP_CHUNK)?;
-        let src0 = cg.gep(
-            cg.gep2(
-                cg.gepc(env.arena, i.first_element())?,
-                n_i,
-                hw * i.pixel_stride,
-            )?,
-            c0,
-        )?;
-        let dst = cg.gep(
-            cg.gep2(cg.gepc(env.arena, o.first_element())?, n_i, o.pixel_stride)?,
-            c0,
-        )?;
+        let img = cg.gep(cg.gep2(view_base(cg, env, i)?, n_i, i.image_stride())?, c0)?;
+        let dst = cg.gep(cg.gep2(view_base(cg, env, o)?, n_i, o.image_stride())?, c0)?;
         let last = i.channels - (self.chunks - 1) * GAP_CHUNK;
         split_last(cg, ch, self.chunks, GAP_CHUNK, last, |count| {
             let nvec = count.div_ceil(LANES);
@@ -172,21 +162,18 @@ impl GapPlan {
             for _ in 0..nvec {
                 acc.push(cg.vec_slot(cg.v8.const_zero())?);
             }
-            cg.for_n(hw, |px| {
-                let src = cg.gep2(src0, px, i.pixel_stride)?;
-                for (v, slot) in acc.iter().enumerate() {
-                    let c = cg.addc(c0, v * LANES)?;
-                    let x = load_prologue(
-                        cg,
-                        env,
-                        self.prologue,
-                        cg.gepc(src, v * LANES)?,
-                        c,
-                        lanes(v),
-                    )?;
-                    cg.store_slot(*slot, cg.fadd(cg.load_slot(*slot)?, x)?)?;
-                }
-                Ok(())
+            cg.for_n(i.h, |y| {
+                let row = cg.gep2(img, y, i.row_stride())?;
+                cg.for_n(i.w, |x| {
+                    let src = cg.gep2(row, x, i.pixel_stride)?;
+                    for (v, slot) in acc.iter().enumerate() {
+                        let c = cg.addc(c0, v * LANES)?;
+                        let p = cg.gepc(src, v * LANES)?;
+                        let x = load_prologue(cg, env, self.prologue, p, c, lanes(v))?;
+                        cg.store_slot(*slot, cg.fadd(cg.load_slot(*slot)?, x)?)?;
+                    }
+                    Ok(())
+                })
             })?;
             let inv = cg.splat_c(1.0 / hw as f32);
             for (v, slot) in acc.iter().enumerate() {
@@ -227,21 +214,16 @@ impl AffinePlan {
 
     pub fn emit_task<'ctx>(&self, cg: &Cg<'ctx>, env: &Env<'ctx>, t: IntValue<'ctx>) -> Result<()> {
         let (i, o) = (&self.input, &self.output);
-        let src0 = cg.gep2(
-            cg.gepc(env.arena, i.first_element())?,
-            t,
-            self.block * i.pixel_stride,
-        )?;
-        let dst0 = cg.gep2(
-            cg.gepc(env.arena, o.first_element())?,
-            t,
-            self.block * o.pixel_stride,
-        )?;
+        let (in_base, out_base) = (view_base(cg, env, i)?, view_base(cg, env, o)?);
+        let p0 = cg.mulc(t, self.block)?;
         let last = i.pixels() - (self.blocks - 1) * self.block;
         split_last(cg, t, self.blocks, self.block, last, |count| {
             cg.for_n(count, |px| {
-                let src = cg.gep2(src0, px, i.pixel_stride)?;
-                let dst = cg.gep2(dst0, px, o.pixel_stride)?;
+                let p = cg.add(p0, px)?;
+                let (src, dst) = (
+                    pixel_ptr(cg, in_base, i, p)?,
+                    pixel_ptr(cg, out_base, o, p)?,
+                );
                 cg.for_channel_vectors(i.channels, |c, lanes| {
                     let y = load_prologue(cg, env, Some(self.affine), cg.gep(src, c)?, c, lanes)?;
                     cg.store_v(y, cg.gep(dst, c)?, lanes)

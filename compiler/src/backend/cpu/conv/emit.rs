@@ -3,7 +3,7 @@
 
 use super::{ConvPlan, Mode};
 use crate::backend::cpu::codegen::{Cg, Result, LANES};
-use crate::backend::cpu::lower::{split_last, Env};
+use crate::backend::cpu::lower::{pixel_at, pixel_ptr, split_last, view_base, Env};
 use crate::backend::cpu::microkernel::{Microkernels, UkSpec};
 use crate::backend::BackendError;
 use inkwell::values::{IntValue, PointerValue};
@@ -13,7 +13,13 @@ fn scratch<'ctx>(env: &Env<'ctx>) -> Result<PointerValue<'ctx>> {
         .ok_or_else(|| BackendError::Codegen("convolution panel without scratch".into()))
 }
 
+fn wrong_mode(mode: Mode) -> BackendError {
+    BackendError::Codegen(format!("convolution emitter called for {mode:?}"))
+}
+
 impl ConvPlan {
+    /// Task `t` is (pixel block or row segment, output-channel group), the
+    /// group fastest.
     pub fn emit_task<'ctx>(
         &self,
         cg: &Cg<'ctx>,
@@ -53,21 +59,27 @@ impl ConvPlan {
         count: usize,
     ) -> Result<()> {
         let Mode::Gemm { mc, pack, .. } = self.mode else {
-            return Ok(());
+            return Err(wrong_mode(self.mode));
         };
-        let in0 = cg.gep2(cg.gepc(env.arena, self.in_base)?, mb, mc * self.in_ps)?;
-        let out0 = cg.gep2(cg.gepc(env.arena, self.out_base)?, mb, mc * self.out_ps)?;
+        let (iv, ov) = (&self.input, &self.output);
+        let (in_base, out_base) = (view_base(cg, env, iv)?, view_base(cg, env, ov)?);
+        let p0 = cg.mulc(mb, mc)?;
+        let table = self.pixel_table(cg, count, |i| pixel_ptr(cg, out_base, ov, cg.add(p0, i)?))?;
         self.for_chunks(cg, |c0, kc, acc, relu| {
             let (a, a_step) = if pack {
                 let panel = scratch(env)?;
                 cg.for_n(count, |i| {
-                    let src = cg.gep(cg.gep2(in0, i, self.in_ps)?, c0)?;
+                    let src = cg.gep(pixel_ptr(cg, in_base, iv, cg.add(p0, i)?)?, c0)?;
                     let dst = cg.gep2(panel, i, self.kcp)?;
                     self.copy_channels(cg, env, src, dst, c0, kc)
                 })?;
                 (panel, self.kcp)
             } else {
-                (cg.gep(in0, c0)?, self.in_ps)
+                // Only for a flat input (see `ConvPlan::new`).
+                (
+                    cg.gep(pixel_ptr(cg, in_base, iv, p0)?, c0)?,
+                    iv.pixel_stride,
+                )
             };
             self.for_blocks(cg, env, og, |w, bias, col, nv, valid| {
                 let spec = UkSpec {
@@ -79,11 +91,19 @@ impl ConvPlan {
                     a_row: 0,
                     a_col: 0,
                     b_tap: 0,
-                    c_step: self.out_ps,
                 };
                 let b = cg.gep(w, cg.mulc(c0, nv * LANES)?)?;
-                let c = cg.gep(out0, col)?;
-                self.for_tiles(cg, uks, spec, count, [a, b, c, bias], kc, acc, relu)
+                self.for_tiles(
+                    cg,
+                    uks,
+                    spec,
+                    count,
+                    [a, b, table, bias],
+                    col,
+                    kc,
+                    acc,
+                    relu,
+                )
             })
         })
     }
@@ -102,25 +122,19 @@ impl ConvPlan {
             ..
         } = self.mode
         else {
-            return Ok(());
+            return Err(wrong_mode(self.mode));
         };
         let panel = scratch(env)?;
         let [kh, kw] = self.k;
         let [sh, sw] = self.s;
         let ow0 = cg.mulc(owb_i, owb)?;
-        let img = cg.gep2(
-            cg.gepc(env.arena, self.in_base)?,
-            n_i,
-            self.h * self.w * self.in_ps,
-        )?;
-        let out_px = cg.add(
-            cg.mulc(cg.add(cg.mulc(n_i, self.oh)?, oh_i)?, self.ow)?,
-            ow0,
-        )?;
-        let out0 = cg.gep2(cg.gepc(env.arena, self.out_base)?, out_px, self.out_ps)?;
+        let (iv, ov) = (&self.input, &self.output);
+        let img = cg.gep2(view_base(cg, env, iv)?, n_i, iv.image_stride())?;
+        let out0 = pixel_at(cg, view_base(cg, env, ov)?, ov, [n_i, oh_i, ow0])?;
         let ih0 = cg.sub(cg.mulc(oh_i, sh)?, cg.c64(self.p[0]))?;
         let iw0 = cg.sub(cg.mulc(ow0, sw)?, cg.c64(self.p[1]))?;
         let span = (count - 1) * sw + kw;
+        let table = self.pixel_table(cg, count, |i| cg.gep2(out0, i, ov.pixel_stride))?;
         self.for_chunks(cg, |c0, kc, acc, relu| {
             cg.for_n(kh, |y| {
                 let ih = cg.add(ih0, y)?;
@@ -133,8 +147,8 @@ impl ConvPlan {
                     cg.if_else(
                         ok,
                         || {
-                            let px = cg.add(cg.mulc(ih, self.w)?, iw)?;
-                            let src = cg.gep(cg.gep2(img, px, self.in_ps)?, c0)?;
+                            let row = cg.gep2(img, ih, iv.row_stride())?;
+                            let src = cg.gep(cg.gep2(row, iw, iv.pixel_stride)?, c0)?;
                             self.copy_channels(cg, env, src, dst, c0, kc)
                         },
                         || {
@@ -157,11 +171,19 @@ impl ConvPlan {
                     a_row: span_max * self.kcp,
                     a_col: self.kcp,
                     b_tap: self.ic * nr,
-                    c_step: self.out_ps,
                 };
                 let b = cg.gep(w, cg.mulc(c0, nr)?)?;
-                let c = cg.gep(out0, col)?;
-                self.for_tiles(cg, uks, spec, count, [panel, b, c, bias], kc, acc, relu)
+                self.for_tiles(
+                    cg,
+                    uks,
+                    spec,
+                    count,
+                    [panel, b, table, bias],
+                    col,
+                    kc,
+                    acc,
+                    relu,
+                )
             })
         })
     }
@@ -284,8 +306,28 @@ impl ConvPlan {
         Ok(())
     }
 
+    /// A stack table of pointers to the `count` output pixels of the task,
+    /// `ptr(i)` each, filled by a loop: the micro-kernel reads its tile's
+    /// pixel addresses from it.
+    fn pixel_table<'ctx>(
+        &self,
+        cg: &Cg<'ctx>,
+        count: usize,
+        ptr: impl Fn(IntValue<'ctx>) -> Result<PointerValue<'ctx>>,
+    ) -> Result<PointerValue<'ctx>> {
+        let len = u32::try_from(self.max_block_pixels())
+            .map_err(|_| BackendError::Codegen("pixel table too large".into()))?;
+        let table = cg.entry_alloca(cg.ptr.array_type(len).into(), "pixels")?;
+        cg.for_range(cg.c64(0), cg.c64(count), 1, |i| {
+            cg.b.build_store(cg.ptr_elem(table, i)?, ptr(i)?)?;
+            Ok(())
+        })?;
+        Ok(table)
+    }
+
     /// Call the micro-kernel over `count` tile pixels: full `mr` tiles, then
-    /// one shorter tile for the remainder.
+    /// one shorter tile for the remainder. `table` holds the output pixel
+    /// pointers, `col` the block's first channel.
     #[allow(clippy::too_many_arguments)]
     fn for_tiles<'ctx>(
         &self,
@@ -293,7 +335,8 @@ impl ConvPlan {
         uks: &Microkernels<'ctx>,
         spec: UkSpec,
         count: usize,
-        [a, b, c, bias]: [PointerValue<'ctx>; 4],
+        [a, b, table, bias]: [PointerValue<'ctx>; 4],
+        col: IntValue<'ctx>,
         kc: usize,
         acc: IntValue<'ctx>,
         relu: IntValue<'ctx>,
@@ -301,11 +344,12 @@ impl ConvPlan {
         let call = |mr: usize, tile: IntValue<'ctx>| -> Result<()> {
             let f = uks.get(cg, UkSpec { mr, ..spec })?;
             let a = cg.gep2(a, tile, spec.mr * spec.a_step)?;
-            let c = cg.gep2(c, tile, spec.mr * spec.c_step)?;
+            let cs = cg.ptr_elem(table, cg.mulc(tile, spec.mr)?)?;
             let args = [
                 a.into(),
                 b.into(),
-                c.into(),
+                cs.into(),
+                col.into(),
                 bias.into(),
                 cg.c64(kc).into(),
                 acc.into(),

@@ -6,8 +6,10 @@
 //!   across rows and images, are the GEMM's M dimension. A task is a block of
 //!   `mc` pixels × a group of output-channel blocks. With a prologue, each
 //!   input-channel chunk of the pixel block is first packed into a panel with
-//!   the affine+ReLU applied (vectorised along channels); without one, the
-//!   micro-kernel reads the strided input view directly.
+//!   the affine+ReLU applied (vectorised along channels); without one (and
+//!   without an input border), the micro-kernel reads the strided input view
+//!   directly. Output pixels are addressed one by one, so a block may cross
+//!   rows of a bordered output.
 //! - **Direct** (any kernel, stride, padding): a task is `owb` output pixels
 //!   of one output row × a group of output-channel blocks. The input rows the
 //!   task needs are packed into a panel `[KH][span][kc]` with the prologue
@@ -58,10 +60,8 @@ pub(crate) struct ConvPlan {
     pub k: [usize; 2],
     pub s: [usize; 2],
     pub p: [usize; 2],
-    in_base: usize,
-    in_ps: usize,
-    out_base: usize,
-    out_ps: usize,
+    input: View,
+    output: View,
     prologue: Option<AffineRef>,
     relu: bool,
     pub blocking: OcBlocking,
@@ -121,7 +121,9 @@ impl ConvPlan {
                 mc = round_up(m.div_ceil(TARGET_TASKS), mr).clamp(mr, mc);
             }
             let mblocks = m.div_ceil(mc);
-            let pack = prologue.is_some();
+            // The micro-kernel reads A at a constant pixel stride: a
+            // prologue or a bordered input goes through a packed panel.
+            let pack = prologue.is_some() || !i.is_flat();
             (
                 Mode::Gemm {
                     m,
@@ -176,10 +178,8 @@ impl ConvPlan {
             k: c.kernel,
             s: c.stride,
             p: c.padding,
-            in_base: i.first_element(),
-            in_ps: i.pixel_stride,
-            out_base: o.first_element(),
-            out_ps: o.pixel_stride,
+            input: *i,
+            output: *o,
             prologue,
             relu: c.relu,
             blocking,
@@ -215,6 +215,19 @@ impl ConvPlan {
             Mode::Direct { n_owb, .. } => self.n * self.oh * n_owb,
         };
         rows * self.groups
+    }
+
+    /// Stack bytes of a task call: the panel and the pixel-pointer table.
+    pub fn stack_bytes(&self) -> usize {
+        self.scratch_floats() * 4 + self.max_block_pixels() * 8
+    }
+
+    /// Output pixels one task covers at most.
+    fn max_block_pixels(&self) -> usize {
+        match self.mode {
+            Mode::Gemm { mc, .. } => mc,
+            Mode::Direct { owb, .. } => owb,
+        }
     }
 
     pub fn scratch_floats(&self) -> usize {
@@ -282,10 +295,7 @@ mod tests {
                 p.tasks() >= TARGET_TASKS,
                 "{hw}x{hw} {ic}->{oc} k{k}: {p:?}"
             );
-            assert!(
-                p.scratch_floats() * 4 <= super::super::MAX_TASK_STACK,
-                "{p:?}"
-            );
+            assert!(p.stack_bytes() <= super::super::MAX_TASK_STACK, "{p:?}");
             let gemm = matches!(p.mode, Mode::Gemm { .. });
             assert_eq!(gemm, k == 1 && s == 1);
         }

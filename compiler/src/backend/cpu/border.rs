@@ -1,0 +1,71 @@
+//! Zeroing an output view's slice of its buffer's zero border.
+//!
+//! The memory plan gives a buffer a border when all its readers are padded
+//! convolutions without a prologue, and makes the buffer's writers
+//! responsible for the zeros (see `ir::Buffer`). Each writer zeroes its own
+//! channel slice of every border pixel, once per run, as extra tasks (one
+//! per image) after the op's own.
+
+use super::codegen::{Cg, Result, LANES};
+use super::lower::Env;
+use crate::backend::kernel::View;
+use inkwell::values::{IntValue, PointerValue};
+
+#[derive(Debug)]
+pub(crate) struct BorderPlan {
+    view: View,
+}
+
+impl BorderPlan {
+    /// A plan for `v`'s border, if it has one.
+    pub fn new(v: &View) -> Option<BorderPlan> {
+        (!v.is_flat()).then_some(BorderPlan { view: *v })
+    }
+
+    pub fn tasks(&self) -> usize {
+        self.view.n
+    }
+
+    /// Zero the border slice of image `n`.
+    pub fn emit_task<'ctx>(&self, cg: &Cg<'ctx>, env: &Env<'ctx>, n: IntValue<'ctx>) -> Result<()> {
+        let v = &self.view;
+        let [bh, bw] = v.border;
+        let (rows, cols) = (v.h + 2 * bh, v.w + 2 * bw);
+        // Stored pixel (0, 0) of image n, first channel of the view.
+        let image = cg.gep2(
+            cg.gepc(env.arena, v.offset / 4 + v.channel_offset)?,
+            n,
+            v.image_stride(),
+        )?;
+        cg.for_n(rows, |r| {
+            let row = cg.gep2(image, r, v.row_stride())?;
+            let inner = cg.in_range(r, bh, bh + v.h)?;
+            cg.if_else(
+                inner,
+                || {
+                    self.zero(cg, row, 0, bw)?;
+                    self.zero(cg, row, bw + v.w, cols)
+                },
+                || self.zero(cg, row, 0, cols),
+            )
+        })
+    }
+
+    /// Zero the view's channels of pixels `[from, to)` of a stored row.
+    fn zero<'ctx>(
+        &self,
+        cg: &Cg<'ctx>,
+        row: PointerValue<'ctx>,
+        from: usize,
+        to: usize,
+    ) -> Result<()> {
+        let v = &self.view;
+        let first = cg.gepc(row, from * v.pixel_stride)?;
+        cg.for_n(to.saturating_sub(from), |x| {
+            let px = cg.gep2(first, x, v.pixel_stride)?;
+            cg.for_channel_vectors(v.channels, |c, lanes| {
+                cg.store_v(cg.v8.const_zero(), cg.gep(px, c)?, lanes.min(LANES))
+            })
+        })
+    }
+}

@@ -1,0 +1,107 @@
+//! The kernel descriptions fit the memory-planned graph: build a DenseNet,
+//! run the whole pass pipeline (BN folding, prologue fusion, transition
+//! reorder, concat in place, memory plan with zero borders), map every
+//! planned node to a `KernelDesc` over `View::of_value` views, compile,
+//! run, and compare with the reference executor on the *unoptimised* graph.
+//!
+//! The mapping is `backend::graph::kernels_of`.
+
+mod cpu_kernels_support;
+
+use compiler::backend::cpu::{self, CpuOptions};
+use compiler::backend::graph::{kernels_of, GraphKernels};
+use compiler::builder::{build, ConfigOverrides, DenseNetConfig, Stem};
+use compiler::passes::optimize;
+use cpu_kernels_support::{Arena, Loaded, Pfor};
+use ir::reference::Tensor;
+
+/// Returns how many kernels write a bordered buffer.
+fn check(arch: &str, o: ConfigOverrides, batch: usize, seed: u64) -> usize {
+    let cfg = DenseNetConfig::resolve(Some(arch), &o).expect("config");
+    let mut g = build(&cfg, batch).expect("build");
+    compiler::weights::randomize(&mut g, seed);
+    let x: Vec<Tensor> = g
+        .inputs()
+        .iter()
+        .map(|&i| Tensor::random_uniform(g.node(i).ty.shape.clone(), seed, -1.0, 1.0))
+        .collect();
+    let want = ir::reference::run(&g, &x).expect("reference");
+
+    let mut planned = g.clone();
+    optimize(&mut planned, true).expect("pipeline");
+    let GraphKernels {
+        kernels,
+        inputs: in_views,
+        outputs: out_views,
+        arena_bytes,
+    } = kernels_of(&planned).expect("kernels");
+    let compiled = cpu::compile(&kernels, &CpuOptions::default()).expect("compile");
+    let lib = Loaded::new(&compiled);
+    assert!(compiled.arena_bytes <= arena_bytes);
+    for pfor in [Pfor::Sequential, Pfor::TwoThreads, Pfor::ReverseSingles] {
+        let mut arena = Arena::new(arena_bytes);
+        for (v, t) in in_views.iter().zip(&x) {
+            arena.write(v, t);
+        }
+        lib.run(&mut arena, pfor);
+        for (v, w) in out_views.iter().zip(&want) {
+            let got = arena.read(v, &w.shape);
+            let err = got.rel_error(w).expect("shape");
+            assert!(
+                err <= 1e-4,
+                "{arch} b{batch} ({pfor:?}): relative error {err:e}"
+            );
+        }
+    }
+    // Kernel by kernel through `dnc_run_kernel`, as a profiler would.
+    let mut arena = Arena::new(arena_bytes);
+    for (v, t) in in_views.iter().zip(&x) {
+        arena.write(v, t);
+    }
+    for k in 0..kernels.len() {
+        assert_eq!(lib.run_kernel(&mut arena, k as i64), 0);
+    }
+    let got = arena.read(&out_views[0], &want[0].shape);
+    assert!(
+        got.rel_error(&want[0]).expect("shape") <= 1e-4,
+        "{arch}: kernel by kernel"
+    );
+    kernels.iter().filter(|k| !k.output.is_flat()).count()
+}
+
+#[test]
+fn planned_densenet_bc_runs_on_the_cpu_backend() {
+    let o = ConfigOverrides {
+        block_config: Some(vec![2, 3, 2]),
+        image_size: Some(11),
+        ..Default::default()
+    };
+    // Every bottleneck output is stored with a zero border.
+    assert_eq!(check("densenet-bc-100", o, 2, 3), 7);
+}
+
+#[test]
+fn planned_imagenet_stem_with_conv_bias_runs_on_the_cpu_backend() {
+    let o = ConfigOverrides {
+        block_config: Some(vec![2, 2]),
+        growth_rate: Some(8),
+        num_init_features: Some(16),
+        image_size: Some(33),
+        num_classes: Some(10),
+        conv_bias: Some(true),
+        ..Default::default()
+    };
+    assert_eq!(check("densenet121", o, 1, 4), 4);
+}
+
+#[test]
+fn planned_plain_densenet_runs_on_the_cpu_backend() {
+    let o = ConfigOverrides {
+        block_config: Some(vec![3, 2]),
+        image_size: Some(9),
+        stem: Some(Stem::Cifar),
+        ..Default::default()
+    };
+    // Plain layers: every 3x3 conv has a prologue, so no border.
+    assert_eq!(check("densenet-40", o, 1, 5), 0);
+}
