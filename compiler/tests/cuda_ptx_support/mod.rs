@@ -38,7 +38,7 @@ pub fn arena(bytes: usize) -> Vec<f32> {
 }
 
 fn index(v: &View, n: usize, c: usize, h: usize, w: usize) -> usize {
-    v.first_element() + ((n * v.h + h) * v.w + w) * v.pixel_stride + c
+    v.element(n, h, w, c)
 }
 
 /// Store an NCHW (or `[N, C]`) tensor into the view.
@@ -84,6 +84,8 @@ pub enum Layout {
     Block,
     /// The same view in and out (in-place affine).
     InPlace,
+    /// Strided buffers stored with zero borders (`[1, 1]` in, `[2, 1]` out).
+    Bordered,
 }
 
 fn views(layout: Layout, i: [usize; 4], o: [usize; 4]) -> (View, View) {
@@ -103,6 +105,7 @@ fn views(layout: Layout, i: [usize; 4], o: [usize; 4]) -> (View, View) {
                 channels: c,
                 pixel_stride: c + 5,
                 channel_offset: 3,
+                border: [0, 0],
             };
             let ov = View {
                 offset: iv.end_bytes() + 8,
@@ -112,8 +115,18 @@ fn views(layout: Layout, i: [usize; 4], o: [usize; 4]) -> (View, View) {
                 channels: oc,
                 pixel_stride: oc + 7,
                 channel_offset: 1,
+                border: [0, 0],
             };
             (iv, ov)
+        }
+        Layout::Bordered => {
+            let (iv, ov) = views(Layout::Strided, i, o);
+            let iv = iv.with_border([1, 1]);
+            let ov = View {
+                offset: iv.end_bytes() + 8,
+                ..ov
+            };
+            (iv, ov.with_border([2, 1]))
         }
         Layout::Block => {
             assert_eq!((h, w), (oh, ow), "a block buffer needs equal extents");
@@ -125,6 +138,7 @@ fn views(layout: Layout, i: [usize; 4], o: [usize; 4]) -> (View, View) {
                 channels: c,
                 pixel_stride: c + oc + 3,
                 channel_offset: 0,
+                border: [1, 1],
             };
             (buf, buf.slice(c, oc))
         }
@@ -137,13 +151,16 @@ fn views(layout: Layout, i: [usize; 4], o: [usize; 4]) -> (View, View) {
                 channels: c,
                 pixel_stride: c + 2,
                 channel_offset: 1,
+                border: [0, 0],
             };
             (v, v)
         }
     }
 }
 
-/// A case in one line, e.g. `conv n2 c20 5x7 oc12 k3 s2 p1 pro bias relu block`.
+/// A case in one line, e.g. `conv n2 c20 5x7 oc12 k3 s2 p1 pro bias relu block`
+/// (layouts: dense by default, `strided`, `block` (bordered), `bordered`,
+/// `inplace`).
 /// Op: `conv`, `max`, `avg`, `gap`, `linear` (input `cI`, `ocO`), `affine`.
 /// Prologue: `pro` (positive shifts, ReLU: wrongly affine padding shows),
 /// `neg` (all negative, no ReLU: zero instead of -inf padding shows).
@@ -170,6 +187,7 @@ pub fn case(seed: u64, spec: &str) -> Case {
             "strided" => layout = Layout::Strided,
             "block" => layout = Layout::Block,
             "inplace" => layout = Layout::InPlace,
+            "bordered" => layout = Layout::Bordered,
             t if t.starts_with("oc") => oc = pair(&t[2..])[0],
             t if t.starts_with('n') => shape[0] = pair(&t[1..])[0],
             t if t.starts_with('c') => shape[1] = pair(&t[1..])[0],

@@ -77,6 +77,7 @@ pub(crate) trait Kb {
     fn fma(&mut self, a: Self::F, b: Self::F, c: Self::F) -> Result<Self::F>;
     fn fmax(&mut self, a: Self::F, b: Self::F) -> Result<Self::F>;
     fn select(&mut self, c: Self::B, a: Self::F, b: Self::F) -> Result<Self::F>;
+    fn selecti(&mut self, c: Self::B, a: Self::I, b: Self::I) -> Result<Self::I>;
 
     /// Element `idx` of `buf`.
     fn load(&mut self, buf: Buf, idx: Self::L) -> Result<Self::F>;

@@ -14,7 +14,7 @@
 //!
 //! # PTX ABI
 //!
-//! Each kernel `i` is an `.entry` named [`LaunchSpec::symbol`] with two
+//! Each launch is an `.entry` named [`LaunchSpec::symbol`] with two
 //! `.u64` parameters, both global-memory device pointers:
 //!
 //! ```c
@@ -82,11 +82,23 @@ pub enum KernelParam {
     Arena,
 }
 
+/// What a launch does for its kernel description.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum LaunchRole {
+    /// The op itself: writes the output view's real pixels.
+    Compute,
+    /// Zeros the output view's channel slice of its buffer's border.
+    ZeroBorder,
+}
+
 /// How to launch one kernel.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LaunchSpec {
     /// The kernel description's name.
     pub name: String,
+    /// Index of the kernel description in the list given to [`lower`].
+    pub desc: usize,
+    pub role: LaunchRole,
     /// The PTX `.entry` symbol.
     pub symbol: String,
     pub grid: [u32; 3],
@@ -108,7 +120,9 @@ pub struct CompiledCuda {
     pub ptx: String,
     /// The architecture the PTX targets.
     pub arch: String,
-    /// Launches, in the order the runtime must issue them.
+    /// Launches, in the order the runtime must issue them: one per kernel
+    /// description, followed by a [`LaunchRole::ZeroBorder`] one when its
+    /// output buffer has a border.
     pub kernels: Vec<LaunchSpec>,
     /// The device weights section (little-endian f32).
     pub weights: Vec<u8>,
@@ -155,6 +169,7 @@ fn emit<K: Kb>(k: &mut K, plan: &KernelPlan) -> kb::Result<()> {
         KernelPlan::Pool(p) => eltwise::emit_pool(k, p),
         KernelPlan::Gap(p) => eltwise::emit_gap(k, p),
         KernelPlan::Affine(p) => eltwise::emit_affine(k, p),
+        KernelPlan::Border(p) => eltwise::emit_border(k, p),
     }
 }
 
@@ -177,20 +192,34 @@ pub fn lower(kernels: &[KernelDesc], opts: &CudaOptions) -> Result<CompiledCuda,
     for (index, k) in kernels.iter().enumerate() {
         k.validate().map_err(|m| invalid(index, k, m))?;
         let plan = KernelPlan::new(k, &mut wb).map_err(|m| invalid(index, k, m))?;
-        let launch = plan.launch().map_err(|m| invalid(index, k, m))?;
-        let shared =
-            u32::try_from(plan.shared_bytes()).map_err(|e| invalid(index, k, e.to_string()))?;
-        specs.push(LaunchSpec {
-            name: k.name.clone(),
-            symbol: symbol(index, &k.name),
-            grid: launch.grid,
-            block: launch.block,
-            dynamic_shared_bytes: 0,
-            static_shared_bytes: shared,
-            params: vec![KernelParam::Weights, KernelParam::Arena],
-            plan: plan.summary(),
-        });
-        plans.push(plan);
+        let border = KernelPlan::border(k).map_err(|m| invalid(index, k, m))?;
+        let base = symbol(index, &k.name);
+        let roles = [
+            (LaunchRole::Compute, Some(plan)),
+            (LaunchRole::ZeroBorder, border),
+        ];
+        for (role, plan) in roles {
+            let Some(plan) = plan else { continue };
+            let launch = plan.launch().map_err(|m| invalid(index, k, m))?;
+            let shared =
+                u32::try_from(plan.shared_bytes()).map_err(|e| invalid(index, k, e.to_string()))?;
+            specs.push(LaunchSpec {
+                name: k.name.clone(),
+                desc: index,
+                role,
+                symbol: match role {
+                    LaunchRole::Compute => base.clone(),
+                    LaunchRole::ZeroBorder => format!("{base}_border"),
+                },
+                grid: launch.grid,
+                block: launch.block,
+                dynamic_shared_bytes: 0,
+                static_shared_bytes: shared,
+                params: vec![KernelParam::Weights, KernelParam::Arena],
+                plan: plan.summary(),
+            });
+            plans.push(plan);
+        }
     }
     if wb.len() > i64::MAX as usize / 4 {
         return Err(BackendError::Codegen("weights section too large".into()));

@@ -232,6 +232,9 @@ impl<'ctx> Kb for Nvptx<'_, 'ctx> {
     fn select(&mut self, c: Self::B, a: Self::F, b: Self::F) -> Result<Self::F> {
         Ok(self.b.build_select(c, a, b, "")?.into_float_value())
     }
+    fn selecti(&mut self, c: Self::B, a: Self::I, b: Self::I) -> Result<Self::I> {
+        Ok(self.b.build_select(c, a, b, "")?.into_int_value())
+    }
     fn load(&mut self, buf: Buf, idx: Self::L) -> Result<Self::F> {
         let p = self.gep(self.base(buf), idx)?;
         self.load_at(p)

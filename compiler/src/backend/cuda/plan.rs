@@ -156,6 +156,27 @@ pub(crate) struct AffinePlan {
     pub affine: AffineRef,
 }
 
+/// Zeroing an output view's channel slice of its buffer's border, one
+/// thread per border element.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct BorderPlan {
+    pub output: Geom,
+}
+
+impl BorderPlan {
+    /// Border pixels of one image: the full top and bottom rows, then the
+    /// left and right columns of the real rows.
+    pub fn pixels_per_image(&self) -> i32 {
+        let [bh, bw] = self.output.border;
+        let [_, ws] = self.output.stored();
+        2 * bh * ws + self.output.h * 2 * bw
+    }
+
+    pub fn elements(&self) -> usize {
+        self.output.n as usize * self.pixels_per_image() as usize * self.output.channels as usize
+    }
+}
+
 /// The lowering decision for one kernel.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum KernelPlan {
@@ -163,6 +184,7 @@ pub(crate) enum KernelPlan {
     Pool(PoolPlan),
     Gap(GapPlan),
     Affine(AffinePlan),
+    Border(BorderPlan),
 }
 
 fn i32s(xs: [usize; 2]) -> [i32; 2] {
@@ -218,6 +240,16 @@ impl KernelPlan {
         })
     }
 
+    /// The plan zeroing `desc`'s output border, if its buffer has one.
+    pub fn border(desc: &KernelDesc) -> Result<Option<KernelPlan>, String> {
+        if desc.output.is_flat() {
+            return Ok(None);
+        }
+        Ok(Some(KernelPlan::Border(BorderPlan {
+            output: Geom::of(&desc.output)?,
+        })))
+    }
+
     /// Grid and block of the kernel's launch.
     pub fn launch(&self) -> Result<Launch, String> {
         let elt = |total: usize| -> Result<Launch, String> {
@@ -241,6 +273,7 @@ impl KernelPlan {
             KernelPlan::Pool(p) => elt(p.output.pixels() as usize * p.output.channels as usize),
             KernelPlan::Gap(p) => elt(p.output.pixels() as usize * p.output.channels as usize),
             KernelPlan::Affine(p) => elt(p.output.pixels() as usize * p.output.channels as usize),
+            KernelPlan::Border(p) => elt(p.elements()),
         }
     }
 
@@ -279,6 +312,7 @@ impl KernelPlan {
             ),
             KernelPlan::Gap(_) => "gavgpool".into(),
             KernelPlan::Affine(_) => "affine".into(),
+            KernelPlan::Border(p) => format!("zero border {:?}", p.output.border),
         }
     }
 }
