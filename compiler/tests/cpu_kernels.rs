@@ -396,6 +396,9 @@ fn pools() {
         ("max_stem_relu", "c16 12x12 max k3 s2 p1 pro"),
         ("avg_bordered", "n2 c12 6x6 avg k2 s2 bn bordered"),
         ("max_bordered_neg", "c9 7x7 max k3 s2 p1 neg bordered"),
+        // Windows over 16 taps run as loops, not unrolled.
+        ("avg_5x5_loops", "c6 7x6 avg k5 p2 pro strided"),
+        ("max_5x4_loops", "c5 9x9 max k5x4 s2 neg"),
     ];
     for (seed, (name, spec)) in cases.iter().enumerate() {
         check(&pool_case(name, 300 + seed as u64, spec));
@@ -574,4 +577,140 @@ fn unoptimised_code_is_correct() {
             "{name}"
         );
     }
+}
+
+/// A NaN in the input propagates as in PyTorch (ReLU and max pooling keep
+/// it), so a poisoned arena shows reads of unwritten memory.
+#[test]
+fn nan_propagates_like_the_reference() {
+    let mut cases = [
+        conv_case("nan_conv", 401, "c9 4x5 oc10 k3 p1 pro relu strided"),
+        pool_case("nan_max", 402, "c11 5x5 max k3 s2 p1 pro bordered"),
+        case(
+            "nan_relu",
+            403,
+            vec![1, 10, 3, 3],
+            Layout::Strided,
+            |_, _| Op::Relu,
+        ),
+    ];
+    for c in &mut cases {
+        c.input.data[7] = f32::NAN;
+        let want = ir::reference::run(&c.graph, std::slice::from_ref(&c.input))
+            .expect("reference")
+            .remove(0);
+        let desc = KernelDesc::from_ir(&c.name, &c.op, &c.graph.constants, c.in_view, c.out_view)
+            .expect("desc");
+        let compiled = cpu::compile(&[desc], &CpuOptions::default()).expect("compile");
+        let lib = Loaded::new(&compiled);
+        let mut arena = Arena::new(compiled.arena_bytes);
+        arena.write(&c.in_view, &c.input);
+        lib.run(&mut arena, Pfor::Sequential);
+        let got = arena.read(&c.out_view, &want.shape);
+        let nans = want.data.iter().filter(|x| x.is_nan()).count();
+        let scale = want
+            .data
+            .iter()
+            .filter(|x| !x.is_nan())
+            .fold(1.0f32, |m, x| m.max(x.abs()));
+        assert!(nans > 0, "{}: the reference has no NaN", c.name);
+        for (i, (a, b)) in got.data.iter().zip(&want.data).enumerate() {
+            assert_eq!(
+                a.is_nan(),
+                b.is_nan(),
+                "{}: element {i}: {a} vs {b}",
+                c.name
+            );
+            if !b.is_nan() {
+                assert!((a - b).abs() <= 1e-4 * scale, "{}: {a} vs {b}", c.name);
+            }
+        }
+    }
+}
+
+/// Validation rejects nonsense with an error, never a panic or overflow:
+/// views and kernels drawn from small, zero and huge values.
+#[test]
+fn validation_never_panics() {
+    use compiler::backend::kernel::{Affine, ConvKernel, KernelOp, LinearKernel, PoolKernel};
+    use std::sync::Arc;
+    let mut rng = Rng::new(99);
+    let values = [
+        0,
+        1,
+        2,
+        3,
+        7,
+        64,
+        1 << 20,
+        1 << 40,
+        usize::MAX / 3,
+        usize::MAX,
+    ];
+    let pick = |rng: &mut Rng| values[rng.range(0, values.len())];
+    let mut ok = 0;
+    for _ in 0..4000 {
+        let view = |rng: &mut Rng| View {
+            offset: pick(rng) & !3,
+            n: pick(rng),
+            h: pick(rng),
+            w: pick(rng),
+            channels: pick(rng),
+            pixel_stride: pick(rng),
+            channel_offset: pick(rng),
+            border: [pick(rng), pick(rng)],
+        };
+        let (input, output) = (view(&mut rng), view(&mut rng));
+        let consts = |rng: &mut Rng| Arc::new(vec![0.0; rng.range(0, 64)]);
+        let window = |rng: &mut Rng| {
+            let mut two = || [pick(rng), pick(rng)];
+            (two(), two(), two())
+        };
+        let (kernel, stride, padding) = window(&mut rng);
+        let affine = |rng: &mut Rng| Affine {
+            scale: consts(rng),
+            shift: consts(rng),
+            relu: true,
+        };
+        let pool = PoolKernel {
+            kernel,
+            stride,
+            padding,
+            prologue: Some(affine(&mut rng)),
+        };
+        let op = match rng.range(0, 5) {
+            0 => KernelOp::Conv(ConvKernel {
+                out_channels: pick(&mut rng),
+                kernel,
+                stride,
+                padding,
+                weight: consts(&mut rng),
+                bias: Some(consts(&mut rng)),
+                prologue: Some(affine(&mut rng)),
+                relu: false,
+            }),
+            1 => KernelOp::MaxPool(pool),
+            2 => KernelOp::GlobalAvgPool {
+                prologue: Some(affine(&mut rng)),
+            },
+            3 => KernelOp::Linear(LinearKernel {
+                out_features: pick(&mut rng),
+                weight: consts(&mut rng),
+                bias: None,
+                relu: false,
+            }),
+            _ => KernelOp::Affine(affine(&mut rng)),
+        };
+        let desc = KernelDesc {
+            name: "fuzz".into(),
+            op,
+            input,
+            output,
+        };
+        let _ = desc.macs();
+        if desc.validate().is_ok() {
+            ok += 1;
+        }
+    }
+    assert!(ok < 4000);
 }

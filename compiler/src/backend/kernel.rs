@@ -103,14 +103,16 @@ impl KernelDesc {
     /// Multiply-accumulates (convs, linear) or element visits (others): the
     /// work measure used for throughput reports.
     pub fn macs(&self) -> u64 {
-        let o = &self.output;
-        let out = (o.pixels() * o.channels) as u64;
+        // Saturating: a description may be measured before it is validated.
+        let prod = |xs: &[usize]| xs.iter().fold(1u64, |a, &x| a.saturating_mul(x as u64));
+        let (i, o) = (&self.input, &self.output);
+        let out = prod(&[o.n, o.h, o.w, o.channels]);
         match &self.op {
-            KernelOp::Conv(c) => out * (self.input.channels * c.kernel[0] * c.kernel[1]) as u64,
-            KernelOp::Linear(_) => out * self.input.channels as u64,
-            KernelOp::MaxPool(p) | KernelOp::AvgPool(p) => out * (p.kernel[0] * p.kernel[1]) as u64,
+            KernelOp::Conv(c) => out.saturating_mul(prod(&[i.channels, c.kernel[0], c.kernel[1]])),
+            KernelOp::Linear(_) => out.saturating_mul(i.channels as u64),
+            KernelOp::MaxPool(p) | KernelOp::AvgPool(p) => out.saturating_mul(prod(&p.kernel)),
             KernelOp::GlobalAvgPool { .. } | KernelOp::Affine(_) => {
-                (self.input.pixels() * self.input.channels) as u64
+                prod(&[i.n, i.h, i.w, i.channels])
             }
         }
     }

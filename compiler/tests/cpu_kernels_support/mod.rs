@@ -65,6 +65,11 @@ impl Arena {
         Arena((0..n).map(|i| -777.0 - (i % 251) as f32).collect())
     }
 
+    /// An arena of NaNs: any read of memory no kernel wrote shows.
+    pub fn poisoned(bytes: usize) -> Arena {
+        Arena(vec![f32::NAN; bytes.div_ceil(4) + SLACK])
+    }
+
     fn index(v: &View, n: usize, c: usize, h: usize, w: usize) -> usize {
         v.element(n, h, w, c)
     }

@@ -137,8 +137,6 @@ impl<'ctx> Cg<'ctx> {
         Ok(self.ctx.append_basic_block(f, name))
     }
 
-    // ---- integers -------------------------------------------------------
-
     pub fn c64(&self, v: usize) -> IntValue<'ctx> {
         self.i64.const_int(v as u64, false)
     }
@@ -188,8 +186,6 @@ impl<'ctx> Cg<'ctx> {
         Ok(self.b.build_select(lt, a, b, "")?.into_int_value())
     }
 
-    // ---- pointers -------------------------------------------------------
-
     /// `p + i` in f32 elements.
     pub fn gep(&self, p: PointerValue<'ctx>, i: IntValue<'ctx>) -> Result<PointerValue<'ctx>> {
         // SAFETY: building a GEP instruction only creates IR; it does not
@@ -232,8 +228,6 @@ impl<'ctx> Cg<'ctx> {
     pub fn load_ptr(&self, p: PointerValue<'ctx>) -> Result<PointerValue<'ctx>> {
         Ok(self.b.build_load(self.ptr, p, "")?.into_pointer_value())
     }
-
-    // ---- floats and vectors ---------------------------------------------
 
     pub fn load_f32(&self, p: PointerValue<'ctx>) -> Result<FloatValue<'ctx>> {
         Ok(self.b.build_load(self.f32, p, "")?.into_float_value())
@@ -329,14 +323,30 @@ impl<'ctx> Cg<'ctx> {
         Ok(self.b.build_float_mul(a, b, "")?)
     }
 
-    /// `a > b ? a : b` lane-wise (one `vmaxps`).
-    pub fn fmax(&self, a: VectorValue<'ctx>, b: VectorValue<'ctx>) -> Result<VectorValue<'ctx>> {
-        let gt = self.b.build_float_compare(FloatPredicate::OGT, a, b, "")?;
-        Ok(self.b.build_select(gt, a, b, "")?.into_vector_value())
+    /// The running maximum of max pooling, as PyTorch (and the reference)
+    /// computes it: `v` replaces `acc` when greater or NaN, so a NaN, once
+    /// seen, stays.
+    pub fn pool_max(
+        &self,
+        acc: VectorValue<'ctx>,
+        v: VectorValue<'ctx>,
+    ) -> Result<VectorValue<'ctx>> {
+        let gt = self
+            .b
+            .build_float_compare(FloatPredicate::OGT, v, acc, "")?;
+        let nan = self.b.build_float_compare(FloatPredicate::UNO, v, v, "")?;
+        let take = self.b.build_or(gt, nan, "")?;
+        Ok(self.b.build_select(take, v, acc, "")?.into_vector_value())
     }
 
+    /// `a < 0 ? 0 : a` lane-wise: NaN propagates, as in PyTorch (one
+    /// `vmaxps` with the zero first).
     pub fn relu(&self, a: VectorValue<'ctx>) -> Result<VectorValue<'ctx>> {
-        self.fmax(a, self.v8.const_zero())
+        let zero = self.v8.const_zero();
+        let lt = self
+            .b
+            .build_float_compare(FloatPredicate::OLT, a, zero, "")?;
+        Ok(self.b.build_select(lt, zero, a, "")?.into_vector_value())
     }
 
     /// A stack slot for one vector, promoted to a register by SROA.
@@ -382,8 +392,6 @@ impl<'ctx> Cg<'ctx> {
             .map_err(|e| BackendError::Codegen(e.to_string()))?;
         Ok(slot)
     }
-
-    // ---- control flow ---------------------------------------------------
 
     /// `for (i = begin; i < end; i += step) body(i)` with signed i64 bounds.
     pub fn for_range(

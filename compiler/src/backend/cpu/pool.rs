@@ -10,6 +10,8 @@ use super::pack::WeightsBuilder;
 use crate::backend::kernel::{Affine, PoolKernel, View};
 use inkwell::values::{IntValue, PointerValue, VectorValue};
 
+/// Pool windows up to this many taps are unrolled.
+const UNROLL_TAPS: usize = 16;
 /// Pixels of one affine task at most.
 const AFFINE_BLOCK_MAX: usize = 256;
 /// Channels one global-pool task reduces (8 accumulators).
@@ -69,33 +71,44 @@ impl PoolPlan {
             let dst = cg.gep2(out_row, ow_i, ov.pixel_stride)?;
             cg.for_channel_vectors(self.c, |c, lanes| {
                 let acc = cg.vec_slot(init)?;
-                // Taps unrolled (windows are small); the bounds checks only
-                // where padding can put a tap outside the image.
+                // The bounds checks only where padding can put a tap
+                // outside the image.
                 let padded = self.p != [0, 0];
-                for y in 0..self.k[0] {
-                    let ih = cg.addc(ih0, y)?;
-                    let row_ok = cg.in_range(ih, 0, self.h)?;
-                    for x in 0..self.k[1] {
-                        let iw = cg.addc(iw0, x)?;
-                        let tap = || {
-                            let row = cg.gep2(img, ih, iv.row_stride())?;
-                            let src = cg.gep(cg.gep2(row, iw, iv.pixel_stride)?, c)?;
-                            let v = load_prologue(cg, env, self.prologue, src, c, lanes)?;
-                            let a = cg.load_slot(acc)?;
-                            let r = if self.max {
-                                cg.fmax(a, v)?
-                            } else {
-                                cg.fadd(a, v)?
-                            };
-                            cg.store_slot(acc, r)
-                        };
-                        if padded {
-                            let ok = cg.b.build_and(row_ok, cg.in_range(iw, 0, self.w)?, "")?;
-                            cg.if_then(ok, tap)?;
+                let tap = |ih: IntValue<'ctx>, row_ok: IntValue<'ctx>, iw: IntValue<'ctx>| {
+                    let load = || {
+                        let row = cg.gep2(img, ih, iv.row_stride())?;
+                        let src = cg.gep(cg.gep2(row, iw, iv.pixel_stride)?, c)?;
+                        let v = load_prologue(cg, env, self.prologue, src, c, lanes)?;
+                        let a = cg.load_slot(acc)?;
+                        let r = if self.max {
+                            cg.pool_max(a, v)?
                         } else {
-                            tap()?;
+                            cg.fadd(a, v)?
+                        };
+                        cg.store_slot(acc, r)
+                    };
+                    if padded {
+                        let ok = cg.b.build_and(row_ok, cg.in_range(iw, 0, self.w)?, "")?;
+                        cg.if_then(ok, load)
+                    } else {
+                        load()
+                    }
+                };
+                let [kh, kw] = self.k;
+                if kh * kw <= UNROLL_TAPS {
+                    for y in 0..kh {
+                        let ih = cg.addc(ih0, y)?;
+                        let row_ok = cg.in_range(ih, 0, self.h)?;
+                        for x in 0..kw {
+                            tap(ih, row_ok, cg.addc(iw0, x)?)?;
                         }
                     }
+                } else {
+                    cg.for_n(kh, |y| {
+                        let ih = cg.add(ih0, y)?;
+                        let row_ok = cg.in_range(ih, 0, self.h)?;
+                        cg.for_n(kw, |x| tap(ih, row_ok, cg.add(iw0, x)?))
+                    })?;
                 }
                 let mut r = cg.load_slot(acc)?;
                 if !self.max {
