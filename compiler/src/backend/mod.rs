@@ -7,6 +7,7 @@
 //! code through LLVM.
 
 pub mod cpu;
+pub mod cuda;
 mod error;
 pub mod graph;
 pub mod kernel;

@@ -1,0 +1,174 @@
+//! The element-wise kernels, written once against [`Kb`]: one thread per
+//! output element `(pixel, channel)`, channel fastest so that consecutive
+//! threads touch consecutive addresses.
+//!
+//! - pooling: the window's taps are unrolled; a tap in the padding is
+//!   skipped by max pooling (PyTorch pads with -inf) and counts as 0 for
+//!   average pooling (the divisor is always the window size); the prologue
+//!   applies to real pixels only;
+//! - global average pooling: each thread sums its channel over `h × w`;
+//! - affine: `y = x · scale[c] + shift[c]` (then ReLU), possibly in place
+//!   (each thread reads the element it writes);
+//! - border: zeros into the output view's channel slice of every border
+//!   pixel of its buffer (the writers of a bordered buffer own its border).
+
+use super::addr::Geom;
+use super::kb::{Buf, Kb, KbExt, Result};
+use super::plan::{AffinePlan, AffineRef, BorderPlan, GapPlan, PoolPlan, ELTWISE_THREADS};
+
+/// The thread's output element: `(valid, pixel, channel)`.
+fn element<K: Kb>(k: &mut K, out: &Geom) -> Result<(K::B, K::I, K::I)> {
+    let tid = k.tid()?;
+    let bx = k.ctaid(0)?;
+    let e = k.mulc(bx, ELTWISE_THREADS as i32)?;
+    let e = k.add(e, tid)?;
+    let valid = k.ultc(e, out.pixels() * out.channels)?;
+    let c = k.rem(e, out.channels)?;
+    let p = k.div(e, out.channels)?;
+    Ok((valid, p, c))
+}
+
+/// The affine's `(scale[c], shift[c])`.
+fn affine_at<K: Kb>(k: &mut K, a: &AffineRef, c: K::I) -> Result<(K::F, K::F)> {
+    let si = k.index(a.scale, c, 1)?;
+    let hi = k.index(a.shift, c, 1)?;
+    Ok((k.load(Buf::Weights, si)?, k.load(Buf::Weights, hi)?))
+}
+
+fn apply<K: Kb>(k: &mut K, a: &AffineRef, sh: (K::F, K::F), x: K::F) -> Result<K::F> {
+    let y = k.fma(x, sh.0, sh.1)?;
+    if a.relu {
+        k.relu(y)
+    } else {
+        Ok(y)
+    }
+}
+
+/// Emit a max or average pooling kernel.
+pub(crate) fn emit_pool<K: Kb>(k: &mut K, p: &PoolPlan) -> Result<()> {
+    let (valid, pix, c) = element(k, &p.output)?;
+    let (n, oy, ox) = p.output.split(k, pix)?;
+    let sh = match &p.prologue {
+        Some(a) => Some(affine_at(k, a, c)?),
+        None => None,
+    };
+    let y0 = k.mulc(oy, p.stride[0])?;
+    let y0 = k.addc(y0, -p.padding[0])?;
+    let x0 = k.mulc(ox, p.stride[1])?;
+    let x0 = k.addc(x0, -p.padding[1])?;
+    let mut acc = k.cf(if p.max { f32::NEG_INFINITY } else { 0.0 });
+    for ky in 0..p.kernel[0] {
+        let y = k.addc(y0, ky)?;
+        let in_y = k.ultc(y, p.input.h)?;
+        for kx in 0..p.kernel[1] {
+            let x = k.addc(x0, kx)?;
+            let in_x = k.ultc(x, p.input.w)?;
+            let ok = k.and(in_y, in_x)?;
+            let ok = k.and(ok, valid)?;
+            let e = p.input.elem_nyx(k, n, y, x, c)?;
+            let other = acc;
+            let mut v = k.load_if(ok, Buf::Arena, e, other)?;
+            if let (Some(a), Some(sh)) = (&p.prologue, sh) {
+                let t = apply(k, a, sh, v)?;
+                v = k.select(ok, t, other)?;
+            }
+            acc = if p.max {
+                k.fmax(acc, v)?
+            } else {
+                // Skipped taps read `other = acc`; count them as 0.
+                let zero = k.cf(0.0);
+                let v = k.select(ok, v, zero)?;
+                k.fadd(acc, v)?
+            };
+        }
+    }
+    if !p.max {
+        let inv = k.cf(1.0 / (p.kernel[0] * p.kernel[1]) as f32);
+        acc = k.fmul(acc, inv)?;
+    }
+    let e = p.output.elem(k, pix, c)?;
+    k.store_if(valid, Buf::Arena, e, acc)
+}
+
+/// Emit a global average pooling kernel.
+pub(crate) fn emit_gap<K: Kb>(k: &mut K, p: &GapPlan) -> Result<()> {
+    let (valid, n, c) = element(k, &p.output)?;
+    let sh = match &p.prologue {
+        Some(a) => Some(affine_at(k, a, c)?),
+        None => None,
+    };
+    let hw = p.input.h * p.input.w;
+    let first = k.mulc(n, hw)?;
+    let zero = k.cf(0.0);
+    let acc = k.loop_acc(hw as u32, vec![zero], &mut |k, j, acc| {
+        let pix = k.add(first, j)?;
+        let e = p.input.elem(k, pix, c)?;
+        let mut v = k.load_if(valid, Buf::Arena, e, zero)?;
+        if let (Some(a), Some(sh)) = (&p.prologue, sh) {
+            v = apply(k, a, sh, v)?;
+        }
+        Ok(vec![k.fadd(acc[0], v)?])
+    })?;
+    let inv = k.cf(1.0 / hw as f32);
+    let mean = k.fmul(acc[0], inv)?;
+    let e = p.output.elem(k, n, c)?;
+    k.store_if(valid, Buf::Arena, e, mean)
+}
+
+/// Emit a standalone affine kernel.
+pub(crate) fn emit_affine<K: Kb>(k: &mut K, p: &AffinePlan) -> Result<()> {
+    let (valid, pix, c) = element(k, &p.output)?;
+    let sh = affine_at(k, &p.affine, c)?;
+    let e = p.input.elem(k, pix, c)?;
+    let zero = k.cf(0.0);
+    let x = k.load_if(valid, Buf::Arena, e, zero)?;
+    let y = apply(k, &p.affine, sh, x)?;
+    let e = p.output.elem(k, pix, c)?;
+    k.store_if(valid, Buf::Arena, e, y)
+}
+
+/// Emit the kernel zeroing the border slice of `p.output`.
+pub(crate) fn emit_border<K: Kb>(k: &mut K, p: &BorderPlan) -> Result<()> {
+    let g = &p.output;
+    let ([bh, bw], [_, ws]) = (g.border, g.stored());
+    let per = p.pixels_per_image();
+    let tid = k.tid()?;
+    let bx = k.ctaid(0)?;
+    let e = k.mulc(bx, ELTWISE_THREADS as i32)?;
+    let e = k.add(e, tid)?;
+    let valid = k.ultc(e, g.n * per * g.channels)?;
+    let c = k.rem(e, g.channels)?;
+    let q = k.div(e, g.channels)?;
+    let n = k.div(q, per)?;
+    let r = k.rem(q, per)?;
+    // Top and bottom rows: r < 2·bh·ws.
+    let rows = 2 * bh * ws;
+    let zero = k.ci(0);
+    let in_rows = k.ultc(r, rows)?;
+    let mut row = zero;
+    let mut col = zero;
+    if bh > 0 {
+        let ra = k.selecti(in_rows, r, zero)?;
+        let rr = k.div(ra, ws)?;
+        col = k.rem(ra, ws)?;
+        let top = k.ultc(rr, bh)?;
+        let bottom = k.addc(rr, g.h)?;
+        row = k.selecti(top, rr, bottom)?;
+    }
+    // Left and right columns of the real rows.
+    if bw > 0 {
+        let rb = k.addc(r, -rows)?;
+        let rb = k.selecti(in_rows, zero, rb)?;
+        let rr = k.div(rb, 2 * bw)?;
+        let row_b = k.addc(rr, bh)?;
+        let j = k.rem(rb, 2 * bw)?;
+        let left = k.ultc(j, bw)?;
+        let right = k.addc(j, g.w)?;
+        let col_b = k.selecti(left, j, right)?;
+        row = k.selecti(in_rows, row, row_b)?;
+        col = k.selecti(in_rows, col, col_b)?;
+    }
+    let idx = g.elem_stored(k, n, row, col, c)?;
+    let z = k.cf(0.0);
+    k.store_if(valid, Buf::Arena, idx, z)
+}

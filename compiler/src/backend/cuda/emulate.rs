@@ -1,0 +1,629 @@
+//! A CPU emulator of the generated kernels, for checking them without a
+//! GPU: it runs the *same emission code* as the NVPTX lowering (the `Kb`
+//! trait) with every value a vector over the threads of one block, block
+//! after block, in launch order.
+//!
+//! Beyond computing the kernels' results into a host arena, it checks what
+//! a GPU would not report:
+//! - every global load and store is inside its buffer; arena loads fall in
+//!   the kernel's input view;
+//! - every element of the output view is stored exactly once and nothing
+//!   else in the arena is stored (grid coverage);
+//! - no 32-bit index arithmetic overflows; divisions see non-negative values;
+//! - shared memory is never read before it is written, and two threads
+//!   never touch one shared element between barriers unless both only read.
+//!
+//! Float results match the GPU's up to the order of operations, which is
+//! the same (`fma` is fused on both).
+
+use super::kb::{Buf, Kb, LoopBody, Result};
+use super::CompiledCuda;
+use crate::backend::kernel::{View, ELEM_BYTES};
+use crate::backend::BackendError;
+use thiserror::Error;
+
+/// Why emulation failed: a bug in the lowering, or an arena too small.
+#[derive(Debug, Error)]
+pub enum EmuError {
+    #[error("the arena has {have} floats, the kernels need {need}")]
+    ArenaTooSmall { have: usize, need: usize },
+    #[error("kernel {index} `{name}`, block {block:?}: {message}")]
+    Fault {
+        index: usize,
+        name: String,
+        block: [u32; 2],
+        message: String,
+    },
+    #[error("kernel {index} `{name}`: {message}")]
+    Coverage {
+        index: usize,
+        name: String,
+        message: String,
+    },
+    #[error("emission failed: {0}")]
+    Emit(#[from] BackendError),
+}
+
+/// Run every kernel of `compiled`, in order, on `arena` (as floats).
+pub fn run(compiled: &CompiledCuda, arena: &mut [f32]) -> std::result::Result<(), EmuError> {
+    let need = compiled.arena_bytes.div_ceil(ELEM_BYTES);
+    if arena.len() < need {
+        return Err(EmuError::ArenaTooSmall {
+            have: arena.len(),
+            need,
+        });
+    }
+    let weights: Vec<f32> = compiled
+        .weights
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let mut writes = vec![0u8; arena.len()];
+    for (i, (plan, spec)) in compiled.plans.iter().zip(&compiled.kernels).enumerate() {
+        let (index, desc) = (spec.desc, &compiled.descs[spec.desc]);
+        for by in 0..spec.grid[1] {
+            for bx in 0..spec.grid[0] {
+                let mut sim = Sim {
+                    threads: spec.block[0] as usize,
+                    ctaid: [bx as i32, by as i32],
+                    ints: Vec::new(),
+                    longs: Vec::new(),
+                    floats: Vec::new(),
+                    bools: Vec::new(),
+                    shared: Vec::new(),
+                    epoch: 1,
+                    weights: &weights,
+                    arena,
+                    writes: &mut writes,
+                    input: desc.input,
+                    fault: None,
+                };
+                super::emit(&mut sim, plan)?;
+                if let Some(message) = sim.fault {
+                    return Err(EmuError::Fault {
+                        index,
+                        name: spec.symbol.clone(),
+                        block: [bx, by],
+                        message,
+                    });
+                }
+            }
+        }
+        // The description's last launch: its output must be covered.
+        if compiled
+            .kernels
+            .get(i + 1)
+            .is_none_or(|next| next.desc != index)
+        {
+            check_coverage(&desc.output, &writes).map_err(|message| EmuError::Coverage {
+                index,
+                name: desc.name.clone(),
+                message,
+            })?;
+            writes.fill(0);
+        }
+    }
+    Ok(())
+}
+
+/// `(stored pixel, channel within the view, whether the pixel is in the
+/// border)` of arena element `e`, if it is in `v`'s channel slice.
+fn locate(v: &View, e: usize) -> Option<(usize, usize, bool)> {
+    let rel = e.checked_sub(v.offset / ELEM_BYTES)?;
+    let (pixel, ch) = (rel / v.pixel_stride, rel % v.pixel_stride);
+    let c = ch.checked_sub(v.channel_offset)?;
+    let [bh, bw] = v.border;
+    let (hs, ws) = (v.h + 2 * bh, v.w + 2 * bw);
+    if pixel >= v.n * hs * ws || c >= v.channels {
+        return None;
+    }
+    let (row, col) = ((pixel / ws) % hs, pixel % ws);
+    let real = (bh..bh + v.h).contains(&row) && (bw..bw + v.w).contains(&col);
+    Some((pixel, c, !real))
+}
+
+fn check_coverage(out: &View, writes: &[u8]) -> std::result::Result<(), String> {
+    for (e, &count) in writes.iter().enumerate() {
+        let inside = locate(out, e);
+        let want = u8::from(inside.is_some());
+        if count != want {
+            return Err(match inside {
+                Some((p, c, border)) => format!(
+                    "output {} pixel {p} channel {c} (arena element {e}) stored {count} times",
+                    if border { "border" } else { "real" }
+                ),
+                None => format!("arena element {e} outside the output view stored {count} times"),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SI(usize);
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SL(usize);
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SF(usize);
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SB(usize);
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SS(usize);
+
+/// Who last touched a shared element, and in which barrier epoch.
+#[derive(Debug, Clone, Copy, Default)]
+struct Touch {
+    write_epoch: u32,
+    writer: usize,
+    read_epoch: u32,
+    /// `usize::MAX` when several threads read in `read_epoch`.
+    reader: usize,
+}
+
+struct SharedArray {
+    data: Vec<f32>,
+    touch: Vec<Touch>,
+}
+
+/// One block in flight: every value is a vector over its threads.
+struct Sim<'a> {
+    threads: usize,
+    ctaid: [i32; 2],
+    ints: Vec<Vec<i32>>,
+    longs: Vec<Vec<i64>>,
+    floats: Vec<Vec<f32>>,
+    bools: Vec<Vec<bool>>,
+    shared: Vec<SharedArray>,
+    epoch: u32,
+    weights: &'a [f32],
+    arena: &'a mut [f32],
+    writes: &'a mut [u8],
+    input: View,
+    fault: Option<String>,
+}
+
+impl Sim<'_> {
+    fn fail(&mut self, msg: impl FnOnce() -> String) {
+        if self.fault.is_none() {
+            self.fault = Some(msg());
+        }
+    }
+
+    fn new_i(&mut self, v: Vec<i32>) -> SI {
+        self.ints.push(v);
+        SI(self.ints.len() - 1)
+    }
+    fn new_l(&mut self, v: Vec<i64>) -> SL {
+        self.longs.push(v);
+        SL(self.longs.len() - 1)
+    }
+    fn new_f(&mut self, v: Vec<f32>) -> SF {
+        self.floats.push(v);
+        SF(self.floats.len() - 1)
+    }
+    fn new_b(&mut self, v: Vec<bool>) -> SB {
+        self.bools.push(v);
+        SB(self.bools.len() - 1)
+    }
+
+    fn int_op(&mut self, a: SI, b: SI, what: &str, f: impl Fn(i32, i32) -> Option<i32>) -> SI {
+        let mut bad = None;
+        let v: Vec<i32> = (0..self.threads)
+            .map(|t| {
+                let (x, y) = (self.ints[a.0][t], self.ints[b.0][t]);
+                f(x, y).unwrap_or_else(|| {
+                    bad.get_or_insert((t, x, y));
+                    0
+                })
+            })
+            .collect();
+        if let Some((t, x, y)) = bad {
+            self.fail(|| format!("thread {t}: 32-bit {what} of {x} and {y} overflows"));
+        }
+        self.new_i(v)
+    }
+
+    fn div_op(&mut self, a: SI, d: i32, what: &str, f: impl Fn(i32, i32) -> i32) -> SI {
+        let mut bad = None;
+        let v: Vec<i32> = self.ints[a.0]
+            .iter()
+            .enumerate()
+            .map(|(t, &x)| {
+                if x < 0 || d <= 0 {
+                    bad.get_or_insert((t, x));
+                    0
+                } else {
+                    f(x, d)
+                }
+            })
+            .collect();
+        if let Some((t, x)) = bad {
+            self.fail(|| format!("thread {t}: {what} of {x} by {d} (negative operand)"));
+        }
+        self.new_i(v)
+    }
+
+    fn float_op(&mut self, a: SF, b: SF, f: impl Fn(f32, f32) -> f32) -> SF {
+        let v = (0..self.threads)
+            .map(|t| f(self.floats[a.0][t], self.floats[b.0][t]))
+            .collect();
+        self.new_f(v)
+    }
+
+    /// Read `buf[idx]` for thread `t`, or record a fault and return NaN.
+    fn read(&mut self, t: usize, buf: Buf, idx: i64) -> f32 {
+        let input = self.input;
+        let (data, name): (&[f32], _) = match buf {
+            Buf::Weights => (self.weights, "weights"),
+            Buf::Arena => (self.arena, "arena"),
+        };
+        let Some(&v) = usize::try_from(idx).ok().and_then(|i| data.get(i)) else {
+            let len = data.len();
+            self.fail(|| format!("thread {t}: load {name}[{idx}] out of bounds ({len} floats)"));
+            return f32::NAN;
+        };
+        if buf == Buf::Arena && locate(&input, idx as usize).is_none_or(|(.., border)| border) {
+            self.fail(|| {
+                format!(
+                    "thread {t}: load of arena element {idx} outside the input view's real pixels"
+                )
+            });
+        }
+        v
+    }
+
+    fn touch_shared(&mut self, s: SS, t: usize, i: i32, write: bool) -> Option<usize> {
+        let epoch = self.epoch;
+        let len = self.shared[s.0].data.len();
+        let Some(i) = usize::try_from(i).ok().filter(|&i| i < len) else {
+            self.fail(|| format!("thread {t}: shared[{i}] out of bounds ({len} floats)"));
+            return None;
+        };
+        let tc = &mut self.shared[s.0].touch[i];
+        let race = if write {
+            let war = tc.read_epoch == epoch && tc.reader != t;
+            let waw = tc.write_epoch == epoch && tc.writer != t;
+            tc.write_epoch = epoch;
+            tc.writer = t;
+            war || waw
+        } else {
+            if tc.write_epoch == 0 {
+                self.fail(|| format!("thread {t}: shared[{i}] read before any write"));
+                return Some(i);
+            }
+            let raw = tc.write_epoch == epoch && tc.writer != t;
+            if tc.read_epoch == epoch && tc.reader != t {
+                tc.reader = usize::MAX;
+            } else {
+                tc.reader = t;
+            }
+            tc.read_epoch = epoch;
+            raw
+        };
+        if race {
+            self.fail(|| format!("thread {t}: shared[{i}] race without a barrier between"));
+        }
+        Some(i)
+    }
+}
+
+impl Kb for Sim<'_> {
+    type I = SI;
+    type L = SL;
+    type F = SF;
+    type B = SB;
+    type S = SS;
+
+    fn ci(&mut self, v: i32) -> SI {
+        self.new_i(vec![v; self.threads])
+    }
+    fn cf(&mut self, v: f32) -> SF {
+        self.new_f(vec![v; self.threads])
+    }
+    fn tid(&mut self) -> Result<SI> {
+        Ok(self.new_i((0..self.threads as i32).collect()))
+    }
+    fn ctaid(&mut self, dim: u8) -> Result<SI> {
+        Ok(self.ci(self.ctaid[usize::from(dim.min(1))]))
+    }
+    fn add(&mut self, a: SI, b: SI) -> Result<SI> {
+        Ok(self.int_op(a, b, "add", i32::checked_add))
+    }
+    fn mul(&mut self, a: SI, b: SI) -> Result<SI> {
+        Ok(self.int_op(a, b, "mul", i32::checked_mul))
+    }
+    fn div(&mut self, a: SI, d: i32) -> Result<SI> {
+        Ok(self.div_op(a, d, "division", |x, d| x / d))
+    }
+    fn rem(&mut self, a: SI, d: i32) -> Result<SI> {
+        Ok(self.div_op(a, d, "remainder", |x, d| x % d))
+    }
+    fn ult(&mut self, a: SI, b: SI) -> Result<SB> {
+        let v = (0..self.threads)
+            .map(|t| (self.ints[a.0][t] as u32) < (self.ints[b.0][t] as u32))
+            .collect();
+        Ok(self.new_b(v))
+    }
+    fn and(&mut self, a: SB, b: SB) -> Result<SB> {
+        let v = (0..self.threads)
+            .map(|t| self.bools[a.0][t] && self.bools[b.0][t])
+            .collect();
+        Ok(self.new_b(v))
+    }
+    fn wide(&mut self, a: SI) -> Result<SL> {
+        let v = self.ints[a.0].iter().map(|&x| i64::from(x)).collect();
+        Ok(self.new_l(v))
+    }
+    fn cl(&mut self, v: i64) -> SL {
+        self.new_l(vec![v; self.threads])
+    }
+    fn addl(&mut self, a: SL, b: SL) -> Result<SL> {
+        let v = (0..self.threads)
+            .map(|t| self.longs[a.0][t].wrapping_add(self.longs[b.0][t]))
+            .collect();
+        Ok(self.new_l(v))
+    }
+    fn mull(&mut self, a: SL, b: SL) -> Result<SL> {
+        let v = (0..self.threads)
+            .map(|t| self.longs[a.0][t].wrapping_mul(self.longs[b.0][t]))
+            .collect();
+        Ok(self.new_l(v))
+    }
+    fn fadd(&mut self, a: SF, b: SF) -> Result<SF> {
+        Ok(self.float_op(a, b, |x, y| x + y))
+    }
+    fn fmul(&mut self, a: SF, b: SF) -> Result<SF> {
+        Ok(self.float_op(a, b, |x, y| x * y))
+    }
+    fn fma(&mut self, a: SF, b: SF, c: SF) -> Result<SF> {
+        let v = (0..self.threads)
+            .map(|t| self.floats[a.0][t].mul_add(self.floats[b.0][t], self.floats[c.0][t]))
+            .collect();
+        Ok(self.new_f(v))
+    }
+    fn fmax(&mut self, a: SF, b: SF) -> Result<SF> {
+        Ok(self.float_op(a, b, f32::max))
+    }
+    fn select(&mut self, c: SB, a: SF, b: SF) -> Result<SF> {
+        let v = (0..self.threads)
+            .map(|t| {
+                if self.bools[c.0][t] {
+                    self.floats[a.0][t]
+                } else {
+                    self.floats[b.0][t]
+                }
+            })
+            .collect();
+        Ok(self.new_f(v))
+    }
+    fn selecti(&mut self, c: SB, a: SI, b: SI) -> Result<SI> {
+        let v = (0..self.threads)
+            .map(|t| {
+                if self.bools[c.0][t] {
+                    self.ints[a.0][t]
+                } else {
+                    self.ints[b.0][t]
+                }
+            })
+            .collect();
+        Ok(self.new_i(v))
+    }
+    fn load(&mut self, buf: Buf, idx: SL) -> Result<SF> {
+        let v = (0..self.threads)
+            .map(|t| self.read(t, buf, self.longs[idx.0][t]))
+            .collect();
+        Ok(self.new_f(v))
+    }
+    fn load_if(&mut self, c: SB, buf: Buf, idx: SL, other: SF) -> Result<SF> {
+        let v = (0..self.threads)
+            .map(|t| {
+                if self.bools[c.0][t] {
+                    self.read(t, buf, self.longs[idx.0][t])
+                } else {
+                    self.floats[other.0][t]
+                }
+            })
+            .collect();
+        Ok(self.new_f(v))
+    }
+    fn store_if(&mut self, c: SB, buf: Buf, idx: SL, v: SF) -> Result<()> {
+        for t in 0..self.threads {
+            if !self.bools[c.0][t] {
+                continue;
+            }
+            let i = self.longs[idx.0][t];
+            let slot = usize::try_from(i).ok().filter(|&i| i < self.arena.len());
+            match (buf, slot) {
+                (Buf::Arena, Some(i)) => {
+                    self.arena[i] = self.floats[v.0][t];
+                    self.writes[i] = self.writes[i].saturating_add(1);
+                }
+                (Buf::Weights, _) => self.fail(|| format!("thread {t}: store to the weights")),
+                (Buf::Arena, None) => {
+                    let len = self.arena.len();
+                    self.fail(|| {
+                        format!("thread {t}: store arena[{i}] out of bounds ({len} floats)")
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+    fn shared(&mut self, len: usize) -> Result<SS> {
+        self.shared.push(SharedArray {
+            data: vec![f32::NAN; len],
+            touch: vec![Touch::default(); len],
+        });
+        Ok(SS(self.shared.len() - 1))
+    }
+    fn load_shared(&mut self, s: SS, idx: SI) -> Result<SF> {
+        let mut v = Vec::with_capacity(self.threads);
+        for t in 0..self.threads {
+            let i = self.ints[idx.0][t];
+            v.push(match self.touch_shared(s, t, i, false) {
+                Some(i) => self.shared[s.0].data[i],
+                None => f32::NAN,
+            });
+        }
+        Ok(self.new_f(v))
+    }
+    fn store_shared(&mut self, s: SS, idx: SI, v: SF) -> Result<()> {
+        for t in 0..self.threads {
+            let i = self.ints[idx.0][t];
+            if let Some(i) = self.touch_shared(s, t, i, true) {
+                self.shared[s.0].data[i] = self.floats[v.0][t];
+            }
+        }
+        Ok(())
+    }
+    fn store_shared_if(&mut self, c: SB, s: SS, idx: SI, v: SF) -> Result<()> {
+        for t in 0..self.threads {
+            if !self.bools[c.0][t] {
+                continue;
+            }
+            let i = self.ints[idx.0][t];
+            if let Some(i) = self.touch_shared(s, t, i, true) {
+                self.shared[s.0].data[i] = self.floats[v.0][t];
+            }
+        }
+        Ok(())
+    }
+    fn barrier(&mut self) -> Result<()> {
+        self.epoch += 1;
+        Ok(())
+    }
+    fn loop_acc(
+        &mut self,
+        trip: u32,
+        init: Vec<SF>,
+        body: &mut LoopBody<'_, Self>,
+    ) -> Result<Vec<SF>> {
+        let mut acc = init;
+        for i in 0..trip {
+            let marks = (
+                self.ints.len(),
+                self.longs.len(),
+                self.floats.len(),
+                self.bools.len(),
+            );
+            let iv = self.ci(i as i32);
+            acc = body(self, iv, acc)?;
+            // Values made in the body die with it (kb.rs): keep only `acc`.
+            let kept: Vec<Vec<f32>> = acc
+                .iter()
+                .map(|a| {
+                    if a.0 >= marks.2 {
+                        std::mem::take(&mut self.floats[a.0])
+                    } else {
+                        self.floats[a.0].clone()
+                    }
+                })
+                .collect();
+            self.ints.truncate(marks.0);
+            self.longs.truncate(marks.1);
+            self.floats.truncate(marks.2);
+            self.bools.truncate(marks.3);
+            acc = kept.into_iter().map(|v| self.new_f(v)).collect();
+        }
+        Ok(acc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::kernel::View;
+
+    /// Run `body` as one block of `threads` threads; the fault, if any.
+    fn block(threads: usize, body: impl FnOnce(&mut Sim) -> Result<()>) -> Option<String> {
+        let weights = [1.0f32; 8];
+        let mut arena = [0.0f32; 16];
+        let mut writes = [0u8; 16];
+        let mut sim = Sim {
+            threads,
+            ctaid: [0, 0],
+            ints: Vec::new(),
+            longs: Vec::new(),
+            floats: Vec::new(),
+            bools: Vec::new(),
+            shared: Vec::new(),
+            epoch: 1,
+            weights: &weights,
+            arena: &mut arena,
+            writes: &mut writes,
+            input: View::dense(0, 1, 1, 1, 8),
+            fault: None,
+        };
+        body(&mut sim).expect("emulation never fails to build");
+        sim.fault
+    }
+
+    #[test]
+    fn shared_races_are_reported() {
+        // Every thread writes element 0.
+        let f = block(4, |k| {
+            let s = k.shared(4)?;
+            let (i, v) = (k.ci(0), k.cf(1.0));
+            k.store_shared(s, i, v)
+        });
+        assert!(f.is_some_and(|m| m.contains("race")));
+        // Thread t writes t, then reads (t + 1) % 4: a race without a barrier.
+        let exchange = |barrier: bool| {
+            block(4, move |k| {
+                let s = k.shared(4)?;
+                let t = k.tid()?;
+                let v = k.cf(2.0);
+                k.store_shared(s, t, v)?;
+                if barrier {
+                    k.barrier()?;
+                }
+                let one = k.ci(1);
+                let next = k.add(t, one)?;
+                let next = k.rem(next, 4)?;
+                k.load_shared(s, next).map(|_| ())
+            })
+        };
+        assert!(exchange(false).is_some_and(|m| m.contains("race")));
+        assert_eq!(exchange(true), None);
+    }
+
+    #[test]
+    fn uninitialised_and_out_of_bounds_accesses_are_reported() {
+        let f = block(2, |k| {
+            let s = k.shared(2)?;
+            let t = k.tid()?;
+            k.load_shared(s, t).map(|_| ())
+        });
+        assert!(f.is_some_and(|m| m.contains("before any write")));
+        let f = block(2, |k| {
+            let i = k.cl(8);
+            k.load(Buf::Arena, i).map(|_| ())
+        });
+        assert!(f.is_some_and(|m| m.contains("outside the input view")));
+        let f = block(2, |k| {
+            let (i, v) = (k.cl(99), k.cf(0.0));
+            let t = k.tid()?;
+            let c = k.ult(t, t)?; // false: no store made
+            k.store_if(c, Buf::Arena, i, v)?;
+            let yes = k.ci(1);
+            let c = k.ult(t, yes)?; // thread 0 stores out of bounds
+            k.store_if(c, Buf::Arena, i, v)
+        });
+        assert!(f.is_some_and(|m| m.contains("thread 0: store arena[99] out of bounds")));
+    }
+
+    #[test]
+    fn overflow_and_negative_division_are_reported() {
+        let f = block(1, |k| {
+            let a = k.ci(i32::MAX);
+            let b = k.ci(2);
+            k.mul(a, b).map(|_| ())
+        });
+        assert!(f.is_some_and(|m| m.contains("overflows")));
+        let f = block(1, |k| {
+            let a = k.ci(-3);
+            k.div(a, 2).map(|_| ())
+        });
+        assert!(f.is_some_and(|m| m.contains("negative")));
+    }
+}

@@ -1,0 +1,141 @@
+//! The kernel language the CUDA lowerings are written in: a small SIMT
+//! builder trait with two implementations, [`super::nvptx`] (LLVM IR for the
+//! NVPTX target) and [`super::emulate`] (a CPU interpreter that runs every
+//! thread of a block in lockstep, checking bounds, integer overflow and
+//! shared-memory races).
+//!
+//! Writing each kernel once against this trait is what lets the index
+//! arithmetic, coverage and numerics of the PTX be tested without a GPU:
+//! the emulator executes the very same emission code.
+//!
+//! Contract for emission code:
+//! - control flow is uniform: loops have constant trip counts and every
+//!   thread of a block runs the same sequence of operations; per-thread
+//!   conditions only guard loads and stores (`*_if`) or select values;
+//! - `I` values are signed 32-bit and must not overflow (the emulator
+//!   checks); `L` values are signed 64-bit element indices;
+//! - [`Kb::barrier`] is `__syncthreads()`: shared-memory accesses by
+//!   different threads to one element between two barriers may not
+//!   conflict (the emulator checks).
+
+use crate::backend::BackendError;
+
+pub(crate) type Result<T> = std::result::Result<T, BackendError>;
+
+/// A global buffer a kernel can address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Buf {
+    /// The packed weights section (read-only).
+    Weights,
+    /// The activation arena.
+    Arena,
+}
+
+/// The body of [`Kb::loop_acc`]: `(builder, i, acc) -> acc`.
+pub(crate) type LoopBody<'b, K> =
+    dyn FnMut(&mut K, <K as Kb>::I, Vec<<K as Kb>::F>) -> Result<Vec<<K as Kb>::F>> + 'b;
+
+/// A SIMT kernel builder (see the module docs).
+pub(crate) trait Kb {
+    /// 32-bit signed integer.
+    type I: Copy;
+    /// 64-bit signed integer (element indices).
+    type L: Copy;
+    /// f32.
+    type F: Copy;
+    /// Boolean.
+    type B: Copy;
+    /// A block-shared f32 array.
+    type S: Copy;
+
+    fn ci(&mut self, v: i32) -> Self::I;
+    fn cf(&mut self, v: f32) -> Self::F;
+    /// `threadIdx.x`.
+    fn tid(&mut self) -> Result<Self::I>;
+    /// `blockIdx.x` (`dim` 0) or `blockIdx.y` (`dim` 1).
+    fn ctaid(&mut self, dim: u8) -> Result<Self::I>;
+
+    fn add(&mut self, a: Self::I, b: Self::I) -> Result<Self::I>;
+    fn mul(&mut self, a: Self::I, b: Self::I) -> Result<Self::I>;
+    /// Division of a non-negative value by a positive constant.
+    fn div(&mut self, a: Self::I, d: i32) -> Result<Self::I>;
+    /// Remainder of a non-negative value by a positive constant.
+    fn rem(&mut self, a: Self::I, d: i32) -> Result<Self::I>;
+    /// `a < b` as unsigned: a negative `a` is never below a non-negative `b`.
+    fn ult(&mut self, a: Self::I, b: Self::I) -> Result<Self::B>;
+    fn and(&mut self, a: Self::B, b: Self::B) -> Result<Self::B>;
+
+    /// Sign-extend to 64 bits.
+    fn wide(&mut self, a: Self::I) -> Result<Self::L>;
+    fn cl(&mut self, v: i64) -> Self::L;
+    fn addl(&mut self, a: Self::L, b: Self::L) -> Result<Self::L>;
+    fn mull(&mut self, a: Self::L, b: Self::L) -> Result<Self::L>;
+
+    fn fadd(&mut self, a: Self::F, b: Self::F) -> Result<Self::F>;
+    fn fmul(&mut self, a: Self::F, b: Self::F) -> Result<Self::F>;
+    /// `a * b + c`, fused.
+    fn fma(&mut self, a: Self::F, b: Self::F, c: Self::F) -> Result<Self::F>;
+    fn fmax(&mut self, a: Self::F, b: Self::F) -> Result<Self::F>;
+    fn select(&mut self, c: Self::B, a: Self::F, b: Self::F) -> Result<Self::F>;
+    fn selecti(&mut self, c: Self::B, a: Self::I, b: Self::I) -> Result<Self::I>;
+
+    /// Element `idx` of `buf`.
+    fn load(&mut self, buf: Buf, idx: Self::L) -> Result<Self::F>;
+    /// Element `idx` of `buf` where `c`, else `other` (no access made).
+    fn load_if(&mut self, c: Self::B, buf: Buf, idx: Self::L, other: Self::F) -> Result<Self::F>;
+    /// Store where `c` (no access made elsewhere).
+    fn store_if(&mut self, c: Self::B, buf: Buf, idx: Self::L, v: Self::F) -> Result<()>;
+
+    /// A shared array of `len` f32, 16-byte aligned.
+    fn shared(&mut self, len: usize) -> Result<Self::S>;
+    fn load_shared(&mut self, s: Self::S, idx: Self::I) -> Result<Self::F>;
+    fn store_shared(&mut self, s: Self::S, idx: Self::I, v: Self::F) -> Result<()>;
+    /// Store where `c` (no access made elsewhere).
+    fn store_shared_if(&mut self, c: Self::B, s: Self::S, idx: Self::I, v: Self::F) -> Result<()>;
+    fn barrier(&mut self) -> Result<()>;
+
+    /// `for i in 0..trip { acc = body(i, acc) }` with the loop-carried
+    /// `acc`; returns the final `acc`. `trip` is at least 1. Values made in
+    /// `body` are used only inside it: they leave it through `acc` alone.
+    fn loop_acc(
+        &mut self,
+        trip: u32,
+        init: Vec<Self::F>,
+        body: &mut LoopBody<'_, Self>,
+    ) -> Result<Vec<Self::F>>;
+}
+
+/// Shorthands built from the primitives.
+pub(crate) trait KbExt: Kb {
+    fn addc(&mut self, a: Self::I, c: i32) -> Result<Self::I> {
+        let c = self.ci(c);
+        self.add(a, c)
+    }
+    fn mulc(&mut self, a: Self::I, c: i32) -> Result<Self::I> {
+        let c = self.ci(c);
+        self.mul(a, c)
+    }
+    fn ultc(&mut self, a: Self::I, c: i32) -> Result<Self::B> {
+        let c = self.ci(c);
+        self.ult(a, c)
+    }
+    /// `base + a * scale` in 64 bits.
+    fn index(&mut self, base: i64, a: Self::I, scale: i64) -> Result<Self::L> {
+        let a = self.wide(a)?;
+        let s = self.cl(scale);
+        let p = self.mull(a, s)?;
+        let b = self.cl(base);
+        self.addl(b, p)
+    }
+    /// `a + b` where `b` is a 32-bit value.
+    fn addw(&mut self, a: Self::L, b: Self::I) -> Result<Self::L> {
+        let b = self.wide(b)?;
+        self.addl(a, b)
+    }
+    fn relu(&mut self, x: Self::F) -> Result<Self::F> {
+        let z = self.cf(0.0);
+        self.fmax(x, z)
+    }
+}
+
+impl<K: Kb + ?Sized> KbExt for K {}

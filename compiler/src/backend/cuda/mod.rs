@@ -1,0 +1,279 @@
+//! The CUDA backend: kernel descriptions → LLVM IR for the NVPTX target
+//! (inkwell) → PTX text, plus the packed weights section the kernels read
+//! and one [`LaunchSpec`] per kernel.
+//!
+//! ```text
+//! [KernelDesc] ─plan─▶ KernelPlan (tiling, launch) + packed weights
+//!              ─emit─▶ LLVM module, one ptx_kernel per KernelDesc (Kb → nvptx)
+//!              ─O3──▶ PTX (sm_80 default) ─ptxas (optional)─▶ cubin, register report
+//! ```
+//!
+//! Every kernel is written once against the SIMT builder trait of `kb.rs`;
+//! [`emulate`] runs the same emission code on the CPU, so index arithmetic,
+//! coverage of the output views and numerics are testable without a GPU.
+//!
+//! # PTX ABI
+//!
+//! Each launch is an `.entry` named [`LaunchSpec::symbol`] with two
+//! `.u64` parameters, both global-memory device pointers:
+//!
+//! ```c
+//! __global__ void k(const float *weights /* CompiledCuda::weights, uploaded once */,
+//!                   float *arena         /* activation arena, >= arena_bytes    */);
+//! ```
+//!
+//! The runtime launches the kernels in order (`kernels[0]`, `kernels[1]`, …)
+//! on one stream, each with its `grid`, `block` and `dynamic_shared_bytes`
+//! (always 0: shared memory is static). Each launch must complete before the
+//! next reads its output, which in-order launches on one stream guarantee.
+//! All view offsets and shapes are compiled in: the same launches, with the
+//! same two pointers, replay as a CUDA graph. `weights` must be 16-byte
+//! aligned (cuMemAlloc gives 256) and `arena` 4-byte aligned.
+
+mod addr;
+mod arch;
+mod eltwise;
+pub mod emulate;
+mod gemm;
+mod kb;
+mod nvptx;
+mod pack;
+mod plan;
+pub mod ptxas;
+
+pub use arch::{ARCHES, TRIPLE};
+pub use pack::WEIGHT_ALIGN;
+pub use plan::Launch;
+
+use crate::backend::kernel::KernelDesc;
+use crate::backend::BackendError;
+use inkwell::context::Context;
+use inkwell::passes::PassBuilderOptions;
+use inkwell::targets::FileType;
+use kb::Kb;
+use nvptx::Nvptx;
+use pack::WeightsBuilder;
+use plan::KernelPlan;
+
+/// How to compile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CudaOptions {
+    /// CUDA architecture: `sm_80` (default), `sm_90`, … (see [`ARCHES`]).
+    pub arch: String,
+    /// LLVM optimisation level 0..=3.
+    pub opt_level: u8,
+}
+
+impl Default for CudaOptions {
+    fn default() -> Self {
+        CudaOptions {
+            arch: "sm_80".into(),
+            opt_level: 3,
+        }
+    }
+}
+
+/// A kernel parameter of the PTX ABI (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum KernelParam {
+    /// `const float*`: the packed weights section.
+    Weights,
+    /// `float*`: the activation arena.
+    Arena,
+}
+
+/// What a launch does for its kernel description.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum LaunchRole {
+    /// The op itself: writes the output view's real pixels.
+    Compute,
+    /// Zeros the output view's channel slice of its buffer's border.
+    ZeroBorder,
+}
+
+/// How to launch one kernel.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LaunchSpec {
+    /// The kernel description's name.
+    pub name: String,
+    /// Index of the kernel description in the list given to [`lower`].
+    pub desc: usize,
+    pub role: LaunchRole,
+    /// The PTX `.entry` symbol.
+    pub symbol: String,
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    /// Dynamic shared memory to request at launch (always 0 today).
+    pub dynamic_shared_bytes: u32,
+    /// Static shared memory the kernel declares (informative).
+    pub static_shared_bytes: u32,
+    /// The parameters, in order.
+    pub params: Vec<KernelParam>,
+    /// A one-line description of the lowering decision.
+    pub plan: String,
+}
+
+/// The result of lowering a kernel list.
+#[derive(Debug, Clone)]
+pub struct CompiledCuda {
+    /// PTX text (one module, all kernels).
+    pub ptx: String,
+    /// The architecture the PTX targets.
+    pub arch: String,
+    /// Launches, in the order the runtime must issue them: one per kernel
+    /// description, followed by a [`LaunchRole::ZeroBorder`] one when its
+    /// output buffer has a border.
+    pub kernels: Vec<LaunchSpec>,
+    /// The device weights section (little-endian f32).
+    pub weights: Vec<u8>,
+    /// Arena bytes the kernels touch (the largest view end).
+    pub arena_bytes: usize,
+    /// The LLVM module as generated (before optimisation).
+    pub llvm_ir: String,
+    /// The PTX assembled by `ptxas` for `arch`, once [`Self::assemble`] ran.
+    pub cubin: Option<Vec<u8>>,
+    descs: Vec<KernelDesc>,
+    plans: Vec<KernelPlan>,
+}
+
+impl CompiledCuda {
+    /// The kernel descriptions this was compiled from.
+    pub fn descs(&self) -> &[KernelDesc] {
+        &self.descs
+    }
+
+    /// Assemble the PTX with `ptxas` (see [`ptxas::find`]), keep the cubin
+    /// in [`Self::cubin`] and return the register/spill report.
+    pub fn assemble(
+        &mut self,
+        ptxas_path: &std::path::Path,
+    ) -> Result<ptxas::PtxasReport, ptxas::PtxasError> {
+        let report = ptxas::assemble(ptxas_path, &self.ptx, &self.arch)?;
+        self.cubin = Some(report.cubin.clone());
+        Ok(report)
+    }
+}
+
+fn invalid(index: usize, desc: &KernelDesc, message: String) -> BackendError {
+    BackendError::InvalidKernel {
+        index,
+        name: desc.name.clone(),
+        message,
+    }
+}
+
+/// Emit the body of the kernel planned by `plan`.
+fn emit<K: Kb>(k: &mut K, plan: &KernelPlan) -> kb::Result<()> {
+    match plan {
+        KernelPlan::Gemm(p) => gemm::emit(k, p),
+        KernelPlan::Pool(p) => eltwise::emit_pool(k, p),
+        KernelPlan::Gap(p) => eltwise::emit_gap(k, p),
+        KernelPlan::Affine(p) => eltwise::emit_affine(k, p),
+        KernelPlan::Border(p) => eltwise::emit_border(k, p),
+    }
+}
+
+/// The PTX symbol of kernel `index`: `dnc_k<index>_<name>`, the name
+/// reduced to `[A-Za-z0-9_]` and at most 48 characters.
+pub fn symbol(index: usize, name: &str) -> String {
+    let clean: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .take(48)
+        .collect();
+    format!("dnc_k{index:03}_{clean}")
+}
+
+/// Lower `kernels` (launched in order) to PTX.
+pub fn lower(kernels: &[KernelDesc], opts: &CudaOptions) -> Result<CompiledCuda, BackendError> {
+    let mut wb = WeightsBuilder::default();
+    let mut plans = Vec::with_capacity(kernels.len());
+    let mut specs = Vec::with_capacity(kernels.len());
+    for (index, k) in kernels.iter().enumerate() {
+        k.validate().map_err(|m| invalid(index, k, m))?;
+        let plan = KernelPlan::new(k, &mut wb).map_err(|m| invalid(index, k, m))?;
+        let border = KernelPlan::border(k).map_err(|m| invalid(index, k, m))?;
+        let base = symbol(index, &k.name);
+        let roles = [
+            (LaunchRole::Compute, Some(plan)),
+            (LaunchRole::ZeroBorder, border),
+        ];
+        for (role, plan) in roles {
+            let Some(plan) = plan else { continue };
+            let launch = plan.launch().map_err(|m| invalid(index, k, m))?;
+            let shared =
+                u32::try_from(plan.shared_bytes()).map_err(|e| invalid(index, k, e.to_string()))?;
+            specs.push(LaunchSpec {
+                name: k.name.clone(),
+                desc: index,
+                role,
+                symbol: match role {
+                    LaunchRole::Compute => base.clone(),
+                    LaunchRole::ZeroBorder => format!("{base}_border"),
+                },
+                grid: launch.grid,
+                block: launch.block,
+                dynamic_shared_bytes: 0,
+                static_shared_bytes: shared,
+                params: vec![KernelParam::Weights, KernelParam::Arena],
+                plan: plan.summary(),
+            });
+            plans.push(plan);
+        }
+    }
+    if wb.len() > i64::MAX as usize / 4 {
+        return Err(BackendError::Codegen("weights section too large".into()));
+    }
+
+    let machine = arch::machine(&opts.arch, opts.opt_level)?;
+    let context = Context::create();
+    let module = context.create_module("densenetc_cuda");
+    module.set_triple(&machine.get_triple());
+    module.set_data_layout(&machine.get_target_data().get_data_layout());
+    for (plan, spec) in plans.iter().zip(&specs) {
+        let mut k = Nvptx::kernel(&context, &module, &spec.symbol, spec.block[0])?;
+        emit(&mut k, plan)?;
+        k.finish()?;
+    }
+    module
+        .verify()
+        .map_err(|e| BackendError::Codegen(format!("invalid module: {e}")))?;
+    let llvm_ir = module.print_to_string().to_string();
+
+    // The kernels are emitted already unrolled where it matters; LLVM's own
+    // unrolling would only grow the PTX.
+    let passes = PassBuilderOptions::create();
+    passes.set_loop_unrolling(false);
+    passes.set_loop_vectorization(false);
+    passes.set_loop_slp_vectorization(false);
+    module
+        .run_passes(
+            &format!("default<O{}>", opts.opt_level.min(3)),
+            &machine,
+            passes,
+        )
+        .map_err(|e| BackendError::Codegen(format!("optimisation failed: {e}")))?;
+    let ptx = machine
+        .write_to_memory_buffer(&module, FileType::Assembly)
+        .map_err(|e| BackendError::Codegen(format!("PTX emission failed: {e}")))?;
+    let ptx = String::from_utf8_lossy(ptx.as_slice())
+        .trim_end_matches('\0')
+        .to_string();
+
+    let arena_bytes = kernels
+        .iter()
+        .flat_map(|k| [k.input.end_bytes(), k.output.end_bytes()])
+        .max()
+        .unwrap_or(0);
+    Ok(CompiledCuda {
+        ptx,
+        arch: opts.arch.clone(),
+        kernels: specs,
+        weights: wb.into_bytes(),
+        arena_bytes,
+        llvm_ir,
+        cubin: None,
+        descs: kernels.to_vec(),
+        plans,
+    })
+}

@@ -1,0 +1,352 @@
+//! [`Kb`] for LLVM's NVPTX target: each kernel becomes a `ptx_kernel`
+//! function `void k(ptr addrspace(1) noalias readonly weights,
+//! ptr addrspace(1) noalias arena)` with `nvvm.annotations` (`kernel`,
+//! `maxntidx`), thread and block ids from `llvm.nvvm.read.ptx.sreg.*`,
+//! shared arrays as internal `addrspace(3)` globals and
+//! `llvm.nvvm.barrier0` for `__syncthreads()`.
+
+use super::kb::{Buf, Kb, LoopBody, Result};
+use crate::backend::BackendError;
+use inkwell::attributes::{Attribute, AttributeLoc};
+use inkwell::builder::Builder;
+use inkwell::context::Context;
+use inkwell::intrinsics::Intrinsic;
+use inkwell::module::{Linkage, Module};
+use inkwell::types::{FloatType, IntType};
+use inkwell::values::{
+    BasicMetadataValueEnum, BasicValue, FloatValue, FunctionValue, IntValue, PointerValue,
+};
+use inkwell::{AddressSpace, IntPredicate};
+
+/// LLVM's `ptx_kernel` calling convention.
+const PTX_KERNEL_CC: u32 = 71;
+const GLOBAL: u16 = 1;
+const SHARED: u16 = 3;
+
+/// One kernel function under construction.
+pub(crate) struct Nvptx<'a, 'ctx> {
+    ctx: &'ctx Context,
+    module: &'a Module<'ctx>,
+    b: Builder<'ctx>,
+    f: FunctionValue<'ctx>,
+    weights: PointerValue<'ctx>,
+    arena: PointerValue<'ctx>,
+    f32: FloatType<'ctx>,
+    i32: IntType<'ctx>,
+    i64: IntType<'ctx>,
+    shared_count: usize,
+}
+
+fn cg(e: impl std::fmt::Display) -> BackendError {
+    BackendError::Codegen(e.to_string())
+}
+
+impl<'a, 'ctx> Nvptx<'a, 'ctx> {
+    /// Declare kernel `name` (launched with `threads` threads per block) in
+    /// `module` and position a builder at its entry.
+    pub fn kernel(
+        ctx: &'ctx Context,
+        module: &'a Module<'ctx>,
+        name: &str,
+        threads: u32,
+    ) -> Result<Self> {
+        let gptr = ctx.ptr_type(AddressSpace::from(GLOBAL));
+        let ty = ctx.void_type().fn_type(&[gptr.into(), gptr.into()], false);
+        let f = module.add_function(name, ty, Some(Linkage::External));
+        f.set_call_conventions(PTX_KERNEL_CC);
+        let attr = |n: &str| ctx.create_enum_attribute(Attribute::get_named_enum_kind_id(n), 0);
+        f.add_attribute(AttributeLoc::Function, attr("nounwind"));
+        for i in 0..2 {
+            f.add_attribute(AttributeLoc::Param(i), attr("noalias"));
+        }
+        f.add_attribute(AttributeLoc::Param(0), attr("readonly"));
+        let fptr = f.as_global_value().as_pointer_value();
+        for (key, value) in [("kernel", 1), ("maxntidx", threads)] {
+            let node = ctx.metadata_node(&[
+                BasicMetadataValueEnum::from(fptr),
+                ctx.metadata_string(key).into(),
+                ctx.i32_type().const_int(u64::from(value), false).into(),
+            ]);
+            module
+                .add_global_metadata("nvvm.annotations", &node)
+                .map_err(cg)?;
+        }
+        let param = |i: u32, n: &str| -> Result<PointerValue<'ctx>> {
+            let p = f
+                .get_nth_param(i)
+                .ok_or_else(|| cg("kernel parameter missing"))?
+                .into_pointer_value();
+            p.set_name(n);
+            Ok(p)
+        };
+        let (weights, arena) = (param(0, "weights")?, param(1, "arena")?);
+        let b = ctx.create_builder();
+        b.position_at_end(ctx.append_basic_block(f, "entry"));
+        Ok(Nvptx {
+            ctx,
+            module,
+            b,
+            f,
+            weights,
+            arena,
+            f32: ctx.f32_type(),
+            i32: ctx.i32_type(),
+            i64: ctx.i64_type(),
+            shared_count: 0,
+        })
+    }
+
+    /// Close the kernel.
+    pub fn finish(self) -> Result<()> {
+        self.b.build_return(None)?;
+        Ok(())
+    }
+
+    fn call(
+        &self,
+        name: &str,
+        args: &[BasicMetadataValueEnum<'ctx>],
+    ) -> Result<Option<inkwell::values::BasicValueEnum<'ctx>>> {
+        let overload: Vec<_> = if name.starts_with("llvm.nvvm") {
+            vec![]
+        } else {
+            vec![self.f32.into()]
+        };
+        let f = Intrinsic::find(name)
+            .and_then(|i| i.get_declaration(self.module, &overload))
+            .ok_or_else(|| cg(format!("intrinsic {name} is not available")))?;
+        let v = self.b.build_call(f, args, "")?;
+        Ok(v.try_as_basic_value().basic())
+    }
+
+    fn call_i32(&self, name: &str) -> Result<IntValue<'ctx>> {
+        self.call(name, &[])?
+            .map(|v| v.into_int_value())
+            .ok_or_else(|| cg(format!("{name} returned nothing")))
+    }
+
+    fn call_f32(&self, name: &str, args: &[FloatValue<'ctx>]) -> Result<FloatValue<'ctx>> {
+        let args: Vec<BasicMetadataValueEnum> = args.iter().map(|&a| a.into()).collect();
+        self.call(name, &args)?
+            .map(|v| v.into_float_value())
+            .ok_or_else(|| cg(format!("{name} returned nothing")))
+    }
+
+    fn gep(&self, base: PointerValue<'ctx>, idx: IntValue<'ctx>) -> Result<PointerValue<'ctx>> {
+        // SAFETY: building a GEP only creates IR. The emission contract
+        // (kb.rs) is that guarded accesses are only executed with indices
+        // inside their buffer; the emulator checks it.
+        Ok(unsafe { self.b.build_in_bounds_gep(self.f32, base, &[idx], "")? })
+    }
+
+    fn base(&self, buf: Buf) -> PointerValue<'ctx> {
+        match buf {
+            Buf::Weights => self.weights,
+            Buf::Arena => self.arena,
+        }
+    }
+
+    fn load_at(&self, p: PointerValue<'ctx>) -> Result<FloatValue<'ctx>> {
+        let v = self.b.build_load(self.f32, p, "")?;
+        if let Some(i) = v.as_instruction_value() {
+            i.set_alignment(4).map_err(cg)?;
+        }
+        Ok(v.into_float_value())
+    }
+
+    fn block(&self, name: &str) -> inkwell::basic_block::BasicBlock<'ctx> {
+        self.ctx.append_basic_block(self.f, name)
+    }
+
+    fn current(&self) -> Result<inkwell::basic_block::BasicBlock<'ctx>> {
+        self.b
+            .get_insert_block()
+            .ok_or_else(|| cg("builder lost its block"))
+    }
+}
+
+impl<'ctx> Kb for Nvptx<'_, 'ctx> {
+    type I = IntValue<'ctx>;
+    type L = IntValue<'ctx>;
+    type F = FloatValue<'ctx>;
+    type B = IntValue<'ctx>;
+    type S = PointerValue<'ctx>;
+
+    fn ci(&mut self, v: i32) -> Self::I {
+        self.i32.const_int(i64::from(v) as u64, true)
+    }
+    fn cf(&mut self, v: f32) -> Self::F {
+        self.f32.const_float(f64::from(v))
+    }
+    fn tid(&mut self) -> Result<Self::I> {
+        self.call_i32("llvm.nvvm.read.ptx.sreg.tid.x")
+    }
+    fn ctaid(&mut self, dim: u8) -> Result<Self::I> {
+        let axis = if dim == 0 { "x" } else { "y" };
+        self.call_i32(&format!("llvm.nvvm.read.ptx.sreg.ctaid.{axis}"))
+    }
+    fn add(&mut self, a: Self::I, b: Self::I) -> Result<Self::I> {
+        Ok(self.b.build_int_nsw_add(a, b, "")?)
+    }
+    fn mul(&mut self, a: Self::I, b: Self::I) -> Result<Self::I> {
+        Ok(self.b.build_int_nsw_mul(a, b, "")?)
+    }
+    fn div(&mut self, a: Self::I, d: i32) -> Result<Self::I> {
+        let d = self.ci(d);
+        Ok(self.b.build_int_unsigned_div(a, d, "")?)
+    }
+    fn rem(&mut self, a: Self::I, d: i32) -> Result<Self::I> {
+        let d = self.ci(d);
+        Ok(self.b.build_int_unsigned_rem(a, d, "")?)
+    }
+    fn ult(&mut self, a: Self::I, b: Self::I) -> Result<Self::B> {
+        Ok(self.b.build_int_compare(IntPredicate::ULT, a, b, "")?)
+    }
+    fn and(&mut self, a: Self::B, b: Self::B) -> Result<Self::B> {
+        Ok(self.b.build_and(a, b, "")?)
+    }
+    fn wide(&mut self, a: Self::I) -> Result<Self::L> {
+        Ok(self.b.build_int_s_extend(a, self.i64, "")?)
+    }
+    fn cl(&mut self, v: i64) -> Self::L {
+        self.i64.const_int(v as u64, true)
+    }
+    fn addl(&mut self, a: Self::L, b: Self::L) -> Result<Self::L> {
+        Ok(self.b.build_int_nsw_add(a, b, "")?)
+    }
+    fn mull(&mut self, a: Self::L, b: Self::L) -> Result<Self::L> {
+        Ok(self.b.build_int_nsw_mul(a, b, "")?)
+    }
+    fn fadd(&mut self, a: Self::F, b: Self::F) -> Result<Self::F> {
+        Ok(self.b.build_float_add(a, b, "")?)
+    }
+    fn fmul(&mut self, a: Self::F, b: Self::F) -> Result<Self::F> {
+        Ok(self.b.build_float_mul(a, b, "")?)
+    }
+    fn fma(&mut self, a: Self::F, b: Self::F, c: Self::F) -> Result<Self::F> {
+        self.call_f32("llvm.fma", &[a, b, c])
+    }
+    fn fmax(&mut self, a: Self::F, b: Self::F) -> Result<Self::F> {
+        self.call_f32("llvm.maxnum", &[a, b])
+    }
+    fn select(&mut self, c: Self::B, a: Self::F, b: Self::F) -> Result<Self::F> {
+        Ok(self.b.build_select(c, a, b, "")?.into_float_value())
+    }
+    fn selecti(&mut self, c: Self::B, a: Self::I, b: Self::I) -> Result<Self::I> {
+        Ok(self.b.build_select(c, a, b, "")?.into_int_value())
+    }
+    fn load(&mut self, buf: Buf, idx: Self::L) -> Result<Self::F> {
+        let p = self.gep(self.base(buf), idx)?;
+        self.load_at(p)
+    }
+    fn load_if(&mut self, c: Self::B, buf: Buf, idx: Self::L, other: Self::F) -> Result<Self::F> {
+        let from = self.current()?;
+        let (then, join) = (self.block("ld"), self.block("ld.join"));
+        self.b.build_conditional_branch(c, then, join)?;
+        self.b.position_at_end(then);
+        let v = self.load(buf, idx)?;
+        let then_end = self.current()?;
+        self.b.build_unconditional_branch(join)?;
+        self.b.position_at_end(join);
+        let phi = self.b.build_phi(self.f32, "")?;
+        phi.add_incoming(&[(&v as &dyn BasicValue, then_end), (&other, from)]);
+        Ok(phi.as_basic_value().into_float_value())
+    }
+    fn store_if(&mut self, c: Self::B, buf: Buf, idx: Self::L, v: Self::F) -> Result<()> {
+        let (then, join) = (self.block("st"), self.block("st.join"));
+        self.b.build_conditional_branch(c, then, join)?;
+        self.b.position_at_end(then);
+        let p = self.gep(self.base(buf), idx)?;
+        let st = self.b.build_store(p, v)?;
+        st.set_alignment(4).map_err(cg)?;
+        self.b.build_unconditional_branch(join)?;
+        self.b.position_at_end(join);
+        Ok(())
+    }
+    fn shared(&mut self, len: usize) -> Result<Self::S> {
+        let len = u32::try_from(len).map_err(cg)?;
+        let ty = self.f32.array_type(len);
+        let name = format!(
+            "{}.smem{}",
+            self.f.get_name().to_string_lossy(),
+            self.shared_count
+        );
+        self.shared_count += 1;
+        let g = self
+            .module
+            .add_global(ty, Some(AddressSpace::from(SHARED)), &name);
+        g.set_linkage(Linkage::Internal);
+        g.set_initializer(&ty.get_undef());
+        g.set_alignment(16);
+        Ok(g.as_pointer_value())
+    }
+    fn load_shared(&mut self, s: Self::S, idx: Self::I) -> Result<Self::F> {
+        let p = self.gep(s, idx)?;
+        self.load_at(p)
+    }
+    fn store_shared(&mut self, s: Self::S, idx: Self::I, v: Self::F) -> Result<()> {
+        let p = self.gep(s, idx)?;
+        let st = self.b.build_store(p, v)?;
+        st.set_alignment(4).map_err(cg)?;
+        Ok(())
+    }
+    fn store_shared_if(&mut self, c: Self::B, s: Self::S, idx: Self::I, v: Self::F) -> Result<()> {
+        let (then, join) = (self.block("sst"), self.block("sst.join"));
+        self.b.build_conditional_branch(c, then, join)?;
+        self.b.position_at_end(then);
+        self.store_shared(s, idx, v)?;
+        self.b.build_unconditional_branch(join)?;
+        self.b.position_at_end(join);
+        Ok(())
+    }
+    fn barrier(&mut self) -> Result<()> {
+        self.call("llvm.nvvm.barrier0", &[])?;
+        Ok(())
+    }
+    fn loop_acc(
+        &mut self,
+        trip: u32,
+        init: Vec<Self::F>,
+        body: &mut LoopBody<'_, Self>,
+    ) -> Result<Vec<Self::F>> {
+        let pre = self.current()?;
+        let (head, exit) = (self.block("loop"), self.block("loop.exit"));
+        self.b.build_unconditional_branch(head)?;
+        self.b.position_at_end(head);
+        let i_phi = self.b.build_phi(self.i32, "i")?;
+        let mut phis = Vec::with_capacity(init.len());
+        for _ in &init {
+            phis.push(self.b.build_phi(self.f32, "acc")?);
+        }
+        let i = i_phi.as_basic_value().into_int_value();
+        let acc = phis
+            .iter()
+            .map(|p| p.as_basic_value().into_float_value())
+            .collect();
+        let out = body(self, i, acc)?;
+        if out.len() != init.len() {
+            return Err(cg("loop body changed the accumulator count"));
+        }
+        let next = self.addc_i(i, 1)?;
+        let trip_v = self.ci(i32::try_from(trip).map_err(cg)?);
+        let more = self
+            .b
+            .build_int_compare(IntPredicate::ULT, next, trip_v, "")?;
+        let latch = self.current()?;
+        self.b.build_conditional_branch(more, head, exit)?;
+        let zero = self.ci(0);
+        i_phi.add_incoming(&[(&zero as &dyn BasicValue, pre), (&next, latch)]);
+        for ((phi, v0), v1) in phis.iter().zip(&init).zip(&out) {
+            phi.add_incoming(&[(v0 as &dyn BasicValue, pre), (v1, latch)]);
+        }
+        self.b.position_at_end(exit);
+        Ok(out)
+    }
+}
+
+impl<'ctx> Nvptx<'_, 'ctx> {
+    fn addc_i(&mut self, a: IntValue<'ctx>, c: i32) -> Result<IntValue<'ctx>> {
+        let c = self.ci(c);
+        self.add(a, c)
+    }
+}
