@@ -107,6 +107,11 @@ class Worker:
 
     def _reap(self) -> None:
         self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
         try:
             self.maxrss_kb = json.loads(Path(self.rss_file).read_text())["maxrss_kb"]
         except (OSError, ValueError, KeyError):
@@ -118,7 +123,6 @@ class Worker:
         if self.proc.returncode is None:
             try:
                 self.hwm_kb = self._send(cmd="quit").get("hwm_kb")
-                self.proc.stdin.close()
             except (BrokenPipeError, WorkerError):
                 pass
             self._reap()
@@ -407,12 +411,14 @@ def print_bench(r: dict) -> None:
     print(f"{r['model']} batch {r['batch']} {r['image_size']}x{r['image_size']}, "
           f"weights {r['weights']}, {r['threads']} threads, {r['iters']} iters in "
           f"{r['rounds']} interleaved rounds after {r['warmup']} warmup")
-    print(f"{'engine':14s} {'version':10s} {'median':>9s} {'p90':>9s} {'min':>9s} "
-          f"{'peak RSS':>10s}")
+    print(f"{'engine':14s} {'version':10s} {'median ms':>10s} {'p90':>9s} {'min':>9s} "
+          f"{'peak RSS MiB: once':>19s} {'timed':>7s}")
     for e, s in r["engines"].items():
-        rss = f"{s['peak_rss_mib']:7.1f} MiB" if "peak_rss_mib" in s else "n/a"
+        once = f"{s['peak_rss_kb'] / 1024:.1f}" if "peak_rss_kb" in s else "n/a"
+        timed = s.get("timing_process_peak_rss_kb", -1)
+        timed = f"{timed / 1024:.1f}" if timed > 0 else "n/a"
         print(f"{s.get('name', e):14s} {str(s.get('version', '')):10s} "
-              f"{s['median_ms']:9.2f} {s['p90_ms']:9.2f} {s['min_ms']:9.2f} {rss:>10s}")
+              f"{s['median_ms']:10.2f} {s['p90_ms']:9.2f} {s['min_ms']:9.2f} {once:>19s} {timed:>7s}")
     for e, s in r["engines"].items():
         for k, v in s.items():
             if k.startswith("rel_error_vs_") and v > 0:
@@ -420,7 +426,7 @@ def print_bench(r: dict) -> None:
     print(f"load average before {r['machine_before']['loadavg']}, "
           f"after {r['machine_after']['loadavg']} ({r['machine_before']['cpus']} CPUs)")
     if any("peak_rss_mib" in s for s in r["engines"].values()):
-        print(f"peak RSS: {RSS_METHOD}")
+        print(f"peak RSS once: {RSS_METHOD}; timed: the same for the timing process")
 
 
 def parse_args(argv=None):
