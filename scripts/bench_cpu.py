@@ -205,12 +205,15 @@ def report(a, results: list[dict], command: str, started: str, golden: dict) -> 
         f"sequential, all graph optimisations); OpenVINO {v['openvino']} (CPU, "
         f"INFERENCE_NUM_THREADS {a.threads}, LATENCY hint, INFERENCE_PRECISION_HINT f32); "
         f"densenetc: {results[0].get('densenetc_version', 'n/a')}",
+        "- CPU busy: share of both CPUs used by other jobs over 1 s just before and after each "
+        "model (from /proc/stat); load avg: 1-minute load average",
         f"- timing: interleaved rounds ({a.rounds}) per model, warmup {a.warmup} per engine; "
         "median over all timed runs, p90 nearest rank",
         "",
-        "| model | batch | ONNX Runtime | OpenVINO | densenetc | best peer / densenetc | load avg (1 min) before → after |",
-        "|---|---|---|---|---|---|---|",
+        "| model | batch | ONNX Runtime | OpenVINO | densenetc | best peer / densenetc | CPU busy before → after | load avg before → after |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    warn = []
     for r in results:
         e = r["engines"]
         peer_best = min(e["ort"]["median_ms"], e["openvino"]["median_ms"])
@@ -219,10 +222,17 @@ def report(a, results: list[dict], command: str, started: str, golden: dict) -> 
             ratio = f"{peer_best / e['densenetc']['median_ms']:.2f}x"
         else:
             d, ratio = r["densenetc_state"], "n/a"
-        lb, la = r["machine_before"]["loadavg"][0], r["machine_after"]["loadavg"][0]
+        mb, ma = r["machine_before"], r["machine_after"]
         lines.append(f"| {r['model']} {r['image_size']}x{r['image_size']} | {r['batch']} | "
                      f"{fmt_ms(e['ort'])} | {fmt_ms(e['openvino'])} | {d} | {ratio} | "
-                     f"{lb:.2f} → {la:.2f} |")
+                     f"{mb['busy_percent']:.0f}% → {ma['busy_percent']:.0f}% | "
+                     f"{mb['loadavg'][0]:.2f} → {ma['loadavg'][0]:.2f} |")
+        busy = max(mb["busy_percent"], ma["busy_percent"])
+        if busy > 10:
+            warn.append(f"{r['model']} b{r['batch']}: other jobs kept {busy:.0f}% of the CPUs busy")
+    if warn:
+        lines += ["", "**Warning: the machine was not quiet; the latencies above are inflated "
+                  "(ONNX Runtime's spinning thread pool suffers most).** " + "; ".join(warn) + "."]
     lines += [
         "",
         "Peak RSS in MiB (ru_maxrss via scripts/maxrss.py). *once*: a process that loads the "

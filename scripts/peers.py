@@ -223,9 +223,27 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_busy_percent(interval: float = 1.0) -> float | None:
+    """Share of all CPUs busy (not idle or iowait) over ``interval`` seconds,
+    from /proc/stat, while this process sleeps: what other jobs take now.
+    The load average lags by a minute; this does not."""
+    def sample():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]
+
+    try:
+        t0, i0 = sample()
+        time.sleep(interval)
+        t1, i1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 100.0 * (1 - (i1 - i0) / max(t1 - t0, 1))
+
+
 def machine() -> dict:
     return {"cpu": cpu_name(), "cpus": os.cpu_count(), "loadavg": list(os.getloadavg()),
-            "python": platform.python_version()}
+            "busy_percent": cpu_busy_percent(), "python": platform.python_version()}
 
 
 # ---------------------------------------------------------------- CLI
@@ -423,8 +441,10 @@ def print_bench(r: dict) -> None:
         for k, v in s.items():
             if k.startswith("rel_error_vs_") and v > 0:
                 print(f"{s['name']} output vs {k[13:]}: rel error {v:.2e}")
-    print(f"load average before {r['machine_before']['loadavg']}, "
-          f"after {r['machine_after']['loadavg']} ({r['machine_before']['cpus']} CPUs)")
+    mb, ma = r["machine_before"], r["machine_after"]
+    print(f"machine: {mb['cpus']} CPUs; busy (other jobs) {mb['busy_percent']:.0f}% before, "
+          f"{ma['busy_percent']:.0f}% after; load average {mb['loadavg'][0]:.2f} before, "
+          f"{ma['loadavg'][0]:.2f} after")
     if any("peak_rss_mib" in s for s in r["engines"].values()):
         print(f"peak RSS once: {RSS_METHOD}; timed: the same for the timing process")
 
