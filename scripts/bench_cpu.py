@@ -188,7 +188,7 @@ def run_case(a, dnc: Densenetc | None, arch: str, batch: int, size: int, iters: 
 
 
 def fmt_ms(s: dict | None) -> str:
-    return f"{s['median_ms']:.1f} ms (p90 {s['p90_ms']:.1f})" if s else ""
+    return f"{s['median_ms']:.1f} ms (p90 {s['p90_ms']:.1f}, min {s['min_ms']:.1f})" if s else ""
 
 
 def report(a, results: list[dict], command: str, started: str, golden: dict) -> str:
@@ -208,7 +208,7 @@ def report(a, results: list[dict], command: str, started: str, golden: dict) -> 
         "- CPU busy: share of both CPUs used by other jobs over 1 s just before and after each "
         "model (from /proc/stat); load avg: 1-minute load average",
         f"- timing: interleaved rounds ({a.rounds}) per model, warmup {a.warmup} per engine; "
-        "median over all timed runs, p90 nearest rank",
+        "cells: median over all timed runs (p90 nearest rank, min)",
         "",
         "| model | batch | ONNX Runtime | OpenVINO | densenetc | best peer / densenetc | CPU busy before → after | load avg before → after |",
         "|---|---|---|---|---|---|---|---|",
