@@ -133,8 +133,7 @@ def run_case(a, dnc: Densenetc | None, arch: str, batch: int, size: int, iters: 
     cfg = dn.resolve(arch, {"image_size": size} if size != dn.preset(arch).image_size else {})
     weights_file = work / f"{arch}-seed{a.seed}.safetensors"
     weights = dn.random_weights(cfg, a.seed)
-    if not weights_file.exists():
-        dn.save_weights(weights, weights_file)
+    dn.save_weights(weights, weights_file)  # always: densenetc must read these very tensors
     model, x_path = work / f"{tag}.onnx", work / f"{tag}.input.npy"
     peers.write_model(cfg, weights, batch, model)
     rng = np.random.default_rng(a.seed)
