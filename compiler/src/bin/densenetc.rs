@@ -475,7 +475,8 @@ fn compile(a: &CompileArgs) -> Result<()> {
 }
 
 fn load_model(path: &std::path::Path) -> Result<runtime::Model> {
-    runtime::Model::load(path).with_context(|| format!("loading {}", path.display()))
+    // The runtime's errors already name the file; keep the message one line.
+    runtime::Model::load(path).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 fn cpu_device(device: &str, threads: usize) -> Result<runtime::Device> {
@@ -488,18 +489,20 @@ fn cpu_device(device: &str, threads: usize) -> Result<runtime::Device> {
 
 fn run(a: &RunArgs) -> Result<()> {
     let device = cpu_device(&a.device, a.threads)?;
+    if let Some(path) = &a.input {
+        if path.extension().and_then(|e| e.to_str()) != Some("npy") {
+            bail!(
+                "{}: image input not supported yet; pass a .npy",
+                path.display()
+            );
+        }
+    }
     let model = load_model(&a.artefact)?;
     let input = match (&a.input, a.random_input) {
         (_, Some(seed)) => {
             ir::reference::Tensor::random_uniform(model.input_shape().to_vec(), seed, -1.0, 1.0)
         }
         (Some(path), None) => {
-            if path.extension().and_then(|e| e.to_str()) != Some("npy") {
-                bail!(
-                    "{}: image input not supported yet; pass a .npy",
-                    path.display()
-                );
-            }
             ir::reference::npy::read(path).with_context(|| format!("reading {}", path.display()))?
         }
         (None, None) => bail!("no input: pass --input X.npy or --random-input SEED"),
