@@ -227,3 +227,30 @@ fn golden_bc40_matches_pytorch() {
     assert!(rel <= 1e-4, "relative error {rel}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn labels_are_stored_and_printed_by_run() {
+    let dir = temp_dir("labels");
+    let labels = dir.join("labels.txt");
+    let names: Vec<String> = (0..10).map(|i| format!("class-{i}")).collect();
+    std::fs::write(&labels, names.join("\n")).expect("labels");
+    let dnc = dir.join("l.dnc");
+    let mut args = vec!["compile"];
+    args.extend(SMALL);
+    args.extend(["--labels", s(&labels), "-o", s(&dnc)]);
+    ok(&args);
+    let text = ok(&[
+        "run",
+        s(&dnc),
+        "--random-input",
+        "4",
+        "--top",
+        "2",
+        "--threads",
+        "2",
+    ]);
+    assert!(text.contains("class-"), "{text}");
+    let text = ok(&["inspect", s(&dnc)]);
+    assert!(text.contains("10 names"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
