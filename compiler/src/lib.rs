@@ -1,6 +1,7 @@
 //! densenetc, the compiler: DenseNet builder, weight import, pass pipeline,
 //! memory planner, backends and the `densenetc` command line.
 
+pub mod artefact;
 pub mod backend;
 pub mod builder;
 pub mod dot;

@@ -1,0 +1,256 @@
+//! `densenetc compile | run | bench | inspect OUT.dnc`, run as a user runs them,
+//! checked against the reference executor and the PyTorch golden fixture.
+
+use compiler::builder::{self, ConfigOverrides, DenseNetConfig};
+use ir::reference::{npy, Tensor};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn densenetc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_densenetc"))
+        .args(args)
+        .output()
+        .expect("densenetc runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = densenetc(args);
+    assert!(
+        out.status.success(),
+        "densenetc {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails_with(args: &[&str], needle: &str) {
+    let out = densenetc(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "densenetc {args:?} should fail");
+    assert!(
+        err.contains(needle),
+        "stderr of {args:?} lacks `{needle}`: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("densenetc-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+const SMALL: [&str; 10] = [
+    "--arch",
+    "densenet-bc-100",
+    "--block-config",
+    "2,2",
+    "--image-size",
+    "16",
+    "--batch",
+    "2",
+    "--random-weights",
+    "3",
+];
+
+/// Compiles the small model once per test into `dir`.
+fn compile_small(dir: &Path) -> PathBuf {
+    let out = dir.join("small.dnc");
+    let mut args = vec!["compile"];
+    args.extend(SMALL);
+    args.extend(["--cpu", "x86-64-v3", "-o", s(&out)]);
+    let line = ok(&args);
+    assert!(line.starts_with("compiled "), "{line}");
+    out
+}
+
+fn small_reference(input: &Tensor) -> Tensor {
+    let o = ConfigOverrides {
+        block_config: Some(vec![2, 2]),
+        image_size: Some(16),
+        ..Default::default()
+    };
+    let cfg = DenseNetConfig::resolve(Some("densenet-bc-100"), &o).expect("config");
+    let mut g = builder::build(&cfg, 2).expect("build");
+    compiler::weights::randomize(&mut g, 3);
+    ir::reference::run(&g, std::slice::from_ref(input))
+        .expect("reference")
+        .remove(0)
+}
+
+#[test]
+fn compiled_small_model_matches_the_reference() {
+    let dir = temp_dir("small");
+    let dnc = compile_small(&dir);
+    let input = Tensor::random_uniform(vec![2, 3, 16, 16], 11, -1.0, 1.0);
+    let x = dir.join("x.npy");
+    let y = dir.join("y.npy");
+    npy::write(&x, &input).expect("write input");
+    let text = ok(&[
+        "run",
+        s(&dnc),
+        "--input",
+        s(&x),
+        "--output",
+        s(&y),
+        "--top",
+        "3",
+    ]);
+    assert!(text.contains("image 1:"), "{text}");
+    let got = npy::read(&y).expect("read output");
+    let want = small_reference(&input);
+    assert_eq!(got.shape, want.shape);
+    let rel = got.rel_error(&want).expect("same shape");
+    assert!(rel <= 1e-4, "relative error {rel}");
+
+    // inspect OUT.dnc: manifest and section table.
+    let text = ok(&["inspect", s(&dnc)]);
+    for needle in [
+        "compiler:",
+        "densenet",
+        "arena bytes:",
+        "manifest",
+        "weights",
+        "cpu_so",
+    ] {
+        assert!(text.contains(needle), "inspect lacks {needle}: {text}");
+    }
+
+    // bench --json keys.
+    let v: serde_json::Value = serde_json::from_str(&ok(&[
+        "bench",
+        s(&dnc),
+        "--iters",
+        "3",
+        "--warmup",
+        "1",
+        "--json",
+    ]))
+    .expect("bench JSON");
+    for key in [
+        "median_ms",
+        "p90_ms",
+        "iters",
+        "threads",
+        "batch",
+        "device",
+        "samples_ms",
+    ] {
+        assert!(v.get(key).is_some(), "bench --json lacks {key}: {v}");
+    }
+    assert_eq!(v["device"], "cpu");
+    assert_eq!(v["batch"], 2);
+    assert_eq!(v["iters"], 3);
+    let text = ok(&["bench", s(&dnc), "--iters", "2", "--profile"]);
+    assert!(text.contains("total"), "{text}");
+
+    // A wrong input shape is an error, not a crash.
+    let bad = dir.join("bad.npy");
+    npy::write(&bad, &Tensor::zeros(vec![2, 3, 8, 8])).expect("write");
+    fails_with(&["run", s(&dnc), "--input", s(&bad)], "shape");
+
+    // A truncated artefact is an error, not a crash.
+    let bytes = std::fs::read(&dnc).expect("read artefact");
+    let cut = dir.join("cut.dnc");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).expect("write");
+    fails_with(&["run", s(&cut), "--input", s(&x)], "truncated");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn compile_errors_are_clear() {
+    let dir = temp_dir("errors");
+    let out = dir.join("x.dnc");
+    fails_with(
+        &["compile", "--arch", "densenet-bc-100", "-o", s(&out)],
+        "compile needs weights",
+    );
+    fails_with(
+        &[
+            "compile",
+            "--arch",
+            "densenet-bc-100",
+            "--random-weights",
+            "1",
+            "--target",
+            "cuda",
+            "-o",
+            s(&out),
+        ],
+        "the CUDA target is not wired into compile yet",
+    );
+    fails_with(
+        &["run", s(&out), "--input", "cat.jpg"],
+        "image input not supported yet",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn golden_bc40_matches_pytorch() {
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/golden/bc40_cifar");
+    let dir = temp_dir("golden");
+    let dnc = dir.join("bc40.dnc");
+    let y = dir.join("y.npy");
+    ok(&[
+        "compile",
+        "--arch",
+        "densenet-bc-100",
+        "--block-config",
+        "6,6,6",
+        "--num-classes",
+        "10",
+        "--image-size",
+        "32",
+        "--batch",
+        "2",
+        "--weights",
+        s(&fx.join("weights.pth")),
+        "-o",
+        s(&dnc),
+    ]);
+    ok(&[
+        "run",
+        s(&dnc),
+        "--input",
+        s(&fx.join("input.npy")),
+        "--output",
+        s(&y),
+    ]);
+    let got = npy::read(&y).expect("output");
+    let want = npy::read(fx.join("output.npy")).expect("golden");
+    let rel = got.rel_error(&want).expect("same shape");
+    assert!(rel <= 1e-4, "relative error {rel}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn labels_are_stored_and_printed_by_run() {
+    let dir = temp_dir("labels");
+    let labels = dir.join("labels.txt");
+    let names: Vec<String> = (0..10).map(|i| format!("class-{i}")).collect();
+    std::fs::write(&labels, names.join("\n")).expect("labels");
+    let dnc = dir.join("l.dnc");
+    let mut args = vec!["compile"];
+    args.extend(SMALL);
+    args.extend(["--labels", s(&labels), "-o", s(&dnc)]);
+    ok(&args);
+    let text = ok(&[
+        "run",
+        s(&dnc),
+        "--random-input",
+        "4",
+        "--top",
+        "2",
+        "--threads",
+        "2",
+    ]);
+    assert!(text.contains("class-"), "{text}");
+    let text = ok(&["inspect", s(&dnc)]);
+    assert!(text.contains("10 names"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
