@@ -12,5 +12,6 @@ mod error;
 pub mod graph;
 pub mod kernel;
 mod view;
+pub(crate) mod weights;
 
 pub use error::BackendError;

@@ -9,33 +9,8 @@
 
 use super::codegen::LANES;
 
-/// Byte alignment of every packed constant within the weights section.
-pub const WEIGHT_ALIGN: usize = 64;
-
-/// The weights section under construction (f32, 64-byte aligned pieces).
-#[derive(Debug, Default)]
-pub(crate) struct WeightsBuilder {
-    data: Vec<f32>,
-}
-
-impl WeightsBuilder {
-    /// Append `xs` at the next 64-byte boundary; returns its element offset.
-    pub fn push(&mut self, xs: &[f32]) -> usize {
-        let align = WEIGHT_ALIGN / 4;
-        let start = self.data.len().div_ceil(align) * align;
-        self.data.resize(start, 0.0);
-        self.data.extend_from_slice(xs);
-        start
-    }
-
-    /// The section as little-endian bytes, padded to a 64-byte multiple.
-    pub fn into_bytes(mut self) -> Vec<u8> {
-        let align = WEIGHT_ALIGN / 4;
-        self.data
-            .resize(self.data.len().div_ceil(align) * align, 0.0);
-        self.data.iter().flat_map(|x| x.to_le_bytes()).collect()
-    }
-}
+pub(crate) use crate::backend::weights::WeightsBuilder;
+pub use crate::backend::weights::WEIGHT_ALIGN;
 
 /// How a kernel's output channels are split into register blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
