@@ -22,7 +22,7 @@ python3 "$here/_venv.py" >/dev/null
 
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     echo "building densenetc (release)..." >&2
-    cargo build --release -p compiler --bin densenetc --quiet
+    cargo build --release -p compiler --bins --quiet
 fi
 
 # Recorded in the report as the command (bench_cpu.py appends the arguments).

@@ -239,3 +239,68 @@ fn inspect_after_pass_dumps_dot_and_svg() {
         "valid passes: fold-batchnorm",
     );
 }
+
+/// The names of the shared libraries an ELF executable asks for (DT_NEEDED),
+/// read with the system's `readelf` when there is one.
+fn needed_libraries(path: &str) -> Option<String> {
+    let out = Command::new("readelf").args(["-d", path]).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn the_front_binary_does_not_link_llvm_and_the_compiler_binary_does() {
+    let front = env!("CARGO_BIN_EXE_densenetc");
+    let compiler = env!("CARGO_BIN_EXE_densenetc-compiler");
+    let (Some(front_deps), Some(compiler_deps)) =
+        (needed_libraries(front), needed_libraries(compiler))
+    else {
+        eprintln!("skipped: readelf is not available");
+        return;
+    };
+    assert!(
+        compiler_deps.contains("LLVM"),
+        "densenetc-compiler should link LLVM: {compiler_deps}"
+    );
+    assert!(
+        !front_deps.contains("LLVM"),
+        "densenetc must not link LLVM: {front_deps}"
+    );
+}
+
+#[test]
+fn without_the_compiler_binary_run_still_works_and_compile_says_what_is_missing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let lone = dir.path().join("densenetc");
+    std::fs::copy(env!("CARGO_BIN_EXE_densenetc"), &lone).expect("copy densenetc");
+    let out = Command::new(&lone)
+        .args(["compile", "--arch", "densenet121", "-o", "x.dnc"])
+        .output()
+        .expect("densenetc runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("densenetc-compiler") && err.contains("not found"),
+        "{err}"
+    );
+    let out = Command::new(&lone)
+        .args(["run", "missing.dnc", "--random-input", "0"])
+        .output()
+        .expect("densenetc runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("missing.dnc"), "{err}");
+    assert!(!err.contains("densenetc-compiler"), "{err}");
+}
+
+#[test]
+fn commands_handed_to_the_compiler_binary_answer_as_densenetc() {
+    let out = densenetc(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["compile", "run", "bench", "inspect"] {
+        assert!(help.contains(cmd), "help lacks {cmd}: {help}");
+    }
+    assert!(help.contains("Usage: densenetc "), "{help}");
+}

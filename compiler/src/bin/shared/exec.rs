@@ -1,0 +1,225 @@
+//! `densenetc run` and `densenetc bench`: what executes an artefact, on the
+//! runtime alone. Shared by both binaries (`#[path]`): the `densenetc` front
+//! runs these without loading LLVM, `densenetc-compiler` offers them too.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The artefact.
+    artefact: PathBuf,
+    /// Input tensor, .npy float32 NCHW.
+    #[arg(long, required_unless_present = "random_input")]
+    input: Option<PathBuf>,
+    /// Use a deterministic uniform [-1, 1) random input instead of --input.
+    #[arg(long, value_name = "SEED", conflicts_with = "input")]
+    random_input: Option<u64>,
+    /// Write the logits here (.npy).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Only cpu is supported by this runtime.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Print the K highest-scoring classes of every image.
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// The artefact.
+    artefact: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value_t = 50)]
+    iters: usize,
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Print a per-kernel time table.
+    #[arg(long)]
+    profile: bool,
+}
+
+/// Write to stdout; a closed pipe (`densenetc inspect … | head`) is not an error.
+pub fn emit(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+fn load_model(path: &std::path::Path) -> Result<runtime::Model> {
+    // The runtime's errors already name the file; keep the message one line.
+    runtime::Model::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn cpu_device(device: &str, threads: usize) -> Result<runtime::Device> {
+    match device {
+        "cpu" => Ok(runtime::Device::Cpu { threads }),
+        "cuda" => bail!("the CUDA device is not supported by this runtime yet; use --device cpu"),
+        d => bail!("unknown device '{d}': expected cpu or cuda"),
+    }
+}
+
+pub fn run(a: &RunArgs) -> Result<()> {
+    let device = cpu_device(&a.device, a.threads)?;
+    if let Some(path) = &a.input {
+        if path.extension().and_then(|e| e.to_str()) != Some("npy") {
+            bail!(
+                "{}: image input not supported yet; pass a .npy",
+                path.display()
+            );
+        }
+    }
+    let model = load_model(&a.artefact)?;
+    let input = match (&a.input, a.random_input) {
+        (_, Some(seed)) => {
+            ir::reference::Tensor::random_uniform(model.input_shape().to_vec(), seed, -1.0, 1.0)
+        }
+        (Some(path), None) => {
+            ir::reference::npy::read(path).with_context(|| format!("reading {}", path.display()))?
+        }
+        (None, None) => bail!("no input: pass --input X.npy or --random-input SEED"),
+    };
+    let mut session = model.session(device)?;
+    let logits = session.run(&input.data, &input.shape)?;
+    let out_shape = model.output_shape().to_vec();
+    if let Some(path) = &a.output {
+        let t = ir::reference::Tensor::from_vec(out_shape.clone(), logits.clone())?;
+        ir::reference::npy::write(path, &t)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let classes = out_shape.last().copied().unwrap_or(1).max(1);
+    let labels = model.labels();
+    let mut text = String::new();
+    for (n, row) in logits.chunks(classes).enumerate() {
+        let mut idx: Vec<usize> = (0..row.len()).collect();
+        idx.sort_by(|&x, &y| row[y].total_cmp(&row[x]));
+        let _ = writeln!(text, "image {n}:");
+        for &c in idx.iter().take(a.top) {
+            match labels.and_then(|l| l.get(c)) {
+                Some(name) => {
+                    let _ = writeln!(text, "  {c:6} {:12.6}  {name}", row[c]);
+                }
+                None => {
+                    let _ = writeln!(text, "  {c:6} {:12.6}", row[c]);
+                }
+            }
+        }
+    }
+    emit(&text)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (p * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+pub fn bench(a: &BenchArgs) -> Result<()> {
+    let device = cpu_device(&a.device, a.threads)?;
+    if a.iters == 0 {
+        bail!("--iters must be at least 1");
+    }
+    let model = load_model(&a.artefact)?;
+    let input = ir::reference::Tensor::random_uniform(model.input_shape().to_vec(), 0, -1.0, 1.0);
+    let mut out = vec![0.0f32; model.output_shape().iter().product()];
+    let mut session = model.session(device)?;
+    for _ in 0..a.warmup {
+        session.run_into(&input.data, &mut out)?;
+    }
+    let mut samples = Vec::with_capacity(a.iters);
+    for _ in 0..a.iters {
+        let t = std::time::Instant::now();
+        session.run_into(&input.data, &mut out)?;
+        samples.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let mut sorted = samples.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = percentile(&sorted, 0.5);
+    let p90 = percentile(&sorted, 0.9);
+    let min = sorted[0];
+    let batch = model.manifest().batch;
+    let mut profile = Vec::new();
+    if a.profile {
+        let times = session.run_profiled(&input.data, &mut out)?;
+        let schedule = &model.manifest().schedule;
+        for t in times {
+            let k = schedule.get(t.index);
+            profile.push((
+                t.index,
+                k.map_or("?".to_owned(), |k| k.name.clone()),
+                k.map_or("?".to_owned(), |k| k.op.clone()),
+                k.map_or(0, |k| k.macs),
+                t.tasks,
+                t.seconds * 1e3,
+            ));
+        }
+    }
+    if a.json {
+        let mut v = serde_json::json!({
+            "median_ms": median,
+            "p90_ms": p90,
+            "min_ms": min,
+            "iters": a.iters,
+            "warmup": a.warmup,
+            "threads": a.threads,
+            "batch": batch,
+            "device": "cpu",
+            "images_per_s": if median > 0.0 { batch as f64 * 1e3 / median } else { 0.0 },
+            "samples_ms": samples,
+        });
+        if a.profile {
+            v["profile"] = profile
+                .iter()
+                .map(|(i, name, op, macs, tasks, ms)| {
+                    serde_json::json!({"index": i, "name": name, "op": op, "macs": macs, "tasks": tasks, "ms": ms})
+                })
+                .collect();
+        }
+        return emit(&format!("{}\n", serde_json::to_string(&v)?));
+    }
+    let mut text = format!(
+        "{}: batch {batch}, {} threads, {} iters: median {median:.3} ms, p90 {p90:.3} ms, min {min:.3} ms ({:.1} images/s)\n",
+        a.artefact.display(),
+        a.threads,
+        a.iters,
+        if median > 0.0 { batch as f64 * 1e3 / median } else { 0.0 }
+    );
+    if a.profile {
+        let total: f64 = profile.iter().map(|p| p.5).sum();
+        let _ = writeln!(
+            text,
+            "{:>5} {:>10} {:>6} {:>7} {:>9} {:>8}  name",
+            "#", "op", "tasks", "ms", "GMAC/s", "%"
+        );
+        for (i, name, op, macs, tasks, ms) in &profile {
+            let gmacs = if *ms > 0.0 {
+                *macs as f64 / (*ms * 1e6)
+            } else {
+                0.0
+            };
+            let pct = if total > 0.0 { 100.0 * ms / total } else { 0.0 };
+            let _ = writeln!(
+                text,
+                "{i:>5} {op:>10} {tasks:>6} {ms:>7.3} {gmacs:>9.2} {pct:>7.1}%  {name}"
+            );
+        }
+        let _ = writeln!(text, "total {total:.3} ms");
+    }
+    emit(&text)
+}
