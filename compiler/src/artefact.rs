@@ -85,10 +85,10 @@ pub fn build_artefact(p: ArtefactParts<'_>) -> Result<ArtefactWriter> {
                 .kernels
                 .iter()
                 .find(|d| d.name == k.name)
-                .map_or("kernel", |d| d.op.mnemonic());
+                .map_or_else(|| "kernel".to_owned(), |d| d.op.class());
             KernelInfo {
                 name: k.name.clone(),
-                op: op.to_owned(),
+                op,
                 macs: k.macs,
                 detail: serde_json::json!({ "tasks": k.tasks, "plan": k.plan }),
             }

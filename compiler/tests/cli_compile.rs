@@ -147,6 +147,30 @@ fn compiled_small_model_matches_the_reference() {
     assert_eq!(v["iters"], 3);
     let text = ok(&["bench", s(&dnc), "--iters", "2", "--profile"]);
     assert!(text.contains("total"), "{text}");
+    assert!(text.contains("per kernel class"), "{text}");
+    // The profile: every kernel once, classes that add up to it.
+    let v: serde_json::Value = serde_json::from_str(&ok(&[
+        "bench",
+        s(&dnc),
+        "--iters",
+        "2",
+        "--profile",
+        "--json",
+    ]))
+    .expect("bench JSON");
+    let kernels = v["profile"].as_array().expect("profile");
+    let classes = v["profile_classes"].as_array().expect("profile_classes");
+    let count = |vs: &[serde_json::Value], key: &str| -> u64 {
+        vs.iter().map(|x| x[key].as_u64().expect(key)).sum()
+    };
+    assert_eq!(count(classes, "kernels"), kernels.len() as u64);
+    assert_eq!(count(classes, "macs"), count(kernels, "macs"));
+    for class in ["conv1x1", "conv3x3", "gavgpool", "linear"] {
+        assert!(
+            classes.iter().any(|c| c["op"] == class),
+            "no {class} class in {classes:?}"
+        );
+    }
 
     // A wrong input shape is an error, not a crash.
     let bad = dir.join("bad.npy");

@@ -87,6 +87,27 @@ impl KernelOp {
             KernelOp::Affine(_) => "affine",
         }
     }
+
+    /// The kernel class profiles group by: the mnemonic with the window
+    /// and a stride other than 1 (`conv1x1`, `conv3x3`, `conv7x7/2`,
+    /// `maxpool3x3/2`, `avgpool2x2/2`, `gavgpool`, `linear`, `affine`).
+    pub fn class(&self) -> String {
+        let window = |k: [usize; 2], s: [usize; 2]| {
+            let stride = if s == [1, 1] {
+                String::new()
+            } else if s[0] == s[1] {
+                format!("/{}", s[0])
+            } else {
+                format!("/{}x{}", s[0], s[1])
+            };
+            format!("{}{}x{}{stride}", self.mnemonic(), k[0], k[1])
+        };
+        match self {
+            KernelOp::Conv(c) => window(c.kernel, c.stride),
+            KernelOp::MaxPool(p) | KernelOp::AvgPool(p) => window(p.kernel, p.stride),
+            _ => self.mnemonic().to_owned(),
+        }
+    }
 }
 
 /// One kernel instance: what to compute, from where, to where.

@@ -144,7 +144,7 @@ impl ArenaView {
 pub struct KernelInfo {
     /// The graph node(s) it computes, e.g. `features.denseblock1.denselayer1.conv1`.
     pub name: String,
-    /// The kind of kernel, e.g. `conv2d`, `avgpool2x2`.
+    /// The kind of kernel, e.g. `conv1x1`, `conv7x7/2`, `avgpool2x2/2`: profiles group by it.
     pub op: String,
     /// Multiply-accumulates, for profiles.
     #[serde(default)]

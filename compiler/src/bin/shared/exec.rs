@@ -154,22 +154,12 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     let p90 = percentile(&sorted, 0.9);
     let min = sorted[0];
     let batch = model.manifest().batch;
-    let mut profile = Vec::new();
-    if a.profile {
-        let times = session.run_profiled(&input.data, &mut out)?;
-        let schedule = &model.manifest().schedule;
-        for t in times {
-            let k = schedule.get(t.index);
-            profile.push((
-                t.index,
-                k.map_or("?".to_owned(), |k| k.name.clone()),
-                k.map_or("?".to_owned(), |k| k.op.clone()),
-                k.map_or(0, |k| k.macs),
-                t.tasks,
-                t.seconds * 1e3,
-            ));
-        }
-    }
+    let profile = if a.profile {
+        profile_kernels(&mut session, &model, &input.data, &mut out, a.iters)?
+    } else {
+        Vec::new()
+    };
+    let classes = by_class(&profile);
     if a.json {
         let mut v = serde_json::json!({
             "median_ms": median,
@@ -186,8 +176,14 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         if a.profile {
             v["profile"] = profile
                 .iter()
-                .map(|(i, name, op, macs, tasks, ms)| {
-                    serde_json::json!({"index": i, "name": name, "op": op, "macs": macs, "tasks": tasks, "ms": ms})
+                .map(|k| {
+                    serde_json::json!({"index": k.index, "name": k.name, "op": k.op, "macs": k.macs, "tasks": k.tasks, "ms": k.ms})
+                })
+                .collect();
+            v["profile_classes"] = classes
+                .iter()
+                .map(|c| {
+                    serde_json::json!({"op": c.op, "kernels": c.kernels, "macs": c.macs, "ms": c.ms, "gmacs_per_s": c.gmacs_per_s()})
                 })
                 .collect();
         }
@@ -201,25 +197,147 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         if median > 0.0 { batch as f64 * 1e3 / median } else { 0.0 }
     );
     if a.profile {
-        let total: f64 = profile.iter().map(|p| p.5).sum();
+        let total: f64 = profile.iter().map(|k| k.ms).sum();
+        let share = |ms: f64| if total > 0.0 { 100.0 * ms / total } else { 0.0 };
         let _ = writeln!(
             text,
-            "{:>5} {:>10} {:>6} {:>7} {:>9} {:>8}  name",
+            "per kernel, median of {} profiled runs (each kernel timed alone, so the total exceeds a run):",
+            a.iters.clamp(1, PROFILE_RUNS)
+        );
+        let _ = writeln!(
+            text,
+            "{:>5} {:>14} {:>6} {:>8} {:>9} {:>7}  name",
             "#", "op", "tasks", "ms", "GMAC/s", "%"
         );
-        for (i, name, op, macs, tasks, ms) in &profile {
-            let gmacs = if *ms > 0.0 {
-                *macs as f64 / (*ms * 1e6)
-            } else {
-                0.0
-            };
-            let pct = if total > 0.0 { 100.0 * ms / total } else { 0.0 };
+        for k in &profile {
             let _ = writeln!(
                 text,
-                "{i:>5} {op:>10} {tasks:>6} {ms:>7.3} {gmacs:>9.2} {pct:>7.1}%  {name}"
+                "{:>5} {:>14} {:>6} {:>8.3} {:>9.2} {:>6.1}%  {}",
+                k.index,
+                k.op,
+                k.tasks,
+                k.ms,
+                gmacs_per_s(k.macs, k.ms),
+                share(k.ms),
+                k.name
             );
         }
         let _ = writeln!(text, "total {total:.3} ms");
+        let _ = writeln!(text, "per kernel class:");
+        let _ = writeln!(
+            text,
+            "{:>14} {:>7} {:>14} {:>8} {:>9} {:>7}",
+            "op", "kernels", "MACs", "ms", "GMAC/s", "%"
+        );
+        for c in &classes {
+            let _ = writeln!(
+                text,
+                "{:>14} {:>7} {:>14} {:>8.3} {:>9.2} {:>6.1}%",
+                c.op,
+                c.kernels,
+                c.macs,
+                c.ms,
+                c.gmacs_per_s(),
+                share(c.ms)
+            );
+        }
     }
     emit(&text)
+}
+
+/// At most this many runs are profiled (each kernel's median is reported).
+const PROFILE_RUNS: usize = 20;
+
+/// One kernel's profile.
+struct KernelProfile {
+    index: usize,
+    name: String,
+    op: String,
+    macs: u64,
+    tasks: i64,
+    /// Median over the profiled runs.
+    ms: f64,
+}
+
+/// The kernels of one class (`op`) together.
+struct ClassProfile {
+    op: String,
+    kernels: usize,
+    macs: u64,
+    ms: f64,
+}
+
+impl ClassProfile {
+    fn gmacs_per_s(&self) -> f64 {
+        gmacs_per_s(self.macs, self.ms)
+    }
+}
+
+fn gmacs_per_s(macs: u64, ms: f64) -> f64 {
+    if ms > 0.0 {
+        macs as f64 / (ms * 1e6)
+    } else {
+        0.0
+    }
+}
+
+/// Time every kernel alone over `min(iters, PROFILE_RUNS)` runs; the median per kernel.
+fn profile_kernels(
+    session: &mut runtime::Session,
+    model: &runtime::Model,
+    input: &[f32],
+    out: &mut [f32],
+    iters: usize,
+) -> Result<Vec<KernelProfile>> {
+    let runs = iters.clamp(1, PROFILE_RUNS);
+    let mut samples: Vec<Vec<f64>> = Vec::new();
+    let mut first = Vec::new();
+    for run in 0..runs {
+        let times = session.run_profiled(input, out)?;
+        if run == 0 {
+            samples = vec![Vec::with_capacity(runs); times.len()];
+            first = times.iter().map(|t| (t.index, t.tasks)).collect();
+        }
+        for (s, t) in samples.iter_mut().zip(&times) {
+            s.push(t.seconds * 1e3);
+        }
+    }
+    let schedule = &model.manifest().schedule;
+    Ok(first
+        .into_iter()
+        .zip(samples)
+        .map(|((index, tasks), mut ms)| {
+            ms.sort_by(f64::total_cmp);
+            let k = schedule.get(index);
+            KernelProfile {
+                index,
+                name: k.map_or("?".to_owned(), |k| k.name.clone()),
+                op: k.map_or("?".to_owned(), |k| k.op.clone()),
+                macs: k.map_or(0, |k| k.macs),
+                tasks,
+                ms: percentile(&ms, 0.5),
+            }
+        })
+        .collect())
+}
+
+/// Kernel classes in order of first appearance.
+fn by_class(profile: &[KernelProfile]) -> Vec<ClassProfile> {
+    let mut classes: Vec<ClassProfile> = Vec::new();
+    for k in profile {
+        match classes.iter_mut().find(|c| c.op == k.op) {
+            Some(c) => {
+                c.kernels += 1;
+                c.macs += k.macs;
+                c.ms += k.ms;
+            }
+            None => classes.push(ClassProfile {
+                op: k.op.clone(),
+                kernels: 1,
+                macs: k.macs,
+                ms: k.ms,
+            }),
+        }
+    }
+    classes
 }
