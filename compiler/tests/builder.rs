@@ -88,6 +88,24 @@ fn conv_bias_adds_a_bias_per_conv() {
 }
 
 #[test]
+fn overrides_that_restate_the_preset_keep_its_name() {
+    let same = ConfigOverrides {
+        arch: Some("densenet121".into()),
+        image_size: Some(224),
+        growth_rate: Some(32),
+        ..Default::default()
+    };
+    let cfg = DenseNetConfig::resolve(None, &same).expect("resolve");
+    assert_eq!(cfg.name, "densenet121");
+    let other = ConfigOverrides {
+        image_size: Some(160),
+        ..same
+    };
+    let cfg = DenseNetConfig::resolve(None, &other).expect("resolve");
+    assert_eq!(cfg.name, "densenet121-custom");
+}
+
+#[test]
 fn transition_uses_floor_of_compression() {
     // 24 + 3*12 = 60 channels; floor(60 * 0.3) = 18.
     let o = ConfigOverrides {

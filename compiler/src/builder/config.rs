@@ -158,15 +158,8 @@ impl DenseNetConfig {
     /// field, and validate.
     pub fn resolve(base: Option<&str>, o: &ConfigOverrides) -> Result<Self, BuildError> {
         let arch = o.arch.as_deref().or(base).ok_or(BuildError::NoArch)?;
-        let mut c = Self::preset(arch)?;
-        let changed = *o
-            != ConfigOverrides {
-                arch: o.arch.clone(),
-                ..Default::default()
-            };
-        if changed {
-            c.name = o.name.clone().unwrap_or_else(|| format!("{arch}-custom"));
-        }
+        let preset = Self::preset(arch)?;
+        let mut c = preset.clone();
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = &o.$f { c.$f = v.clone(); } )* };
         }
@@ -185,6 +178,12 @@ impl DenseNetConfig {
             conv_bias,
             bn_eps
         );
+        // The preset's name while the overrides only restate its values.
+        if let Some(name) = &o.name {
+            c.name = name.clone();
+        } else if c != preset {
+            c.name = format!("{arch}-custom");
+        }
         c.validate()?;
         Ok(c)
     }
