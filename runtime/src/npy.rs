@@ -105,9 +105,9 @@ fn dict_value<'h>(header: &'h str, key: &str) -> Result<&'h str, String> {
 /// Reads a `.npy` file.
 pub fn read(path: impl AsRef<Path>) -> crate::Result<Array> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| crate::Error::Io {
+    let bytes = std::fs::read(path).map_err(|e| crate::Error::Input {
         path: path.to_owned(),
-        source,
+        reason: e.to_string(),
     })?;
     from_bytes(&bytes).map_err(|reason| crate::Error::Input {
         path: path.to_owned(),

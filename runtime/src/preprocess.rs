@@ -45,10 +45,8 @@ pub fn resize_for_crop(crop: usize) -> usize {
 /// repeated over the model's batch. Images need a 3-channel model.
 pub fn load_input(path: impl AsRef<Path>, model: &Model) -> Result<Array> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+    // The I/O error as the reason, so that an error chain does not print it twice.
+    let bytes = std::fs::read(path).map_err(|e| input_error(path, e.to_string()))?;
     if bytes.starts_with(b"\x93NUMPY") {
         return npy::from_bytes(&bytes).map_err(|reason| Error::Input {
             path: path.to_owned(),
@@ -135,10 +133,8 @@ mod imaging {
     /// Reads and decodes the image at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<DynamicImage> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| crate::Error::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        // The I/O error as the reason, so that an error chain does not print it twice.
+        let bytes = std::fs::read(path).map_err(|e| input_error(path, e.to_string()))?;
         decode(&bytes).map_err(|reason| input_error(path, reason))
     }
 
