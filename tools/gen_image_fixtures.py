@@ -18,6 +18,8 @@ torch is not needed. runtime/tests/preprocess.rs compares the runtime with these
 
 import json
 import os
+import struct
+import zlib
 
 import numpy as np
 import PIL
@@ -78,6 +80,24 @@ def pattern(rng, w, h, channels, noise=40):
     return a
 
 
+def write_png16(path, a):
+    """A 16-bit PNG (grey+alpha or RGB) written directly: Pillow cannot save these modes, but
+    it reads them (keeping the high byte of each sample)."""
+    h, w, c = a.shape
+    color_type = {2: 4, 3: 2}[c]
+    raw = b"".join(b"\x00" + a[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind, data):
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n")
+        f.write(chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0)))
+        f.write(chunk(b"IDAT", zlib.compress(raw, 9)))
+        f.write(chunk(b"IEND", b""))
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     rng = np.random.RandomState(20260123)
@@ -95,10 +115,20 @@ def main():
     grey16 = (pattern(rng, 47, 40, 1)[:, :, 0].astype(np.int32) * 3).astype(np.uint16)
     images["grey16.png"] = Image.fromarray(grey16)  # mode I;16
 
+    def deep(w, h, c):
+        lo = rng.randint(0, 256, size=(h, w, c))
+        return pattern(rng, w, h, c).astype(np.uint16) * 256 + lo.astype(np.uint16)
+
+    sixteen = {"rgb16.png": deep(41, 53, 3), "la16.png": deep(50, 39, 2)}
+
     cases = []
-    for name, img in images.items():
+    for name, a in sixteen.items():
+        write_png16(os.path.join(OUT, name), a)
+    for name, img in list(images.items()) + [(n, None) for n in sixteen]:
         path = os.path.join(OUT, name)
-        if name == "palette.png":
+        if img is None:
+            pass  # written above
+        elif name == "palette.png":
             img.save(path, transparency=3)
         else:
             img.save(path)

@@ -154,8 +154,8 @@ mod imaging {
 
     /// The image as PIL's `.convert("RGB")` makes it: grey is replicated, alpha is dropped
     /// (not composited), a palette PNG is looked up (the decoder expands it). For 16-bit PNGs,
-    /// as Pillow reads them: RGB keeps the high byte of each sample; grey (Pillow's `I;16`) is
-    /// clipped to 255.
+    /// as Pillow reads them: RGB, RGBA and grey+alpha keep the high byte of each sample; grey
+    /// alone (Pillow's `I;16`) is clipped to 255.
     pub fn to_rgb8(img: &DynamicImage) -> RgbImage {
         let (w, h) = (img.width(), img.height());
         let grey = |v: u8| image::Rgb([v, v, v]);
@@ -175,7 +175,7 @@ mod imaging {
                 RgbImage::from_fn(w, h, |x, y| grey(b.get_pixel(x, y)[0].min(255) as u8))
             }
             DynamicImage::ImageLumaA16(b) => {
-                RgbImage::from_fn(w, h, |x, y| grey(b.get_pixel(x, y)[0].min(255) as u8))
+                RgbImage::from_fn(w, h, |x, y| grey((b.get_pixel(x, y)[0] >> 8) as u8))
             }
             DynamicImage::ImageRgb16(b) => RgbImage::from_fn(w, h, |x, y| {
                 let p = b.get_pixel(x, y);

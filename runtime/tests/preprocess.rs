@@ -68,8 +68,8 @@ fn png_images_match_pillow_and_torchvision_exactly() {
         );
         seen_modes += 1;
     }
-    // RGB landscape/portrait/large, L, RGBA, P, I;16 at two sizes each.
-    assert!(seen_modes >= 14, "only {seen_modes} exact cases");
+    // RGB landscape/portrait/large, L, RGBA, P, 16-bit grey, RGB and grey+alpha, two sizes each.
+    assert!(seen_modes >= 18, "only {seen_modes} exact cases");
 }
 
 #[test]
