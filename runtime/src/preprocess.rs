@@ -93,6 +93,20 @@ fn image_input(path: &Path, _bytes: &[u8], shape: &[usize]) -> Result<Array> {
 fn image_input(path: &Path, bytes: &[u8], shape: &[usize]) -> Result<Array> {
     let (n, h, w) = image_geometry(path, shape)?;
     let img = decode(bytes).map_err(|reason| input_error(path, reason))?;
+    // Resize(S) scales the longer side by the same factor: a 1×100000 strip would need a
+    // resized image of gigabytes before the crop.
+    let (short, long) = (img.width().min(img.height()), img.width().max(img.height()));
+    let resized_long = resize_for_crop(h.max(w)) as f64 * f64::from(long) / f64::from(short);
+    if resized_long > f64::from(1u32 << 16) {
+        return Err(input_error(
+            path,
+            format!(
+                "a {}×{} image is too elongated to resize (its longer side would become {resized_long:.0} pixels)",
+                img.width(),
+                img.height()
+            ),
+        ));
+    }
     let one = imagenet_sized(&img, h, w);
     let mut data = Vec::with_capacity(n * one.len());
     for _ in 0..n {

@@ -4,6 +4,8 @@
 //! by another library than PIL's libjpeg, only closely.
 #![cfg(feature = "image")]
 
+mod common;
+
 use std::path::PathBuf;
 
 use runtime::preprocess;
@@ -118,4 +120,35 @@ fn resizing_keeps_the_aspect_ratio_like_torchvision() {
     assert_eq!((r.width(), r.height()), (435, 256));
     let c = preprocess::center_crop(&r, 224, 224);
     assert_eq!(c.get_pixel(0, 0), r.get_pixel(106, 16));
+}
+
+#[test]
+fn load_input_fills_the_batch_and_refuses_absurd_images() {
+    // The toy model takes [2, 3, 4, 4]: Resize(5), CenterCrop(4), repeated over the batch.
+    let Some(artefact) = common::toy_artefact() else {
+        return;
+    };
+    let model = runtime::Model::load(artefact).expect("toy model");
+    let png = fixtures().join("rgb_portrait.png");
+    let x = preprocess::load_input(&png, &model).expect("image input");
+    assert_eq!(x.shape, vec![2, 3, 4, 4]);
+    let one = preprocess::imagenet(&preprocess::open(&png).expect("decode"), 4);
+    assert_eq!(x.data, [one.clone(), one].concat());
+
+    let npy = fixtures().join("grey_32.npy");
+    let t = preprocess::load_input(&npy, &model).expect(".npy input");
+    assert_eq!(t.shape, vec![1, 3, 32, 32]);
+
+    // 20000 × 1 would be 100000 pixels wide after Resize(5): refused, not allocated.
+    let strip = common::scratch_dir().join("strip.png");
+    preprocess::image::RgbImage::new(20000, 1)
+        .save(&strip)
+        .expect("write PNG");
+    let e = preprocess::load_input(&strip, &model)
+        .expect_err("too elongated")
+        .to_string();
+    assert!(
+        e.contains("strip.png") && e.contains("too elongated"),
+        "{e}"
+    );
 }
