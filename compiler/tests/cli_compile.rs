@@ -207,10 +207,7 @@ fn compile_errors_are_clear() {
         ],
         "the CUDA target is not wired into compile yet",
     );
-    fails_with(
-        &["run", s(&out), "--input", "cat.jpg"],
-        "image input not supported yet",
-    );
+
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -276,5 +273,78 @@ fn labels_are_stored_and_printed_by_run() {
     assert!(text.contains("class-"), "{text}");
     let text = ok(&["inspect", s(&dnc)]);
     assert!(text.contains("10 names"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn run_takes_an_image_preprocessed_like_torchvision() {
+    let dir = temp_dir("image");
+    let dnc = compile_small(&dir);
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/images");
+    let y = dir.join("y.npy");
+    for image in ["rgb_landscape.png", "palette.png", "rgb_landscape.jpg"] {
+        let path = fixtures.join(image);
+        let text = ok(&[
+            "run",
+            s(&dnc),
+            "--input",
+            s(&path),
+            "--output",
+            s(&y),
+            "--top",
+            "3",
+        ]);
+        assert_eq!(text.lines().filter(|l| l.starts_with("  ")).count(), 6);
+        // The image, at the artefact's 16x16 (Resize(18), CenterCrop(16)), fills the batch.
+        let img = runtime::preprocess::open(&path).expect("decode");
+        let one = runtime::preprocess::imagenet(&img, 16);
+        let x = Tensor::from_vec(vec![2, 3, 16, 16], [one.clone(), one].concat()).expect("x");
+        let want = small_reference(&x);
+        let got = npy::read(&y).expect("output");
+        let rel = got.rel_error(&want).expect("same shape");
+        assert!(rel <= 1e-4, "{image}: relative error {rel}");
+        // The top-1 class printed is the reference's.
+        let top1: usize = text
+            .lines()
+            .nth(1)
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|c| c.parse().ok())
+            .expect("a class index");
+        let row = &want.data[..10];
+        let best = (0..10)
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+            .expect("classes");
+        assert!(
+            top1 == best || (row[top1] - row[best]).abs() <= 1e-4 * want.max_abs() as f32,
+            "{text}"
+        );
+    }
+
+    // Unreadable, truncated and missing images are clear errors naming the file.
+    let bad = dir.join("bad.png");
+    std::fs::write(&bad, b"\x89PNG\r\n\x1a\nnot really").expect("write");
+    fails_with(&["run", s(&dnc), "--input", s(&bad)], "bad.png");
+    fails_with(&["run", s(&dnc), "--input", s(&bad)], "cannot decode");
+    let txt = dir.join("notes.txt");
+    std::fs::write(&txt, "hello").expect("write");
+    fails_with(
+        &["run", s(&dnc), "--input", s(&txt)],
+        "not a .npy file nor an image format",
+    );
+    fails_with(
+        &["run", s(&dnc), "--input", s(&dir.join("cat.jpg"))],
+        "cat.jpg",
+    );
+
+    // A model that does not take 3 channels takes no image.
+    let grey = dir.join("grey.dnc");
+    let mut args = vec!["compile"];
+    args.extend(SMALL);
+    args.extend(["--in-channels", "1", "-o", s(&grey)]);
+    ok(&args);
+    fails_with(
+        &["run", s(&grey), "--input", s(&fixtures.join("grey.png"))],
+        "the model takes 1 input channels; an image gives 3",
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

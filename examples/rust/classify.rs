@@ -1,13 +1,15 @@
 //! Classifies one input with a compiled DenseNet artefact, through the runtime's Rust API.
 //!
 //! ```text
-//! cargo run -p runtime --example classify -- MODEL.dnc [INPUT.f32] [--threads N] [--top K]
+//! cargo run -p runtime --example classify -- MODEL.dnc [INPUT] [--threads N] [--top K]
 //! ```
 //!
-//! `INPUT.f32` holds the model's input tensor as raw little-endian f32 (NCHW, already
-//! preprocessed); without it a fixed synthetic input is used. Prints the top K classes of
-//! each batch item, with names when the artefact carries labels. `examples/c/classify.c` is the
-//! same program in C and prints the same lines.
+//! `INPUT` is an image (PNG or JPEG, preprocessed as torchvision's ImageNet eval transform by
+//! `runtime::preprocess`, at the model's input size, repeated over its batch), a `.npy` float32
+//! NCHW tensor, or a `.f32` file of raw little-endian f32 (NCHW, already preprocessed, what
+//! `examples/c/classify.c` reads); without it a fixed synthetic input is used. Prints the top K
+//! classes of each batch item, with names when the artefact carries labels. The C example
+//! prints the same lines for the same tensor.
 
 use std::process::ExitCode;
 
@@ -39,7 +41,7 @@ fn parse_args() -> Result<Args, String> {
     let mut positional = positional.into_iter();
     let model = positional
         .next()
-        .ok_or("usage: classify MODEL.dnc [INPUT.f32] [--threads N] [--top K]")?;
+        .ok_or("usage: classify MODEL.dnc [IMAGE|INPUT.npy|INPUT.f32] [--threads N] [--top K]")?;
     Ok(Args {
         model,
         input: positional.next(),
@@ -75,9 +77,15 @@ fn run() -> Result<(), String> {
     let model = Model::load(&args.model).map_err(|e| format!("{}: {e}", args.model))?;
     let shape = model.input_shape().to_vec();
     let len: usize = shape.iter().product();
-    let input = match &args.input {
-        Some(path) => read_input(path, len)?,
-        None => synthetic(len),
+    let (input, shape) = match &args.input {
+        Some(path) if path.ends_with(".f32") => (read_input(path, len)?, shape),
+        // An image or a .npy tensor, told apart by their first bytes; the session checks the
+        // tensor's shape.
+        Some(path) => {
+            let x = runtime::preprocess::load_input(path, &model).map_err(|e| e.to_string())?;
+            (x.data, x.shape)
+        }
+        None => (synthetic(len), shape),
     };
     let mut session = model
         .session(Device::Cpu {

@@ -87,6 +87,9 @@ pub enum Error {
     /// An argument is out of range (e.g. an absurd thread count).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// An input file (a `.npy` tensor, an image) could not be decoded or does not fit the model.
+    #[error("{path}: {reason}")]
+    Input { path: PathBuf, reason: String },
     /// The session's worker threads could not be started.
     #[error("cannot start the thread pool: {0}")]
     ThreadPool(#[source] std::io::Error),

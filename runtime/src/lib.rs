@@ -14,6 +14,8 @@
 //! * [`Model`], [`Session`], [`Device`]: the Rust API.
 //! * [`abi`]: the contract with the generated code (context struct, parallel-for).
 //! * [`ffi`]: the C API (`include/densenetc.h`).
+//! * [`preprocess`]: model inputs from files: `.npy` tensors ([`npy`]) and, with the default
+//!   `image` feature, PNG/JPEG images preprocessed as torchvision's ImageNet eval transform.
 //!
 //! # Trust
 //!
@@ -39,7 +41,9 @@ pub mod ffi;
 pub mod hash;
 mod library;
 mod model;
+pub mod npy;
 mod pool;
+pub mod preprocess;
 
 pub use aligned::ALIGN;
 pub use artefact::{Artefact, ArtefactWriter, Manifest, SectionKind};

@@ -66,3 +66,32 @@ pub fn golden_config(case: &str) -> Result<(DenseNetConfig, usize)> {
     cfg.validate()?;
     Ok((cfg, uint("batch")?))
 }
+
+/// Compiles a graph with bound weights as `densenetc compile` does (full pass pipeline, kernel
+/// mapping, CPU code for `cpu`, artefact with `labels`) and returns the artefact's bytes.
+pub fn compile_artefact(
+    cfg: &DenseNetConfig,
+    g: &ir::Graph,
+    cpu: &str,
+    labels: Option<Vec<String>>,
+) -> Result<Vec<u8>> {
+    let mut planned = g.clone();
+    let report = compiler::passes::optimize(&mut planned, false)?;
+    let gk = compiler::backend::graph::kernels_of(&planned)?;
+    let compiled = compiler::backend::cpu::compile(
+        &gk.kernels,
+        &compiler::backend::cpu::CpuOptions {
+            cpu: cpu.to_owned(),
+            ..Default::default()
+        },
+    )?;
+    let writer = compiler::artefact::build_artefact(compiler::artefact::ArtefactParts {
+        config: serde_json::to_value(cfg)?,
+        graph: &planned,
+        kernels: &gk,
+        memory: report.memory.as_ref(),
+        compiled: &compiled,
+        labels,
+    })?;
+    Ok(writer.to_bytes()?)
+}

@@ -11,8 +11,16 @@ use std::path::PathBuf;
 pub struct RunArgs {
     /// The artefact.
     artefact: PathBuf,
-    /// Input tensor, .npy float32 NCHW.
-    #[arg(long, required_unless_present = "random_input")]
+    /// Input: a .npy float32 NCHW tensor, or a PNG/JPEG image (recognised by its bytes),
+    /// preprocessed as torchvision's ImageNet eval transform: RGB, Resize(256) (bilinear,
+    /// antialiased, as Pillow), CenterCrop(224), /255, Normalize(ImageNet mean, std). For an
+    /// artefact compiled at image size S: Resize(round(S·256/224)), CenterCrop(S). The image fills
+    /// every item of the batch; models with in_channels ≠ 3 take only .npy.
+    #[arg(
+        long,
+        required_unless_present = "random_input",
+        value_name = "X.npy|IMAGE"
+    )]
     input: Option<PathBuf>,
     /// Use a deterministic uniform [-1, 1) random input instead of --input.
     #[arg(long, value_name = "SEED", conflicts_with = "input")]
@@ -75,21 +83,14 @@ fn cpu_device(device: &str, threads: usize) -> Result<runtime::Device> {
 
 pub fn run(a: &RunArgs) -> Result<()> {
     let device = cpu_device(&a.device, a.threads)?;
-    if let Some(path) = &a.input {
-        if path.extension().and_then(|e| e.to_str()) != Some("npy") {
-            bail!(
-                "{}: image input not supported yet; pass a .npy",
-                path.display()
-            );
-        }
-    }
     let model = load_model(&a.artefact)?;
     let input = match (&a.input, a.random_input) {
         (_, Some(seed)) => {
             ir::reference::Tensor::random_uniform(model.input_shape().to_vec(), seed, -1.0, 1.0)
         }
         (Some(path), None) => {
-            ir::reference::npy::read(path).with_context(|| format!("reading {}", path.display()))?
+            let x = runtime::preprocess::load_input(path, &model).context("reading the input")?;
+            ir::reference::Tensor::from_vec(x.shape, x.data)?
         }
         (None, None) => bail!("no input: pass --input X.npy or --random-input SEED"),
     };

@@ -1,0 +1,144 @@
+//! Compiled artefact vs reference executor on every preset (DESIGN §6: every backend within
+//! 1e-4 relative error of the reference on every preset and on custom configs).
+//!
+//! Each case builds the real preset (its growth rate, block configuration, stem, bottleneck
+//! and compression) with random weights at a reduced image size, compiles it exactly as
+//! `densenetc compile` does (all passes, kernel mapping, LLVM CPU code, artefact bytes), loads
+//! the artefact with `runtime::Model` and runs it in a `Session` on two threads, and compares
+//! the logits with `ir::reference::run` on the unoptimised graph. Image sizes are the smallest
+//! that keep every layer valid or close to it (ImageNet stem: 32 → 1×1 after the last
+//! transition; odd sizes 29, 33, 35 round differently in the stem and every pool), batches of
+//! 1 to 3. Each test prints `preset ... relative error ...` (run with `--nocapture`).
+
+use compiler::builder::{build, ConfigOverrides, DenseNetConfig, Stem};
+use ir::reference::Tensor;
+use runtime::{Artefact, Device, Model};
+
+const BOUND: f64 = 1e-4;
+
+/// Compiles, runs and compares; returns the relative error.
+fn check(arch: &str, o: ConfigOverrides, batch: usize, seed: u64) -> f64 {
+    let cfg = DenseNetConfig::resolve(Some(arch), &o).expect("config");
+    let mut g = build(&cfg, batch).expect("build");
+    compiler::weights::randomize(&mut g, seed);
+    let shape = vec![batch, cfg.in_channels, cfg.image_size, cfg.image_size];
+    let x = Tensor::random_uniform(shape, seed ^ 0x5eed, -1.0, 1.0);
+    let want = ir::reference::run(&g, std::slice::from_ref(&x))
+        .expect("reference")
+        .remove(0);
+
+    let start = std::time::Instant::now();
+    // x86-64-v3 (AVX2 + FMA), what CI machines and this one have, as the CLI tests use.
+    let bytes = tests::compile_artefact(&cfg, &g, "x86-64-v3", None).expect("compile");
+    let compile_s = start.elapsed().as_secs_f64();
+    let model = Model::from_artefact(Artefact::read(&bytes).expect("artefact")).expect("load");
+    assert_eq!(model.input_shape(), x.shape.as_slice());
+    let mut session = model.session(Device::Cpu { threads: 2 }).expect("session");
+    let got = session.run(&x.data, &x.shape).expect("run");
+    let got = Tensor::from_vec(model.output_shape().to_vec(), got).expect("output");
+    let rel = got.rel_error(&want).expect("same shape");
+    eprintln!(
+        "preset {arch:<16} {:<28} image {:>3} batch {batch}: relative error {rel:.3e} (compile {compile_s:.1} s)",
+        cfg.name, cfg.image_size
+    );
+    assert!(
+        rel <= BOUND,
+        "{arch} ({}) image {} batch {batch}: relative error {rel:e}",
+        cfg.name,
+        cfg.image_size
+    );
+    // A second run in the same session gives the same logits (no state leaks between runs).
+    let again = session.run(&x.data, &x.shape).expect("run again");
+    assert_eq!(again, got.data, "{arch}: second run differs");
+    rel
+}
+
+fn at(size: usize) -> ConfigOverrides {
+    ConfigOverrides {
+        image_size: Some(size),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn densenet121() {
+    check("densenet121", at(32), 2, 121);
+}
+
+#[test]
+fn densenet161() {
+    check("densenet161", at(33), 1, 161);
+}
+
+#[test]
+fn densenet169() {
+    check("densenet169", at(35), 1, 169);
+}
+
+#[test]
+fn densenet201() {
+    check("densenet201", at(29), 1, 201);
+}
+
+#[test]
+fn densenet_bc_100() {
+    check("densenet-bc-100", at(9), 3, 100);
+}
+
+#[test]
+fn densenet_bc_250() {
+    check("densenet-bc-250", at(8), 1, 250);
+}
+
+#[test]
+fn densenet_bc_190() {
+    check("densenet-bc-190", at(7), 1, 190);
+}
+
+#[test]
+fn densenet_40() {
+    check("densenet-40", at(11), 2, 40);
+}
+
+#[test]
+fn plain_layers_with_the_imagenet_stem() {
+    // `--bn-size 0`: BN-ReLU-3x3 layers, no bottleneck.
+    let o = ConfigOverrides {
+        bn_size: Some(0),
+        block_config: Some(vec![3, 4, 2]),
+        image_size: Some(19),
+        ..Default::default()
+    };
+    check("densenet121", o, 2, 7);
+}
+
+#[test]
+fn conv_bias_and_compression_0_4() {
+    // Every conv with a bias (other DenseNet implementations), θ = 0.4: floor(C·0.4) channels.
+    let o = ConfigOverrides {
+        conv_bias: Some(true),
+        compression: Some(0.4),
+        growth_rate: Some(10),
+        block_config: Some(vec![3, 5, 4]),
+        num_init_features: Some(22),
+        num_classes: Some(17),
+        image_size: Some(13),
+        ..Default::default()
+    };
+    check("densenet-bc-100", o, 2, 8);
+}
+
+#[test]
+fn plain_cifar_layers_with_bias_and_one_input_channel() {
+    let o = ConfigOverrides {
+        bn_size: Some(0),
+        conv_bias: Some(true),
+        compression: Some(0.4),
+        in_channels: Some(1),
+        stem: Some(Stem::Cifar),
+        block_config: Some(vec![2, 3]),
+        image_size: Some(10),
+        ..Default::default()
+    };
+    check("densenet-40", o, 3, 9);
+}
