@@ -57,6 +57,27 @@ pub enum Device {
     Cuda { ordinal: usize },
 }
 
+impl Device {
+    /// The device a command line names: `cpu` (on `threads` threads), `cuda` (device 0) or
+    /// `cuda:ORDINAL`.
+    pub fn parse(spec: &str, threads: usize) -> Result<Device> {
+        let bad = || {
+            Error::InvalidArgument(format!(
+                "unknown device '{spec}': expected cpu, cuda or cuda:ORDINAL"
+            ))
+        };
+        match spec.split_once(':') {
+            None if spec == "cpu" => Ok(Device::Cpu { threads }),
+            None if spec == "cuda" => Ok(Device::Cuda { ordinal: 0 }),
+            Some(("cuda", n)) => n
+                .parse()
+                .map(|ordinal| Device::Cuda { ordinal })
+                .map_err(|_| bad()),
+            _ => Err(bad()),
+        }
+    }
+}
+
 /// A loaded artefact, shareable between threads.
 #[derive(Debug, Clone)]
 pub struct Model {
@@ -359,4 +380,29 @@ fn check_len(what: &'static str, found: usize, shape: &[usize], expected: usize)
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse() {
+        assert_eq!(
+            Device::parse("cpu", 3).ok(),
+            Some(Device::Cpu { threads: 3 })
+        );
+        assert_eq!(
+            Device::parse("cuda", 3).ok(),
+            Some(Device::Cuda { ordinal: 0 })
+        );
+        assert_eq!(
+            Device::parse("cuda:2", 3).ok(),
+            Some(Device::Cuda { ordinal: 2 })
+        );
+        for bad in ["gpu", "cuda:", "cuda:x", "cpu:1", ""] {
+            let e = Device::parse(bad, 1).expect_err(bad).to_string();
+            assert!(e.contains("expected cpu, cuda or cuda:ORDINAL"), "{e}");
+        }
+    }
 }

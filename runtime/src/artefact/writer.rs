@@ -29,6 +29,11 @@ impl ArtefactWriter {
         }
     }
 
+    /// The manifest to be written.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
     /// Adds a section; each kind at most once, and the manifest is not added by hand.
     pub fn add_section(
         &mut self,
