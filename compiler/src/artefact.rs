@@ -1,14 +1,22 @@
-//! From a compiled CPU kernel list to a `.dnc` artefact (DESIGN §5): the
-//! manifest the runtime reads, plus the weights and shared-object sections.
+//! From compiled kernel lists to a `.dnc` artefact (DESIGN §5): the manifest
+//! the runtime reads, plus the weights, shared-object, PTX and cubin sections.
+//!
+//! With both targets the weights section holds the CPU weights at offset 0
+//! and the CUDA weights at the next [`CUDA_WEIGHTS_ALIGN`] boundary; the
+//! manifest's `cuda.weights` range says where. The CUDA launch table is
+//! [`CompiledCuda::kernels`] in order, each argument of the PTX ABI (weights
+//! and arena base pointers) at offset 0.
 
 use crate::backend::cpu::CompiledCpu;
+use crate::backend::cuda::{ptxas::PtxasReport, CompiledCuda, KernelParam};
 use crate::backend::graph::GraphKernels;
 use crate::backend::kernel::View;
 use crate::memory::MemoryReport;
 use anyhow::{bail, Context, Result};
 use runtime::artefact::{
-    ArenaView, ArtefactWriter, CpuTarget, KernelInfo, Manifest, MemoryPlan, SectionKind,
-    TensorSpec, DTYPE_F32,
+    ArenaView, ArtefactWriter, ByteRange, CpuTarget, CudaArg, CudaLaunch, CudaTarget, KernelInfo,
+    Manifest, MemoryPlan, SectionKind, TensorSpec, CUDA_LAUNCH_VERSION, CUDA_WEIGHTS_ALIGN,
+    DTYPE_F32,
 };
 
 /// The compiler version recorded in every artefact.
@@ -51,13 +59,18 @@ pub struct ArtefactParts<'a> {
     pub kernels: &'a GraphKernels,
     /// The memory figures of the pipeline, if it planned memory.
     pub memory: Option<&'a MemoryReport>,
-    /// The CPU code compiled from `kernels.kernels`.
-    pub compiled: &'a CompiledCpu,
+    /// The CPU code compiled from `kernels.kernels`, if the CPU is a target.
+    pub cpu: Option<&'a CompiledCpu>,
+    /// The CUDA code lowered from `kernels.kernels`, if CUDA is a target.
+    pub cuda: Option<&'a CompiledCuda>,
+    /// Whether ptxas assembled the CUDA code (its report) or why not.
+    pub ptxas: Option<std::result::Result<&'a PtxasReport, String>>,
     /// Class names, one per output class.
     pub labels: Option<Vec<String>>,
 }
 
-/// Build the artefact writer (manifest + weights + CPU shared object).
+/// Build the artefact writer (manifest, weights, and the sections of each
+/// target: CPU shared object; PTX and, when ptxas assembled it, the cubin).
 pub fn build_artefact(p: ArtefactParts<'_>) -> Result<ArtefactWriter> {
     let g = p.graph;
     let (&input_id, &output_id) = match (g.inputs(), g.outputs()) {
@@ -75,26 +88,39 @@ pub fn build_artefact(p: ArtefactParts<'_>) -> Result<ArtefactWriter> {
     let in_shape = g.node(input_id).ty.shape.clone();
     let out_shape = g.node(output_id).ty.shape.clone();
     let batch = *in_shape.first().context("the input has rank 0")?;
-    let schedule = p
-        .compiled
-        .kernels
-        .iter()
-        .map(|k| {
-            let op = p
-                .kernels
-                .kernels
-                .iter()
-                .find(|d| d.name == k.name)
-                .map_or_else(|| "kernel".to_owned(), |d| d.op.class());
-            KernelInfo {
-                name: k.name.clone(),
-                op,
-                macs: k.macs,
-                detail: serde_json::json!({ "tasks": k.tasks, "plan": k.plan }),
-            }
-        })
-        .collect();
-    let arena = p.kernels.arena_bytes.max(p.compiled.arena_bytes);
+    if p.cpu.is_none() && p.cuda.is_none() {
+        bail!("an artefact needs at least one target");
+    }
+    let schedule = schedule(&p)?;
+    let arena = [
+        p.kernels.arena_bytes,
+        p.cpu.map_or(0, |c| c.arena_bytes),
+        p.cuda.map_or(0, |c| c.arena_bytes),
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0);
+    let mut weights = p.cpu.map_or_else(Vec::new, |c| c.packed_weights.clone());
+    let cuda = match p.cuda {
+        Some(c) => {
+            let offset = if weights.is_empty() {
+                0
+            } else {
+                weights.len().div_ceil(CUDA_WEIGHTS_ALIGN as usize) * CUDA_WEIGHTS_ALIGN as usize
+            };
+            weights.resize(offset, 0);
+            weights.extend_from_slice(&c.weights);
+            Some(cuda_target(
+                c,
+                ByteRange {
+                    offset: offset as u64,
+                    bytes: c.weights.len() as u64,
+                },
+                p.ptxas.as_ref(),
+            )?)
+        }
+        None => None,
+    };
     let manifest = Manifest {
         compiler_version: compiler_version(),
         config: p.config,
@@ -107,19 +133,128 @@ pub fn build_artefact(p: ArtefactParts<'_>) -> Result<ArtefactWriter> {
             naive_bytes: p.memory.map_or(0, |m| m.naive_bytes as u64),
             lower_bound_bytes: p.memory.map_or(0, |m| m.lower_bound_bytes as u64),
         },
-        cpu: Some(CpuTarget {
+        cpu: p.cpu.map(|c| CpuTarget {
             abi_version: runtime::abi::DNC_ABI_VERSION,
-            cpu: p.compiled.target.cpu.clone(),
-            features: p.compiled.target.features.clone(),
+            cpu: c.target.cpu.clone(),
+            features: c.target.features.clone(),
         }),
-        cuda: None,
+        cuda,
         labels: p.labels,
     };
     let mut w = ArtefactWriter::new(manifest);
-    w.add_section(SectionKind::Weights, p.compiled.packed_weights.clone())?;
-    w.add_section(
-        SectionKind::CpuSharedObject,
-        p.compiled.shared_object.clone(),
-    )?;
+    w.add_section(SectionKind::Weights, weights)?;
+    if let Some(c) = p.cpu {
+        w.add_section(SectionKind::CpuSharedObject, c.shared_object.clone())?;
+    }
+    if let Some(c) = p.cuda {
+        w.add_section(SectionKind::Ptx, c.ptx.clone().into_bytes())?;
+        if let Some(cubin) = &c.cubin {
+            w.add_section(SectionKind::Cubin, cubin.clone())?;
+        }
+    }
     Ok(w)
+}
+
+/// One entry per kernel description: the CPU code's own list when there is
+/// one (the runtime checks it against the shared object), else the
+/// descriptions; with CUDA, each entry's `detail.cuda` holds the plans of
+/// its launches.
+fn schedule(p: &ArtefactParts<'_>) -> Result<Vec<KernelInfo>> {
+    let descs = &p.kernels.kernels;
+    let mut schedule: Vec<KernelInfo> = match p.cpu {
+        Some(cpu) => cpu
+            .kernels
+            .iter()
+            .map(|k| {
+                let op = descs
+                    .iter()
+                    .find(|d| d.name == k.name)
+                    .map_or_else(|| "kernel".to_owned(), |d| d.op.class());
+                KernelInfo {
+                    name: k.name.clone(),
+                    op,
+                    macs: k.macs,
+                    detail: serde_json::json!({ "tasks": k.tasks, "plan": k.plan }),
+                }
+            })
+            .collect(),
+        None => descs
+            .iter()
+            .map(|d| KernelInfo {
+                name: d.name.clone(),
+                op: d.op.class(),
+                macs: d.macs(),
+                detail: serde_json::json!({}),
+            })
+            .collect(),
+    };
+    if let Some(cuda) = p.cuda {
+        if schedule.len() != cuda.descs().len() {
+            bail!(
+                "the CPU code has {} kernels but the CUDA code {}",
+                schedule.len(),
+                cuda.descs().len()
+            );
+        }
+        for l in &cuda.kernels {
+            let k = &mut schedule[l.desc];
+            if k.name != l.name {
+                bail!("CUDA launch `{}` is not for kernel `{}`", l.symbol, k.name);
+            }
+            if !k.detail.is_object() {
+                k.detail = serde_json::json!({});
+            }
+            let plans = k.detail["cuda"].as_array().cloned().unwrap_or_default();
+            let mut plans = plans;
+            plans.push(serde_json::json!(l.plan));
+            k.detail["cuda"] = serde_json::Value::Array(plans);
+        }
+    }
+    Ok(schedule)
+}
+
+/// The manifest's CUDA target: the launch table of `c`, its weights at
+/// `weights` in the weights section, and what ptxas said.
+fn cuda_target(
+    c: &CompiledCuda,
+    weights: ByteRange,
+    ptxas: Option<&std::result::Result<&PtxasReport, String>>,
+) -> Result<CudaTarget> {
+    let launches = c
+        .kernels
+        .iter()
+        .map(|l| CudaLaunch {
+            entry: l.symbol.clone(),
+            kernel: l.desc,
+            grid: l.grid,
+            block: l.block,
+            dynamic_shared_bytes: l.dynamic_shared_bytes,
+            static_shared_bytes: l.static_shared_bytes,
+            args: l
+                .params
+                .iter()
+                .map(|p| match p {
+                    KernelParam::Weights => CudaArg::Weights { offset: 0 },
+                    KernelParam::Arena => CudaArg::Arena { offset: 0 },
+                })
+                .collect(),
+        })
+        .collect();
+    let cubin = match (ptxas, &c.cubin) {
+        (Some(Ok(r)), Some(_)) => serde_json::json!({
+            "present": true,
+            "max_registers": r.kernels.iter().map(|k| k.registers).max().unwrap_or(0),
+            "kernels_with_spills": r.kernels.iter().filter(|k| k.spills()).map(|k| k.name.clone()).collect::<Vec<_>>(),
+        }),
+        (Some(Err(why)), _) => serde_json::json!({ "present": false, "reason": why }),
+        _ => serde_json::json!({ "present": c.cubin.is_some() }),
+    };
+    Ok(CudaTarget {
+        arch: c.arch.clone(),
+        launch_version: CUDA_LAUNCH_VERSION,
+        weights,
+        arena_bytes: c.arena_bytes as u64,
+        launches,
+        detail: serde_json::json!({ "cubin": cubin }),
+    })
 }

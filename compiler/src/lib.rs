@@ -8,4 +8,5 @@ pub mod dot;
 pub mod memory;
 pub mod passes;
 pub mod plan_exec;
+pub mod targets;
 pub mod weights;

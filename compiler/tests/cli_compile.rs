@@ -201,11 +201,11 @@ fn compile_errors_are_clear() {
             "--random-weights",
             "1",
             "--target",
-            "cuda",
+            "gpu",
             "-o",
             s(&out),
         ],
-        "the CUDA target is not wired into compile yet",
+        "unknown target 'gpu': expected cpu, cuda or cpu,cuda",
     );
 
     let _ = std::fs::remove_dir_all(&dir);
@@ -345,6 +345,44 @@ fn run_takes_an_image_preprocessed_like_torchvision() {
     fails_with(
         &["run", s(&grey), "--input", s(&fixtures.join("grey.png"))],
         "the model takes 1 input channels; an image gives 3",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn cuda_target_compiles_and_the_cuda_device_needs_a_driver() {
+    let dir = temp_dir("cuda");
+    let dnc = dir.join("c.dnc");
+    let mut args = vec!["compile"];
+    args.extend(SMALL);
+    args.extend([
+        "--target",
+        "cpu,cuda",
+        "--cuda-arch",
+        "sm_90",
+        "-o",
+        s(&dnc),
+    ]);
+    let text = ok(&args);
+    assert!(text.contains("cpu native + cuda sm_90"), "{text}");
+    assert!(text.contains("CUDA launches"), "{text}");
+    let text = ok(&["inspect", s(&dnc)]);
+    assert!(text.contains("cuda:          sm_90"), "{text}");
+    assert!(text.contains("ptx"), "{text}");
+    // The CPU still runs it.
+    ok(&["run", s(&dnc), "--random-input", "1"]);
+    let no_driver = runtime::cuda::driver::probe().is_err();
+    if no_driver {
+        for cmd in [
+            vec!["run", s(&dnc), "--random-input", "1", "--device", "cuda"],
+            vec!["bench", s(&dnc), "--device", "cuda:0", "--iters", "1"],
+        ] {
+            fails_with(&cmd, "CUDA: no CUDA driver (libcuda.so.1");
+        }
+    }
+    fails_with(
+        &["run", s(&dnc), "--random-input", "1", "--device", "tpu"],
+        "unknown device 'tpu'",
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

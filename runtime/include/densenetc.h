@@ -17,6 +17,8 @@
 
 /**
  * `device_kind` of `dnc_session_create`: a CUDA device (`threads_or_ordinal` = device ordinal).
+ * Needs an artefact compiled with `--target cuda` (or `cpu,cuda`) and the CUDA driver
+ * (`libcuda.so.1`, opened at run time); otherwise `DNC_STATUS_DEVICE_UNAVAILABLE`.
  */
 #define DNC_DEVICE_CUDA 1
 
@@ -57,7 +59,7 @@ typedef enum DncStatus {
    */
   DNC_STATUS_DEVICE_UNAVAILABLE = 7,
   /**
-   * The generated code reported a failure.
+   * The generated code reported a failure, or a CUDA driver call failed.
    */
   DNC_STATUS_EXECUTION = 8,
   /**

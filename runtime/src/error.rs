@@ -78,6 +78,9 @@ pub enum Error {
     /// The artefact's CPU code speaks another version of the generated-code ABI.
     #[error("the artefact's CPU code uses ABI version {found}; this runtime speaks {supported}")]
     AbiVersion { found: u32, supported: u32 },
+    /// A CUDA driver call failed (`what` the runtime was doing).
+    #[error("CUDA: {what}: {message}")]
+    Cuda { what: &'static str, message: String },
     /// The generated code reported a failure.
     #[error("generated code returned status {0}")]
     Execution(i32),

@@ -36,7 +36,7 @@ pub enum DncStatus {
     ShapeMismatch = 6,
     /// The device is not available (no CUDA support, no driver, no code for it).
     DeviceUnavailable = 7,
-    /// The generated code reported a failure.
+    /// The generated code reported a failure, or a CUDA driver call failed.
     Execution = 8,
     /// Memory or threads could not be obtained.
     OutOfResources = 9,
@@ -49,6 +49,8 @@ pub enum DncStatus {
 /// `device_kind` of `dnc_session_create`: the CPU (`threads_or_ordinal` = threads, 0 = all cores).
 pub const DNC_DEVICE_CPU: i32 = 0;
 /// `device_kind` of `dnc_session_create`: a CUDA device (`threads_or_ordinal` = device ordinal).
+/// Needs an artefact compiled with `--target cuda` (or `cpu,cuda`) and the CUDA driver
+/// (`libcuda.so.1`, opened at run time); otherwise `DNC_STATUS_DEVICE_UNAVAILABLE`.
 pub const DNC_DEVICE_CUDA: i32 = 1;
 
 /// A loaded model (opaque). Thread-safe; free with `dnc_model_free`.
@@ -91,7 +93,7 @@ impl From<Error> for Failure {
             Error::Library(_) | Error::AbiVersion { .. } => DncStatus::LoadFailed,
             Error::ShapeMismatch { .. } | Error::LengthMismatch { .. } => DncStatus::ShapeMismatch,
             Error::DeviceUnavailable(_) => DncStatus::DeviceUnavailable,
-            Error::Execution(_) => DncStatus::Execution,
+            Error::Execution(_) | Error::Cuda { .. } => DncStatus::Execution,
             Error::OutOfMemory { .. } | Error::ThreadPool(_) => DncStatus::OutOfResources,
             _ => DncStatus::InvalidArgument,
         };

@@ -36,6 +36,7 @@ mod aligned;
 pub mod artefact;
 mod binding;
 mod cpu_features;
+pub mod cuda;
 mod error;
 pub mod ffi;
 pub mod hash;

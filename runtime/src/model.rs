@@ -6,13 +6,14 @@
 //! concurrently without locks; one session runs one inference at a time (`&mut self`).
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::abi::{DncContext, DNC_ABI_VERSION};
 use crate::aligned::AlignedBuf;
 use crate::artefact::{Artefact, CpuTarget, Manifest, SectionKind};
 use crate::binding;
 use crate::cpu_features;
+use crate::cuda::{CudaSession, DeviceModel};
 use crate::error::{Error, Result};
 use crate::library::CpuLibrary;
 use crate::pool::{dnc_parallel_for, ThreadPool};
@@ -56,6 +57,27 @@ pub enum Device {
     Cuda { ordinal: usize },
 }
 
+impl Device {
+    /// The device a command line names: `cpu` (on `threads` threads), `cuda` (device 0) or
+    /// `cuda:ORDINAL`.
+    pub fn parse(spec: &str, threads: usize) -> Result<Device> {
+        let bad = || {
+            Error::InvalidArgument(format!(
+                "unknown device '{spec}': expected cpu, cuda or cuda:ORDINAL"
+            ))
+        };
+        match spec.split_once(':') {
+            None if spec == "cpu" => Ok(Device::Cpu { threads }),
+            None if spec == "cuda" => Ok(Device::Cuda { ordinal: 0 }),
+            Some(("cuda", n)) => n
+                .parse()
+                .map(|ordinal| Device::Cuda { ordinal })
+                .map_err(|_| bad()),
+            _ => Err(bad()),
+        }
+    }
+}
+
 /// A loaded artefact, shareable between threads.
 #[derive(Debug, Clone)]
 pub struct Model {
@@ -66,6 +88,8 @@ pub struct Model {
 struct Inner {
     artefact: Artefact,
     cpu: Option<CpuLibrary>,
+    /// The CUDA code and weights, loaded on a device by its first session there.
+    cuda: Mutex<Vec<Arc<DeviceModel>>>,
 }
 
 impl Model {
@@ -81,7 +105,11 @@ impl Model {
             None => None,
         };
         Ok(Model {
-            inner: Arc::new(Inner { artefact, cpu }),
+            inner: Arc::new(Inner {
+                artefact,
+                cpu,
+                cuda: Mutex::new(Vec::new()),
+            }),
         })
     }
 
@@ -114,10 +142,32 @@ impl Model {
     pub fn session(&self, device: Device) -> Result<Session> {
         match device {
             Device::Cpu { threads } => Session::cpu(self.clone(), threads),
-            Device::Cuda { .. } => Err(Error::DeviceUnavailable(
-                "CUDA: this runtime was built without CUDA support (the CUDA executor is not implemented yet)".into(),
-            )),
+            Device::Cuda { ordinal } => Session::cuda(self.clone(), ordinal),
         }
+    }
+
+    /// The model's CUDA code and weights on device `ordinal`, loaded (once) if need be.
+    fn cuda_device(&self, ordinal: usize) -> Result<Arc<DeviceModel>> {
+        let Some(target) = &self.manifest().cuda else {
+            return Err(Error::DeviceUnavailable(
+                "CUDA: the artefact has no CUDA code (compile it with --target cuda or cpu,cuda)"
+                    .into(),
+            ));
+        };
+        crate::cuda::driver::probe()?;
+        // A poisoned lock only means another thread panicked while loading: the list is
+        // still consistent (entries are pushed whole).
+        let mut devices = self
+            .inner
+            .cuda
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(d) = devices.iter().find(|d| d.ordinal == ordinal) {
+            return Ok(d.clone());
+        }
+        let d = Arc::new(DeviceModel::load(self.artefact(), target, ordinal)?);
+        devices.push(d.clone());
+        Ok(d)
     }
 }
 
@@ -132,12 +182,18 @@ pub struct KernelTime {
     pub seconds: f64,
 }
 
-/// One execution context of a model: an arena and a thread pool.
+/// One execution context of a model: an arena and a thread pool (CPU), or a stream and a
+/// device arena (CUDA).
 #[derive(Debug)]
 pub struct Session {
     model: Model,
-    arena: AlignedBuf,
-    pool: ThreadPool,
+    backend: Backend,
+}
+
+#[derive(Debug)]
+enum Backend {
+    Cpu { arena: AlignedBuf, pool: ThreadPool },
+    Cuda(Box<CudaSession>),
 }
 
 impl Session {
@@ -156,7 +212,39 @@ impl Session {
         })?;
         let arena = AlignedBuf::zeroed(arena_bytes, "arena")?;
         let pool = ThreadPool::new(threads)?;
-        Ok(Session { model, arena, pool })
+        Ok(Session {
+            model,
+            backend: Backend::Cpu { arena, pool },
+        })
+    }
+
+    fn cuda(model: Model, ordinal: usize) -> Result<Session> {
+        let device = model.cuda_device(ordinal)?;
+        let m = model.manifest();
+        let Some(target) = &m.cuda else {
+            return Err(Error::DeviceUnavailable(
+                "CUDA: the artefact has no CUDA code".into(),
+            ));
+        };
+        let cuda = CudaSession::new(device, target, m.memory.arena_bytes, &m.input, &m.output)?;
+        Ok(Session {
+            model,
+            backend: Backend::Cuda(Box::new(cuda)),
+        })
+    }
+
+    /// CUDA sessions capture their launches into a CUDA graph at the second run and replay it
+    /// from then on; `false` launches kernel by kernel every time (also the default when the
+    /// environment has `DNC_CUDA_GRAPHS=0`). No effect on CPU sessions.
+    pub fn set_cuda_graphs(&mut self, on: bool) {
+        if let Backend::Cuda(c) = &mut self.backend {
+            c.set_graphs(on);
+        }
+    }
+
+    /// Whether this CUDA session replays a captured CUDA graph (false on the CPU).
+    pub fn cuda_graph_captured(&self) -> bool {
+        matches!(&self.backend, Backend::Cuda(c) if c.graph_captured())
     }
 
     /// The session's model.
@@ -166,8 +254,13 @@ impl Session {
 
     /// The device the session runs on.
     pub fn device(&self) -> Device {
-        Device::Cpu {
-            threads: self.pool.threads(),
+        match &self.backend {
+            Backend::Cpu { pool, .. } => Device::Cpu {
+                threads: pool.threads(),
+            },
+            Backend::Cuda(c) => Device::Cuda {
+                ordinal: c.ordinal(),
+            },
         }
     }
 
@@ -201,6 +294,10 @@ impl Session {
         let m = self.model.manifest();
         check_len("input", input.len(), &m.input.shape, m.input.elements())?;
         check_len("output", output.len(), &m.output.shape, m.output.elements())?;
+        if let Backend::Cuda(c) = &mut self.backend {
+            let launches = m.cuda.as_ref().map_or(&[][..], |t| &t.launches);
+            return c.run_profiled(input, output, launches);
+        }
         let mut times = Vec::new();
         self.with_context(input, output, |cpu, ctx| {
             for (i, &tasks) in cpu.kernel_tasks().iter().enumerate() {
@@ -222,6 +319,9 @@ impl Session {
     }
 
     fn execute(&mut self, input: &[f32], output: &mut [f32]) -> Result<()> {
+        if let Backend::Cuda(c) = &mut self.backend {
+            return c.run(input, output);
+        }
         self.with_context(input, output, |cpu, ctx| {
             // SAFETY: the context follows the ABI (see `with_context`).
             unsafe { (cpu.run())(ctx) };
@@ -243,8 +343,13 @@ impl Session {
                 "CPU: the artefact has no CPU code".into(),
             ));
         };
+        let Backend::Cpu { arena, pool } = &mut self.backend else {
+            return Err(Error::DeviceUnavailable(
+                "CPU: this is a CUDA session".into(),
+            ));
+        };
         let m = model.manifest();
-        binding::copy_in(&m.input, input, self.arena.as_f32_mut());
+        binding::copy_in(&m.input, input, arena.as_f32_mut());
         let weights = model
             .artefact()
             .section(SectionKind::Weights)
@@ -255,12 +360,12 @@ impl Session {
         // The code itself is trusted (see the crate docs).
         let ctx = DncContext {
             weights,
-            arena: self.arena.as_mut_ptr().cast::<f32>(),
+            arena: arena.as_mut_ptr().cast::<f32>(),
             parallel_for: dnc_parallel_for,
-            pool: self.pool.as_abi_ptr(),
+            pool: pool.as_abi_ptr(),
         };
         f(cpu, &ctx)?;
-        binding::copy_out(&m.output, self.arena.as_f32(), output);
+        binding::copy_out(&m.output, arena.as_f32(), output);
         Ok(())
     }
 }
@@ -275,4 +380,29 @@ fn check_len(what: &'static str, found: usize, shape: &[usize], expected: usize)
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse() {
+        assert_eq!(
+            Device::parse("cpu", 3).ok(),
+            Some(Device::Cpu { threads: 3 })
+        );
+        assert_eq!(
+            Device::parse("cuda", 3).ok(),
+            Some(Device::Cuda { ordinal: 0 })
+        );
+        assert_eq!(
+            Device::parse("cuda:2", 3).ok(),
+            Some(Device::Cuda { ordinal: 2 })
+        );
+        for bad in ["gpu", "cuda:", "cuda:x", "cpu:1", ""] {
+            let e = Device::parse(bad, 1).expect_err(bad).to_string();
+            assert!(e.contains("expected cpu, cuda or cuda:ORDINAL"), "{e}");
+        }
+    }
 }

@@ -122,13 +122,17 @@ fn wrong_shapes_name_expected_and_found() {
 }
 
 #[test]
-fn cuda_is_a_clear_error_in_this_build() {
+fn cuda_needs_cuda_code_in_the_artefact() {
     let Some(model) = toy_model() else { return };
     let e = model
         .session(Device::Cuda { ordinal: 0 })
         .expect_err("no CUDA");
     assert!(matches!(e, Error::DeviceUnavailable(_)));
-    assert!(e.to_string().contains("built without CUDA support"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("the artefact has no CUDA code (compile it with --target cuda"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -90,7 +90,9 @@ pub fn compile_artefact(
         graph: &planned,
         kernels: &gk,
         memory: report.memory.as_ref(),
-        compiled: &compiled,
+        cpu: Some(&compiled),
+        cuda: None,
+        ptxas: None,
         labels,
     })?;
     Ok(writer.to_bytes()?)

@@ -40,12 +40,15 @@ enum Command {
 struct CompileArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Code generation target: cpu (cuda is not wired into compile yet).
+    /// Code generation targets: cpu, cuda or cpu,cuda.
     #[arg(long, default_value = "cpu")]
     target: String,
     /// LLVM CPU: native (the host), x86-64-v3, znver3, skylake, …
     #[arg(long, default_value = "native")]
     cpu: String,
+    /// CUDA architecture of the PTX (and cubin): sm_80, sm_86, sm_89, sm_90, …
+    #[arg(long, default_value = "sm_80")]
+    cuda_arch: String,
     /// Stop the pass pipeline after this pass.
     #[arg(long, value_name = "PASS")]
     stop_after: Option<String>,
@@ -358,13 +361,7 @@ fn inspect(a: &InspectArgs) -> Result<()> {
 
 fn compile(a: &CompileArgs) -> Result<()> {
     let start = std::time::Instant::now();
-    match a.target.as_str() {
-        "cpu" => {}
-        "cuda" | "cpu,cuda" | "cuda,cpu" => {
-            bail!("the CUDA target is not wired into compile yet; use --target cpu")
-        }
-        t => bail!("unknown target '{t}': expected cpu, cuda or cpu,cuda"),
-    }
+    let targets = compiler::targets::TargetOptions::parse(&a.target, &a.cpu, &a.cuda_arch)?;
     if a.model.weights.is_none() && a.model.random_weights.is_none() {
         bail!("compile needs weights: pass --weights FILE or --random-weights SEED");
     }
@@ -390,39 +387,40 @@ fn compile(a: &CompileArgs) -> Result<()> {
     let gk = compiler::backend::graph::kernels_of(&g)
         .context("mapping the optimised graph to kernels (did --stop-after skip plan-memory?)")?;
     eprintln!(
-        "densenetc: generating code for {} kernels (cpu {})…",
+        "densenetc: generating code for {} kernels ({})…",
         gk.kernels.len(),
-        a.cpu
+        targets.describe()
     );
-    let compiled = compiler::backend::cpu::compile(
-        &gk.kernels,
-        &compiler::backend::cpu::CpuOptions {
-            cpu: a.cpu.clone(),
-            ..Default::default()
-        },
-    )?;
+    let compiled = compiler::targets::compile(&gk.kernels, &targets)?;
+    if let Some(Err(why)) = &compiled.ptxas {
+        eprintln!("densenetc: {why}");
+    }
     if let Some(dir) = &a.dumps.dump_dir {
         compiled.dump(dir)?;
     }
-    let writer = compiler::artefact::build_artefact(compiler::artefact::ArtefactParts {
-        config: serde_json::to_value(&cfg)?,
-        graph: &g,
-        kernels: &gk,
-        memory: report.memory.as_ref(),
-        compiled: &compiled,
-        labels,
-    })?;
+    let writer =
+        compiler::artefact::build_artefact(compiled.parts(compiler::artefact::ArtefactParts {
+            config: serde_json::to_value(&cfg)?,
+            graph: &g,
+            kernels: &gk,
+            memory: report.memory.as_ref(),
+            cpu: None,
+            cuda: None,
+            ptxas: None,
+            labels,
+        }))?;
     let bytes = writer.to_bytes()?;
     std::fs::write(&a.output, &bytes).with_context(|| format!("writing {}", a.output.display()))?;
+    let arena = writer.manifest().memory.arena_bytes;
     emit(&format!(
-        "compiled {} (batch {}, cpu {}) to {}: {} kernels, {} bytes, arena {} bytes, {:.2} s\n",
+        "compiled {} (batch {}, {}) to {}: {}, {} bytes, arena {} bytes, {:.2} s\n",
         cfg.name,
         a.model.batch,
-        compiled.target.cpu,
+        targets.describe(),
         a.output.display(),
-        compiled.kernels.len(),
+        compiled.summary(),
         bytes.len(),
-        compiled.arena_bytes.max(gk.arena_bytes),
+        arena,
         start.elapsed().as_secs_f64()
     ))
 }
@@ -475,7 +473,13 @@ fn inspect_artefact(path: &std::path::Path, json: bool) -> Result<()> {
         );
     }
     if let Some(cuda) = &m.cuda {
-        let _ = writeln!(text, "cuda:          {}", cuda.arch);
+        let _ = writeln!(
+            text,
+            "cuda:          {} ({} launches, launch table v{})",
+            cuda.arch,
+            cuda.launches.len(),
+            cuda.launch_version
+        );
     }
     let _ = writeln!(
         text,

@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use super::cuda::CudaTarget;
 use super::format::SectionKind;
 use crate::error::ArtefactError;
 
@@ -181,16 +182,6 @@ pub struct CpuTarget {
     pub features: String,
 }
 
-/// The CUDA code's description (the CUDA executor is not implemented yet).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CudaTarget {
-    /// The architecture the PTX targets, e.g. `sm_80`.
-    pub arch: String,
-    /// Anything else the CUDA backend records; opaque to this runtime.
-    #[serde(default, skip_serializing_if = "Value::is_null")]
-    pub detail: Value,
-}
-
 fn invalid(msg: String) -> ArtefactError {
     ArtefactError::ManifestInvalid(msg)
 }
@@ -288,10 +279,7 @@ impl Manifest {
                 SectionKind::CpuSharedObject.name(),
             ));
         }
-        if self.cuda.is_some()
-            && !present.contains(&SectionKind::Ptx)
-            && !present.contains(&SectionKind::Cubin)
-        {
+        if self.cuda.is_some() && !present.contains(&SectionKind::Ptx) {
             return Err(ArtefactError::MissingSection(SectionKind::Ptx.name()));
         }
         if let Some(labels) = &self.labels {
@@ -307,5 +295,22 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+
+    /// Checks the CUDA launch table (if any) against the weights section's length and the PTX
+    /// text; after [`Manifest::validate`].
+    pub fn validate_cuda(&self, weights_len: u64, ptx: Option<&[u8]>) -> Result<(), ArtefactError> {
+        let Some(cuda) = &self.cuda else {
+            return Ok(());
+        };
+        let ptx = ptx.ok_or(ArtefactError::MissingSection(SectionKind::Ptx.name()))?;
+        let text = std::str::from_utf8(ptx)
+            .map_err(|e| invalid(format!("the PTX section is not UTF-8 text: {e}")))?;
+        cuda.validate(
+            self.schedule.len(),
+            self.memory.arena_bytes,
+            weights_len,
+            text,
+        )
     }
 }

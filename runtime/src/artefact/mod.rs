@@ -13,6 +13,7 @@
 //!
 //! [`ArtefactWriter`] (used by the compiler) writes the same format.
 
+mod cuda;
 pub mod format;
 mod manifest;
 mod reader;
@@ -21,6 +22,10 @@ mod writer;
 use std::io::Read;
 use std::path::Path;
 
+pub use cuda::{
+    ptx_entries, ByteRange, CudaArg, CudaLaunch, CUDA_LAUNCH_VERSION, CUDA_WEIGHTS_ALIGN,
+    MAX_SHARED, MAX_STATIC_SHARED,
+};
 pub use format::{SectionKind, FORMAT_VERSION, MAGIC};
 pub use manifest::{
     ArenaView, CpuTarget, CudaTarget, KernelInfo, Manifest, MemoryPlan, TensorSpec, DTYPE_F32,

@@ -83,6 +83,14 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Parsed, ArtefactError> {
     let manifest = Manifest::from_json(&bytes[manifest_section.range()])?;
     let kinds: Vec<SectionKind> = sections.iter().map(|s| s.kind).collect();
     manifest.validate(&kinds)?;
+    let section = |kind| {
+        sections
+            .iter()
+            .find(|s| s.kind == kind)
+            .map(|s| &bytes[s.range()])
+    };
+    let weights_len = section(SectionKind::Weights).map_or(0, |w| w.len() as u64);
+    manifest.validate_cuda(weights_len, section(SectionKind::Ptx))?;
     Ok(Parsed {
         version: header.version,
         sections,

@@ -29,6 +29,11 @@ impl ArtefactWriter {
         }
     }
 
+    /// The manifest to be written.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
     /// Adds a section; each kind at most once, and the manifest is not added by hand.
     pub fn add_section(
         &mut self,
@@ -54,6 +59,15 @@ impl ArtefactWriter {
         let mut kinds = vec![SectionKind::Manifest];
         kinds.extend(self.sections.iter().map(|(k, _)| *k));
         self.manifest.validate(&kinds)?;
+        let section = |kind| {
+            self.sections
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .map(|(_, b)| b.as_slice())
+        };
+        let weights_len = section(SectionKind::Weights).map_or(0, |w| w.len() as u64);
+        self.manifest
+            .validate_cuda(weights_len, section(SectionKind::Ptx))?;
         let manifest = self.manifest.to_json()?;
         let mut payloads: Vec<(SectionKind, &[u8])> = vec![(SectionKind::Manifest, &manifest)];
         payloads.extend(self.sections.iter().map(|(k, b)| (*k, b.as_slice())));

@@ -40,31 +40,127 @@ pub enum EmuError {
         name: String,
         message: String,
     },
+    #[error("launch {index} of the table: {message}")]
+    Table { index: usize, message: String },
     #[error("emission failed: {0}")]
     Emit(#[from] BackendError),
 }
 
 /// Run every kernel of `compiled`, in order, on `arena` (as floats).
 pub fn run(compiled: &CompiledCuda, arena: &mut [f32]) -> std::result::Result<(), EmuError> {
-    let need = compiled.arena_bytes.div_ceil(ELEM_BYTES);
-    if arena.len() < need {
-        return Err(EmuError::ArenaTooSmall {
-            have: arena.len(),
-            need,
+    let issues: Vec<Issue> = compiled
+        .kernels
+        .iter()
+        .enumerate()
+        .map(|(plan, spec)| Issue {
+            plan,
+            grid: spec.grid,
+            block: spec.block,
+            weights: 0,
+            arena: 0,
+        })
+        .collect();
+    execute(compiled, &issues, &compiled.weights, arena)
+}
+
+/// A launch as a runtime issues it from an artefact's launch table: an
+/// entry name, grid and block, and the kernel's two pointer arguments as
+/// byte offsets into the device weights and the arena.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableLaunch<'a> {
+    pub entry: &'a str,
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub weights_offset: u64,
+    pub arena_offset: u64,
+}
+
+/// Run the launches of a table (in its order) the way the CUDA executor
+/// does: each entry is looked up by name among `compiled`'s kernels (as
+/// `cuModuleGetFunction` would in its PTX), launched with the table's grid
+/// and block on `weights` (the device weights as the artefact stores them)
+/// and `arena`, at the table's offsets. A table that disagrees with the
+/// code (a wrong grid, block or offset) shows up as a fault, a coverage
+/// error or a wrong result.
+pub fn run_table(
+    compiled: &CompiledCuda,
+    table: &[TableLaunch<'_>],
+    weights: &[u8],
+    arena: &mut [f32],
+) -> std::result::Result<(), EmuError> {
+    let mut issues = Vec::with_capacity(table.len());
+    for (i, l) in table.iter().enumerate() {
+        let bad = |message: String| EmuError::Table { index: i, message };
+        let plan = compiled
+            .kernels
+            .iter()
+            .position(|k| k.symbol == l.entry)
+            .ok_or_else(|| bad(format!("entry `{}` is not in the module", l.entry)))?;
+        if l.grid[2] != 1 || l.block[1] != 1 || l.block[2] != 1 {
+            return Err(bad(format!(
+                "grid {:?} / block {:?}: the kernels index blocks by x and y and threads by x only",
+                l.grid, l.block
+            )));
+        }
+        let align = |offset: u64, to: u64, what: &str| {
+            usize::try_from(offset)
+                .ok()
+                .filter(|_| offset.is_multiple_of(to))
+                .ok_or_else(|| bad(format!("{what} offset {offset} is not {to}-byte aligned")))
+        };
+        issues.push(Issue {
+            plan,
+            grid: l.grid,
+            block: l.block,
+            weights: align(l.weights_offset, 16, "weights")?,
+            arena: align(l.arena_offset, ELEM_BYTES as u64, "arena")?,
         });
     }
-    let weights: Vec<f32> = compiled
-        .weights
+    execute(compiled, &issues, weights, arena)
+}
+
+/// One launch to emulate: which plan, its geometry, and its pointer
+/// arguments as byte offsets.
+struct Issue {
+    plan: usize,
+    grid: [u32; 3],
+    block: [u32; 3],
+    weights: usize,
+    arena: usize,
+}
+
+fn execute(
+    compiled: &CompiledCuda,
+    issues: &[Issue],
+    weights: &[u8],
+    arena: &mut [f32],
+) -> std::result::Result<(), EmuError> {
+    let need = compiled.arena_bytes.div_ceil(ELEM_BYTES);
+    let max_offset = issues
+        .iter()
+        .map(|i| i.arena / ELEM_BYTES)
+        .max()
+        .unwrap_or(0);
+    if arena.len() < need + max_offset {
+        return Err(EmuError::ArenaTooSmall {
+            have: arena.len(),
+            need: need + max_offset,
+        });
+    }
+    let weights: Vec<f32> = weights
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
     let mut writes = vec![0u8; arena.len()];
-    for (i, (plan, spec)) in compiled.plans.iter().zip(&compiled.kernels).enumerate() {
+    for (i, issue) in issues.iter().enumerate() {
+        let (plan, spec) = (&compiled.plans[issue.plan], &compiled.kernels[issue.plan]);
         let (index, desc) = (spec.desc, &compiled.descs[spec.desc]);
-        for by in 0..spec.grid[1] {
-            for bx in 0..spec.grid[0] {
+        let base = issue.arena / ELEM_BYTES;
+        let w = weights.get(issue.weights / 4..).unwrap_or(&[]);
+        for by in 0..issue.grid[1] {
+            for bx in 0..issue.grid[0] {
                 let mut sim = Sim {
-                    threads: spec.block[0] as usize,
+                    threads: issue.block[0] as usize,
                     ctaid: [bx as i32, by as i32],
                     ints: Vec::new(),
                     longs: Vec::new(),
@@ -72,9 +168,9 @@ pub fn run(compiled: &CompiledCuda, arena: &mut [f32]) -> std::result::Result<()
                     bools: Vec::new(),
                     shared: Vec::new(),
                     epoch: 1,
-                    weights: &weights,
-                    arena,
-                    writes: &mut writes,
+                    weights: w,
+                    arena: &mut arena[base..],
+                    writes: &mut writes[base..],
                     input: desc.input,
                     fault: None,
                 };
@@ -90,12 +186,11 @@ pub fn run(compiled: &CompiledCuda, arena: &mut [f32]) -> std::result::Result<()
             }
         }
         // The description's last launch: its output must be covered.
-        if compiled
-            .kernels
-            .get(i + 1)
-            .is_none_or(|next| next.desc != index)
-        {
-            check_coverage(&desc.output, &writes).map_err(|message| EmuError::Coverage {
+        let next_desc = issues.get(i + 1).map(|n| compiled.kernels[n.plan].desc);
+        if next_desc != Some(index) {
+            let mut out = desc.output;
+            out.offset += issue.arena;
+            check_coverage(&out, &writes).map_err(|message| EmuError::Coverage {
                 index,
                 name: desc.name.clone(),
                 message,

@@ -128,7 +128,8 @@ pub struct CompiledCuda {
     pub weights: Vec<u8>,
     /// Arena bytes the kernels touch (the largest view end).
     pub arena_bytes: usize,
-    /// The LLVM module as generated (before optimisation).
+    /// The LLVM module(s) as generated (before optimisation); large kernel
+    /// lists are lowered as several modules, printed one after the other.
     pub llvm_ir: String,
     /// The PTX assembled by `ptxas` for `arch`, once [`Self::assemble`] ran.
     pub cubin: Option<Vec<u8>>,
@@ -184,6 +185,68 @@ pub fn symbol(index: usize, name: &str) -> String {
     format!("dnc_k{index:03}_{clean}")
 }
 
+/// Kernels per module below which one module (one thread) is used.
+const KERNELS_PER_MODULE: usize = 64;
+
+/// Modules to lower `kernels` launches in: one per core, at least
+/// [`KERNELS_PER_MODULE`] launches each.
+fn chunk_count(kernels: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (kernels / KERNELS_PER_MODULE).clamp(1, cores.max(1))
+}
+
+/// The PTX after its module header (`.version`, `.target`,
+/// `.address_size`): what a further module adds to the first one.
+fn strip_ptx_header(ptx: &str) -> &str {
+    match ptx.find(".address_size") {
+        Some(at) => ptx[at..].split_once('\n').map_or("", |(_, rest)| rest),
+        None => ptx,
+    }
+}
+
+/// One LLVM module holding `items`' kernels: its IR as generated and its
+/// PTX after optimisation.
+fn lower_module(
+    items: &[(&KernelPlan, &LaunchSpec)],
+    opts: &CudaOptions,
+) -> Result<(String, String), BackendError> {
+    let machine = arch::machine(&opts.arch, opts.opt_level)?;
+    let context = Context::create();
+    let module = context.create_module("densenetc_cuda");
+    module.set_triple(&machine.get_triple());
+    module.set_data_layout(&machine.get_target_data().get_data_layout());
+    for (plan, spec) in items {
+        let mut k = Nvptx::kernel(&context, &module, &spec.symbol, spec.block[0])?;
+        emit(&mut k, plan)?;
+        k.finish()?;
+    }
+    module
+        .verify()
+        .map_err(|e| BackendError::Codegen(format!("invalid module: {e}")))?;
+    let llvm_ir = module.print_to_string().to_string();
+
+    // The kernels are emitted already unrolled where it matters; LLVM's own
+    // unrolling would only grow the PTX.
+    let passes = PassBuilderOptions::create();
+    passes.set_loop_unrolling(false);
+    passes.set_loop_vectorization(false);
+    passes.set_loop_slp_vectorization(false);
+    module
+        .run_passes(
+            &format!("default<O{}>", opts.opt_level.min(3)),
+            &machine,
+            passes,
+        )
+        .map_err(|e| BackendError::Codegen(format!("optimisation failed: {e}")))?;
+    let ptx = machine
+        .write_to_memory_buffer(&module, FileType::Assembly)
+        .map_err(|e| BackendError::Codegen(format!("PTX emission failed: {e}")))?;
+    let ptx = String::from_utf8_lossy(ptx.as_slice())
+        .trim_end_matches('\0')
+        .to_string();
+    Ok((llvm_ir, ptx))
+}
+
 /// Lower `kernels` (launched in order) to PTX.
 pub fn lower(kernels: &[KernelDesc], opts: &CudaOptions) -> Result<CompiledCuda, BackendError> {
     let mut wb = WeightsBuilder::default();
@@ -225,40 +288,43 @@ pub fn lower(kernels: &[KernelDesc], opts: &CudaOptions) -> Result<CompiledCuda,
         return Err(BackendError::Codegen("weights section too large".into()));
     }
 
-    let machine = arch::machine(&opts.arch, opts.opt_level)?;
-    let context = Context::create();
-    let module = context.create_module("densenetc_cuda");
-    module.set_triple(&machine.get_triple());
-    module.set_data_layout(&machine.get_target_data().get_data_layout());
-    for (plan, spec) in plans.iter().zip(&specs) {
-        let mut k = Nvptx::kernel(&context, &module, &spec.symbol, spec.block[0])?;
-        emit(&mut k, plan)?;
-        k.finish()?;
+    // Kernels are independent (no calls, per-kernel shared arrays): large
+    // lists are split into modules lowered on parallel threads, each with its
+    // own LLVM context, and their PTX is concatenated under one header.
+    let chunks = chunk_count(plans.len());
+    let per = plans.len().div_ceil(chunks).max(1);
+    let items: Vec<(&KernelPlan, &LaunchSpec)> = plans.iter().zip(&specs).collect();
+    let parts: Vec<Result<(String, String), BackendError>> = std::thread::scope(|s| {
+        // An empty list still gets a module: the header, and the check of the arch.
+        let chunks: Vec<&[(&KernelPlan, &LaunchSpec)]> = if items.is_empty() {
+            vec![&[]]
+        } else {
+            items.chunks(per).collect()
+        };
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| s.spawn(move || lower_module(chunk, opts)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(BackendError::Codegen("PTX lowering panicked".into())))
+            })
+            .collect()
+    });
+    let mut llvm_ir = String::new();
+    let mut ptx = String::new();
+    for (i, part) in parts.into_iter().enumerate() {
+        let (ir, text) = part?;
+        llvm_ir.push_str(&ir);
+        if i == 0 {
+            ptx.push_str(&text);
+        } else {
+            ptx.push('\n');
+            ptx.push_str(strip_ptx_header(&text));
+        }
     }
-    module
-        .verify()
-        .map_err(|e| BackendError::Codegen(format!("invalid module: {e}")))?;
-    let llvm_ir = module.print_to_string().to_string();
-
-    // The kernels are emitted already unrolled where it matters; LLVM's own
-    // unrolling would only grow the PTX.
-    let passes = PassBuilderOptions::create();
-    passes.set_loop_unrolling(false);
-    passes.set_loop_vectorization(false);
-    passes.set_loop_slp_vectorization(false);
-    module
-        .run_passes(
-            &format!("default<O{}>", opts.opt_level.min(3)),
-            &machine,
-            passes,
-        )
-        .map_err(|e| BackendError::Codegen(format!("optimisation failed: {e}")))?;
-    let ptx = machine
-        .write_to_memory_buffer(&module, FileType::Assembly)
-        .map_err(|e| BackendError::Codegen(format!("PTX emission failed: {e}")))?;
-    let ptx = String::from_utf8_lossy(ptx.as_slice())
-        .trim_end_matches('\0')
-        .to_string();
 
     let arena_bytes = kernels
         .iter()
@@ -276,4 +342,29 @@ pub fn lower(kernels: &[KernelDesc], opts: &CudaOptions) -> Result<CompiledCuda,
         descs: kernels.to_vec(),
         plans,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_further_module_adds_its_body_only() {
+        let ptx = "//\n// Generated by LLVM NVPTX Back-End\n//\n\n.version 7.0\n.target sm_80\n\
+                   .address_size 64\n\n\t// .globl\tk1\n.visible .entry k1()\n{\n\tret;\n}\n";
+        let body = strip_ptx_header(ptx);
+        assert!(
+            body.starts_with("\n\t// .globl\tk1\n.visible .entry k1()"),
+            "{body}"
+        );
+        assert!(!body.contains(".version") && !body.contains(".target"));
+    }
+
+    #[test]
+    fn small_lists_stay_in_one_module() {
+        assert_eq!(chunk_count(0), 1);
+        assert_eq!(chunk_count(KERNELS_PER_MODULE - 1), 1);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(chunk_count(100 * KERNELS_PER_MODULE), cores);
+    }
 }

@@ -28,7 +28,7 @@ pub struct RunArgs {
     /// Write the logits here (.npy).
     #[arg(long)]
     output: Option<PathBuf>,
-    /// Only cpu is supported by this runtime.
+    /// cpu, cuda or cuda:ORDINAL.
     #[arg(long, default_value = "cpu")]
     device: String,
     #[arg(long, default_value_t = 1)]
@@ -42,6 +42,7 @@ pub struct RunArgs {
 pub struct BenchArgs {
     /// The artefact.
     artefact: PathBuf,
+    /// cpu, cuda or cuda:ORDINAL.
     #[arg(long, default_value = "cpu")]
     device: String,
     #[arg(long, default_value_t = 50)]
@@ -74,11 +75,7 @@ fn load_model(path: &std::path::Path) -> Result<runtime::Model> {
 }
 
 fn cpu_device(device: &str, threads: usize) -> Result<runtime::Device> {
-    match device {
-        "cpu" => Ok(runtime::Device::Cpu { threads }),
-        "cuda" => bail!("the CUDA device is not supported by this runtime yet; use --device cpu"),
-        d => bail!("unknown device '{d}': expected cpu or cuda"),
-    }
+    runtime::Device::parse(device, threads).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 pub fn run(a: &RunArgs) -> Result<()> {
@@ -170,7 +167,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             "warmup": a.warmup,
             "threads": a.threads,
             "batch": batch,
-            "device": "cpu",
+            "device": a.device,
             "images_per_s": if median > 0.0 { batch as f64 * 1e3 / median } else { 0.0 },
             "samples_ms": samples,
         });

@@ -1,0 +1,168 @@
+//! Code generation for the targets of `densenetc compile` (`--target cpu`,
+//! `cuda` or `cpu,cuda`): each backend lowers the same kernel list, the two
+//! on their own threads (each with its own LLVM context), and the PTX is
+//! assembled by `ptxas` when one is found. A missing `ptxas` is not an
+//! error: the artefact then carries the PTX alone (the driver JIT-compiles
+//! it) and its manifest says why there is no cubin.
+
+use crate::artefact::ArtefactParts;
+use crate::backend::cpu::{self, CompiledCpu, CpuOptions};
+use crate::backend::cuda::{self, ptxas, CompiledCuda, CudaOptions};
+use crate::backend::kernel::KernelDesc;
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+
+/// Which targets to compile for, and how.
+#[derive(Debug, Clone, Default)]
+pub struct TargetOptions {
+    pub cpu: Option<CpuOptions>,
+    pub cuda: Option<CudaOptions>,
+    /// Assemble the PTX with `ptxas` when one is found ([`ptxas::find`]).
+    pub assemble: bool,
+}
+
+impl TargetOptions {
+    /// Parses `--target` (`cpu`, `cuda`, `cpu,cuda` in any order) with the
+    /// CPU name and CUDA architecture to use.
+    pub fn parse(targets: &str, cpu: &str, cuda_arch: &str) -> Result<TargetOptions> {
+        let mut opts = TargetOptions {
+            assemble: true,
+            ..Default::default()
+        };
+        for t in targets.split(',').map(str::trim) {
+            match t {
+                "cpu" if opts.cpu.is_none() => {
+                    opts.cpu = Some(CpuOptions {
+                        cpu: cpu.to_owned(),
+                        ..Default::default()
+                    })
+                }
+                "cuda" if opts.cuda.is_none() => {
+                    opts.cuda = Some(CudaOptions {
+                        arch: cuda_arch.to_owned(),
+                        ..Default::default()
+                    })
+                }
+                _ => bail!("unknown target '{targets}': expected cpu, cuda or cpu,cuda"),
+            }
+        }
+        Ok(opts)
+    }
+
+    /// `cpu x86-64-v3`, `cuda sm_80`, `cpu native + cuda sm_90`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(c) = &self.cpu {
+            parts.push(format!("cpu {}", c.cpu));
+        }
+        if let Some(c) = &self.cuda {
+            parts.push(format!("cuda {}", c.arch));
+        }
+        parts.join(" + ")
+    }
+}
+
+/// The code of every target.
+#[derive(Debug)]
+pub struct CompiledTargets {
+    pub cpu: Option<CompiledCpu>,
+    pub cuda: Option<CompiledCuda>,
+    /// `ptxas`'s report when it assembled the PTX, else why it did not.
+    pub ptxas: Option<std::result::Result<ptxas::PtxasReport, String>>,
+}
+
+/// Compiles `kernels` for every target of `opts`.
+pub fn compile(kernels: &[KernelDesc], opts: &TargetOptions) -> Result<CompiledTargets> {
+    if opts.cpu.is_none() && opts.cuda.is_none() {
+        bail!("no target to compile for");
+    }
+    let (cpu, cuda) = std::thread::scope(|s| {
+        let cuda = opts
+            .cuda
+            .as_ref()
+            .map(|o| s.spawn(move || cuda::lower(kernels, o)));
+        let cpu = opts.cpu.as_ref().map(|o| cpu::compile(kernels, o));
+        let cuda = cuda.map(|h| h.join());
+        (cpu, cuda)
+    });
+    let cpu = cpu.transpose().context("CPU code generation")?;
+    let mut cuda = match cuda {
+        Some(Ok(r)) => Some(r.context("CUDA code generation")?),
+        Some(Err(_)) => bail!("CUDA code generation panicked"),
+        None => None,
+    };
+    let ptxas = match &mut cuda {
+        Some(c) if opts.assemble => Some(match ptxas::find() {
+            Ok(path) => c.assemble(&path).map_err(|e| format!("ptxas failed: {e}")),
+            Err(e) => Err(format!("no cubin: {e}")),
+        }),
+        Some(_) => Some(Err("no cubin: assembly not requested".into())),
+        None => None,
+    };
+    Ok(CompiledTargets { cpu, cuda, ptxas })
+}
+
+impl CompiledTargets {
+    /// The target fields of [`ArtefactParts`].
+    pub fn parts<'a>(&'a self, base: ArtefactParts<'a>) -> ArtefactParts<'a> {
+        ArtefactParts {
+            cpu: self.cpu.as_ref(),
+            cuda: self.cuda.as_ref(),
+            ptxas: self
+                .ptxas
+                .as_ref()
+                .map(|r| r.as_ref().map_err(Clone::clone)),
+            ..base
+        }
+    }
+
+    /// Writes each target's inspectable outputs into `dir` (`--dump-dir`):
+    /// the CPU backend's files, `cuda.ll` (the NVPTX module before
+    /// optimisation), `cuda.ptx` and `cuda-launches.txt` (one line per
+    /// launch: entry, grid, block, shared memory, plan).
+    pub fn dump(&self, dir: &Path) -> Result<()> {
+        if let Some(c) = &self.cpu {
+            c.dump(dir)?;
+        }
+        if let Some(c) = &self.cuda {
+            let write = |name: &str, text: &str| {
+                let path = dir.join(name);
+                std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+            };
+            write("cuda.ll", &c.llvm_ir)?;
+            write("cuda.ptx", &c.ptx)?;
+            let mut table = String::new();
+            for l in &c.kernels {
+                table.push_str(&format!(
+                    "{} grid={:?} block={:?} shared={} {}\n",
+                    l.symbol, l.grid, l.block, l.static_shared_bytes, l.plan
+                ));
+            }
+            if let Some(Ok(r)) = &self.ptxas {
+                table.push_str(&format!("\nptxas {}:\n{}", r.arch, r.log));
+            }
+            write("cuda-launches.txt", &table)?;
+        }
+        Ok(())
+    }
+
+    /// `N kernels` / `N kernels, M launches (cubin)` for the compile summary.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(c) = &self.cpu {
+            parts.push(format!("{} kernels", c.kernels.len()));
+        }
+        if let Some(c) = &self.cuda {
+            parts.push(format!(
+                "{} CUDA launches ({})",
+                c.kernels.len(),
+                if c.cubin.is_some() {
+                    format!("PTX + cubin {}", c.arch)
+                } else {
+                    format!("PTX {}, no cubin", c.arch)
+                }
+            ));
+        }
+        parts.join(", ")
+    }
+}

@@ -1,0 +1,300 @@
+//! The CUDA side of the runtime without a GPU: the launch table's checks (every tampering of a
+//! valid table is refused by the loader with a message naming it), and CUDA sessions that
+//! report a missing driver as a typed error instead of panicking.
+//!
+//! The artefact is the toy model of `common` with a CUDA target: a small PTX module whose two
+//! entries take the PTX ABI's (weights, arena) pointers. It is never launched here.
+
+mod common;
+
+use common::{toy_manifest, weights_bytes};
+use runtime::artefact::{
+    ByteRange, CudaArg, CudaLaunch, CudaTarget, CUDA_LAUNCH_VERSION, CUDA_WEIGHTS_ALIGN,
+};
+use runtime::hash::xxh64;
+use runtime::{
+    Artefact, ArtefactError, ArtefactWriter, Device, Error, Manifest, Model, SectionKind,
+};
+
+const PTX: &str = "//\n.version 7.0\n.target sm_80\n.address_size 64\n\n\
+.visible .entry toy_mean(\n\t.param .u64 toy_mean_param_0,\n\t.param .u64 toy_mean_param_1\n)\n{\n\tret;\n}\n\n\
+.visible .entry toy_affine(\n\t.param .u64 toy_affine_param_0,\n\t.param .u64 toy_affine_param_1\n)\n{\n\tret;\n}\n";
+
+/// CPU weights first, then the device weights at the next 256-byte boundary.
+fn weights_section() -> (Vec<u8>, ByteRange) {
+    let mut w = weights_bytes();
+    let offset = (w.len() as u64).div_ceil(CUDA_WEIGHTS_ALIGN) * CUDA_WEIGHTS_ALIGN;
+    w.resize(offset as usize, 0);
+    let device = weights_bytes();
+    w.extend_from_slice(&device);
+    (
+        w,
+        ByteRange {
+            offset,
+            bytes: device.len() as u64,
+        },
+    )
+}
+
+fn launch(entry: &str, kernel: usize) -> CudaLaunch {
+    CudaLaunch {
+        entry: entry.into(),
+        kernel,
+        grid: [2, 1, 1],
+        block: [64, 1, 1],
+        dynamic_shared_bytes: 0,
+        static_shared_bytes: 1024,
+        args: vec![CudaArg::Weights { offset: 0 }, CudaArg::Arena { offset: 0 }],
+    }
+}
+
+fn cuda_manifest() -> Manifest {
+    let mut m = toy_manifest();
+    m.cpu = None;
+    m.cuda = Some(CudaTarget {
+        arch: "sm_80".into(),
+        launch_version: CUDA_LAUNCH_VERSION,
+        weights: weights_section().1,
+        arena_bytes: m.memory.arena_bytes,
+        launches: vec![launch("toy_mean", 0), launch("toy_affine", 1)],
+        detail: serde_json::Value::Null,
+    });
+    m
+}
+
+fn cuda_artefact(m: Manifest) -> Result<Vec<u8>, ArtefactError> {
+    let mut w = ArtefactWriter::new(m);
+    w.add_section(SectionKind::Weights, weights_section().0)?;
+    w.add_section(SectionKind::Ptx, PTX.as_bytes().to_vec())?;
+    w.to_bytes()
+}
+
+/// A valid artefact whose manifest is replaced by `m` (compact JSON padded with spaces to the
+/// original length, checksums recomputed), bypassing the writer's own checks: what a tampered
+/// or foreign file looks like to the loader.
+fn tampered(m: &Manifest) -> Vec<u8> {
+    let mut b = cuda_artefact(cuda_manifest()).expect("valid artefact");
+    let a = Artefact::read(&b).expect("valid");
+    let (i, s) = a
+        .sections()
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s.kind == SectionKind::Manifest)
+        .expect("manifest section");
+    let range = s.range();
+    let mut json = serde_json::to_vec(m).expect("json");
+    assert!(
+        json.len() <= range.len(),
+        "compact JSON fits the pretty one"
+    );
+    json.resize(range.len(), b' ');
+    b[range.clone()].copy_from_slice(&json);
+    let entry = 64 + 32 * i;
+    let sum = xxh64(&b[range]);
+    b[entry + 24..entry + 32].copy_from_slice(&sum.to_le_bytes());
+    let count = a.sections().len();
+    let sum = xxh64(&b[64..64 + count * 32]);
+    b[40..48].copy_from_slice(&sum.to_le_bytes());
+    let sum = xxh64(&b[..56]);
+    b[56..64].copy_from_slice(&sum.to_le_bytes());
+    b
+}
+
+fn rejected(want: &str, edit: impl FnOnce(&mut CudaTarget)) -> String {
+    let mut m = cuda_manifest();
+    edit(m.cuda.as_mut().expect("cuda"));
+    match Artefact::read(&tampered(&m)) {
+        Err(Error::Artefact(e)) => e.to_string(),
+        Err(e) => panic!("expected an artefact error, got {e}"),
+        Ok(_) => panic!("the tampered launch table ({want}) was accepted"),
+    }
+}
+
+#[test]
+fn a_valid_launch_table_round_trips() {
+    let bytes = cuda_artefact(cuda_manifest()).expect("valid");
+    let a = Artefact::read(&bytes).expect("read");
+    assert_eq!(a.manifest(), &cuda_manifest());
+    // The tampering helper itself produces a loadable file when nothing is changed.
+    Artefact::read(&tampered(&cuda_manifest())).expect("untampered");
+}
+
+type Edit = Box<dyn FnOnce(&mut CudaTarget)>;
+
+#[test]
+fn the_loader_rejects_tampered_launch_tables() {
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "entry `toy_softmax` is not in the PTX",
+            Box::new(|t| t.launches[1].entry = "toy_softmax".into()),
+        ),
+        (
+            "3 arguments for 2 parameters",
+            Box::new(|t| t.launches[0].args.push(CudaArg::Arena { offset: 0 })),
+        ),
+        (
+            "grid [0, 1, 1]",
+            Box::new(|t| t.launches[0].grid = [0, 1, 1]),
+        ),
+        (
+            "grid [1, 65536, 1]",
+            Box::new(|t| t.launches[0].grid = [1, 65536, 1]),
+        ),
+        (
+            "block [2048, 1, 1]",
+            Box::new(|t| t.launches[1].block = [2048, 1, 1]),
+        ),
+        (
+            "block [32, 32, 2]",
+            Box::new(|t| t.launches[1].block = [32, 32, 2]),
+        ),
+        (
+            "static + 240000 dynamic bytes",
+            Box::new(|t| t.launches[0].dynamic_shared_bytes = 240_000),
+        ),
+        (
+            "weights offset 40 outside the 40-byte weights",
+            Box::new(|t| t.launches[0].args[0] = CudaArg::Weights { offset: 40 }),
+        ),
+        (
+            "not 16-byte aligned",
+            Box::new(|t| t.launches[0].args[0] = CudaArg::Weights { offset: 8 }),
+        ),
+        (
+            "arena offset 4096 outside the 576-byte arena",
+            Box::new(|t| t.launches[1].args[1] = CudaArg::Arena { offset: 4096 }),
+        ),
+        (
+            "kernel 2 of a 2-kernel schedule",
+            Box::new(|t| t.launches[1].kernel = 2),
+        ),
+        ("aligned range of the", Box::new(|t| t.weights.offset += 4)),
+        ("aligned range of the", Box::new(|t| t.weights.bytes += 1)),
+        (
+            "the kernels touch 577 arena bytes but the arena has 576",
+            Box::new(|t| t.arena_bytes = 577),
+        ),
+        ("no launches", Box::new(|t| t.launches.clear())),
+        (
+            "architecture `compute_80` is not sm_NN",
+            Box::new(|t| t.arch = "compute_80".into()),
+        ),
+        (
+            "none recorded (the artefact predates the CUDA executor",
+            Box::new(|t| t.launch_version = 0),
+        ),
+        (
+            "version 2, this runtime reads version 1",
+            Box::new(|t| t.launch_version = 2),
+        ),
+    ];
+    for (want, edit) in cases {
+        let e = rejected(want, edit);
+        assert!(
+            e.starts_with("manifest invalid: CUDA launch table:") && e.contains(want),
+            "expected `{want}`, got `{e}`"
+        );
+    }
+}
+
+#[test]
+fn a_manifest_without_a_launch_version_is_an_old_artefact() {
+    // What a compiler before the executor wrote: `cuda: {arch}` only.
+    let mut m = serde_json::to_value(cuda_manifest()).expect("json");
+    m["cuda"] = serde_json::json!({ "arch": "sm_80" });
+    let m: Manifest = serde_json::from_value(m).expect("old manifests still parse");
+    let e = match Artefact::read(&tampered(&m)) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("accepted"),
+    };
+    assert!(e.contains("predates the CUDA executor"), "{e}");
+}
+
+#[test]
+fn cuda_code_needs_its_ptx() {
+    let mut w = ArtefactWriter::new(cuda_manifest());
+    w.add_section(SectionKind::Weights, weights_section().0)
+        .expect("weights");
+    w.add_section(SectionKind::Cubin, vec![1, 2, 3])
+        .expect("cubin");
+    assert_eq!(
+        w.to_bytes().expect_err("no ptx"),
+        ArtefactError::MissingSection("ptx")
+    );
+}
+
+fn driver_present() -> bool {
+    runtime::cuda::driver::DRIVER_LIBRARIES.iter().any(|name| {
+        // SAFETY: opening (and closing) the driver library, as the runtime's probe does.
+        unsafe { libloading::Library::new(name) }.is_ok()
+    })
+}
+
+#[test]
+fn a_cuda_session_without_a_driver_is_a_typed_error() {
+    let path = std::env::temp_dir().join(format!("dnc-cuda-toy-{}.dnc", std::process::id()));
+    std::fs::write(&path, cuda_artefact(cuda_manifest()).expect("valid")).expect("write");
+    let model = Model::load(&path).expect("a CUDA-only artefact loads without a GPU");
+    std::fs::remove_file(&path).ok();
+    assert!(model.session(Device::Cpu { threads: 1 }).is_err());
+    if driver_present() {
+        eprintln!("skipped: a CUDA driver is installed here (the no-driver path is not reachable)");
+        return;
+    }
+    for ordinal in [0, 1] {
+        let e = model
+            .session(Device::Cuda { ordinal })
+            .expect_err("no driver");
+        assert!(matches!(e, Error::DeviceUnavailable(_)), "{e:?}");
+        let text = e.to_string();
+        assert!(
+            text.starts_with(
+                "device unavailable: CUDA: no CUDA driver (libcuda.so.1 or libcuda.so not found"
+            ),
+            "{text}"
+        );
+    }
+    assert!(runtime::cuda::driver::probe().is_err());
+}
+
+#[test]
+fn the_c_api_reports_a_missing_driver() {
+    use runtime::ffi::*;
+    use std::ffi::{CStr, CString};
+    if driver_present() {
+        eprintln!("skipped: a CUDA driver is installed here (the no-driver path is not reachable)");
+        return;
+    }
+    let path = std::env::temp_dir().join(format!("dnc-cuda-capi-{}.dnc", std::process::id()));
+    std::fs::write(&path, cuda_artefact(cuda_manifest()).expect("valid")).expect("write");
+    let c_path = CString::new(path.to_str().expect("utf-8 path")).expect("no NUL");
+    let mut model = std::ptr::null_mut();
+    let mut session = std::ptr::null_mut();
+    // SAFETY: valid C string, out pointers and the model handle from dnc_model_load.
+    unsafe {
+        assert_eq!(dnc_model_load(c_path.as_ptr(), &mut model), DncStatus::Ok);
+        std::fs::remove_file(&path).ok();
+        assert_eq!(
+            dnc_session_create(model, DNC_DEVICE_CUDA, 0, &mut session),
+            DncStatus::DeviceUnavailable
+        );
+        assert!(session.is_null());
+        let text = CStr::from_ptr(dnc_last_error())
+            .to_string_lossy()
+            .into_owned();
+        assert!(text.contains("no CUDA driver (libcuda.so.1"), "{text}");
+        dnc_model_free(model);
+    }
+}
+
+#[test]
+fn a_cpu_only_artefact_has_no_cuda_code() {
+    let mut w = ArtefactWriter::new(toy_manifest());
+    w.add_section(SectionKind::Weights, weights_bytes())
+        .expect("weights");
+    w.add_section(SectionKind::CpuSharedObject, b"not loaded".to_vec())
+        .expect("so");
+    let a = Artefact::read(&w.to_bytes().expect("valid")).expect("read");
+    // Loading the model would dlopen the fake shared object; the check is on the manifest.
+    assert!(a.manifest().cuda.is_none());
+}

@@ -1,0 +1,248 @@
+#!/usr/bin/env python3
+"""The GPU check of densenetc, for a machine with an NVIDIA GPU and PyTorch:
+
+    scripts/gpu-check.sh [--densenetc PATH] [--reduced] [--iters N] [--out DIR]
+    scripts/gpu-check.sh --dry-run      # every step that needs no GPU
+
+1. builds densenetc (``cargo build --release``; or ``--densenetc PATH``);
+2. compiles every preset for ``cpu,cuda`` (batch 1, random weights;
+   ``--reduced``: ImageNet presets at 64x64) and checks that
+   ``densenetc run --device cuda`` matches ``--device cpu`` within 1e-4
+   relative error (max |a - b| / max |b|) on the same random input;
+3. times DenseNet-121 at batch 1 and 64 on the GPU: ``densenetc bench
+   --device cuda`` against PyTorch eager (cuDNN, channels_last, benchmark
+   mode) and ``torch.compile`` of the same torchvision model, medians of
+   ``--iters`` synchronised runs, and prints a markdown table.
+
+Without a GPU it stops at once with a message saying so. ``--dry-run`` runs
+steps 1 and 2 up to the CPU side (compile, CPU run) and step 3's compiles,
+and prints the table with the GPU columns empty. Needs Python 3.10+ only;
+PyTorch only for step 3 (imported there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+from array import array
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+PRESETS = ["densenet121", "densenet161", "densenet169", "densenet201",
+           "densenet-bc-100", "densenet-bc-250", "densenet-bc-190", "densenet-40"]
+IMAGENET = {"densenet121", "densenet161", "densenet169", "densenet201"}
+TIMED = "densenet121"
+BATCHES = [1, 64]
+TOLERANCE = 1e-4
+
+
+class CheckError(Exception):
+    """A failed check, with the message to print."""
+
+
+def require_gpu(which=shutil.which, run=subprocess.run) -> str:
+    """The GPU list of ``nvidia-smi -L``, or a CheckError saying why there is none."""
+    hint = ("gpu-check needs a machine with an NVIDIA GPU, its driver and PyTorch; "
+            "run `scripts/gpu-check.sh --dry-run` to check the other steps here")
+    smi = which("nvidia-smi")
+    if smi is None:
+        raise CheckError(f"no GPU: nvidia-smi not found. {hint}")
+    r = run([smi, "-L"], capture_output=True, text=True)
+    gpus = [line for line in r.stdout.splitlines() if line.startswith("GPU ")]
+    if r.returncode != 0 or not gpus:
+        raise CheckError(f"no GPU: `nvidia-smi -L` listed none ({(r.stderr or r.stdout).strip()}). {hint}")
+    return "\n".join(gpus)
+
+
+def read_npy(path: Path) -> tuple[list[int], array]:
+    """A little-endian float32 C-order .npy file (what densenetc writes)."""
+    data = path.read_bytes()
+    if data[:6] != b"\x93NUMPY":
+        raise CheckError(f"{path}: not a .npy file")
+    major = data[6]
+    (hlen,), start = (struct.unpack_from("<H", data, 8), 10) if major == 1 else (struct.unpack_from("<I", data, 8), 12)
+    header = data[start:start + hlen].decode("latin1")
+    if "'<f4'" not in header or "'fortran_order': False" not in header:
+        raise CheckError(f"{path}: expected little-endian float32 in C order, header {header.strip()}")
+    shape_text = header.split("'shape':")[1].split(")")[0].strip(" (")
+    shape = [int(d) for d in shape_text.split(",") if d.strip()]
+    values = array("f")
+    values.frombytes(data[start + hlen:])
+    if sys.byteorder != "little":
+        values.byteswap()
+    return shape, values
+
+
+def rel_error(got, want) -> float:
+    """max |got - want| / max |want| (the project's relative error)."""
+    if len(got) != len(want):
+        raise CheckError(f"{len(got)} values against {len(want)}")
+    scale = max((abs(w) for w in want), default=0.0)
+    diff = max((abs(g - w) for g, w in zip(got, want)), default=0.0)
+    return diff / scale if scale > 0 else diff
+
+
+def compile_args(preset: str, reduced: bool, batch: int, targets: str, out: Path) -> list[str]:
+    args = ["compile", "--arch", preset, "--random-weights", "1", "--batch", str(batch),
+            "--target", targets, "-o", str(out)]
+    if reduced and preset in IMAGENET:
+        args += ["--image-size", "64"]
+    return args
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Rows of {batch, densenetc, eager, compiled} (ms or None) as a markdown table."""
+    def ms(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    def speedup(a, b):
+        return "n/a" if a is None or b is None or a <= 0 else f"{b / a:.2f}x"
+
+    lines = ["| model | batch | densenetc (ms) | PyTorch eager (ms) | torch.compile (ms) "
+             "| vs eager | vs compile |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {TIMED} | {r['batch']} | {ms(r['densenetc'])} | {ms(r['eager'])} "
+                     f"| {ms(r['compiled'])} | {speedup(r['densenetc'], r['eager'])} "
+                     f"| {speedup(r['densenetc'], r['compiled'])} |")
+    return "\n".join(lines)
+
+
+class Runner:
+    def __init__(self, densenetc: Path, out: Path, dry_run: bool):
+        self.densenetc, self.out, self.dry_run = densenetc, out, dry_run
+
+    def __call__(self, *args: str) -> str:
+        cmd = [str(self.densenetc), *args]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise CheckError(f"`{' '.join(cmd)}` failed:\n{r.stderr.strip()}")
+        return r.stdout
+
+
+def build(args) -> Path:
+    if args.densenetc:
+        return Path(args.densenetc)
+    print("## building densenetc (cargo build --release)", flush=True)
+    r = subprocess.run(["cargo", "build", "--release", "-p", "compiler", "--bin", "densenetc"], cwd=REPO)
+    if r.returncode != 0:
+        raise CheckError("cargo build failed (or pass --densenetc PATH to a built binary)")
+    return REPO / "target" / "release" / "densenetc"
+
+
+def parity(run: Runner, presets: list[str], reduced: bool) -> list[tuple[str, float | None]]:
+    results = []
+    for preset in presets:
+        dnc = run.out / f"{preset}.dnc"
+        run(*compile_args(preset, reduced, 1, "cpu,cuda", dnc))
+        cpu_y = run.out / f"{preset}-cpu.npy"
+        run("run", str(dnc), "--random-input", "7", "--device", "cpu", "--output", str(cpu_y))
+        if run.dry_run:
+            results.append((preset, None))
+            print(f"{preset}: compiled for cpu,cuda, CPU run done (dry run: no CUDA run)", flush=True)
+            continue
+        cuda_y = run.out / f"{preset}-cuda.npy"
+        run("run", str(dnc), "--random-input", "7", "--device", "cuda", "--output", str(cuda_y))
+        (shape_c, c), (shape_g, g) = read_npy(cpu_y), read_npy(cuda_y)
+        if shape_c != shape_g:
+            raise CheckError(f"{preset}: CPU output {shape_c}, CUDA output {shape_g}")
+        err = rel_error(g, c)
+        results.append((preset, err))
+        print(f"{preset}: CUDA vs CPU relative error {err:.2e}", flush=True)
+    return results
+
+
+def torch_times(batch: int, iters: int) -> tuple[float, float]:
+    """Medians (ms) of PyTorch eager (cuDNN, channels_last) and torch.compile, DenseNet-121."""
+    import torch
+    import torchvision
+
+    if not torch.cuda.is_available():
+        raise CheckError("PyTorch sees no CUDA device")
+    torch.backends.cudnn.benchmark = True
+    model = torchvision.models.densenet121(weights=None).eval().cuda()
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, 224, 224, device="cuda").to(memory_format=torch.channels_last)
+
+    def median_ms(fn) -> float:
+        with torch.inference_mode():
+            for _ in range(10):
+                fn(x)
+            torch.cuda.synchronize()
+            times = []
+            for _ in range(iters):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn(x)
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+        times.sort()
+        return times[len(times) // 2]
+
+    eager = median_ms(model)
+    compiled = median_ms(torch.compile(model))
+    return eager, compiled
+
+
+def timing(run: Runner, iters: int) -> list[dict]:
+    rows = []
+    for batch in BATCHES:
+        dnc = run.out / f"{TIMED}-b{batch}-cuda.dnc"
+        run(*compile_args(TIMED, False, batch, "cuda", dnc))
+        row = {"batch": batch, "densenetc": None, "eager": None, "compiled": None}
+        if not run.dry_run:
+            bench = json.loads(run("bench", str(dnc), "--device", "cuda", "--iters", str(iters), "--json"))
+            row["densenetc"] = bench["median_ms"]
+            row["eager"], row["compiled"] = torch_times(batch, iters)
+        rows.append(row)
+        print(f"{TIMED} b{batch}: {row}", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dry-run", action="store_true", help="only the steps that need no GPU")
+    p.add_argument("--densenetc", help="a built densenetc (default: cargo build --release)")
+    p.add_argument("--reduced", action="store_true", help="ImageNet presets at 64x64 for the parity step")
+    p.add_argument("--presets", default=",".join(PRESETS), help="comma-separated presets to check")
+    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--out", help="where artefacts and outputs go (default: a temporary directory)")
+    args = p.parse_args(argv)
+    presets = [s for s in args.presets.split(",") if s]
+    if unknown := [s for s in presets if s not in PRESETS]:
+        p.error(f"unknown presets {unknown}; known: {', '.join(PRESETS)}")
+    try:
+        if not args.dry_run:
+            print(f"## GPU\n{require_gpu()}", flush=True)
+        densenetc = build(args)
+        with tempfile.TemporaryDirectory(prefix="dnc-gpu-check-") as tmp:
+            out = Path(args.out or tmp)
+            out.mkdir(parents=True, exist_ok=True)
+            run = Runner(densenetc, out, args.dry_run)
+            print("## CUDA vs CPU parity", flush=True)
+            results = parity(run, presets, args.reduced)
+            print("## timing", flush=True)
+            rows = timing(run, args.iters)
+        print("\n| preset | CUDA vs CPU rel. error |\n|---|---:|")
+        for preset, err in results:
+            print(f"| {preset} | {'n/a (dry run)' if err is None else f'{err:.2e}'} |")
+        print()
+        print(markdown_table(rows))
+        bad = [(p_, e) for p_, e in results if e is not None and e > TOLERANCE]
+        if bad:
+            raise CheckError(f"CUDA differs from the CPU by more than {TOLERANCE}: {bad}")
+    except CheckError as e:
+        print(f"gpu-check: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
