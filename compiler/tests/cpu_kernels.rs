@@ -398,6 +398,17 @@ fn conv_winograd() {
         let plan = check(&conv_case(name, 300 + seed as u64, spec));
         assert!(plan.contains("Winograd"), "{name}: {plan}");
     }
+    // Enough 4x4 tiles for F(4x4, 3x3): partial tiles on odd sizes.
+    let f4 = [
+        ("f4_k12_13x17", "n3 c16 13x17 oc12 k3 p1 pro block"),
+        ("f4_k40_25x23", "n2 c40 25x23 oc40 k3 p1 bn bias strided"),
+        ("f4_k32_30x27", "c33 30x27 oc32 k3 p1 pro relu bordered"),
+        ("f4_k12_chunked", "c300 29x26 oc12 k3 p1 bias relu dense"),
+    ];
+    for (seed, (name, spec)) in f4.iter().enumerate() {
+        let plan = check(&conv_case(name, 350 + seed as u64, spec));
+        assert!(plan.contains("m: 4,"), "{name}: {plan}");
+    }
     // Not Winograd: stride 2, no padding, few input channels.
     for (seed, spec) in [
         "c16 8x8 oc12 k3 s2 p1",
