@@ -367,32 +367,33 @@ fn conv_direct() {
 
 #[test]
 fn conv_winograd() {
-    // Stride-1 pad-1 3x3 convs with at least 16 input channels take the
-    // Winograd F(2x2, 3x3) plan: odd sizes (partial edge tiles), 1x1 images,
-    // batches, k = 12/32/40, prologue/bias/ReLU, strided slices, borders,
-    // chunked input channels and more than one task per image row.
+    // Stride-1 pad-1 3x3 convs with at least 16 input channels and 24 2x2
+    // tiles take the Winograd F(2x2, 3x3) plan: odd sizes (partial edge
+    // tiles), 1x1 images, batches, k = 5/12/24/32/40, prologue/bias/ReLU,
+    // strided slices, borders, chunked input channels and more than one
+    // task per image row.
     let cases = [
         ("k12_7x7_block", "n2 c16 7x7 oc12 k3 p1 pro block"),
         (
             "k12_9x13_bias_relu",
             "c48 9x13 oc12 k3 p1 bias relu strided",
         ),
-        ("k12_1x1_images", "n3 c48 1x1 oc12 k3 p1 pro bias relu"),
-        ("k32_7x7_bordered", "c128 7x7 oc32 k3 p1 relu bordered"),
-        ("k40_5x6_bn_bias", "n2 c40 5x6 oc40 k3 p1 bn bias strided"),
-        ("k12_chunked", "c300 4x5 oc12 k3 p1 pro relu block"),
-        ("k32_wide_row", "c20 2x40 oc32 k3 p1 dense"),
+        ("k12_1x1_images", "n24 c48 1x1 oc12 k3 p1 pro bias relu"),
+        ("k32_7x7_bordered", "n2 c128 7x7 oc32 k3 p1 relu bordered"),
+        ("k40_5x6_bn_bias", "n3 c40 5x6 oc40 k3 p1 bn bias strided"),
+        ("k12_chunked", "n4 c300 4x5 oc12 k3 p1 pro relu block"),
+        ("k32_wide_row", "c20 2x48 oc32 k3 p1 dense"),
         (
             "k12_bordered_pro",
             "n2 c16 6x9 oc12 k3 p1 pro relu bordered",
         ),
-        ("k5_one_row", "c16 1x9 oc5 k3 p1 bias"),
+        ("k5_one_row", "n5 c16 1x9 oc5 k3 p1 bias"),
         (
             "k12_batch_tasks",
             "n4 c64 8x8 oc12 k3 p1 pro bias relu block",
         ),
-        ("k24_neg_prologue", "c24 3x3 oc24 k3 p1 neg"),
-        ("k32_9x1", "n2 c33 9x1 oc32 k3 p1 bn relu strided"),
+        ("k24_neg_prologue", "n6 c24 3x3 oc24 k3 p1 neg"),
+        ("k32_9x1", "n5 c33 9x1 oc32 k3 p1 bn relu strided"),
     ];
     for (seed, (name, spec)) in cases.iter().enumerate() {
         let plan = check(&conv_case(name, 300 + seed as u64, spec));
@@ -409,11 +410,12 @@ fn conv_winograd() {
         let plan = check(&conv_case(name, 350 + seed as u64, spec));
         assert!(plan.contains("m: 4,"), "{name}: {plan}");
     }
-    // Not Winograd: stride 2, no padding, few input channels.
+    // Not Winograd: stride 2, no padding, few input channels, few tiles.
     for (seed, spec) in [
         "c16 8x8 oc12 k3 s2 p1",
         "c16 8x8 oc12 k3",
         "c8 8x8 oc12 k3 p1",
+        "c128 7x7 oc32 k3 p1 relu",
     ]
     .iter()
     .enumerate()
@@ -429,9 +431,9 @@ fn winograd_error_at_densenet_sizes() {
     // of F(2x2, 3x3) against the f64 reference (printed with --nocapture).
     for (seed, spec) in [
         "c128 56x56 oc32 k3 p1 relu block",
-        "c128 7x7 oc32 k3 p1 relu block",
+        "n2 c128 7x7 oc32 k3 p1 relu block",
         "n2 c48 32x32 oc12 k3 p1 relu block",
-        "c48 8x8 oc12 k3 p1 pro bias relu block",
+        "n2 c48 8x8 oc12 k3 p1 pro bias relu block",
     ]
     .iter()
     .enumerate()

@@ -90,7 +90,7 @@ impl Plan {
     pub fn new(desc: &KernelDesc, wb: &mut WeightsBuilder) -> Plan {
         let (i, o) = (&desc.input, &desc.output);
         let op = match &desc.op {
-            KernelOp::Conv(c) if WinogradPlan::applies(c, i) => {
+            KernelOp::Conv(c) if WinogradPlan::applies(c, i, o) => {
                 OpPlan::Winograd(WinogradPlan::new(c, i, o, wb))
             }
             KernelOp::Conv(c) => OpPlan::Conv(ConvPlan::new(c, i, o, wb)),

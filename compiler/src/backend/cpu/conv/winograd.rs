@@ -97,6 +97,11 @@ const F4: Transforms = Transforms {
     ],
 };
 
+/// 2x2 tiles below which the direct kernel wins: too few tasks of whole
+/// micro-kernel tiles for two threads (measured at batch 1 with two
+/// threads: DenseNet-121 7x7 and BC-100 8x8, 16 tiles each).
+const F2_MIN_TILES: usize = 24;
+
 /// F(4x4) tiles a task at least needs for the 4x4 variant: enough tasks of
 /// whole micro-kernel tiles for two threads.
 const F4_MIN_TILES: usize = 48;
@@ -203,11 +208,12 @@ impl WinogradPlan {
     /// the direct kernel (measured on DenseNet-BC-100 and DenseNet-121
     /// growth convs; tiny input-channel counts leave the GEMMs too short to
     /// pay for the transforms).
-    pub fn applies(c: &ConvKernel, i: &View) -> bool {
+    pub fn applies(c: &ConvKernel, i: &View, o: &View) -> bool {
         c.kernel == [3, 3]
             && c.stride == [1, 1]
             && c.padding == [1, 1]
             && i.channels >= 16
+            && o.n * o.h.div_ceil(2) * o.w.div_ceil(2) >= F2_MIN_TILES
             && fits(2, c.out_channels)
     }
 
