@@ -276,8 +276,9 @@ fn pool_case(name: &str, seed: u64, spec: &str) -> Case {
     })
 }
 
-/// Compile one case, run it under every parallel-for and check it.
-fn check(case: &Case) {
+/// Compile one case, run it under every parallel-for and check it; returns
+/// the kernel's plan.
+fn check(case: &Case) -> String {
     let reference = ir::reference::run(&case.graph, std::slice::from_ref(&case.input))
         .unwrap_or_else(|e| panic!("{}: reference failed: {e}", case.name))
         .remove(0);
@@ -317,7 +318,11 @@ fn check(case: &Case) {
                 case.name
             );
         }
+        if pfor == Pfor::Sequential {
+            println!("{}: relative error {err:.2e}", case.name);
+        }
     }
+    compiled.kernels[0].plan.clone()
 }
 
 #[test]
@@ -357,6 +362,85 @@ fn conv_direct() {
     ];
     for (seed, (name, spec)) in cases.iter().enumerate() {
         check(&conv_case(name, 100 + seed as u64, spec));
+    }
+}
+
+#[test]
+fn conv_winograd() {
+    // Stride-1 pad-1 3x3 convs with at least 16 input channels and 24 2x2
+    // tiles take the Winograd F(2x2, 3x3) plan: odd sizes (partial edge
+    // tiles), 1x1 images, batches, k = 5/12/24/32/40, prologue/bias/ReLU,
+    // strided slices, borders, chunked input channels and more than one
+    // task per image row.
+    let cases = [
+        ("k12_7x7_block", "n2 c16 7x7 oc12 k3 p1 pro block"),
+        (
+            "k12_9x13_bias_relu",
+            "c48 9x13 oc12 k3 p1 bias relu strided",
+        ),
+        ("k12_1x1_images", "n24 c48 1x1 oc12 k3 p1 pro bias relu"),
+        ("k32_7x7_bordered", "n2 c128 7x7 oc32 k3 p1 relu bordered"),
+        ("k40_5x6_bn_bias", "n3 c40 5x6 oc40 k3 p1 bn bias strided"),
+        ("k12_chunked", "n4 c300 4x5 oc12 k3 p1 pro relu block"),
+        ("k32_wide_row", "c20 2x48 oc32 k3 p1 dense"),
+        (
+            "k12_bordered_pro",
+            "n2 c16 6x9 oc12 k3 p1 pro relu bordered",
+        ),
+        ("k5_one_row", "n5 c16 1x9 oc5 k3 p1 bias"),
+        (
+            "k12_batch_tasks",
+            "n4 c64 8x8 oc12 k3 p1 pro bias relu block",
+        ),
+        ("k24_neg_prologue", "n6 c24 3x3 oc24 k3 p1 neg"),
+        ("k32_9x1", "n5 c33 9x1 oc32 k3 p1 bn relu strided"),
+    ];
+    for (seed, (name, spec)) in cases.iter().enumerate() {
+        let plan = check(&conv_case(name, 300 + seed as u64, spec));
+        assert!(plan.contains("Winograd"), "{name}: {plan}");
+    }
+    // Enough 4x4 tiles for F(4x4, 3x3): partial tiles on odd sizes.
+    let f4 = [
+        ("f4_k12_13x17", "n3 c16 13x17 oc12 k3 p1 pro block"),
+        ("f4_k40_25x23", "n2 c40 25x23 oc40 k3 p1 bn bias strided"),
+        ("f4_k32_30x27", "c33 30x27 oc32 k3 p1 pro relu bordered"),
+        ("f4_k12_chunked", "c300 29x26 oc12 k3 p1 bias relu dense"),
+    ];
+    for (seed, (name, spec)) in f4.iter().enumerate() {
+        let plan = check(&conv_case(name, 350 + seed as u64, spec));
+        assert!(plan.contains("m: 4,"), "{name}: {plan}");
+    }
+    // Not Winograd: stride 2, no padding, few input channels, few tiles.
+    for (seed, spec) in [
+        "c16 8x8 oc12 k3 s2 p1",
+        "c16 8x8 oc12 k3",
+        "c8 8x8 oc12 k3 p1",
+        "c128 7x7 oc32 k3 p1 relu",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let plan = check(&conv_case(spec, 400 + seed as u64, spec));
+        assert!(!plan.contains("Winograd"), "{spec}: {plan}");
+    }
+}
+
+#[test]
+fn winograd_error_at_densenet_sizes() {
+    // DenseNet-121 and DenseNet-BC-100 growth convs at full size: the error
+    // of F(2x2, 3x3) against the f64 reference (printed with --nocapture).
+    for (seed, spec) in [
+        "c128 56x56 oc32 k3 p1 relu block",
+        "n2 c128 7x7 oc32 k3 p1 relu block",
+        "n2 c48 32x32 oc12 k3 p1 relu block",
+        "n2 c48 8x8 oc12 k3 p1 pro bias relu block",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let case = conv_case(spec, 500 + seed as u64, spec);
+        let plan = check(&case);
+        assert!(plan.contains("Winograd"), "{spec}: {plan}");
     }
 }
 
@@ -444,7 +528,9 @@ fn global_avg_pool_linear_affine() {
         affine_case("affine_plain", 46, [1, 16, 4, 4], false, Dense),
         affine_case("affine_bordered", 48, [2, 10, 3, 5], true, Bordered),
     ];
-    cases.iter().for_each(check);
+    for c in &cases {
+        check(c);
+    }
 }
 
 #[test]

@@ -53,6 +53,9 @@ fn check(arch: &str, o: ConfigOverrides, batch: usize, seed: u64) -> usize {
                 err <= 1e-4,
                 "{arch} b{batch} ({pfor:?}): relative error {err:e}"
             );
+            if pfor == Pfor::Sequential {
+                println!("{arch} b{batch}: relative error {err:.2e}");
+            }
         }
     }
     // Kernel by kernel through `dnc_run_kernel`, as a profiler would.
@@ -106,4 +109,14 @@ fn planned_plain_densenet_runs_on_the_cpu_backend() {
     };
     // Plain layers: every 3x3 conv has a prologue, so no border.
     assert_eq!(check("densenet-40", o, 1, 5), 0);
+}
+
+/// Full-size presets (slow: the f64 reference runs the whole network).
+/// Run with `cargo test -p compiler --test cpu_kernels_graph -- --ignored
+/// --nocapture` to see the end-to-end error of the Winograd growth convs.
+#[test]
+#[ignore]
+fn full_size_presets_within_tolerance() {
+    check("densenet-bc-100", ConfigOverrides::default(), 2, 6);
+    check("densenet121", ConfigOverrides::default(), 1, 7);
 }

@@ -8,7 +8,7 @@
 
 use super::border::BorderPlan;
 use super::codegen::{Cg, Result, LANES};
-use super::conv::ConvPlan;
+use super::conv::{ConvPlan, WinogradPlan};
 use super::microkernel::Microkernels;
 use super::pack::{pad_to_vectors, WeightsBuilder};
 use super::pool::{AffinePlan, GapPlan, PoolPlan};
@@ -79,6 +79,7 @@ pub(crate) struct Plan {
 #[derive(Debug)]
 enum OpPlan {
     Conv(ConvPlan),
+    Winograd(WinogradPlan),
     Pool(PoolPlan),
     Gap(GapPlan),
     Affine(AffinePlan),
@@ -89,6 +90,9 @@ impl Plan {
     pub fn new(desc: &KernelDesc, wb: &mut WeightsBuilder) -> Plan {
         let (i, o) = (&desc.input, &desc.output);
         let op = match &desc.op {
+            KernelOp::Conv(c) if WinogradPlan::applies(c, i, o) => {
+                OpPlan::Winograd(WinogradPlan::new(c, i, o, wb))
+            }
             KernelOp::Conv(c) => OpPlan::Conv(ConvPlan::new(c, i, o, wb)),
             KernelOp::Linear(l) => OpPlan::Conv(ConvPlan::linear(l, i, o, wb)),
             KernelOp::MaxPool(p) => OpPlan::Pool(PoolPlan::new(p, true, i, o, wb)),
@@ -107,6 +111,7 @@ impl Plan {
     fn op_tasks(&self) -> usize {
         match &self.op {
             OpPlan::Conv(p) => p.tasks(),
+            OpPlan::Winograd(p) => p.tasks(),
             OpPlan::Pool(p) => p.tasks(),
             OpPlan::Gap(p) => p.tasks(),
             OpPlan::Affine(p) => p.tasks(),
@@ -122,6 +127,7 @@ impl Plan {
     pub fn stack_bytes(&self) -> usize {
         match &self.op {
             OpPlan::Conv(p) => p.stack_bytes(),
+            OpPlan::Winograd(p) => p.stack_bytes(),
             _ => 0,
         }
     }
@@ -130,6 +136,7 @@ impl Plan {
     pub fn scratch_floats(&self) -> usize {
         match &self.op {
             OpPlan::Conv(p) => p.scratch_floats(),
+            OpPlan::Winograd(p) => p.scratch_floats(),
             _ => 0,
         }
     }
@@ -144,6 +151,7 @@ impl Plan {
     ) -> Result<()> {
         let op = |t| match &self.op {
             OpPlan::Conv(p) => p.emit_task(cg, uks, env, t),
+            OpPlan::Winograd(p) => p.emit_task(cg, uks, env, t),
             OpPlan::Pool(p) => p.emit_task(cg, env, t),
             OpPlan::Gap(p) => p.emit_task(cg, env, t),
             OpPlan::Affine(p) => p.emit_task(cg, env, t),

@@ -21,6 +21,9 @@
 //! ReLU epilogue runs with the last.
 
 mod emit;
+mod winograd;
+
+pub(crate) use winograd::WinogradPlan;
 
 use super::codegen::LANES;
 use super::lower::{AffineRef, TARGET_TASKS};

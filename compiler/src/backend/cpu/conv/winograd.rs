@@ -1,0 +1,749 @@
+//! Winograd F(m×m, 3×3), m = 2 or 4, for stride-1, pad-1 3x3 convolutions
+//! (the growth convs of every dense layer).
+//!
+//! The output is cut into m×m tiles (`ceil(H/m) × ceil(W/m)` per image,
+//! numbered row-major over images, tile rows and tile columns); a task is a
+//! block of `tb` consecutive tiles. With `t = m + 2` and `ξ` one of the `t²`
+//! transform components, for each input-channel chunk:
+//!
+//! 1. **Input transform**: each tile's t×t input patch (rows `m·ty-1 ..`,
+//!    columns `m·tx-1 ..`) is read with the prologue applied to real pixels
+//!    and 0 for the padding (out-of-image taps are clamped loads replaced by
+//!    0, so no border is read), transformed `V = Bᵀ d B` vectorised along
+//!    channels, and stored into the panel `V[ξ][rows][kcp]`.
+//! 2. **t² GEMMs**: `M[ξ] (tiles × O) += V[ξ] (tiles × kc) · U[ξ] (kc × O)`
+//!    on the register-blocked micro-kernel (tiles as its pixel rows, output
+//!    channels as its vectors), accumulating into `M[rows][ξ][ocp]` across
+//!    chunks. `U = G g Gᵀ` is computed (in f64) and packed at compile time,
+//!    per component in the micro-kernel's `[ic][NR]` block layout. The GEMMs
+//!    run whole micro-kernel tiles; panel rows past the task's tiles are
+//!    zeroed scratch.
+//!
+//! Then the **output transform** `Y = Aᵀ M A` adds the bias, applies the
+//! ReLU and stores the m×m outputs straight into the output view. Outputs
+//! of a partial tile past the right or bottom edge (odd `H` or `W`) are
+//! stored to a dummy scratch vector instead, so nothing outside the image is
+//! written.
+//!
+//! Per output pixel and (input, output) channel pair the GEMMs do `t²/m²`
+//! MACs: 4 for F(2x2), 2.25 for F(4x4), where the direct conv does 9.
+//! Measured relative error against the f64 reference (`cpu_kernels`
+//! tests): F(2x2) below 6e-7, F(4x4) below 1e-5 for 128 input channels
+//! (direct: below 6e-7); whole DenseNet-121 and DenseNet-BC-100 below 1e-6.
+
+use super::{choose_mr, choose_nv, round_up, KC_MAX};
+use crate::backend::cpu::codegen::{Cg, Result, LANES};
+use crate::backend::cpu::lower::{pixel_at, view_base, AffineRef, Env, TARGET_TASKS};
+use crate::backend::cpu::microkernel::{Microkernels, UkSpec};
+use crate::backend::cpu::pack::{pack_conv_weight, pad_to_vectors, OcBlocking, WeightsBuilder};
+use crate::backend::kernel::{ConvKernel, View};
+use crate::backend::BackendError;
+use inkwell::values::{IntValue, PointerValue, VectorValue};
+use inkwell::IntPredicate;
+
+/// Floats of task scratch (panel `V`, accumulators `M`, dummy vector):
+/// stays well inside `MAX_TASK_STACK` with the pointer table.
+const SCRATCH_MAX: usize = 26 * 1024;
+/// Output pixels a task would like: a few micro-kernel calls per weight
+/// panel.
+const PIXELS_WANT: usize = 96;
+
+/// The transforms of F(m×m, 3×3): `Bᵀ` (t×t), `G` (t×3), `Aᵀ` (m×t) with
+/// `t = m + 2` (Lavin & Gray's matrices; F(4x4) on the points 0, ±1, ±2).
+struct Transforms {
+    bt: &'static [&'static [f64]],
+    g: &'static [[f64; 3]],
+    at: &'static [&'static [f64]],
+}
+
+const F2: Transforms = Transforms {
+    bt: &[
+        &[1.0, 0.0, -1.0, 0.0],
+        &[0.0, 1.0, 1.0, 0.0],
+        &[0.0, -1.0, 1.0, 0.0],
+        &[0.0, 1.0, 0.0, -1.0],
+    ],
+    g: &[
+        [1.0, 0.0, 0.0],
+        [0.5, 0.5, 0.5],
+        [0.5, -0.5, 0.5],
+        [0.0, 0.0, 1.0],
+    ],
+    at: &[&[1.0, 1.0, 1.0, 0.0], &[0.0, 1.0, -1.0, -1.0]],
+};
+
+const F4: Transforms = Transforms {
+    bt: &[
+        &[4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
+        &[0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
+        &[0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
+        &[0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+        &[0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
+        &[0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+    ],
+    g: &[
+        [1.0 / 4.0, 0.0, 0.0],
+        [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+        [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+        [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+        [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+        [0.0, 0.0, 1.0],
+    ],
+    at: &[
+        &[1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+        &[0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+        &[0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
+        &[0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
+    ],
+};
+
+/// 2x2 tiles below which the direct kernel wins: too few tasks of whole
+/// micro-kernel tiles for two threads (measured at batch 1 with two
+/// threads: DenseNet-121 7x7 and BC-100 8x8, 16 tiles each).
+const F2_MIN_TILES: usize = 24;
+
+/// F(4x4) tiles a task at least needs for the 4x4 variant: enough tasks of
+/// whole micro-kernel tiles for two threads.
+const F4_MIN_TILES: usize = 48;
+
+/// The output tile side: F(4x4) does 2.25 MACs per output (per channel
+/// pair) where F(2x2) does 4 and the direct conv 9, but needs enough 4x4
+/// tiles to split (measured on DenseNet-BC-100 at batch 1: F(4x4) ahead at
+/// 32x32, even at 16x16, behind at 8x8).
+fn choose_m(o: &View) -> usize {
+    if o.n * o.h.div_ceil(4) * o.w.div_ceil(4) >= F4_MIN_TILES && fits(4, o.channels) {
+        4
+    } else {
+        2
+    }
+}
+
+/// Output channels `oc` in register blocks: `(blocking, mr, ocp)`.
+fn oc_blocks(oc: usize) -> (OcBlocking, usize, usize) {
+    let nv = choose_nv(oc);
+    let blocking = OcBlocking::new(oc, nv);
+    let ocp = blocking.full * blocking.nr() + blocking.tail_nv * LANES;
+    (blocking, choose_mr(nv), ocp)
+}
+
+/// Scratch floats of one tile row of the task panels with `kc` channels.
+fn per_tile(m: usize, kc: usize, ocp: usize) -> usize {
+    (m + 2) * (m + 2) * (round_up(kc, LANES) + ocp)
+}
+
+/// Whether one micro-kernel tile of rows fits the scratch at the smallest
+/// channel chunk.
+fn fits(m: usize, oc: usize) -> bool {
+    let (_, mr, ocp) = oc_blocks(oc);
+    mr * per_tile(m, 2 * LANES, ocp) + ocp <= SCRATCH_MAX
+}
+
+fn transforms(m: usize) -> &'static Transforms {
+    if m == 4 {
+        &F4
+    } else {
+        &F2
+    }
+}
+
+/// Tiling decisions and packed constants of one Winograd convolution.
+#[derive(Debug)]
+pub(crate) struct WinogradPlan {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub ic: usize,
+    pub oc: usize,
+    input: View,
+    output: View,
+    prologue: Option<AffineRef>,
+    relu: bool,
+    pub blocking: OcBlocking,
+    pub mr: usize,
+    /// Output tile side `m` of F(m×m, 3×3); input patches are `t = m + 2`
+    /// wide, with `xi = t²` transform components.
+    pub m: usize,
+    t: usize,
+    xi: usize,
+    /// Output channels rounded up to the blocks' vectors (a row of `M`).
+    ocp: usize,
+    /// Tiles per image row and column.
+    pub th: usize,
+    pub tw: usize,
+    /// Tiles per task, and tasks.
+    pub tb: usize,
+    /// Rows of the task panels: `tb` rounded up to whole micro-kernel
+    /// tiles (the GEMMs always run full tiles; the extra rows are scratch).
+    rows: usize,
+    pub tblocks: usize,
+    pub kc: usize,
+    kcp: usize,
+    u_off: usize,
+    /// Elements of one component's packed `U`.
+    u_xi: usize,
+    /// A zero vector the micro-kernel starts its accumulators from.
+    zero_off: usize,
+    bias_off: Option<usize>,
+}
+
+/// `G g Gᵀ` of one 3x3 filter `g` (row-major), as `t²` components `t·a + b`.
+fn transform_filter(tr: &Transforms, g: &[f32]) -> Vec<f64> {
+    let mut u = Vec::with_capacity(tr.g.len() * tr.g.len());
+    for ga in tr.g {
+        for gb in tr.g {
+            let mut s = 0.0;
+            for (y, gay) in ga.iter().enumerate() {
+                for (x, gbx) in gb.iter().enumerate() {
+                    s += gay * f64::from(g[y * 3 + x]) * gbx;
+                }
+            }
+            u.push(s);
+        }
+    }
+    u
+}
+
+impl WinogradPlan {
+    /// Whether `c` is a convolution this plan computes, and where it beats
+    /// the direct kernel (measured on DenseNet-BC-100 and DenseNet-121
+    /// growth convs; tiny input-channel counts leave the GEMMs too short to
+    /// pay for the transforms).
+    pub fn applies(c: &ConvKernel, i: &View, o: &View) -> bool {
+        c.kernel == [3, 3]
+            && c.stride == [1, 1]
+            && c.padding == [1, 1]
+            && i.channels >= 16
+            && o.n * o.h.div_ceil(2) * o.w.div_ceil(2) >= F2_MIN_TILES
+            && fits(2, c.out_channels)
+    }
+
+    pub fn new(c: &ConvKernel, i: &View, o: &View, wb: &mut WeightsBuilder) -> WinogradPlan {
+        let m = choose_m(o);
+        Self::with_tile(c, i, o, wb, m)
+    }
+
+    fn with_tile(
+        c: &ConvKernel,
+        i: &View,
+        o: &View,
+        wb: &mut WeightsBuilder,
+        m: usize,
+    ) -> WinogradPlan {
+        let tr = transforms(m);
+        let (t, xi) = (m + 2, (m + 2) * (m + 2));
+        let (ic, oc) = (i.channels, c.out_channels);
+        let (blocking, mr, ocp) = oc_blocks(oc);
+
+        let mut per_xi = vec![vec![0.0f32; oc * ic]; xi];
+        for (f, g) in c.weight.chunks_exact(9).enumerate() {
+            for (xi, u) in transform_filter(tr, g).iter().enumerate() {
+                per_xi[xi][f] = *u as f32;
+            }
+        }
+        let mut packed = Vec::new();
+        for w in &per_xi {
+            packed.extend(pack_conv_weight(w, ic, [1, 1], &blocking));
+        }
+        let u_xi = packed.len() / xi;
+        let u_off = wb.push(&packed);
+        let zero_off = wb.push(&vec![0.0; blocking.nr()]);
+        let bias_off = c.bias.as_ref().map(|b| wb.push(&pad_to_vectors(b)));
+        let prologue = c.prologue.as_ref().map(|a| AffineRef::pack(a, wb));
+
+        let (th, tw) = (o.h.div_ceil(m), o.w.div_ceil(m));
+        let tiles = o.n * th * tw;
+        // Rows of the panels that fit the scratch: at least one micro-kernel
+        // tile (`fits`), with smaller K chunks if need be.
+        let rows_fit = |kc: usize| SCRATCH_MAX.saturating_sub(ocp) / per_tile(m, kc, ocp);
+        let mut kc = ic.min(KC_MAX);
+        while kc > 2 * LANES && rows_fit(kc) < mr {
+            kc = round_up(kc / 2, LANES);
+        }
+        let want = round_up(PIXELS_WANT.div_ceil(m * m), mr);
+        let tb_max = (rows_fit(kc) / mr * mr).min(want).max(mr);
+        let mut tb = tiles.div_ceil(TARGET_TASKS).clamp(mr.min(tiles), tb_max);
+        // An even task count balances two threads.
+        let mut tasks = tiles.div_ceil(tb);
+        if tasks > 1 && tasks % 2 == 1 && tasks < 4 * TARGET_TASKS {
+            tasks += 1;
+            tb = tiles.div_ceil(tasks);
+        }
+        let tblocks = tiles.div_ceil(tb);
+        WinogradPlan {
+            n: o.n,
+            h: o.h,
+            w: o.w,
+            ic,
+            oc,
+            input: *i,
+            output: *o,
+            prologue,
+            relu: c.relu,
+            blocking,
+            mr,
+            m,
+            t,
+            xi,
+            ocp,
+            th,
+            tw,
+            tb,
+            rows: round_up(tb, mr),
+            tblocks,
+            kc,
+            kcp: round_up(kc, LANES),
+            u_off,
+            u_xi,
+            zero_off,
+            bias_off,
+        }
+    }
+
+    pub fn tasks(&self) -> usize {
+        self.tblocks
+    }
+
+    fn v_len(&self) -> usize {
+        self.xi * self.rows * self.kcp
+    }
+
+    fn m_len(&self) -> usize {
+        self.rows * self.xi * self.ocp
+    }
+
+    pub fn scratch_floats(&self) -> usize {
+        self.v_len() + self.m_len() + self.ocp
+    }
+
+    /// The scratch and the table of `M` row pointers.
+    pub fn stack_bytes(&self) -> usize {
+        self.scratch_floats() * 4 + self.rows * 8
+    }
+
+    /// Task `t` is tiles `t·tb ..` (fewer in the last task).
+    pub fn emit_task<'ctx>(
+        &self,
+        cg: &Cg<'ctx>,
+        uks: &Microkernels<'ctx>,
+        env: &Env<'ctx>,
+        t: IntValue<'ctx>,
+    ) -> Result<()> {
+        let tiles = self.n * self.th * self.tw;
+        let g0 = cg.mulc(t, self.tb)?;
+        let count = cg.umin(cg.c64(self.tb), cg.sub(cg.c64(tiles), g0)?)?;
+        self.emit_block(cg, uks, env, g0, count)
+    }
+
+    /// `(image, tile row, tile column)` of global tile `g`.
+    fn tile_coords<'ctx>(&self, cg: &Cg<'ctx>, g: IntValue<'ctx>) -> Result<[IntValue<'ctx>; 3]> {
+        let (n, r) = cg.divrem(g, self.th * self.tw)?;
+        let (ty, tx) = cg.divrem(r, self.tw)?;
+        Ok([n, ty, tx])
+    }
+
+    fn emit_block<'ctx>(
+        &self,
+        cg: &Cg<'ctx>,
+        uks: &Microkernels<'ctx>,
+        env: &Env<'ctx>,
+        g0: IntValue<'ctx>,
+        count: IntValue<'ctx>,
+    ) -> Result<()> {
+        let scratch = env
+            .scratch
+            .ok_or_else(|| BackendError::Codegen("Winograd conv without scratch".into()))?;
+        let v = scratch;
+        let m = cg.gepc(scratch, self.v_len())?;
+        let dummy = cg.gepc(m, self.m_len())?;
+        let len = u32::try_from(self.rows)
+            .map_err(|_| BackendError::Codegen("tile table too large".into()))?;
+        let table = cg.entry_alloca(cg.ptr.array_type(len).into(), "mrows")?;
+        cg.for_n(self.rows, |i| {
+            cg.b.build_store(cg.ptr_elem(table, i)?, cg.gep2(m, i, self.xi * self.ocp)?)?;
+            Ok(())
+        })?;
+
+        // Panel rows past `count` feed only unused rows of `M`; zero them
+        // so the GEMMs read defined values.
+        cg.for_range(count, cg.c64(self.rows), 1, |i| {
+            cg.for_n(self.xi, |xi| {
+                let row = cg.gep(
+                    v,
+                    cg.add(cg.mulc(xi, self.rows * self.kcp)?, cg.mulc(i, self.kcp)?)?,
+                )?;
+                cg.for_n(self.kcp / LANES, |k| {
+                    cg.store_v(cg.v8.const_zero(), cg.gep2(row, k, LANES)?, LANES)
+                })
+            })
+        })?;
+        let chunks = self.ic.div_ceil(self.kc);
+        let chunk = |c0: IntValue<'ctx>, kc: usize, acc: IntValue<'ctx>| -> Result<()> {
+            cg.for_range(cg.c64(0), count, 1, |i| {
+                self.input_tile(cg, env, v, g0, i, c0, kc)
+            })?;
+            self.gemms(cg, uks, env, [v, table], c0, kc, count, acc)
+        };
+        let full = self.ic / self.kc;
+        let rem = self.ic % self.kc;
+        if full == 1 {
+            chunk(cg.c64(0), self.kc, cg.i1.const_zero())?;
+        } else if full > 1 {
+            cg.for_range(cg.c64(0), cg.c64(full * self.kc), self.kc, |c0| {
+                chunk(c0, self.kc, cg.b.build_not(cg.eqc(c0, 0)?, "")?)
+            })?;
+        }
+        if rem > 0 {
+            let acc = cg.i1.const_int(u64::from(chunks > 1), false);
+            chunk(cg.c64(full * self.kc), rem, acc)?;
+        }
+        cg.for_range(cg.c64(0), count, 1, |i| {
+            self.output_tile(cg, env, m, dummy, g0, i)
+        })
+    }
+
+    /// Transform channels `c0..c0+kc` of tile `g0 + i` into the panel.
+    #[allow(clippy::too_many_arguments)]
+    fn input_tile<'ctx>(
+        &self,
+        cg: &Cg<'ctx>,
+        env: &Env<'ctx>,
+        v: PointerValue<'ctx>,
+        g0: IntValue<'ctx>,
+        i: IntValue<'ctx>,
+        c0: IntValue<'ctx>,
+        kc: usize,
+    ) -> Result<()> {
+        let iv = &self.input;
+        let [n, ty, tx] = self.tile_coords(cg, cg.add(g0, i)?)?;
+        let img = cg.gep2(view_base(cg, env, iv)?, n, iv.image_stride())?;
+        let img = cg.gep(img, c0)?;
+        let ih0 = cg.sub(cg.mulc(ty, self.m)?, cg.c64(1))?;
+        let iw0 = cg.sub(cg.mulc(tx, self.m)?, cg.c64(1))?;
+        // Per row (column) of the patch: clamped offset and whether it is real.
+        let axis = |start: IntValue<'ctx>, extent: usize, stride: usize| {
+            (0..self.t)
+                .map(|k| {
+                    let x = cg.addc(start, k)?;
+                    let ok = cg.in_range(x, 0, extent)?;
+                    let lo =
+                        cg.b.build_int_compare(IntPredicate::SLT, x, cg.c64(0), "")?;
+                    let x = cg.b.build_select(lo, cg.c64(0), x, "")?.into_int_value();
+                    let x = cg.umin(x, cg.c64(extent - 1))?;
+                    Ok((cg.mulc(x, stride)?, ok))
+                })
+                .collect::<Result<Vec<_>>>()
+        };
+        let rows = axis(ih0, self.h, iv.row_stride())?;
+        let cols = axis(iw0, self.w, iv.pixel_stride)?;
+        let mut ptrs = Vec::with_capacity(self.xi);
+        let mut oks = Vec::with_capacity(self.xi);
+        for (ro, rok) in &rows {
+            for (co, cok) in &cols {
+                ptrs.push(cg.gep(img, cg.add(*ro, *co)?)?);
+                oks.push(cg.b.build_and(*rok, *cok, "")?);
+            }
+        }
+        let last = self.t - 1;
+        let interior = cg.b.build_and(
+            cg.b.build_and(rows[0].1, rows[last].1, "")?,
+            cg.b.build_and(cols[0].1, cols[last].1, "")?,
+            "",
+        )?;
+        let dst = cg.gep(v, cg.mulc(i, self.kcp)?)?;
+        let body = |masked: bool| {
+            cg.for_channel_vectors(kc, |c, lanes| {
+                let mut d = Vec::with_capacity(self.xi);
+                for (p, ok) in ptrs.iter().zip(&oks) {
+                    let x = cg.load_v(cg.gep(*p, c)?, lanes)?;
+                    let x = match &self.prologue {
+                        Some(a) => a.apply(cg, env, x, cg.add(c0, c)?)?,
+                        None => x,
+                    };
+                    d.push(if masked {
+                        cg.b.build_select(*ok, x, cg.v8.const_zero(), "")?
+                            .into_vector_value()
+                    } else {
+                        x
+                    });
+                }
+                let v = sandwich(cg, transforms(self.m).bt, &d, self.t)?;
+                for (xi, x) in v.into_iter().enumerate() {
+                    let at = cg.gep(cg.gepc(dst, xi * self.rows * self.kcp)?, c)?;
+                    cg.store_v(x, at, LANES)?;
+                }
+                Ok(())
+            })
+        };
+        cg.if_else(interior, || body(false), || body(true))
+    }
+
+    /// `M[ξ] (+)= V[ξ] · U[ξ]` for every component and output-channel block.
+    #[allow(clippy::too_many_arguments)]
+    fn gemms<'ctx>(
+        &self,
+        cg: &Cg<'ctx>,
+        uks: &Microkernels<'ctx>,
+        env: &Env<'ctx>,
+        [v, table]: [PointerValue<'ctx>; 2],
+        c0: IntValue<'ctx>,
+        kc: usize,
+        count: IntValue<'ctx>,
+        acc: IntValue<'ctx>,
+    ) -> Result<()> {
+        let bk = &self.blocking;
+        // Whole micro-kernel tiles: rows past `count` compute into unused
+        // scratch rows of `M`.
+        let mtiles = cg.divrem(cg.addc(count, self.mr - 1)?, self.mr)?.0;
+        let u = cg.gepc(env.weights, self.u_off)?;
+        let zero = cg.gepc(env.weights, self.zero_off)?;
+        let no_relu = cg.i1.const_zero();
+        cg.for_n(self.xi, |xi| {
+            let a = cg.gep2(v, xi, self.rows * self.kcp)?;
+            let u = cg.gep2(u, xi, self.u_xi)?;
+            for (j, (oc0, nv, _)) in bk.iter().enumerate() {
+                let nr = nv * LANES;
+                let b = cg.gep(cg.gepc(u, j * self.ic * bk.nr())?, cg.mulc(c0, nr)?)?;
+                let col = cg.addc(cg.mulc(xi, self.ocp)?, oc0)?;
+                let spec = UkSpec {
+                    mr: self.mr,
+                    nv,
+                    valid: nr,
+                    a_step: self.kcp,
+                    taps: [1, 1],
+                    a_row: 0,
+                    a_col: 0,
+                    b_tap: 0,
+                };
+                let f = uks.get(cg, spec)?;
+                cg.for_range(cg.c64(0), mtiles, 1, |tile| {
+                    let a = cg.gep2(a, tile, self.mr * self.kcp)?;
+                    let cs = cg.ptr_elem(table, cg.mulc(tile, self.mr)?)?;
+                    let args = [
+                        a.into(),
+                        b.into(),
+                        cs.into(),
+                        col.into(),
+                        zero.into(),
+                        cg.c64(kc).into(),
+                        acc.into(),
+                        no_relu.into(),
+                    ];
+                    cg.b.build_call(f, &args, "")?;
+                    Ok(())
+                })?;
+            }
+            Ok(())
+        })
+    }
+
+    /// `Y = Aᵀ M A` of tile `g0 + i`, plus bias and ReLU, into the output.
+    fn output_tile<'ctx>(
+        &self,
+        cg: &Cg<'ctx>,
+        env: &Env<'ctx>,
+        m: PointerValue<'ctx>,
+        dummy: PointerValue<'ctx>,
+        g0: IntValue<'ctx>,
+        i: IntValue<'ctx>,
+    ) -> Result<()> {
+        let ov = &self.output;
+        let [n, ty, tx] = self.tile_coords(cg, cg.add(g0, i)?)?;
+        let (oh, ow) = (cg.mulc(ty, self.m)?, cg.mulc(tx, self.m)?);
+        let out00 = pixel_at(cg, view_base(cg, env, ov)?, ov, [n, oh, ow])?;
+        // Output row (column) `k` of the tile is inside the image.
+        let inside = |x: IntValue<'ctx>, k: usize, e: usize| -> Result<IntValue<'ctx>> {
+            Ok(cg
+                .b
+                .build_int_compare(IntPredicate::ULT, cg.addc(x, k)?, cg.c64(e), "")?)
+        };
+        let mut outs = Vec::with_capacity(self.m * self.m);
+        for r in 0..self.m {
+            for q in 0..self.m {
+                let p = cg.gepc(out00, r * ov.row_stride() + q * ov.pixel_stride)?;
+                outs.push(if r == 0 && q == 0 {
+                    p
+                } else {
+                    let ok =
+                        cg.b.build_and(inside(oh, r, self.h)?, inside(ow, q, self.w)?, "")?;
+                    cg.b.build_select(ok, p, dummy, "")?.into_pointer_value()
+                });
+            }
+        }
+        let mi = cg.gep2(m, i, self.xi * self.ocp)?;
+        cg.for_channel_vectors(self.oc, |c, lanes| {
+            let mut mv = Vec::with_capacity(self.xi);
+            for xi in 0..self.xi {
+                mv.push(cg.load_v(cg.gep(cg.gepc(mi, xi * self.ocp)?, c)?, LANES)?);
+            }
+            let bias = match self.bias_off {
+                Some(off) => Some(cg.load_v(cg.gep(cg.gepc(env.weights, off)?, c)?, LANES)?),
+                None => None,
+            };
+            let ys = sandwich(cg, transforms(self.m).at, &mv, self.t)?;
+            for (y, out) in ys.into_iter().zip(&outs) {
+                let y = match bias {
+                    Some(b) => cg.fadd(y, b)?,
+                    None => y,
+                };
+                let y = if self.relu { cg.relu(y)? } else { y };
+                cg.store_v(y, cg.gep(*out, c)?, lanes)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// `Σ coeffs[k] · v(k)` over the non-zero coefficients, with adds and
+/// subtracts for ±1 (exact, as the transforms' definition).
+fn lincomb<'ctx>(
+    cg: &Cg<'ctx>,
+    coeffs: &[f64],
+    v: impl Fn(usize) -> VectorValue<'ctx>,
+) -> Result<VectorValue<'ctx>> {
+    let mut acc: Option<VectorValue<'ctx>> = None;
+    for (k, &c) in coeffs.iter().enumerate() {
+        if c == 0.0 {
+            continue;
+        }
+        let x = v(k);
+        acc = Some(match (acc, c) {
+            (None, 1.0) => x,
+            (None, _) => cg.fmul(cg.splat_c(c as f32), x)?,
+            (Some(a), 1.0) => cg.fadd(a, x)?,
+            (Some(a), -1.0) => cg.b.build_float_sub(a, x, "")?,
+            (Some(a), _) => cg.fma(cg.splat_c(c as f32), x, a)?,
+        });
+    }
+    Ok(acc.unwrap_or_else(|| cg.v8.const_zero()))
+}
+
+/// `X d Xᵀ` for an `r × t` matrix `X` and a `t × t` block `d` (row-major):
+/// the `r × r` result, row-major.
+fn sandwich<'ctx>(
+    cg: &Cg<'ctx>,
+    x: &[&[f64]],
+    d: &[VectorValue<'ctx>],
+    t: usize,
+) -> Result<Vec<VectorValue<'ctx>>> {
+    // tmp[a][col] = Σ_y X[a][y] d[y][col]
+    let mut tmp = Vec::with_capacity(x.len() * t);
+    for row in x {
+        for col in 0..t {
+            tmp.push(lincomb(cg, row, |y| d[y * t + col])?);
+        }
+    }
+    let mut out = Vec::with_capacity(x.len() * x.len());
+    for a in 0..x.len() {
+        for row in x {
+            out.push(lincomb(cg, row, |col| tmp[a * t + col])?);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn conv(ic: usize, oc: usize) -> ConvKernel {
+        ConvKernel {
+            out_channels: oc,
+            kernel: [3, 3],
+            stride: [1, 1],
+            padding: [1, 1],
+            weight: Arc::new(vec![0.5; oc * ic * 9]),
+            bias: None,
+            prologue: None,
+            relu: false,
+        }
+    }
+
+    fn plan(n: usize, hw: usize, ic: usize, oc: usize, m: usize) -> WinogradPlan {
+        let i = View::dense(0, n, hw, hw, ic);
+        let o = View::dense(i.end_bytes(), n, hw, hw, oc);
+        WinogradPlan::with_tile(&conv(ic, oc), &i, &o, &mut WeightsBuilder::default(), m)
+    }
+
+    #[test]
+    fn filter_transform_matches_the_definition() {
+        // A filter of ones: U[a][b] = (row sums of G)[a] · (row sums of G)[b].
+        let u = transform_filter(&F2, &[1.0; 9]);
+        let s = [1.0, 1.5, 0.5, 1.0];
+        for a in 0..4 {
+            for b in 0..4 {
+                assert_eq!(u[a * 4 + b], s[a] * s[b]);
+            }
+        }
+    }
+
+    /// `X d Xᵀ` in f64.
+    fn sandwich64(x: &[&[f64]], d: &[f64], t: usize) -> Vec<f64> {
+        let r = x.len();
+        let mut out = vec![0.0; r * r];
+        for a in 0..r {
+            for b in 0..r {
+                for y in 0..t {
+                    for c in 0..t {
+                        out[a * r + b] += x[a][y] * d[y * t + c] * x[b][c];
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn transforms_compute_the_correlation() {
+        for m in [2, 4] {
+            let tr = transforms(m);
+            let t = m + 2;
+            let d: Vec<f64> = (0..t * t)
+                .map(|k| ((k * 7919) % 23) as f64 - 11.0)
+                .collect();
+            let g: Vec<f32> = (0..9).map(|k| ((k * 31) % 7) as f32 - 3.0).collect();
+            let u = transform_filter(tr, &g);
+            let v = sandwich64(tr.bt, &d, t);
+            let prod: Vec<f64> = u.iter().zip(&v).map(|(a, b)| a * b).collect();
+            let y = sandwich64(tr.at, &prod, t);
+            for r in 0..m {
+                for q in 0..m {
+                    let mut want = 0.0;
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            want += f64::from(g[ky * 3 + kx]) * d[(r + ky) * t + q + kx];
+                        }
+                    }
+                    let got = y[r * m + q];
+                    assert!((got - want).abs() < 1e-9, "m{m} ({r},{q}): {got} vs {want}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn densenet_growth_convs_fit_the_stack_and_split() {
+        for (n, hw, ic, oc) in [
+            (1, 56, 128, 32),
+            (1, 7, 128, 32),
+            (8, 14, 128, 32),
+            (1, 32, 48, 12),
+            (64, 8, 48, 12),
+            (1, 1, 48, 12),
+            (2, 9, 640, 40),
+        ] {
+            for m in [2, 4] {
+                let p = plan(n, hw, ic, oc, m);
+                assert!(
+                    p.stack_bytes() <= crate::backend::cpu::MAX_TASK_STACK,
+                    "{p:?}"
+                );
+                let tiles = n * hw.div_ceil(m) * hw.div_ceil(m);
+                assert!(p.tb * p.tblocks >= tiles && p.tb * (p.tblocks - 1) < tiles);
+                if tiles >= TARGET_TASKS * p.mr {
+                    assert!(p.tasks() >= TARGET_TASKS, "{p:?}");
+                }
+            }
+        }
+    }
+}
