@@ -445,6 +445,12 @@ fn compile(a: &CompileArgs) -> Result<()> {
         &gk.kernels,
         &compiler::backend::cpu::CpuOptions {
             cpu: a.cpu.clone(),
+            live_out: gk.outputs.clone(),
+            // An experiment knob, not part of the command-line contract.
+            batch_tile_bytes: match std::env::var("DNC_BATCH_TILE_BYTES") {
+                Ok(v) => v.parse().context("DNC_BATCH_TILE_BYTES")?,
+                Err(_) => compiler::backend::cpu::schedule::DEFAULT_TILE_BYTES,
+            },
             ..Default::default()
         },
     )?;
