@@ -6,6 +6,7 @@
 //! ```
 //!
 //! The generated code is optimised by LLVM at O3 whatever the Rust profile.
+//! `DNC_BENCH_ONLY=TEXT` times only the shapes whose name contains TEXT.
 //! `DNC_BENCH_ASM=DIR` writes each kernel's assembly there;
 //! `DNC_BENCH_ARCH=NAME` and `DNC_BENCH_BATCH=N` choose the network timed
 //! after the pass pipeline (default `densenet121`, batch 1);
@@ -103,6 +104,15 @@ fn densenet_conv_throughput() {
         ("3x3_7x7_128to32", 7, 128, 32, 3, 1, 1024, false),
         ("1x1_7x7_1024to128", 7, 1024, 128, 1, 1, 1024, true),
         ("7x7s2_224_3to64", 224, 3, 64, 7, 2, 3, false),
+        ("1x1_14x14_1024to128", 14, 1024, 128, 1, 1, 1024, true),
+        // DenseNet-BC-100's bottlenecks (C -> 48 in a 216-channel block):
+        // 32x32 at batch 1, and 256x256 for the 65536 pixels of batch 64.
+        ("1x1_32x32_24to48", 32, 24, 48, 1, 1, 216, true),
+        ("1x1_32x32_120to48", 32, 120, 48, 1, 1, 216, true),
+        ("1x1_32x32_216to48", 32, 216, 48, 1, 1, 216, true),
+        ("1x1_256x256_24to48", 256, 24, 48, 1, 1, 216, true),
+        ("1x1_256x256_120to48", 256, 120, 48, 1, 1, 216, true),
+        ("1x1_256x256_216to48", 256, 216, 48, 1, 1, 216, true),
     ]
     .map(|(name, hw, ic, oc, k, stride, block, prologue)| Shape {
         name,
@@ -120,7 +130,8 @@ fn densenet_conv_throughput() {
         "{:<22} {:>8} {:>6} {:>10} {:>10} {:>10} {:>10}",
         "kernel", "MFLOP", "tasks", "1T ms", "1T GF/s", "2T ms", "2T GF/s"
     );
-    for s in &shapes {
+    let only = std::env::var("DNC_BENCH_ONLY").unwrap_or_default();
+    for s in shapes.iter().filter(|s| s.name.contains(only.as_str())) {
         let d = desc(s, &mut rng);
         let opts = CpuOptions {
             emit_asm: asm_dir.is_some(),

@@ -17,6 +17,18 @@ use ir::reference::Tensor;
 
 /// Returns how many kernels write a bordered buffer.
 fn check(arch: &str, o: ConfigOverrides, batch: usize, seed: u64) -> usize {
+    check_with(arch, o, batch, seed, None).0
+}
+
+/// [`check`] with a batch-tiling budget (`None`: the default), returning
+/// also the kernels' plans.
+fn check_with(
+    arch: &str,
+    o: ConfigOverrides,
+    batch: usize,
+    seed: u64,
+    tile_bytes: Option<usize>,
+) -> (usize, Vec<String>) {
     let cfg = DenseNetConfig::resolve(Some(arch), &o).expect("config");
     let mut g = build(&cfg, batch).expect("build");
     compiler::weights::randomize(&mut g, seed);
@@ -35,7 +47,12 @@ fn check(arch: &str, o: ConfigOverrides, batch: usize, seed: u64) -> usize {
         outputs: out_views,
         arena_bytes,
     } = kernels_of(&planned).expect("kernels");
-    let compiled = cpu::compile(&kernels, &CpuOptions::default()).expect("compile");
+    let opts = CpuOptions {
+        live_out: out_views.clone(),
+        batch_tile_bytes: tile_bytes.unwrap_or(CpuOptions::default().batch_tile_bytes),
+        ..CpuOptions::default()
+    };
+    let compiled = cpu::compile(&kernels, &opts).expect("compile");
     let lib = Loaded::new(&compiled);
     assert!(compiled.arena_bytes <= arena_bytes);
     for pfor in [Pfor::Sequential, Pfor::TwoThreads, Pfor::ReverseSingles] {
@@ -71,7 +88,46 @@ fn check(arch: &str, o: ConfigOverrides, batch: usize, seed: u64) -> usize {
         got.rel_error(&want[0]).expect("shape") <= 1e-4,
         "{arch}: kernel by kernel"
     );
-    kernels.iter().filter(|k| !k.output.is_flat()).count()
+    let bordered = kernels.iter().filter(|k| !k.output.is_flat()).count();
+    (
+        bordered,
+        compiled.kernels.iter().map(|k| k.plan.clone()).collect(),
+    )
+}
+
+/// Runs `check_with` and returns how many kernels ran in image groups.
+fn tiled(arch: &str, o: ConfigOverrides, batch: usize, tile_bytes: usize) -> usize {
+    let (_, plans) = check_with(arch, o, batch, 6, Some(tile_bytes));
+    plans.iter().filter(|p| p.contains(" groups of ")).count()
+}
+
+#[test]
+fn batch_tiled_densenet_bc_matches_the_reference() {
+    let o = || ConfigOverrides {
+        block_config: Some(vec![2, 3, 2]),
+        image_size: Some(11),
+        ..Default::default()
+    };
+    // One image per group (an odd batch), then groups of several images.
+    assert!(tiled("densenet-bc-100", o(), 3, 1) >= 7);
+    let per_image = 64 << 10;
+    assert!(tiled("densenet-bc-100", o(), 4, per_image) >= 7);
+    // Off: nothing is grouped.
+    assert_eq!(tiled("densenet-bc-100", o(), 4, 0), 0);
+}
+
+#[test]
+fn batch_tiled_imagenet_stem_matches_the_reference() {
+    let o = ConfigOverrides {
+        block_config: Some(vec![2, 2]),
+        growth_rate: Some(8),
+        num_init_features: Some(16),
+        image_size: Some(33),
+        num_classes: Some(10),
+        conv_bias: Some(true),
+        ..Default::default()
+    };
+    assert!(tiled("densenet121", o, 5, 1) >= 4);
 }
 
 #[test]

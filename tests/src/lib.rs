@@ -82,6 +82,7 @@ pub fn compile_artefact(
         &gk.kernels,
         &compiler::backend::cpu::CpuOptions {
             cpu: cpu.to_owned(),
+            live_out: gk.outputs.clone(),
             ..Default::default()
         },
     )?;

@@ -361,7 +361,7 @@ fn inspect(a: &InspectArgs) -> Result<()> {
 
 fn compile(a: &CompileArgs) -> Result<()> {
     let start = std::time::Instant::now();
-    let targets = compiler::targets::TargetOptions::parse(&a.target, &a.cpu, &a.cuda_arch)?;
+    let mut targets = compiler::targets::TargetOptions::parse(&a.target, &a.cpu, &a.cuda_arch)?;
     if a.model.weights.is_none() && a.model.random_weights.is_none() {
         bail!("compile needs weights: pass --weights FILE or --random-weights SEED");
     }
@@ -391,6 +391,13 @@ fn compile(a: &CompileArgs) -> Result<()> {
         gk.kernels.len(),
         targets.describe()
     );
+    if let Some(cpu) = targets.cpu.as_mut() {
+        cpu.live_out = gk.outputs.clone();
+        // An experiment knob, not part of the command-line contract.
+        if let Ok(v) = std::env::var("DNC_BATCH_TILE_BYTES") {
+            cpu.batch_tile_bytes = v.parse().context("DNC_BATCH_TILE_BYTES")?;
+        }
+    }
     let compiled = compiler::targets::compile(&gk.kernels, &targets)?;
     if let Some(Err(why)) = &compiled.ptxas {
         eprintln!("densenetc: {why}");

@@ -7,7 +7,7 @@
 //! per image) after the op's own.
 
 use super::codegen::{Cg, Result, LANES};
-use super::lower::Env;
+use super::lower::{group_base, Env};
 use crate::backend::kernel::View;
 use inkwell::values::{IntValue, PointerValue};
 
@@ -33,7 +33,7 @@ impl BorderPlan {
         let (rows, cols) = (v.h + 2 * bh, v.w + 2 * bw);
         // Stored pixel (0, 0) of image n, first channel of the view.
         let image = cg.gep2(
-            cg.gepc(env.arena, v.offset / 4 + v.channel_offset)?,
+            cg.gepc(group_base(cg, env, v)?, v.offset / 4 + v.channel_offset)?,
             n,
             v.image_stride(),
         )?;

@@ -5,6 +5,7 @@
 use super::codegen::{Cg, Result};
 use super::lower::{Env, Plan};
 use super::microkernel::Microkernels;
+use super::schedule::Segment;
 use crate::backend::BackendError;
 use inkwell::module::Linkage;
 use inkwell::types::{FunctionType, StructType};
@@ -24,31 +25,64 @@ pub mod symbols {
 
 struct Abi<'ctx> {
     ctx_ty: StructType<'ctx>,
+    /// The context the generated code hands to `parallel_for`: a copy of
+    /// the runtime's followed by the first image of the current group.
+    ext_ty: StructType<'ctx>,
     task_ty: FunctionType<'ctx>,
     pfor_ty: FunctionType<'ctx>,
 }
 
+/// How kernel `i` runs: `groups` image groups of `chunk` images (one group
+/// outside batch tiling), one `parallel_for` per group.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Groups {
+    pub groups: usize,
+    pub chunk: usize,
+}
+
 /// Emit every kernel's task function and the exported entry points.
-pub(crate) fn emit_module<'ctx>(cg: &Cg<'ctx>, plans: &[(String, Plan)]) -> Result<Vec<String>> {
+/// `segments` cover `plans` in order (see `schedule.rs`).
+pub(crate) fn emit_module<'ctx>(
+    cg: &Cg<'ctx>,
+    plans: &[(String, Plan)],
+    segments: &[Segment],
+    batch: usize,
+) -> Result<Vec<String>> {
     let p = cg.ptr.into();
     let void = cg.ctx.void_type();
     let pm: inkwell::types::BasicMetadataTypeEnum = cg.ptr.into();
     let abi = Abi {
         ctx_ty: cg.ctx.struct_type(&[p, p, p, p], false),
+        ext_ty: cg.ctx.struct_type(&[p, p, p, p, cg.i64.into()], false),
         task_ty: void.fn_type(&[pm, cg.i64.into(), cg.i64.into()], false),
         pfor_ty: void.fn_type(&[pm, pm, pm, cg.i64.into()], false),
     };
     let uks = Microkernels::default();
     let mut tasks = Vec::with_capacity(plans.len());
     let mut names = Vec::with_capacity(plans.len());
+    let mut groups = vec![
+        Groups {
+            groups: 1,
+            chunk: batch
+        };
+        plans.len()
+    ];
+    for s in segments {
+        for g in &mut groups[s.start..s.end] {
+            *g = Groups {
+                groups: s.groups(batch),
+                chunk: s.chunk,
+            };
+        }
+    }
     for (i, (name, plan)) in plans.iter().enumerate() {
         let symbol = format!("dnc_k{i}_{}", sanitize(name));
-        tasks.push(emit_task_fn(cg, &abi, &uks, &symbol, plan)?);
+        tasks.push(emit_task_fn(cg, &abi, &uks, &symbol, plan, groups[i])?);
         names.push(symbol);
     }
-    emit_run(cg, &abi, plans, &tasks)?;
-    emit_run_kernel(cg, &abi, plans, &tasks)?;
-    emit_metadata(cg, plans)?;
+    emit_run(cg, &abi, plans, segments, batch, &tasks)?;
+    emit_run_kernel(cg, &abi, plans, &groups, &tasks)?;
+    emit_metadata(cg, plans, &groups)?;
     Ok(names)
 }
 
@@ -69,6 +103,7 @@ fn emit_task_fn<'ctx>(
     uks: &Microkernels<'ctx>,
     symbol: &str,
     plan: &Plan,
+    groups: Groups,
 ) -> Result<FunctionValue<'ctx>> {
     let f = cg.function(symbol, abi.task_ty, Linkage::Internal);
     let ctx = cg.param_ptr(f, 0)?;
@@ -85,43 +120,106 @@ fn emit_task_fn<'ctx>(
         weights: load_field(cg, abi, ctx, 0)?,
         arena: load_field(cg, abi, ctx, 1)?,
         scratch,
+        image0: if groups.groups > 1 {
+            let p = cg.b.build_struct_gep(abi.ext_ty, ctx, 4, "")?;
+            Some(cg.b.build_load(cg.i64, p, "image0")?.into_int_value())
+        } else {
+            None
+        },
     };
     cg.for_range(begin, end, 1, |t| plan.emit_task(cg, uks, &env, t))?;
     cg.b.build_return(None)?;
     Ok(f)
 }
 
+/// `parallel_for` of `task` over `n` tasks, handing it `ext`.
 fn call_pfor<'ctx>(
     cg: &Cg<'ctx>,
     abi: &Abi<'ctx>,
-    ctx: PointerValue<'ctx>,
+    ext: PointerValue<'ctx>,
     task: FunctionValue<'ctx>,
     n: usize,
 ) -> Result<()> {
-    let pfor = load_field(cg, abi, ctx, 2)?;
-    let pool = load_field(cg, abi, ctx, 3)?;
+    let pfor = load_field(cg, abi, ext, 2)?;
+    let pool = load_field(cg, abi, ext, 3)?;
     let args = [
         pool.into(),
         task.as_global_value().as_pointer_value().into(),
-        ctx.into(),
+        ext.into(),
         cg.c64(n).into(),
     ];
     cg.b.build_indirect_call(abi.pfor_ty, pfor, &args, "")?;
     Ok(())
 }
 
-/// `void dnc_run(const dnc_ctx*)`: every kernel in order.
+/// A stack copy of the runtime's context extended with the group's first
+/// image (set to 0).
+fn extended_ctx<'ctx>(
+    cg: &Cg<'ctx>,
+    abi: &Abi<'ctx>,
+    ctx: PointerValue<'ctx>,
+) -> Result<PointerValue<'ctx>> {
+    let ext = cg.entry_alloca(abi.ext_ty.into(), "ctx")?;
+    for field in 0..4 {
+        let v = load_field(cg, abi, ctx, field)?;
+        cg.b.build_store(cg.b.build_struct_gep(abi.ext_ty, ext, field, "")?, v)?;
+    }
+    set_image0(cg, abi, ext, cg.c64(0))?;
+    Ok(ext)
+}
+
+fn set_image0<'ctx>(
+    cg: &Cg<'ctx>,
+    abi: &Abi<'ctx>,
+    ext: PointerValue<'ctx>,
+    image0: inkwell::values::IntValue<'ctx>,
+) -> Result<()> {
+    cg.b.build_store(cg.b.build_struct_gep(abi.ext_ty, ext, 4, "")?, image0)?;
+    Ok(())
+}
+
+/// Run `body` once per image group, with `ext`'s first image set.
+fn for_groups<'ctx>(
+    cg: &Cg<'ctx>,
+    abi: &Abi<'ctx>,
+    ext: PointerValue<'ctx>,
+    g: Groups,
+    mut body: impl FnMut() -> Result<()>,
+) -> Result<()> {
+    if g.groups == 1 {
+        return body();
+    }
+    cg.for_n(g.groups, |i| {
+        set_image0(cg, abi, ext, cg.mulc(i, g.chunk)?)?;
+        body()
+    })
+}
+
+/// `void dnc_run(const dnc_ctx*)`: every kernel in order, the kernels of a
+/// batch-tiled segment group by group.
 fn emit_run<'ctx>(
     cg: &Cg<'ctx>,
     abi: &Abi<'ctx>,
     plans: &[(String, Plan)],
+    segments: &[Segment],
+    batch: usize,
     tasks: &[FunctionValue<'ctx>],
 ) -> Result<()> {
     let ty = cg.ctx.void_type().fn_type(&[cg.ptr.into()], false);
     let f = cg.function(symbols::RUN, ty, Linkage::External);
     let ctx = cg.param_ptr(f, 0)?;
-    for ((_, plan), task) in plans.iter().zip(tasks) {
-        call_pfor(cg, abi, ctx, *task, plan.tasks())?;
+    let ext = extended_ctx(cg, abi, ctx)?;
+    for s in segments {
+        let g = Groups {
+            groups: s.groups(batch),
+            chunk: s.chunk,
+        };
+        for_groups(cg, abi, ext, g, || {
+            for i in s.start..s.end {
+                call_pfor(cg, abi, ext, tasks[i], plans[i].1.tasks())?;
+            }
+            Ok(())
+        })?;
     }
     cg.b.build_return(None)?;
     Ok(())
@@ -132,19 +230,23 @@ fn emit_run_kernel<'ctx>(
     cg: &Cg<'ctx>,
     abi: &Abi<'ctx>,
     plans: &[(String, Plan)],
+    groups: &[Groups],
     tasks: &[FunctionValue<'ctx>],
 ) -> Result<()> {
     let ty = cg.i32.fn_type(&[cg.ptr.into(), cg.i64.into()], false);
     let f = cg.function(symbols::RUN_KERNEL, ty, Linkage::External);
     let ctx = cg.param_ptr(f, 0)?;
     let index = cg.param_int(f, 1)?;
+    let ext = extended_ctx(cg, abi, ctx)?;
     let bad = cg.ctx.append_basic_block(f, "bad");
     let mut cases = Vec::with_capacity(plans.len());
     let entry = cg.b.get_insert_block();
     for (i, ((_, plan), task)) in plans.iter().zip(tasks).enumerate() {
         let bb = cg.ctx.append_basic_block(f, "kernel");
         cg.b.position_at_end(bb);
-        call_pfor(cg, abi, ctx, *task, plan.tasks())?;
+        for_groups(cg, abi, ext, groups[i], || {
+            call_pfor(cg, abi, ext, *task, plan.tasks())
+        })?;
         cg.b.build_return(Some(&cg.i32.const_zero()))?;
         cases.push((cg.c64(i), bb));
     }
@@ -157,7 +259,7 @@ fn emit_run_kernel<'ctx>(
     Ok(())
 }
 
-fn emit_metadata(cg: &Cg<'_>, plans: &[(String, Plan)]) -> Result<()> {
+fn emit_metadata(cg: &Cg<'_>, plans: &[(String, Plan)], groups: &[Groups]) -> Result<()> {
     cg.function(
         symbols::ABI_VERSION,
         cg.i32.fn_type(&[], false),
@@ -183,7 +285,7 @@ fn emit_metadata(cg: &Cg<'_>, plans: &[(String, Plan)]) -> Result<()> {
     for (i, (_, plan)) in plans.iter().enumerate() {
         let bb = cg.ctx.append_basic_block(f, "kernel");
         cg.b.position_at_end(bb);
-        cg.b.build_return(Some(&cg.c64(plan.tasks())))?;
+        cg.b.build_return(Some(&cg.c64(plan.tasks() * groups[i].groups)))?;
         cases.push((cg.c64(i), bb));
     }
     if let Some(entry) = entry {

@@ -28,6 +28,9 @@ pub(crate) struct Env<'ctx> {
     pub arena: PointerValue<'ctx>,
     /// Per-call scratch (a stack array of `scratch_floats()`), if any.
     pub scratch: Option<PointerValue<'ctx>>,
+    /// First image of the group a batch-tiled kernel runs on (`None`: the
+    /// kernel was planned for the whole batch). See `schedule.rs`.
+    pub image0: Option<IntValue<'ctx>>,
 }
 
 /// A packed per-channel affine: element offsets of its vectors in the
@@ -172,13 +175,27 @@ impl Plan {
     }
 }
 
-/// Pointer to channel 0 of the view's pixel `(0, 0, 0)`.
+/// Pointer to channel 0 of the view's pixel `(0, 0, 0)` (of the task's
+/// image group, see [`Env::image0`]).
 pub(crate) fn view_base<'ctx>(
     cg: &Cg<'ctx>,
     env: &Env<'ctx>,
     v: &View,
 ) -> Result<PointerValue<'ctx>> {
-    cg.gepc(env.arena, v.first_element())
+    cg.gepc(group_base(cg, env, v)?, v.first_element())
+}
+
+/// The arena shifted to the first image of the task's group in `v`'s
+/// buffer (the arena itself outside batch tiling).
+pub(crate) fn group_base<'ctx>(
+    cg: &Cg<'ctx>,
+    env: &Env<'ctx>,
+    v: &View,
+) -> Result<PointerValue<'ctx>> {
+    match env.image0 {
+        Some(n0) => cg.gep2(env.arena, n0, v.image_stride()),
+        None => Ok(env.arena),
+    }
 }
 
 /// Pointer to pixel `p` of the view (row-major over n, h, w), from

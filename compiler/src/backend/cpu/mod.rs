@@ -27,7 +27,10 @@
 //! ```
 //!
 //! **Parallel-for contract.** For each kernel, the generated code calls
-//! `parallel_for(pool, task, ctx, n)` once. The runtime must call `task`
+//! `parallel_for(pool, task, ctx, n)` once (once per image group in a
+//! batch-tiled run of kernels, see `schedule.rs`; `ctx` is then the
+//! generated code's own extended copy of the context, which the runtime
+//! passes to `task` untouched, as always). The runtime must call `task`
 //! on ranges `[begin, end)` that together cover `[0, n)` exactly once, in
 //! any order, from any threads, possibly concurrently, and return only when
 //! all calls have returned (the next kernel reads what this one wrote).
@@ -54,13 +57,14 @@ mod lower;
 mod microkernel;
 mod pack;
 mod pool;
+pub mod schedule;
 mod target;
 
 pub use entry::{symbols, ABI_VERSION};
 pub use pack::WEIGHT_ALIGN;
 pub use target::TargetInfo;
 
-use crate::backend::kernel::KernelDesc;
+use crate::backend::kernel::{KernelDesc, View};
 use crate::backend::BackendError;
 use codegen::Cg;
 use inkwell::context::Context;
@@ -86,6 +90,12 @@ pub struct CpuOptions {
     /// The C compiler driver used to link; `None` tries `$DNC_CC`, `$CC`,
     /// `cc`, `gcc`, `clang`.
     pub linker: Option<PathBuf>,
+    /// Activation bytes one image group of a batch-tiled segment may touch
+    /// (`schedule.rs`); 0 runs every kernel over the whole batch.
+    pub batch_tile_bytes: usize,
+    /// Views that must hold their values when `dnc_run` returns (the graph
+    /// outputs); batch tiling never lets another value clobber them.
+    pub live_out: Vec<View>,
 }
 
 impl Default for CpuOptions {
@@ -95,6 +105,8 @@ impl Default for CpuOptions {
             opt_level: 3,
             emit_asm: false,
             linker: None,
+            batch_tile_bytes: schedule::DEFAULT_TILE_BYTES,
+            live_out: Vec::new(),
         }
     }
 }
@@ -192,11 +204,23 @@ pub fn compile(kernels: &[KernelDesc], opts: &CpuOptions) -> Result<CompiledCpu,
     let target = target::resolve(&opts.cpu)?;
     let machine = target::machine(&target, opts.opt_level)?;
 
+    let batch = kernels.first().map_or(1, |k| k.input.n);
+    let segments = if kernels.iter().all(|k| k.input.n == batch) {
+        schedule::segments(kernels, &opts.live_out, opts.batch_tile_bytes)
+    } else {
+        schedule::segments(kernels, &opts.live_out, 0)
+    };
     let mut wb = WeightsBuilder::default();
-    let plans: Vec<(String, Plan)> = kernels
-        .iter()
-        .map(|k| (k.name.clone(), Plan::new(k, &mut wb)))
-        .collect();
+    let mut plans: Vec<(String, Plan)> = Vec::with_capacity(kernels.len());
+    for s in &segments {
+        for k in &kernels[s.start..s.end] {
+            // A tiled kernel is planned for one group of `chunk` images.
+            let mut k = k.clone();
+            k.input.n = s.chunk;
+            k.output.n = s.chunk;
+            plans.push((k.name.clone(), Plan::new(&k, &mut wb)));
+        }
+    }
     for (index, (name, plan)) in plans.iter().enumerate() {
         if plan.stack_bytes() > MAX_TASK_STACK {
             return Err(BackendError::InvalidKernel {
@@ -212,7 +236,7 @@ pub fn compile(kernels: &[KernelDesc], opts: &CpuOptions) -> Result<CompiledCpu,
     cg.module.set_triple(&machine.get_triple());
     cg.module
         .set_data_layout(&machine.get_target_data().get_data_layout());
-    let symbols = entry::emit_module(&cg, &plans)?;
+    let symbols = entry::emit_module(&cg, &plans, &segments, batch)?;
     cg.module
         .verify()
         .map_err(|e| BackendError::Codegen(format!("invalid module: {e}")))?;
@@ -241,16 +265,25 @@ pub fn compile(kernels: &[KernelDesc], opts: &CpuOptions) -> Result<CompiledCpu,
         .flat_map(|k| [k.input.end_bytes(), k.output.end_bytes()])
         .max()
         .unwrap_or(0);
+    let seg_of = |i: usize| segments.iter().find(|s| (s.start..s.end).contains(&i));
     let compiled = kernels
         .iter()
         .zip(&plans)
         .zip(symbols)
-        .map(|((k, (_, plan)), symbol)| CompiledKernel {
-            name: k.name.clone(),
-            symbol,
-            tasks: plan.tasks(),
-            macs: k.macs(),
-            plan: format!("{plan:?}"),
+        .enumerate()
+        .map(|(i, ((k, (_, plan)), symbol))| {
+            let (groups, chunk) = seg_of(i).map_or((1, batch), |s| (s.groups(batch), s.chunk));
+            CompiledKernel {
+                name: k.name.clone(),
+                symbol,
+                tasks: plan.tasks() * groups,
+                macs: k.macs(),
+                plan: if groups > 1 {
+                    format!("{groups} groups of {chunk} images, each {plan:?}")
+                } else {
+                    format!("{plan:?}")
+                },
+            }
         })
         .collect();
     Ok(CompiledCpu {
