@@ -29,6 +29,19 @@ fn check_with(
     seed: u64,
     tile_bytes: Option<usize>,
 ) -> (usize, Vec<String>) {
+    check_split(arch, o, batch, seed, tile_bytes, 0)
+}
+
+/// `check_with`, with the kernels compiled as `codegen_threads` LLVM
+/// modules (0: one per core) and linked together.
+fn check_split(
+    arch: &str,
+    o: ConfigOverrides,
+    batch: usize,
+    seed: u64,
+    tile_bytes: Option<usize>,
+    codegen_threads: usize,
+) -> (usize, Vec<String>) {
     let cfg = DenseNetConfig::resolve(Some(arch), &o).expect("config");
     let mut g = build(&cfg, batch).expect("build");
     compiler::weights::randomize(&mut g, seed);
@@ -50,9 +63,19 @@ fn check_with(
     let opts = CpuOptions {
         live_out: out_views.clone(),
         batch_tile_bytes: tile_bytes.unwrap_or(CpuOptions::default().batch_tile_bytes),
+        codegen_threads,
         ..CpuOptions::default()
     };
     let compiled = cpu::compile(&kernels, &opts).expect("compile");
+    if codegen_threads > 1 {
+        let modules = compiled.llvm_ir_before.matches("; ModuleID").count();
+        assert_eq!(
+            modules,
+            codegen_threads.min(kernels.len() / 16).max(1),
+            "{} kernels in {modules} modules",
+            kernels.len()
+        );
+    }
     let lib = Loaded::new(&compiled);
     assert!(compiled.arena_bytes <= arena_bytes);
     for pfor in [Pfor::Sequential, Pfor::TwoThreads, Pfor::ReverseSingles] {
@@ -93,6 +116,18 @@ fn check_with(
         bordered,
         compiled.kernels.iter().map(|k| k.plan.clone()).collect(),
     )
+}
+
+#[test]
+fn kernels_compiled_as_several_modules_link_and_match_the_reference() {
+    // 3 blocks of 8 layers: 58 kernels, so 3 modules of ~19, batch-tiled at b3.
+    let o = || ConfigOverrides {
+        block_config: Some(vec![8, 8, 8]),
+        image_size: Some(9),
+        ..Default::default()
+    };
+    check_split("densenet-bc-100", o(), 1, 11, None, 3);
+    check_split("densenet-bc-100", o(), 3, 12, Some(64 << 10), 2);
 }
 
 /// Runs `check_with` and returns how many kernels ran in image groups.

@@ -393,6 +393,10 @@ fn compile(a: &CompileArgs) -> Result<()> {
     );
     if let Some(cpu) = targets.cpu.as_mut() {
         cpu.live_out = gk.outputs.clone();
+        cpu.keep_ir = a.dumps.dump_dir.is_some();
+        if let Ok(v) = std::env::var("DNC_CODEGEN_THREADS") {
+            cpu.codegen_threads = v.parse().context("DNC_CODEGEN_THREADS")?;
+        }
         // An experiment knob, not part of the command-line contract.
         if let Ok(v) = std::env::var("DNC_BATCH_TILE_BYTES") {
             cpu.batch_tile_bytes = v.parse().context("DNC_BATCH_TILE_BYTES")?;

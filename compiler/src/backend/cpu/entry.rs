@@ -10,6 +10,7 @@ use crate::backend::BackendError;
 use inkwell::module::Linkage;
 use inkwell::types::{FunctionType, StructType};
 use inkwell::values::{FunctionValue, PointerValue};
+use inkwell::GlobalVisibility;
 
 /// Version of the generated-code ABI (`dnc_abi_version()`).
 pub const ABI_VERSION: u32 = 1;
@@ -40,14 +41,36 @@ pub(crate) struct Groups {
     pub chunk: usize,
 }
 
-/// Emit every kernel's task function and the exported entry points.
-/// `segments` cover `plans` in order (see `schedule.rs`).
+/// Which kernels one LLVM module defines. The kernels are split over
+/// several modules that LLVM optimises and compiles on parallel threads;
+/// the *main* module also holds the exported entry points, which call the
+/// other modules' task functions (external, hidden from the shared
+/// object's dynamic symbols).
+#[derive(Debug, Clone)]
+pub(crate) struct ModulePart {
+    /// Indices into the plans, ascending.
+    pub kernels: Vec<usize>,
+    /// Holds `dnc_run` and the other exported functions.
+    pub main: bool,
+    /// Other modules exist (task functions are then shared across modules).
+    pub split: bool,
+}
+
+/// The task symbol of kernel `i`.
+pub(crate) fn task_symbol(i: usize, name: &str) -> String {
+    format!("dnc_k{i}_{}", sanitize(name))
+}
+
+/// Emit the task functions of `part`'s kernels and, in the main module,
+/// the exported entry points. `segments` cover `plans` in order (see
+/// `schedule.rs`).
 pub(crate) fn emit_module<'ctx>(
     cg: &Cg<'ctx>,
     plans: &[(String, Plan)],
     segments: &[Segment],
     batch: usize,
-) -> Result<Vec<String>> {
+    part: &ModulePart,
+) -> Result<()> {
     let p = cg.ptr.into();
     let void = cg.ctx.void_type();
     let pm: inkwell::types::BasicMetadataTypeEnum = cg.ptr.into();
@@ -58,8 +81,6 @@ pub(crate) fn emit_module<'ctx>(
         pfor_ty: void.fn_type(&[pm, pm, pm, cg.i64.into()], false),
     };
     let uks = Microkernels::default();
-    let mut tasks = Vec::with_capacity(plans.len());
-    let mut names = Vec::with_capacity(plans.len());
     let mut groups = vec![
         Groups {
             groups: 1,
@@ -75,15 +96,43 @@ pub(crate) fn emit_module<'ctx>(
             };
         }
     }
-    for (i, (name, plan)) in plans.iter().enumerate() {
-        let symbol = format!("dnc_k{i}_{}", sanitize(name));
-        tasks.push(emit_task_fn(cg, &abi, &uks, &symbol, plan, groups[i])?);
-        names.push(symbol);
+    let mut tasks: Vec<Option<FunctionValue<'ctx>>> = vec![None; plans.len()];
+    for &i in &part.kernels {
+        let (name, plan) = &plans[i];
+        let f = emit_task_fn(
+            cg,
+            &abi,
+            &uks,
+            &task_symbol(i, name),
+            plan,
+            groups[i],
+            part.split,
+        )?;
+        tasks[i] = Some(f);
     }
+    if !part.main {
+        return Ok(());
+    }
+    // The other modules' task functions, declared.
+    let tasks: Vec<FunctionValue<'ctx>> = tasks
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| {
+            f.unwrap_or_else(|| {
+                let f = cg.module.add_function(
+                    &task_symbol(i, &plans[i].0),
+                    abi.task_ty,
+                    Some(Linkage::External),
+                );
+                f.as_global_value().set_visibility(GlobalVisibility::Hidden);
+                f
+            })
+        })
+        .collect();
     emit_run(cg, &abi, plans, segments, batch, &tasks)?;
     emit_run_kernel(cg, &abi, plans, &groups, &tasks)?;
     emit_metadata(cg, plans, &groups)?;
-    Ok(names)
+    Ok(())
 }
 
 fn load_field<'ctx>(
@@ -104,8 +153,18 @@ fn emit_task_fn<'ctx>(
     symbol: &str,
     plan: &Plan,
     groups: Groups,
+    shared: bool,
 ) -> Result<FunctionValue<'ctx>> {
-    let f = cg.function(symbol, abi.task_ty, Linkage::Internal);
+    // Internal unless another module's `dnc_run` calls it; never exported.
+    let linkage = if shared {
+        Linkage::External
+    } else {
+        Linkage::Internal
+    };
+    let f = cg.function(symbol, abi.task_ty, linkage);
+    if shared {
+        f.as_global_value().set_visibility(GlobalVisibility::Hidden);
+    }
     let ctx = cg.param_ptr(f, 0)?;
     let (begin, end) = (cg.param_int(f, 1)?, cg.param_int(f, 2)?);
     let scratch = match plan.scratch_floats() {

@@ -37,17 +37,21 @@ impl Drop for TempDir {
     }
 }
 
-/// Link `object` into a shared object and return its bytes. The link uses
-/// `-z defs`, so a generated symbol left undefined (e.g. a call into the
-/// runtime) is a link error rather than a load-time surprise.
-pub fn shared_object(object: &[u8], linker: Option<&Path>) -> Result<Vec<u8>, BackendError> {
+/// Link `objects` into one shared object and return its bytes. The link
+/// uses `-z defs`, so a generated symbol left undefined (e.g. a call into
+/// the runtime) is a link error rather than a load-time surprise.
+pub fn shared_object(objects: &[&[u8]], linker: Option<&Path>) -> Result<Vec<u8>, BackendError> {
     let dir = TempDir::new()?;
-    let obj = dir.0.join("kernels.o");
     let so = dir.0.join("kernels.so");
-    std::fs::write(&obj, object).map_err(|source| BackendError::Io {
-        context: format!("writing {}", obj.display()),
-        source,
-    })?;
+    let mut paths = Vec::with_capacity(objects.len());
+    for (i, object) in objects.iter().enumerate() {
+        let obj = dir.0.join(format!("kernels{i}.o"));
+        std::fs::write(&obj, object).map_err(|source| BackendError::Io {
+            context: format!("writing {}", obj.display()),
+            source,
+        })?;
+        paths.push(obj);
+    }
     let candidates: Vec<PathBuf> = match linker {
         Some(l) => vec![l.to_path_buf()],
         None => ["DNC_CC", "CC"]
@@ -61,7 +65,7 @@ pub fn shared_object(object: &[u8], linker: Option<&Path>) -> Result<Vec<u8>, Ba
         let out = Command::new(cc)
             .args(["-shared", "-o"])
             .arg(&so)
-            .arg(&obj)
+            .args(&paths)
             .args(["-Wl,-z,defs", "-Wl,-z,noexecstack"])
             .output();
         match out {

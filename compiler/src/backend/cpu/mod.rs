@@ -96,6 +96,13 @@ pub struct CpuOptions {
     /// Views that must hold their values when `dnc_run` returns (the graph
     /// outputs); batch tiling never lets another value clobber them.
     pub live_out: Vec<View>,
+    /// Threads LLVM compiles on (0 = one per core): the kernels are split
+    /// into that many modules (fewer for small graphs), linked together.
+    pub codegen_threads: usize,
+    /// Keep the LLVM IR before and after optimisation as text
+    /// ([`CompiledCpu::llvm_ir_before`], for `--dump-dir`); printing a
+    /// whole network's IR takes a noticeable share of compile time.
+    pub keep_ir: bool,
 }
 
 impl Default for CpuOptions {
@@ -107,6 +114,8 @@ impl Default for CpuOptions {
             linker: None,
             batch_tile_bytes: schedule::DEFAULT_TILE_BYTES,
             live_out: Vec::new(),
+            codegen_threads: 0,
+            keep_ir: true,
         }
     }
 }
@@ -178,6 +187,109 @@ impl CompiledCpu {
     }
 }
 
+/// What one LLVM module compiled to.
+struct ModuleOutput {
+    object: Vec<u8>,
+    ir_before: String,
+    ir_after: String,
+    asm: Option<String>,
+}
+
+/// Kernels per module below which splitting does not pay (thread start,
+/// per-module overheads, one more object to link).
+const MIN_KERNELS_PER_MODULE: usize = 16;
+
+/// Split the kernels into modules compiled in parallel: up to `threads`
+/// (0 = one per core) contiguous runs of similar estimated LLVM work.
+/// Module 0 is the main one.
+fn module_parts(plans: &[(String, Plan)], threads: usize) -> Vec<entry::ModulePart> {
+    let threads = match threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let n = threads
+        .min(plans.len() / MIN_KERNELS_PER_MODULE)
+        .clamp(1, 16);
+    // LLVM's time follows the code emitted (`Plan::codegen_cost`).
+    let cost: Vec<usize> = plans.iter().map(|(_, p)| p.codegen_cost()).collect();
+    let total: usize = cost.iter().sum();
+    let mut parts: Vec<entry::ModulePart> = Vec::with_capacity(n);
+    let mut acc = 0;
+    let mut current = Vec::new();
+    for (i, c) in cost.iter().enumerate() {
+        current.push(i);
+        acc += c;
+        let boundary = total * (parts.len() + 1) / n;
+        if acc >= boundary && parts.len() + 1 < n {
+            parts.push(entry::ModulePart {
+                kernels: std::mem::take(&mut current),
+                main: parts.is_empty(),
+                split: n > 1,
+            });
+        }
+    }
+    parts.push(entry::ModulePart {
+        kernels: current,
+        main: parts.is_empty(),
+        split: n > 1,
+    });
+    parts
+}
+
+/// Emit, verify, optimise and compile one module to an object file.
+fn compile_module(
+    plans: &[(String, Plan)],
+    segments: &[schedule::Segment],
+    batch: usize,
+    part: &entry::ModulePart,
+    target: &TargetInfo,
+    opts: &CpuOptions,
+) -> Result<ModuleOutput, BackendError> {
+    let machine = target::machine(target, opts.opt_level)?;
+    let context = Context::create();
+    let cg = Cg::new(&context, "densenetc_kernels", &target.cpu, &target.features)?;
+    cg.module.set_triple(&machine.get_triple());
+    cg.module
+        .set_data_layout(&machine.get_target_data().get_data_layout());
+    entry::emit_module(&cg, plans, segments, batch, part)?;
+    cg.module
+        .verify()
+        .map_err(|e| BackendError::Codegen(format!("invalid module: {e}")))?;
+    let ir_before = if opts.keep_ir {
+        cg.module.print_to_string().to_string()
+    } else {
+        String::new()
+    };
+    let passes = format!("default<O{}>", opts.opt_level.min(3));
+    cg.module
+        .run_passes(&passes, &machine, pass_options())
+        .map_err(|e| BackendError::Codegen(format!("optimisation failed: {e}")))?;
+    let ir_after = if opts.keep_ir {
+        cg.module.print_to_string().to_string()
+    } else {
+        String::new()
+    };
+    let object = machine
+        .write_to_memory_buffer(&cg.module, FileType::Object)
+        .map_err(|e| BackendError::Codegen(format!("object emission failed: {e}")))?
+        .as_slice()
+        .to_vec();
+    let asm = if opts.emit_asm {
+        let buf = machine
+            .write_to_memory_buffer(&cg.module, FileType::Assembly)
+            .map_err(|e| BackendError::Codegen(format!("assembly emission failed: {e}")))?;
+        Some(String::from_utf8_lossy(buf.as_slice()).into_owned())
+    } else {
+        None
+    };
+    Ok(ModuleOutput {
+        object,
+        ir_before,
+        ir_after,
+        asm,
+    })
+}
+
 /// The O3 pipeline without LLVM's own unrolling and vectorisation: the
 /// kernels are emitted already vectorised and register-blocked, and letting
 /// LLVM fully unroll every constant-trip packing loop multiplies code size
@@ -202,7 +314,8 @@ pub fn compile(kernels: &[KernelDesc], opts: &CpuOptions) -> Result<CompiledCpu,
             })?;
     }
     let target = target::resolve(&opts.cpu)?;
-    let machine = target::machine(&target, opts.opt_level)?;
+    // Fail early (and once) if LLVM cannot target it; each module thread makes its own.
+    target::machine(&target, opts.opt_level)?;
 
     let batch = kernels.first().map_or(1, |k| k.input.n);
     let segments = if kernels.iter().all(|k| k.input.n == batch) {
@@ -231,34 +344,42 @@ pub fn compile(kernels: &[KernelDesc], opts: &CpuOptions) -> Result<CompiledCpu,
         }
     }
 
-    let context = Context::create();
-    let cg = Cg::new(&context, "densenetc_kernels", &target.cpu, &target.features)?;
-    cg.module.set_triple(&machine.get_triple());
-    cg.module
-        .set_data_layout(&machine.get_target_data().get_data_layout());
-    let symbols = entry::emit_module(&cg, &plans, &segments, batch)?;
-    cg.module
-        .verify()
-        .map_err(|e| BackendError::Codegen(format!("invalid module: {e}")))?;
-    let llvm_ir_before = cg.module.print_to_string().to_string();
-
-    let passes = format!("default<O{}>", opts.opt_level.min(3));
-    cg.module
-        .run_passes(&passes, &machine, pass_options())
-        .map_err(|e| BackendError::Codegen(format!("optimisation failed: {e}")))?;
-    let llvm_ir_after = cg.module.print_to_string().to_string();
-    let object = machine
-        .write_to_memory_buffer(&cg.module, FileType::Object)
-        .map_err(|e| BackendError::Codegen(format!("object emission failed: {e}")))?;
-    let asm = if opts.emit_asm {
-        let buf = machine
-            .write_to_memory_buffer(&cg.module, FileType::Assembly)
-            .map_err(|e| BackendError::Codegen(format!("assembly emission failed: {e}")))?;
-        Some(String::from_utf8_lossy(buf.as_slice()).into_owned())
-    } else {
-        None
+    let parts = module_parts(&plans, opts.codegen_threads);
+    let outputs: Vec<Result<ModuleOutput, BackendError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = parts
+            .iter()
+            .map(|part| {
+                let (plans, segments, target) = (&plans, &segments, &target);
+                scope.spawn(move || compile_module(plans, segments, batch, part, target, opts))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(BackendError::Codegen(
+                        "a code generation thread panicked".into(),
+                    ))
+                })
+            })
+            .collect()
+    });
+    let outputs = outputs.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let join = |f: fn(&ModuleOutput) -> &str| -> String {
+        outputs.iter().map(f).collect::<Vec<_>>().join("\n")
     };
-    let shared_object = link::shared_object(object.as_slice(), opts.linker.as_deref())?;
+    let llvm_ir_before = join(|o| &o.ir_before);
+    let llvm_ir_after = join(|o| &o.ir_after);
+    let asm = opts
+        .emit_asm
+        .then(|| join(|o| o.asm.as_deref().unwrap_or_default()));
+    let objects: Vec<&[u8]> = outputs.iter().map(|o| o.object.as_slice()).collect();
+    let symbols: Vec<String> = plans
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| entry::task_symbol(i, name))
+        .collect();
+    let shared_object = link::shared_object(&objects, opts.linker.as_deref())?;
 
     let arena_bytes = kernels
         .iter()
