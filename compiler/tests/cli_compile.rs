@@ -245,6 +245,7 @@ fn golden_bc40_matches_pytorch() {
     let got = npy::read(&y).expect("output");
     let want = npy::read(fx.join("output.npy")).expect("golden");
     let rel = got.rel_error(&want).expect("same shape");
+    println!("bc40 golden through compile + run: relative error {rel:.2e}");
     assert!(rel <= 1e-4, "relative error {rel}");
     let _ = std::fs::remove_dir_all(&dir);
 }
