@@ -8,7 +8,7 @@
 use crate::artefact::ArtefactParts;
 use crate::backend::cpu::{self, CompiledCpu, CpuOptions};
 use crate::backend::cuda::{self, ptxas, CompiledCuda, CudaOptions};
-use crate::backend::kernel::KernelDesc;
+use crate::backend::graph::GraphKernels;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 
@@ -71,17 +71,24 @@ pub struct CompiledTargets {
     pub ptxas: Option<std::result::Result<ptxas::PtxasReport, String>>,
 }
 
-/// Compiles `kernels` for every target of `opts`.
-pub fn compile(kernels: &[KernelDesc], opts: &TargetOptions) -> Result<CompiledTargets> {
+/// Compiles a graph's kernels for every target of `opts`. The graph's
+/// outputs are kept live for the CPU's batch tiling whatever
+/// `opts.cpu.live_out` says.
+pub fn compile(graph: &GraphKernels, opts: &TargetOptions) -> Result<CompiledTargets> {
     if opts.cpu.is_none() && opts.cuda.is_none() {
         bail!("no target to compile for");
     }
+    let kernels = graph.kernels.as_slice();
+    let cpu_opts = opts.cpu.as_ref().map(|o| CpuOptions {
+        live_out: graph.outputs.clone(),
+        ..o.clone()
+    });
     let (cpu, cuda) = std::thread::scope(|s| {
         let cuda = opts
             .cuda
             .as_ref()
             .map(|o| s.spawn(move || cuda::lower(kernels, o)));
-        let cpu = opts.cpu.as_ref().map(|o| cpu::compile(kernels, o));
+        let cpu = cpu_opts.as_ref().map(|o| cpu::compile(kernels, o));
         let cuda = cuda.map(|h| h.join());
         (cpu, cuda)
     });

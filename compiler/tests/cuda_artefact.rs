@@ -59,7 +59,7 @@ fn compile(cpu: bool, assemble: bool) -> Built {
     let mut opts = TargetOptions::parse(if cpu { "cpu,cuda" } else { "cuda" }, "x86-64", "sm_80")
         .expect("targets");
     opts.assemble = assemble;
-    let code = targets::compile(&gk.kernels, &opts).expect("compile");
+    let code = targets::compile(&gk, &opts).expect("compile");
     let writer = build_artefact(code.parts(ArtefactParts {
         config: serde_json::to_value(&cfg).expect("config json"),
         graph: &opt,

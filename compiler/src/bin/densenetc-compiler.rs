@@ -392,7 +392,6 @@ fn compile(a: &CompileArgs) -> Result<()> {
         targets.describe()
     );
     if let Some(cpu) = targets.cpu.as_mut() {
-        cpu.live_out = gk.outputs.clone();
         cpu.keep_ir = a.dumps.dump_dir.is_some();
         if let Ok(v) = std::env::var("DNC_CODEGEN_THREADS") {
             cpu.codegen_threads = v.parse().context("DNC_CODEGEN_THREADS")?;
@@ -402,7 +401,7 @@ fn compile(a: &CompileArgs) -> Result<()> {
             cpu.batch_tile_bytes = v.parse().context("DNC_BATCH_TILE_BYTES")?;
         }
     }
-    let compiled = compiler::targets::compile(&gk.kernels, &targets)?;
+    let compiled = compiler::targets::compile(&gk, &targets)?;
     if let Some(Err(why)) = &compiled.ptxas {
         eprintln!("densenetc: {why}");
     }
