@@ -604,6 +604,7 @@ fn named_cpu_and_abi_metadata() {
     let opts = CpuOptions {
         cpu: "x86-64-v3".into(),
         emit_asm: true,
+        keep_ir: true,
         ..CpuOptions::default()
     };
     let compiled = cpu::compile(&[desc.clone(), desc], &opts).expect("compile");

@@ -206,7 +206,11 @@ fn densenet_kernel_chain() {
     optimize(&mut g, false).expect("pipeline");
     let net = kernels_of(&g).expect("kernels");
     let (start, cpu0) = (Instant::now(), process_cpu_s());
-    let compiled = cpu::compile(&net.kernels, &CpuOptions::default()).expect("compile");
+    let opts = CpuOptions {
+        keep_ir: std::env::var_os("DNC_BENCH_IR").is_some(),
+        ..CpuOptions::default()
+    };
+    let compiled = cpu::compile(&net.kernels, &opts).expect("compile");
     let compile_s = start.elapsed().as_secs_f64();
     let compile_cpu_s = process_cpu_s() - cpu0;
     if let Some(dir) = std::env::var_os("DNC_BENCH_IR") {

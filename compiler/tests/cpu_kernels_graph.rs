@@ -64,6 +64,8 @@ fn check_split(
         live_out: out_views.clone(),
         batch_tile_bytes: tile_bytes.unwrap_or(CpuOptions::default().batch_tile_bytes),
         codegen_threads,
+        // The module count is read from the IR text.
+        keep_ir: codegen_threads > 1,
         ..CpuOptions::default()
     };
     let compiled = cpu::compile(&kernels, &opts).expect("compile");

@@ -115,7 +115,7 @@ impl Default for CpuOptions {
             batch_tile_bytes: schedule::DEFAULT_TILE_BYTES,
             live_out: Vec::new(),
             codegen_threads: 0,
-            keep_ir: true,
+            keep_ir: false,
         }
     }
 }
@@ -144,7 +144,8 @@ pub struct CompiledCpu {
     pub arena_bytes: usize,
     pub kernels: Vec<CompiledKernel>,
     pub target: TargetInfo,
-    /// The module as generated, and after the O3 pipeline.
+    /// The modules as generated, and after the O3 pipeline (one after the
+    /// other); empty unless [`CpuOptions::keep_ir`].
     pub llvm_ir_before: String,
     pub llvm_ir_after: String,
     /// Assembly of the optimised module, when asked for.
