@@ -1,10 +1,12 @@
 /* Classifies one input with a compiled DenseNet artefact, through the runtime's C API.
  *
- *   classify MODEL.dnc [INPUT.f32] [--threads N] [--top K]
+ *   classify MODEL.dnc [INPUT.f32] [--device cpu|cuda[:N]] [--threads N] [--top K]
  *
  * INPUT.f32 holds the model's input tensor as raw little-endian f32 (NCHW, preprocessed);
  * without it a fixed synthetic input is used. Prints the top K classes of each batch item,
  * with names when the artefact carries labels: the same lines as examples/rust/classify.rs.
+ * `--device cuda` (device 0) or `cuda:N` runs on a GPU when the artefact has CUDA code and the
+ * machine has a driver; otherwise the runtime's error is printed.
  *
  * Build against the runtime (cdylib or staticlib), e.g.:
  *   cc -I runtime/include examples/c/classify.c target/release/libruntime.a \
@@ -45,17 +47,45 @@ static int read_input(const char *path, float *input, size_t len) {
     return 0;
 }
 
+/* `cpu`, `cuda` or `cuda:N` → device kind and ordinal; 0 on success. */
+static int parse_device(const char *spec, int *kind, size_t *ordinal) {
+    char *end = NULL;
+    if (strcmp(spec, "cpu") == 0) {
+        *kind = DNC_DEVICE_CPU;
+        return 0;
+    }
+    if (strcmp(spec, "cuda") == 0) {
+        *kind = DNC_DEVICE_CUDA;
+        *ordinal = 0;
+        return 0;
+    }
+    if (strncmp(spec, "cuda:", 5) == 0 && spec[5] >= '0' && spec[5] <= '9') {
+        *ordinal = strtoul(spec + 5, &end, 10);
+        if (*end == '\0') {
+            *kind = DNC_DEVICE_CUDA;
+            return 0;
+        }
+    }
+    fprintf(stderr, "classify: unknown device '%s': expected cpu, cuda or cuda:N\n", spec);
+    return 1;
+}
+
 int main(int argc, char **argv) {
     const char *model_path = NULL, *input_path = NULL;
-    size_t threads = 1, top = 5;
+    size_t threads = 1, top = 5, ordinal = 0;
+    int device = DNC_DEVICE_CPU;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) threads = strtoul(argv[++i], NULL, 10);
+        else if (strcmp(argv[i], "--device") == 0 && i + 1 < argc) {
+            if (parse_device(argv[++i], &device, &ordinal)) return 2;
+        }
         else if (strcmp(argv[i], "--top") == 0 && i + 1 < argc) top = strtoul(argv[++i], NULL, 10);
         else if (!model_path) model_path = argv[i];
         else input_path = argv[i];
     }
     if (!model_path) {
-        fprintf(stderr, "usage: classify MODEL.dnc [INPUT.f32] [--threads N] [--top K]\n");
+        fprintf(stderr,
+                "usage: classify MODEL.dnc [INPUT.f32] [--device cpu|cuda[:N]] [--threads N] [--top K]\n");
         return 2;
     }
 
@@ -87,7 +117,8 @@ int main(int argc, char **argv) {
 
     DncSession *session = NULL;
     int rc = 0;
-    if (dnc_session_create(model, DNC_DEVICE_CPU, threads, &session) != DNC_STATUS_OK) {
+    size_t threads_or_ordinal = device == DNC_DEVICE_CPU ? threads : ordinal;
+    if (dnc_session_create(model, device, threads_or_ordinal, &session) != DNC_STATUS_OK) {
         rc = fail("session");
     } else if (dnc_session_run(session, input, in_len, output, out_len) != DNC_STATUS_OK) {
         rc = fail("run");

@@ -1,8 +1,11 @@
 //! Classifies one input with a compiled DenseNet artefact, through the runtime's Rust API.
 //!
 //! ```text
-//! cargo run -p runtime --example classify -- MODEL.dnc [INPUT] [--threads N] [--top K]
+//! cargo run -p runtime --example classify -- MODEL.dnc [INPUT] [--device D] [--threads N] [--top K]
 //! ```
+//!
+//! `--device` is `cpu` (the default, on `--threads` threads), `cuda` or `cuda:ORDINAL` (the
+//! artefact must have been compiled with `--target cuda` or `cpu,cuda`).
 //!
 //! `INPUT` is an image (PNG or JPEG, preprocessed as torchvision's ImageNet eval transform by
 //! `runtime::preprocess`, at the model's input size, repeated over its batch), a `.npy` float32
@@ -18,6 +21,7 @@ use runtime::{Device, Model};
 struct Args {
     model: String,
     input: Option<String>,
+    device: String,
     threads: usize,
     top: usize,
 }
@@ -25,8 +29,12 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     let mut positional = Vec::new();
-    let (mut threads, mut top) = (1, 5);
+    let (mut threads, mut top, mut device) = (1, 5, "cpu".to_owned());
     while let Some(a) = args.next() {
+        if a == "--device" {
+            device = args.next().ok_or("--device needs cpu, cuda or cuda:N")?;
+            continue;
+        }
         let mut value = |name: &str| {
             args.next()
                 .and_then(|v| v.parse::<usize>().ok())
@@ -41,10 +49,11 @@ fn parse_args() -> Result<Args, String> {
     let mut positional = positional.into_iter();
     let model = positional
         .next()
-        .ok_or("usage: classify MODEL.dnc [IMAGE|INPUT.npy|INPUT.f32] [--threads N] [--top K]")?;
+        .ok_or("usage: classify MODEL.dnc [IMAGE|INPUT.npy|INPUT.f32] [--device cpu|cuda[:N]] [--threads N] [--top K]")?;
     Ok(Args {
         model,
         input: positional.next(),
+        device,
         threads,
         top,
     })
@@ -87,11 +96,8 @@ fn run() -> Result<(), String> {
         }
         None => (synthetic(len), shape),
     };
-    let mut session = model
-        .session(Device::Cpu {
-            threads: args.threads,
-        })
-        .map_err(|e| e.to_string())?;
+    let device = Device::parse(&args.device, args.threads).map_err(|e| e.to_string())?;
+    let mut session = model.session(device).map_err(|e| e.to_string())?;
     let logits = session.run(&input, &shape).map_err(|e| e.to_string())?;
 
     let classes = model.output_shape().last().copied().unwrap_or(1);

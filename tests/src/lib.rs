@@ -75,26 +75,33 @@ pub fn compile_artefact(
     cpu: &str,
     labels: Option<Vec<String>>,
 ) -> Result<Vec<u8>> {
+    compile_artefact_for(cfg, g, "cpu", cpu, labels)
+}
+
+/// [`compile_artefact`] for a `--target` list (`cpu`, `cuda`, `cpu,cuda`); CUDA code is for
+/// sm_80, with a cubin when `ptxas` is found.
+pub fn compile_artefact_for(
+    cfg: &DenseNetConfig,
+    g: &ir::Graph,
+    targets: &str,
+    cpu: &str,
+    labels: Option<Vec<String>>,
+) -> Result<Vec<u8>> {
     let mut planned = g.clone();
     let report = compiler::passes::optimize(&mut planned, false)?;
     let gk = compiler::backend::graph::kernels_of(&planned)?;
-    let compiled = compiler::backend::cpu::compile(
-        &gk.kernels,
-        &compiler::backend::cpu::CpuOptions {
-            cpu: cpu.to_owned(),
-            live_out: gk.outputs.clone(),
-            ..Default::default()
-        },
-    )?;
-    let writer = compiler::artefact::build_artefact(compiler::artefact::ArtefactParts {
-        config: serde_json::to_value(cfg)?,
-        graph: &planned,
-        kernels: &gk,
-        memory: report.memory.as_ref(),
-        cpu: Some(&compiled),
-        cuda: None,
-        ptxas: None,
-        labels,
-    })?;
+    let opts = compiler::targets::TargetOptions::parse(targets, cpu, "sm_80")?;
+    let compiled = compiler::targets::compile(&gk, &opts)?;
+    let writer =
+        compiler::artefact::build_artefact(compiled.parts(compiler::artefact::ArtefactParts {
+            config: serde_json::to_value(cfg)?,
+            graph: &planned,
+            kernels: &gk,
+            memory: report.memory.as_ref(),
+            cpu: None,
+            cuda: None,
+            ptxas: None,
+            labels,
+        }))?;
     Ok(writer.to_bytes()?)
 }

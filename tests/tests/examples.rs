@@ -57,8 +57,15 @@ fn fixture() -> &'static Fixture {
         let mut graph = build(&cfg, BATCH).expect("build");
         compiler::weights::randomize(&mut graph, 100);
         let labels: Vec<String> = (0..cfg.num_classes).map(|c| format!("label-{c}")).collect();
-        let bytes = tests::compile_artefact(&cfg, &graph, "x86-64-v3", Some(labels.clone()))
-            .expect("compile");
+        // Both targets, so `--device cuda` reaches the driver (and runs where there is one).
+        let bytes = tests::compile_artefact_for(
+            &cfg,
+            &graph,
+            "cpu,cuda",
+            "x86-64-v3",
+            Some(labels.clone()),
+        )
+        .expect("compile");
         let artefact = scratch().join("bc100.dnc");
         std::fs::write(&artefact, bytes).expect("write artefact");
         Fixture {
@@ -288,5 +295,66 @@ fn rust_example_rejects_bad_inputs_with_a_message() {
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert!(err.contains(needle), "stderr lacks `{needle}`: {err}");
         assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+/// The synthetic input both examples use without an input file.
+fn synthetic_input() -> Tensor {
+    let len = BATCH * 3 * IMAGE * IMAGE;
+    let data = (0..len)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
+    Tensor::from_vec(vec![BATCH, 3, IMAGE, IMAGE], data).expect("input")
+}
+
+#[test]
+fn examples_run_on_cuda_or_say_why_not() {
+    let f = fixture();
+    let mut examples = vec![("rust", built().rust_example.clone())];
+    if have_cc() {
+        examples.push(("c", c_example()));
+    }
+    let mut outputs = Vec::new();
+    for (name, exe) in &examples {
+        let out = Command::new(exe)
+            .arg(&f.artefact)
+            .args(["--device", "cuda", "--top", &TOP.to_string()])
+            .output()
+            .expect("run example");
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+        if out.status.success() {
+            // A machine with a GPU: the CUDA run must agree with the reference.
+            eprintln!("{name} example ran on CUDA");
+            check_against_reference(&stdout, &synthetic_input());
+        } else {
+            // Without one: a clear runtime error, exit status 1, nothing printed.
+            assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+            assert!(
+                stderr.contains("device unavailable: CUDA"),
+                "{name}: {stderr}"
+            );
+            assert!(stdout.is_empty(), "{name}: {stdout}");
+            eprintln!("{name} example without a GPU: {}", stderr.trim());
+        }
+        outputs.push((out.status.code(), stdout.into_owned()));
+    }
+    if let [rust, c] = outputs.as_slice() {
+        assert_eq!(rust, c, "the C and Rust examples differ on CUDA");
+    }
+
+    // A device name neither knows is a usage error, not a crash.
+    for (name, exe) in &examples {
+        let out = Command::new(exe)
+            .arg(&f.artefact)
+            .args(["--device", "tpu"])
+            .output()
+            .expect("run example");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name} accepted --device tpu");
+        assert!(stderr.contains("unknown device 'tpu'"), "{name}: {stderr}");
     }
 }
