@@ -65,13 +65,16 @@ struct Job {
 /// and then reads `sleepers`, notifying under `lock` when it is non-zero. All four accesses
 /// are SeqCst, so either the worker sees the new generation or the caller sees the sleeper.
 /// The caller's wait for `pending` mirrors this with `caller_sleeping` and `done`.
+///
+/// The three counters every thread hits live on separate cache lines: threads spinning on
+/// `generation` or `pending` must not steal the line of `next` from a thread claiming items.
 struct Shared {
     job: UnsafeCell<Option<Job>>,
-    generation: AtomicU64,
+    generation: Padded<AtomicU64>,
     /// Workers still running the current job.
-    pending: AtomicUsize,
+    pending: Padded<AtomicUsize>,
     /// The next unclaimed item of the current job.
-    next: AtomicI64,
+    next: Padded<AtomicI64>,
     shutdown: AtomicBool,
     /// Workers blocked, or about to block, on `wake`.
     sleepers: AtomicUsize,
@@ -81,6 +84,17 @@ struct Shared {
     wake: Condvar,
     done: Condvar,
     workers: usize,
+}
+
+/// A value alone on its cache line (128 bytes: the line and its prefetch pair).
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 // SAFETY: `job` is written only by the dispatching caller while no worker reads it, and read
@@ -213,9 +227,9 @@ impl ThreadPool {
         };
         let shared = Arc::new(Shared {
             job: UnsafeCell::new(None),
-            generation: AtomicU64::new(0),
-            pending: AtomicUsize::new(0),
-            next: AtomicI64::new(0),
+            generation: Padded(AtomicU64::new(0)),
+            pending: Padded(AtomicUsize::new(0)),
+            next: Padded(AtomicI64::new(0)),
             shutdown: AtomicBool::new(false),
             sleepers: AtomicUsize::new(0),
             caller_sleeping: AtomicBool::new(false),
