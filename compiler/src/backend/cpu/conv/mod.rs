@@ -34,6 +34,17 @@ use crate::backend::kernel::{ConvKernel, LinearKernel, View};
 const KC_MAX: usize = 256;
 /// Largest direct-conv panel in floats (it lives on the task's stack).
 const PANEL_MAX: usize = 24 * 1024;
+/// Least work worth a task of its own, in MACs (about a microsecond on one core). A kernel
+/// smaller than `TARGET_TASKS` of these — DenseNet-BC's 8x8 layers at batch 1 are 0.3–1 M
+/// MACs — is split into fewer, larger tasks: each task repacks its input rows and pays a
+/// claim and a call, which at that size cost as much as the work they would balance.
+const MIN_TASK_MACS: usize = 40_000;
+
+/// Tasks to aim for: `TARGET_TASKS`, fewer for a kernel of less than that many
+/// `MIN_TASK_MACS`, never below 2 (both threads of the smallest pool get work).
+fn target_tasks(macs: usize) -> usize {
+    (macs / MIN_TASK_MACS).clamp(2, TARGET_TASKS)
+}
 
 /// Task shape of a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,12 +127,13 @@ impl ConvPlan {
         let bias_off = wb.push(&pack_bias(c.bias.as_deref().map(Vec::as_slice), &blocking));
         let prologue = c.prologue.as_ref().map(|a| AffineRef::pack(a, wb));
         let gemm = c.kernel == [1, 1] && c.stride == [1, 1] && c.padding == [0, 0];
+        let target = target_tasks(o.pixels() * c.out_channels * ic * c.kernel[0] * c.kernel[1]);
         let mut kc = ic.min(KC_MAX);
         let (mode, row_tasks) = if gemm {
             let m = o.pixels();
             let mut mc = mr * 8;
-            if m.div_ceil(mc) < TARGET_TASKS {
-                mc = round_up(m.div_ceil(TARGET_TASKS), mr).clamp(mr, mc);
+            if m.div_ceil(mc) < target {
+                mc = round_up(m.div_ceil(target), mr).clamp(mr, mc);
             }
             let mblocks = m.div_ceil(mc);
             // The micro-kernel reads A at a constant pixel stride: a
@@ -141,8 +153,8 @@ impl ConvPlan {
             let panel = |owb: usize, kc: usize| c.kernel[0] * span(owb) * round_up(kc, LANES);
             let mut owb = o.w;
             let rows = o.n * o.h;
-            if rows < TARGET_TASKS {
-                let want = TARGET_TASKS.div_ceil(rows);
+            if rows < target {
+                let want = target.div_ceil(rows);
                 owb = round_up(o.w.div_ceil(want), mr).min(o.w);
             }
             while panel(owb, kc) > PANEL_MAX {
@@ -166,8 +178,8 @@ impl ConvPlan {
         };
         let blocks = blocking.blocks();
         let mut groups = 1;
-        if row_tasks < TARGET_TASKS {
-            groups = TARGET_TASKS.div_ceil(row_tasks).min(blocks);
+        if row_tasks < target {
+            groups = target.div_ceil(row_tasks).min(blocks);
         }
         let bpg = blocks.div_ceil(groups);
         let groups = blocks.div_ceil(bpg);
@@ -302,6 +314,19 @@ mod tests {
             let gemm = matches!(p.mode, Mode::Gemm { .. });
             assert_eq!(gemm, k == 1 && s == 1);
         }
+    }
+
+    #[test]
+    fn tiny_kernels_get_fewer_larger_tasks() {
+        // DenseNet-BC-100's 8x8 growth conv at batch 1 (0.33 M MACs): whole rows, not
+        // half rows of 6 + 2 pixels.
+        let p = plan(8, 48, 12, 3, 1);
+        assert_eq!(p.tasks(), 8, "{p:?}");
+        assert!(matches!(p.mode, Mode::Direct { owb: 8, .. }), "{p:?}");
+        // Large kernels keep the full split.
+        assert!(plan(8, 342, 48, 1, 1).tasks() >= TARGET_TASKS);
+        assert_eq!(target_tasks(0), 2);
+        assert_eq!(target_tasks(usize::MAX / 2), TARGET_TASKS);
     }
 
     #[test]
