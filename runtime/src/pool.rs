@@ -569,6 +569,28 @@ mod tests {
         );
     }
 
+    unsafe extern "C" fn nothing(_ctx: *const DncContext, _begin: i64, _end: i64) {}
+
+    /// Cost of one hand-off and barrier with no work: `cargo test --release -p runtime --lib
+    /// dispatch_cost -- --ignored --nocapture` (a measurement, not a check).
+    #[test]
+    #[ignore]
+    fn dispatch_cost() {
+        for threads in [2, 4] {
+            let mut pool = ThreadPool::new(threads).expect("pool");
+            for n in [2i64, 16] {
+                let rounds = 200_000;
+                let t0 = Instant::now();
+                for _ in 0..rounds {
+                    // SAFETY: `nothing` touches nothing.
+                    unsafe { pool.parallel_for(nothing, std::ptr::null(), n) };
+                }
+                let ns = t0.elapsed().as_nanos() as f64 / f64::from(rounds);
+                println!("{threads} threads, {n} items: {ns:.0} ns per parallel_for");
+            }
+        }
+    }
+
     #[test]
     fn absurd_thread_counts_are_refused() {
         let e = ThreadPool::new(MAX_THREADS + 1).expect_err("must fail");

@@ -113,6 +113,30 @@ fn choose_mr(nv: usize) -> usize {
     }
 }
 
+/// Cycles of one reduction step of a micro-kernel tile of `rows` pixels × `nv` vectors: its
+/// `rows·nv` FMAs issue two per cycle, but each accumulator's FMA waits for the previous one
+/// (4 cycles of latency), so a tile of fewer than 8 accumulators still takes 4 cycles.
+fn tile_step_cycles(rows: usize, nv: usize) -> usize {
+    (rows * nv).div_ceil(2).max(4)
+}
+
+/// Cycles a micro-kernel call spends outside its reduction loop (accumulators loaded and
+/// stored, pixel pointers read), roughly.
+const TILE_CALL_CYCLES: usize = 30;
+
+/// The tile height (at most `mr`) that covers `count` pixels — full tiles plus one remainder
+/// tile — in the fewest cycles, for `steps` reduction steps per call (taps × input channels):
+/// 8 pixels as 4 + 4 rather than 6 + 2, 7 as 4 + 3 rather than 6 + 1. Ties keep the taller
+/// tile.
+fn row_tile(count: usize, mr: usize, nv: usize, steps: usize) -> usize {
+    let call = |rows: usize| steps * tile_step_cycles(rows, nv) + TILE_CALL_CYCLES;
+    let cost = |t: usize| {
+        let rem = count % t;
+        (count / t) * call(t) + if rem > 0 { call(rem) } else { 0 }
+    };
+    (1..=mr).rev().min_by_key(|&t| cost(t)).unwrap_or(mr)
+}
+
 fn round_up(x: usize, m: usize) -> usize {
     x.div_ceil(m) * m
 }
@@ -122,7 +146,7 @@ impl ConvPlan {
         let ic = i.channels;
         let nv = choose_nv(c.out_channels);
         let blocking = OcBlocking::new(c.out_channels, nv);
-        let mr = choose_mr(nv);
+        let mut mr = choose_mr(nv);
         let weight_off = wb.push(&pack_conv_weight(&c.weight, ic, c.kernel, &blocking));
         let bias_off = wb.push(&pack_bias(c.bias.as_deref().map(Vec::as_slice), &blocking));
         let prologue = c.prologue.as_ref().map(|a| AffineRef::pack(a, wb));
@@ -167,6 +191,8 @@ impl ConvPlan {
                 }
             }
             let n_owb = o.w.div_ceil(owb);
+            // The tile height for this row segment (a short last segment keeps it too).
+            mr = row_tile(owb, mr, nv, c.kernel[0] * c.kernel[1] * kc);
             (
                 Mode::Direct {
                     owb,
@@ -327,6 +353,27 @@ mod tests {
         assert!(plan(8, 342, 48, 1, 1).tasks() >= TARGET_TASKS);
         assert_eq!(target_tasks(0), 2);
         assert_eq!(target_tasks(usize::MAX / 2), TARGET_TASKS);
+    }
+
+    #[test]
+    fn short_rows_use_tiles_that_fill_the_pipeline() {
+        let steps = 9 * 48;
+        assert_eq!(row_tile(8, 6, 2, steps), 4);
+        assert_eq!(row_tile(7, 6, 2, steps), 4);
+        assert_eq!(row_tile(12, 6, 2, steps), 6);
+        assert_eq!(row_tile(32, 6, 2, steps), 4);
+        assert_eq!(row_tile(36, 6, 2, steps), 6);
+        assert_eq!(row_tile(3, 6, 2, steps), 6);
+        // With almost no reduction, the call overhead dominates: fewer, taller tiles.
+        assert_eq!(row_tile(32, 6, 2, 1), 6);
+        for count in 1..64 {
+            for (mr, nv) in [(12, 1), (6, 2), (4, 3), (3, 4)] {
+                let t = row_tile(count, mr, nv, steps);
+                assert!((1..=mr).contains(&t), "{count} {mr} {nv}");
+            }
+        }
+        // DenseNet-BC's 8x8 growth conv at batch 1: whole 8-pixel rows as two 4-pixel tiles.
+        assert_eq!(plan(8, 48, 12, 3, 1).mr, 4);
     }
 
     #[test]
