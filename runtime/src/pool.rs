@@ -34,6 +34,9 @@ const WORKER_STACK: usize = 8 << 20;
 /// Iterations a worker or the caller spins before blocking (tens of microseconds: long enough
 /// to bridge the gap between two kernels, short enough not to starve an oversubscribed core).
 const SPIN: u32 = 2_000;
+/// Of the `SPIN` iterations, those that only pause the core (a few microseconds), before
+/// the rest yield it.
+const SPIN_PAUSES: u32 = 256;
 /// Chunks per thread. The generated code splits a kernel into few, coarse tasks (about 16), so
 /// this makes a chunk one task: a thread preempted in the middle of a chunk (the machine may be
 /// shared) then holds up the others by one task at most, for one atomic add per task.
@@ -152,7 +155,7 @@ impl Shared {
                 && spins < SPIN
                 && !self.shutdown.load(Ordering::Relaxed)
             {
-                std::hint::spin_loop();
+                backoff(spins);
                 spins += 1;
             }
             if self.generation.load(Ordering::SeqCst) == seen {
@@ -202,7 +205,7 @@ impl Shared {
         IN_TASK.with(|t| t.set(false));
         let mut spins = 0;
         while self.pending.load(Ordering::Acquire) != 0 && spins < SPIN {
-            std::hint::spin_loop();
+            backoff(spins);
             spins += 1;
         }
         if self.pending.load(Ordering::SeqCst) != 0 {
@@ -213,6 +216,17 @@ impl Shared {
             }
             self.caller_sleeping.store(false, Ordering::SeqCst);
         }
+    }
+}
+
+/// One wait of a spinning thread: a pause at first, then yields of the core, so that a thread
+/// waiting for one that has been preempted (more threads than free cores: a loaded machine,
+/// or a session with more threads than cores) lets it run instead of burning its time slice.
+fn backoff(spins: u32) {
+    if spins < SPIN_PAUSES {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
     }
 }
 
