@@ -3,7 +3,7 @@
 
 use super::{ConvPlan, Mode};
 use crate::backend::cpu::codegen::{Cg, Result, LANES};
-use crate::backend::cpu::lower::{pixel_at, pixel_ptr, split_last, view_base, Env};
+use crate::backend::cpu::lower::{in_base, out_base, pixel_at, pixel_ptr, split_last, Env};
 use crate::backend::cpu::microkernel::{Microkernels, UkSpec};
 use crate::backend::BackendError;
 use inkwell::values::{IntValue, PointerValue};
@@ -62,7 +62,7 @@ impl ConvPlan {
             return Err(wrong_mode(self.mode));
         };
         let (iv, ov) = (&self.input, &self.output);
-        let (in_base, out_base) = (view_base(cg, env, iv)?, view_base(cg, env, ov)?);
+        let (in_base, out_base) = (in_base(cg, env, iv)?, out_base(cg, env, ov)?);
         let p0 = cg.mulc(mb, mc)?;
         let table = self.pixel_table(cg, count, |i| pixel_ptr(cg, out_base, ov, cg.add(p0, i)?))?;
         self.for_chunks(cg, |c0, kc, acc, relu| {
@@ -129,8 +129,8 @@ impl ConvPlan {
         let [sh, sw] = self.s;
         let ow0 = cg.mulc(owb_i, owb)?;
         let (iv, ov) = (&self.input, &self.output);
-        let img = cg.gep2(view_base(cg, env, iv)?, n_i, iv.image_stride())?;
-        let out0 = pixel_at(cg, view_base(cg, env, ov)?, ov, [n_i, oh_i, ow0])?;
+        let img = cg.gep2(in_base(cg, env, iv)?, n_i, iv.image_stride())?;
+        let out0 = pixel_at(cg, out_base(cg, env, ov)?, ov, [n_i, oh_i, ow0])?;
         let ih0 = cg.sub(cg.mulc(oh_i, sh)?, cg.c64(self.p[0]))?;
         let iw0 = cg.sub(cg.mulc(ow0, sw)?, cg.c64(self.p[1]))?;
         let span = (count - 1) * sw + kw;
