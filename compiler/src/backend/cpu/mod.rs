@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! [KernelDesc] ─plan─▶ Plan (tiling, tasks) + packed weights
-//!              ─emit─▶ LLVM module (task fn per kernel, dnc_run, …)
+//!              ─emit─▶ LLVM modules (a task body per kernel shape, a task
+//!                      fn per kernel calling it, dnc_run, …)
 //!              ─O3──▶ object file ─cc -shared─▶ .so
 //! ```
 //!
@@ -43,8 +44,9 @@
 //! reference libc's `memset`/`memcpy` if LLVM forms them) and has no global
 //! state: one loaded object serves any number of contexts concurrently.
 //! Weights and arena may be at any 4-byte alignment; 64 bytes is faster.
-//! Shapes, the batch size and arena offsets are compile-time constants: one
-//! shared object per (graph, batch), its arena at least
+//! Shapes, the batch size and arena offsets are compile-time constants (the
+//! offsets in each kernel's task function, the shapes in the body it calls,
+//! see `entry.rs`): one shared object per (graph, batch), its arena at least
 //! [`CompiledCpu::arena_bytes`] (with inputs placed by
 //! [`crate::backend::graph::kernels_of`], its `arena_bytes`).
 
