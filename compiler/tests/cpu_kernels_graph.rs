@@ -251,7 +251,10 @@ fn kernels_of_one_shape_share_a_body_and_match_the_reference() {
 
 /// What shapes a kernel's code, read from its description alone: the op
 /// and its geometry and flags, and the views at arena offset and channel
-/// offset 0 (independent of the backend's own `Shape`).
+/// offset 0 (independent of the backend's own `Shape`). A 1x1 conv (and a
+/// linear layer) takes its input channel count K at run time: of K only
+/// the panel's row stride (K up to the 256-channel chunk, rounded up to
+/// whole vectors) and the lanes of its last vector shape the code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Signature {
     op: &'static str,
@@ -281,11 +284,21 @@ fn signature(k: &KernelDesc) -> Signature {
         channel_offset: 0,
         ..*v
     };
+    let gemm = match &k.op {
+        KernelOp::Conv(c) => c.kernel == [1, 1] && c.stride == [1, 1] && c.padding == [0, 0],
+        KernelOp::Linear(_) => true,
+        _ => false,
+    };
+    let mut input = place(&k.input);
+    if gemm {
+        let ic = input.channels;
+        input.channels = ic.min(256).div_ceil(8) * 8 + 1000 * (ic % 8);
+    }
     Signature {
         op: k.op.mnemonic(),
         geometry,
         flags,
-        input: place(&k.input),
+        input,
         output: place(&k.output),
     }
 }
@@ -333,6 +346,23 @@ fn densenet121_has_one_body_per_distinct_kernel_shape() {
     );
     // 58 growth convs: Winograd at 56, 28 and 14, direct at 7.
     assert_eq!(winograd, 3);
+    // 58 bottlenecks: K = 64 + 32·i, one body per K below 256 (6 in block
+    // 1, 4 in block 2), one for the rest of each of blocks 2, 3 and 4.
+    let gemm = |name: &str| {
+        let mut b: Vec<&str> = kernels
+            .iter()
+            .zip(&bodies)
+            .filter(|(k, _)| k.name.contains(name) && k.name.ends_with("conv1"))
+            .map(|(_, b)| *b)
+            .collect();
+        b.sort_unstable();
+        b.dedup();
+        b.len()
+    };
+    assert_eq!(
+        [1, 2, 3, 4].map(|i| gemm(&format!("denseblock{i}."))),
+        [6, 5, 1, 1]
+    );
     assert_eq!(
         bodies.iter().filter(|b| b.ends_with("winograd")).count(),
         6 + 12 + 24

@@ -11,7 +11,7 @@
 //! kernels of a handful of shapes). The call costs once per task range.
 
 use super::codegen::{Cg, Result};
-use super::lower::{Bindings, Env, Plan, Shape};
+use super::lower::{Bindings, Env, KArgs, Plan, Shape};
 use super::microkernel::Microkernels;
 use super::schedule::Segment;
 use crate::backend::BackendError;
@@ -41,8 +41,9 @@ struct Abi<'ctx> {
     task_ty: FunctionType<'ctx>,
     pfor_ty: FunctionType<'ctx>,
     /// `void body(const float* weights, float* input, float* output,
-    /// i64 image0, i64 begin, i64 end)`: the weights and arena shifted by
-    /// the kernel's [`Bindings`].
+    /// i64 image0, i64 begin, i64 end, i64 k, i64 bias, i64 scale,
+    /// i64 shift)`: the weights and arena shifted by the kernel's
+    /// [`Bindings`], then its run-time K (`lower::KBind`, 0 where none).
     body_ty: FunctionType<'ctx>,
 }
 
@@ -148,7 +149,10 @@ pub(crate) fn emit_module<'ctx>(
         ext_ty: cg.ctx.struct_type(&[p, p, p, p, cg.i64.into()], false),
         task_ty: void.fn_type(&[pm, i64m, i64m], false),
         pfor_ty: void.fn_type(&[pm, pm, pm, i64m], false),
-        body_ty: void.fn_type(&[pm, pm, pm, i64m, i64m, i64m], false),
+        body_ty: void.fn_type(
+            &[pm, pm, pm, i64m, i64m, i64m, i64m, i64m, i64m, i64m],
+            false,
+        ),
     };
     let uks = Microkernels::default();
     let groups = groups_of(plans.len(), segments, batch);
@@ -242,6 +246,16 @@ fn emit_body<'ctx>(
         } else {
             None
         },
+        k: match shape.runtime_k {
+            Some(tail) => Some(KArgs {
+                ic: cg.param_int(f, 6)?,
+                bias: cg.param_int(f, 7)?,
+                scale: cg.param_int(f, 8)?,
+                shift: cg.param_int(f, 9)?,
+                tail,
+            }),
+            None => None,
+        },
     };
     let (begin, end) = (cg.param_int(f, 4)?, cg.param_int(f, 5)?);
     cg.for_range(begin, end, 1, |t| shape.emit_task(cg, uks, &env, t))?;
@@ -287,6 +301,10 @@ fn emit_task_fn<'ctx>(
         image0.into(),
         begin.into(),
         end.into(),
+        cg.c64(bind.k.ic).into(),
+        cg.c64(bind.k.bias).into(),
+        cg.c64(bind.k.scale).into(),
+        cg.c64(bind.k.shift).into(),
     ];
     cg.b.build_call(body, &args, "")?;
     cg.b.build_return(None)?;

@@ -48,6 +48,31 @@ pub(crate) struct Env<'ctx> {
     /// First image of the group a batch-tiled kernel runs on (`None`: the
     /// kernel was planned for the whole batch). See `schedule.rs`.
     pub image0: Option<IntValue<'ctx>>,
+    /// A GEMM conv's run-time K ([`KBind`]), if its shape has one.
+    pub k: Option<KArgs<'ctx>>,
+}
+
+/// The bindings of a GEMM conv whose input channel count is run-time
+/// (`ConvPlan::runtime_k`): K and the offsets, in the kernel's constants,
+/// of those packed after the weights (bias, prologue scale and shift).
+/// Zero for other kernels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct KBind {
+    pub ic: usize,
+    pub bias: usize,
+    pub scale: usize,
+    pub shift: usize,
+}
+
+/// [`KBind`] as the body's arguments, and the lanes of K's last vector
+/// (part of the shape; 0 for whole vectors).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KArgs<'ctx> {
+    pub ic: IntValue<'ctx>,
+    pub bias: IntValue<'ctx>,
+    pub scale: IntValue<'ctx>,
+    pub shift: IntValue<'ctx>,
+    pub tail: usize,
 }
 
 /// A packed per-channel affine: element offsets of its vectors in the
@@ -69,7 +94,8 @@ impl AffineRef {
     }
 
     /// `x * scale[c..c+8] + shift[c..c+8]`, then ReLU if asked. `c` is a
-    /// multiple of 8 below the padded length.
+    /// multiple of 8 below the padded length. In a body with a run-time K
+    /// ([`Env::k`], a GEMM conv's), the offsets are that binding's.
     pub fn apply<'ctx>(
         &self,
         cg: &Cg<'ctx>,
@@ -77,8 +103,15 @@ impl AffineRef {
         x: VectorValue<'ctx>,
         c: IntValue<'ctx>,
     ) -> Result<VectorValue<'ctx>> {
-        let s = cg.load_v(cg.gep(cg.gepc(env.weights, self.scale)?, c)?, LANES)?;
-        let t = cg.load_v(cg.gep(cg.gepc(env.weights, self.shift)?, c)?, LANES)?;
+        let (scale, shift) = match &env.k {
+            Some(k) => (cg.gep(env.weights, k.scale)?, cg.gep(env.weights, k.shift)?),
+            None => (
+                cg.gepc(env.weights, self.scale)?,
+                cg.gepc(env.weights, self.shift)?,
+            ),
+        };
+        let s = cg.load_v(cg.gep(scale, c)?, LANES)?;
+        let t = cg.load_v(cg.gep(shift, c)?, LANES)?;
         let y = cg.fma(x, s, t)?;
         if self.relu {
             cg.relu(y)
@@ -106,6 +139,9 @@ pub(crate) struct Plan {
 pub(crate) struct Shape {
     op: OpPlan,
     border: Option<BorderPlan>,
+    /// A GEMM conv whose K is a binding ([`KBind`]): the lanes of K's last
+    /// vector (0: whole vectors).
+    pub runtime_k: Option<usize>,
 }
 
 /// Where a kernel sits, in f32 elements: its first packed constant in the
@@ -117,6 +153,7 @@ pub(crate) struct Bindings {
     pub weights: usize,
     pub input: usize,
     pub output: usize,
+    pub k: KBind,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -191,7 +228,7 @@ impl Plan {
         let (i, o) = (&i, &o);
         let mut local = WeightsBuilder::default();
         let wl = &mut local;
-        let op = match &desc.op {
+        let mut op = match &desc.op {
             KernelOp::Conv(c) if WinogradPlan::applies(c, i, o) => {
                 OpPlan::Winograd(WinogradPlan::new(c, i, o, wl))
             }
@@ -204,15 +241,23 @@ impl Plan {
             }
             KernelOp::Affine(a) => OpPlan::Affine(AffinePlan::new(a, i, o, wl)),
         };
+        let (runtime_k, k) = match &mut op {
+            OpPlan::Conv(p) => p
+                .runtime_k()
+                .map_or((None, KBind::default()), |(tail, k)| (Some(tail), k)),
+            _ => (None, KBind::default()),
+        };
         Plan {
             shape: Shape {
                 op,
                 border: BorderPlan::new(o),
+                runtime_k,
             },
             bind: Bindings {
                 weights: append(wb, local),
                 input,
                 output,
+                k,
             },
         }
     }
