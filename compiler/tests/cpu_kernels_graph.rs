@@ -8,8 +8,9 @@
 
 mod cpu_kernels_support;
 
-use compiler::backend::cpu::{self, CpuOptions};
+use compiler::backend::cpu::{self, CompiledKernel, CpuOptions};
 use compiler::backend::graph::{kernels_of, GraphKernels};
+use compiler::backend::kernel::{Affine, KernelDesc, KernelOp, View};
 use compiler::builder::{build, ConfigOverrides, DenseNetConfig, Stem};
 use compiler::passes::optimize;
 use cpu_kernels_support::{Arena, Loaded, Pfor};
@@ -21,14 +22,14 @@ fn check(arch: &str, o: ConfigOverrides, batch: usize, seed: u64) -> usize {
 }
 
 /// [`check`] with a batch-tiling budget (`None`: the default), returning
-/// also the kernels' plans.
+/// also what was compiled for each kernel.
 fn check_with(
     arch: &str,
     o: ConfigOverrides,
     batch: usize,
     seed: u64,
     tile_bytes: Option<usize>,
-) -> (usize, Vec<String>) {
+) -> (usize, Vec<CompiledKernel>) {
     check_split(arch, o, batch, seed, tile_bytes, 0)
 }
 
@@ -41,7 +42,7 @@ fn check_split(
     seed: u64,
     tile_bytes: Option<usize>,
     codegen_threads: usize,
-) -> (usize, Vec<String>) {
+) -> (usize, Vec<CompiledKernel>) {
     let cfg = DenseNetConfig::resolve(Some(arch), &o).expect("config");
     let mut g = build(&cfg, batch).expect("build");
     compiler::weights::randomize(&mut g, seed);
@@ -114,10 +115,7 @@ fn check_split(
         "{arch}: kernel by kernel"
     );
     let bordered = kernels.iter().filter(|k| !k.output.is_flat()).count();
-    (
-        bordered,
-        compiled.kernels.iter().map(|k| k.plan.clone()).collect(),
-    )
+    (bordered, compiled.kernels)
 }
 
 #[test]
@@ -134,8 +132,11 @@ fn kernels_compiled_as_several_modules_link_and_match_the_reference() {
 
 /// Runs `check_with` and returns how many kernels ran in image groups.
 fn tiled(arch: &str, o: ConfigOverrides, batch: usize, tile_bytes: usize) -> usize {
-    let (_, plans) = check_with(arch, o, batch, 6, Some(tile_bytes));
-    plans.iter().filter(|p| p.contains(" groups of ")).count()
+    let (_, kernels) = check_with(arch, o, batch, 6, Some(tile_bytes));
+    kernels
+        .iter()
+        .filter(|k| k.plan.contains(" groups of "))
+        .count()
 }
 
 #[test]
@@ -212,4 +213,158 @@ fn planned_plain_densenet_runs_on_the_cpu_backend() {
 fn full_size_presets_within_tolerance() {
     check("densenet-bc-100", ConfigOverrides::default(), 2, 6);
     check("densenet121", ConfigOverrides::default(), 1, 7);
+}
+
+/// Kernels of one shape at different places (weights, input prefix,
+/// output slice) share one task body, across modules, and still compute
+/// the reference's result.
+#[test]
+fn kernels_of_one_shape_share_a_body_and_match_the_reference() {
+    let o = ConfigOverrides {
+        block_config: Some(vec![5, 5, 5]),
+        image_size: Some(16),
+        ..Default::default()
+    };
+    for threads in [1, 2] {
+        let (_, kernels) = check_split("densenet-bc-100", o.clone(), 1, 13, None, threads);
+        // The growth convs of a block (Winograd at 16x16, direct after)
+        // differ only in weights and output slice.
+        for block in 1..=3 {
+            let growth: Vec<&CompiledKernel> = kernels
+                .iter()
+                .filter(|k| k.name.contains(&format!("denseblock{block}")))
+                .filter(|k| k.name.contains("conv2"))
+                .collect();
+            assert_eq!(growth.len(), 5, "block {block}");
+            assert!(
+                growth.iter().all(|k| k.body == growth[0].body),
+                "block {block}: {:?}",
+                growth.iter().map(|k| &k.body).collect::<Vec<_>>()
+            );
+        }
+        let mut bodies: Vec<&str> = kernels.iter().map(|k| k.body.as_str()).collect();
+        bodies.sort_unstable();
+        bodies.dedup();
+        assert!(bodies.len() < kernels.len() - 10, "{bodies:?}");
+    }
+}
+
+/// What shapes a kernel's code, read from its description alone: the op
+/// and its geometry and flags, and the views at arena offset and channel
+/// offset 0 (independent of the backend's own `Shape`). A 1x1 conv (and a
+/// linear layer) takes its input channel count K at run time: of K only
+/// the panel's row stride (K up to the 256-channel chunk, rounded up to
+/// whole vectors) and the lanes of its last vector shape the code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Signature {
+    op: &'static str,
+    geometry: Vec<usize>,
+    flags: Vec<bool>,
+    input: View,
+    output: View,
+}
+
+fn signature(k: &KernelDesc) -> Signature {
+    let aff = |a: &Option<Affine>| [a.is_some(), a.as_ref().is_some_and(|a| a.relu)];
+    let (geometry, flags) = match &k.op {
+        KernelOp::Conv(c) => (
+            [[c.out_channels, 0], c.kernel, c.stride, c.padding].concat(),
+            [[c.bias.is_some(), c.relu], aff(&c.prologue)].concat(),
+        ),
+        KernelOp::MaxPool(p) | KernelOp::AvgPool(p) => (
+            [p.kernel, p.stride, p.padding].concat(),
+            aff(&p.prologue).to_vec(),
+        ),
+        KernelOp::GlobalAvgPool { prologue } => (vec![], aff(prologue).to_vec()),
+        KernelOp::Linear(l) => (vec![l.out_features], vec![l.bias.is_some(), l.relu]),
+        KernelOp::Affine(a) => (vec![], vec![a.relu]),
+    };
+    let place = |v: &View| View {
+        offset: 0,
+        channel_offset: 0,
+        ..*v
+    };
+    let gemm = match &k.op {
+        KernelOp::Conv(c) => c.kernel == [1, 1] && c.stride == [1, 1] && c.padding == [0, 0],
+        KernelOp::Linear(_) => true,
+        _ => false,
+    };
+    let mut input = place(&k.input);
+    if gemm {
+        let ic = input.channels;
+        input.channels = ic.min(256).div_ceil(8) * 8 + 1000 * (ic % 8);
+    }
+    Signature {
+        op: k.op.mnemonic(),
+        geometry,
+        flags,
+        input,
+        output: place(&k.output),
+    }
+}
+
+/// DenseNet-121 compiles one task body per distinct kernel shape: kernels
+/// share a body exactly when their descriptions agree but for places.
+#[test]
+fn densenet121_has_one_body_per_distinct_kernel_shape() {
+    let cfg =
+        DenseNetConfig::resolve(Some("densenet121"), &ConfigOverrides::default()).expect("config");
+    let mut g = build(&cfg, 1).expect("build");
+    compiler::weights::randomize(&mut g, 1);
+    optimize(&mut g, true).expect("pipeline");
+    let GraphKernels {
+        kernels, outputs, ..
+    } = kernels_of(&g).expect("kernels");
+    let opts = CpuOptions {
+        live_out: outputs,
+        ..CpuOptions::default()
+    };
+    let compiled = cpu::compile(&kernels, &opts).expect("compile");
+    let sigs: Vec<Signature> = kernels.iter().map(signature).collect();
+    let bodies: Vec<&str> = compiled.kernels.iter().map(|k| k.body.as_str()).collect();
+    for i in 0..kernels.len() {
+        for j in 0..i {
+            assert_eq!(
+                sigs[i] == sigs[j],
+                bodies[i] == bodies[j],
+                "{} ({}) and {} ({})",
+                kernels[i].name,
+                bodies[i],
+                kernels[j].name,
+                bodies[j]
+            );
+        }
+    }
+    let mut distinct = bodies.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let winograd = distinct.iter().filter(|b| b.ends_with("winograd")).count();
+    println!(
+        "densenet121: {} kernels, {} bodies ({winograd} Winograd)",
+        kernels.len(),
+        distinct.len()
+    );
+    // 58 growth convs: Winograd at 56, 28 and 14, direct at 7.
+    assert_eq!(winograd, 3);
+    // 58 bottlenecks: K = 64 + 32·i, one body per K below 256 (6 in block
+    // 1, 4 in block 2), one for the rest of each of blocks 2, 3 and 4.
+    let gemm = |name: &str| {
+        let mut b: Vec<&str> = kernels
+            .iter()
+            .zip(&bodies)
+            .filter(|(k, _)| k.name.contains(name) && k.name.ends_with("conv1"))
+            .map(|(_, b)| *b)
+            .collect();
+        b.sort_unstable();
+        b.dedup();
+        b.len()
+    };
+    assert_eq!(
+        [1, 2, 3, 4].map(|i| gemm(&format!("denseblock{i}."))),
+        [6, 5, 1, 1]
+    );
+    assert_eq!(
+        bodies.iter().filter(|b| b.ends_with("winograd")).count(),
+        6 + 12 + 24
+    );
 }

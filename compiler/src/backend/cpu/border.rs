@@ -11,7 +11,7 @@ use super::lower::{group_base, Env};
 use crate::backend::kernel::View;
 use inkwell::values::{IntValue, PointerValue};
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) struct BorderPlan {
     view: View,
 }
@@ -32,11 +32,8 @@ impl BorderPlan {
         let [bh, bw] = v.border;
         let (rows, cols) = (v.h + 2 * bh, v.w + 2 * bw);
         // Stored pixel (0, 0) of image n, first channel of the view.
-        let image = cg.gep2(
-            cg.gepc(group_base(cg, env, v)?, v.offset / 4 + v.channel_offset)?,
-            n,
-            v.image_stride(),
-        )?;
+        // (The view is normalised: offset and channel offset are 0.)
+        let image = cg.gep2(group_base(cg, env, env.output, v)?, n, v.image_stride())?;
         cg.for_n(rows, |r| {
             let row = cg.gep2(image, r, v.row_stride())?;
             let inner = cg.in_range(r, bh, bh + v.h)?;

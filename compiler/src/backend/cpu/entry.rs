@@ -1,9 +1,17 @@
 //! The generated module's entry points: one task function per kernel, the
 //! `dnc_run` schedule that hands each to the runtime's parallel-for, and a
 //! few metadata functions. See [`super`] for the ABI contract.
+//!
+//! A kernel's task function is a small wrapper: it turns the context into
+//! the kernel's [`Bindings`] (its constants' and views' places) and calls
+//! the task *body* of its [`Shape`], which kernels of equal shape share
+//! ([`Bodies`]). Bodies are `noinline`: inlined into every wrapper, each
+//! kernel would again carry its own copy, which is what sharing saves
+//! (LLVM's work follows the code emitted; DenseNet-121 has 58 Winograd
+//! kernels of a handful of shapes). The call costs once per task range.
 
 use super::codegen::{Cg, Result};
-use super::lower::{Env, Plan};
+use super::lower::{Bindings, Env, KArgs, Plan, Shape};
 use super::microkernel::Microkernels;
 use super::schedule::Segment;
 use crate::backend::BackendError;
@@ -11,6 +19,7 @@ use inkwell::module::Linkage;
 use inkwell::types::{FunctionType, StructType};
 use inkwell::values::{FunctionValue, PointerValue};
 use inkwell::GlobalVisibility;
+use std::collections::HashMap;
 
 /// Version of the generated-code ABI (`dnc_abi_version()`).
 pub const ABI_VERSION: u32 = 1;
@@ -31,6 +40,11 @@ struct Abi<'ctx> {
     ext_ty: StructType<'ctx>,
     task_ty: FunctionType<'ctx>,
     pfor_ty: FunctionType<'ctx>,
+    /// `void body(const float* weights, float* input, float* output,
+    /// i64 image0, i64 begin, i64 end, i64 k, i64 bias, i64 scale,
+    /// i64 shift)`: the weights and arena shifted by the kernel's
+    /// [`Bindings`], then its run-time K (`lower::KBind`, 0 where none).
+    body_ty: FunctionType<'ctx>,
 }
 
 /// How kernel `i` runs: `groups` image groups of `chunk` images (one group
@@ -45,7 +59,8 @@ pub(crate) struct Groups {
 /// several modules that LLVM optimises and compiles on parallel threads;
 /// the *main* module also holds the exported entry points, which call the
 /// other modules' task functions (external, hidden from the shared
-/// object's dynamic symbols).
+/// object's dynamic symbols). A module emits the body of each of its
+/// kernels (once per module, internal).
 #[derive(Debug, Clone)]
 pub(crate) struct ModulePart {
     /// Indices into the plans, ascending.
@@ -61,32 +76,14 @@ pub(crate) fn task_symbol(i: usize, name: &str) -> String {
     format!("dnc_k{i}_{}", sanitize(name))
 }
 
-/// Emit the task functions of `part`'s kernels and, in the main module,
-/// the exported entry points. `segments` cover `plans` in order (see
-/// `schedule.rs`).
-pub(crate) fn emit_module<'ctx>(
-    cg: &Cg<'ctx>,
-    plans: &[(String, Plan)],
-    segments: &[Segment],
-    batch: usize,
-    part: &ModulePart,
-) -> Result<()> {
-    let p = cg.ptr.into();
-    let void = cg.ctx.void_type();
-    let pm: inkwell::types::BasicMetadataTypeEnum = cg.ptr.into();
-    let abi = Abi {
-        ctx_ty: cg.ctx.struct_type(&[p, p, p, p], false),
-        ext_ty: cg.ctx.struct_type(&[p, p, p, p, cg.i64.into()], false),
-        task_ty: void.fn_type(&[pm, cg.i64.into(), cg.i64.into()], false),
-        pfor_ty: void.fn_type(&[pm, pm, pm, cg.i64.into()], false),
-    };
-    let uks = Microkernels::default();
+/// How each kernel of a segmented schedule runs (see [`Groups`]).
+pub(crate) fn groups_of(n_plans: usize, segments: &[Segment], batch: usize) -> Vec<Groups> {
     let mut groups = vec![
         Groups {
             groups: 1,
             chunk: batch
         };
-        plans.len()
+        n_plans
     ];
     for s in segments {
         for g in &mut groups[s.start..s.end] {
@@ -96,15 +93,89 @@ pub(crate) fn emit_module<'ctx>(
             };
         }
     }
+    groups
+}
+
+/// The task bodies: one per distinct (shape, batch-tiled) pair, numbered in
+/// kernel order of first use.
+#[derive(Debug, Clone)]
+pub(crate) struct Bodies {
+    /// Body of each kernel.
+    pub of: Vec<usize>,
+    /// Symbol of each body.
+    pub symbols: Vec<String>,
+}
+
+impl Bodies {
+    pub fn new(plans: &[(String, Plan)], groups: &[Groups]) -> Bodies {
+        let mut keys: Vec<(&Shape, bool)> = Vec::new();
+        let mut symbols = Vec::new();
+        let of = plans
+            .iter()
+            .zip(groups)
+            .map(|((_, plan), g)| {
+                let key = (&plan.shape, g.groups > 1);
+                match keys.iter().position(|k| *k == key) {
+                    Some(b) => b,
+                    None => {
+                        keys.push(key);
+                        symbols.push(format!("dnc_b{}_{}", keys.len() - 1, plan.kind()));
+                        keys.len() - 1
+                    }
+                }
+            })
+            .collect();
+        Bodies { of, symbols }
+    }
+}
+
+/// Emit the task functions (and their bodies) of `part`'s kernels and, in
+/// the main module, the exported entry points. `segments` cover `plans` in
+/// order (see `schedule.rs`).
+pub(crate) fn emit_module<'ctx>(
+    cg: &Cg<'ctx>,
+    plans: &[(String, Plan)],
+    segments: &[Segment],
+    batch: usize,
+    bodies: &Bodies,
+    part: &ModulePart,
+) -> Result<()> {
+    let p = cg.ptr.into();
+    let void = cg.ctx.void_type();
+    let pm: inkwell::types::BasicMetadataTypeEnum = cg.ptr.into();
+    let i64m: inkwell::types::BasicMetadataTypeEnum = cg.i64.into();
+    let abi = Abi {
+        ctx_ty: cg.ctx.struct_type(&[p, p, p, p], false),
+        ext_ty: cg.ctx.struct_type(&[p, p, p, p, cg.i64.into()], false),
+        task_ty: void.fn_type(&[pm, i64m, i64m], false),
+        pfor_ty: void.fn_type(&[pm, pm, pm, i64m], false),
+        body_ty: void.fn_type(
+            &[pm, pm, pm, i64m, i64m, i64m, i64m, i64m, i64m, i64m],
+            false,
+        ),
+    };
+    let uks = Microkernels::default();
+    let groups = groups_of(plans.len(), segments, batch);
     let mut tasks: Vec<Option<FunctionValue<'ctx>>> = vec![None; plans.len()];
+    let mut emitted: HashMap<usize, FunctionValue<'ctx>> = HashMap::new();
     for &i in &part.kernels {
         let (name, plan) = &plans[i];
+        let b = bodies.of[i];
+        let body = match emitted.get(&b) {
+            Some(f) => *f,
+            None => {
+                let tiled = groups[i].groups > 1;
+                let f = emit_body(cg, &abi, &uks, &bodies.symbols[b], &plan.shape, tiled)?;
+                emitted.insert(b, f);
+                f
+            }
+        };
         let f = emit_task_fn(
             cg,
             &abi,
-            &uks,
             &task_symbol(i, name),
-            plan,
+            body,
+            plan.bind,
             groups[i],
             part.split,
         )?;
@@ -145,13 +216,61 @@ fn load_field<'ctx>(
     Ok(cg.b.build_load(cg.ptr, p, "")?.into_pointer_value())
 }
 
-/// `void k(const dnc_ctx* ctx, i64 begin, i64 end)`: tasks `[begin, end)`.
-fn emit_task_fn<'ctx>(
+/// The shared body of `shape`: tasks `[begin, end)` of any kernel of that
+/// shape, placed by its arguments.
+fn emit_body<'ctx>(
     cg: &Cg<'ctx>,
     abi: &Abi<'ctx>,
     uks: &Microkernels<'ctx>,
     symbol: &str,
-    plan: &Plan,
+    shape: &Shape,
+    tiled: bool,
+) -> Result<FunctionValue<'ctx>> {
+    let f = cg.function(symbol, abi.body_ty, Linkage::Internal);
+    cg.noinline(f);
+    let scratch = match shape.scratch_floats() {
+        0 => None,
+        n => {
+            let len = u32::try_from(n)
+                .map_err(|_| BackendError::Codegen(format!("scratch of {n} floats")))?;
+            Some(cg.entry_alloca(cg.f32.array_type(len).into(), "panel")?)
+        }
+    };
+    let env = Env {
+        weights: cg.param_ptr(f, 0)?,
+        input: cg.param_ptr(f, 1)?,
+        output: cg.param_ptr(f, 2)?,
+        scratch,
+        image0: if tiled {
+            Some(cg.param_int(f, 3)?)
+        } else {
+            None
+        },
+        k: match shape.runtime_k {
+            Some(tail) => Some(KArgs {
+                ic: cg.param_int(f, 6)?,
+                bias: cg.param_int(f, 7)?,
+                scale: cg.param_int(f, 8)?,
+                shift: cg.param_int(f, 9)?,
+                tail,
+            }),
+            None => None,
+        },
+    };
+    let (begin, end) = (cg.param_int(f, 4)?, cg.param_int(f, 5)?);
+    cg.for_range(begin, end, 1, |t| shape.emit_task(cg, uks, &env, t))?;
+    cg.b.build_return(None)?;
+    Ok(f)
+}
+
+/// `void k(const dnc_ctx* ctx, i64 begin, i64 end)`: tasks `[begin, end)`,
+/// by a call of the kernel's body with its bindings.
+fn emit_task_fn<'ctx>(
+    cg: &Cg<'ctx>,
+    abi: &Abi<'ctx>,
+    symbol: &str,
+    body: FunctionValue<'ctx>,
+    bind: Bindings,
     groups: Groups,
     shared: bool,
 ) -> Result<FunctionValue<'ctx>> {
@@ -167,26 +286,27 @@ fn emit_task_fn<'ctx>(
     }
     let ctx = cg.param_ptr(f, 0)?;
     let (begin, end) = (cg.param_int(f, 1)?, cg.param_int(f, 2)?);
-    let scratch = match plan.scratch_floats() {
-        0 => None,
-        n => {
-            let len = u32::try_from(n)
-                .map_err(|_| BackendError::Codegen(format!("scratch of {n} floats")))?;
-            Some(cg.entry_alloca(cg.f32.array_type(len).into(), "panel")?)
-        }
+    let weights = cg.gepc(load_field(cg, abi, ctx, 0)?, bind.weights)?;
+    let arena = load_field(cg, abi, ctx, 1)?;
+    let image0 = if groups.groups > 1 {
+        let p = cg.b.build_struct_gep(abi.ext_ty, ctx, 4, "")?;
+        cg.b.build_load(cg.i64, p, "image0")?.into_int_value()
+    } else {
+        cg.c64(0)
     };
-    let env = Env {
-        weights: load_field(cg, abi, ctx, 0)?,
-        arena: load_field(cg, abi, ctx, 1)?,
-        scratch,
-        image0: if groups.groups > 1 {
-            let p = cg.b.build_struct_gep(abi.ext_ty, ctx, 4, "")?;
-            Some(cg.b.build_load(cg.i64, p, "image0")?.into_int_value())
-        } else {
-            None
-        },
-    };
-    cg.for_range(begin, end, 1, |t| plan.emit_task(cg, uks, &env, t))?;
+    let args = [
+        weights.into(),
+        cg.gepc(arena, bind.input)?.into(),
+        cg.gepc(arena, bind.output)?.into(),
+        image0.into(),
+        begin.into(),
+        end.into(),
+        cg.c64(bind.k.ic).into(),
+        cg.c64(bind.k.bias).into(),
+        cg.c64(bind.k.scale).into(),
+        cg.c64(bind.k.shift).into(),
+    ];
+    cg.b.build_call(body, &args, "")?;
     cg.b.build_return(None)?;
     Ok(f)
 }

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! [KernelDesc] ─plan─▶ Plan (tiling, tasks) + packed weights
-//!              ─emit─▶ LLVM module (task fn per kernel, dnc_run, …)
+//!              ─emit─▶ LLVM modules (a task body per kernel shape, a task
+//!                      fn per kernel calling it, dnc_run, …)
 //!              ─O3──▶ object file ─cc -shared─▶ .so
 //! ```
 //!
@@ -43,8 +44,9 @@
 //! reference libc's `memset`/`memcpy` if LLVM forms them) and has no global
 //! state: one loaded object serves any number of contexts concurrently.
 //! Weights and arena may be at any 4-byte alignment; 64 bytes is faster.
-//! Shapes, the batch size and arena offsets are compile-time constants: one
-//! shared object per (graph, batch), its arena at least
+//! Shapes, the batch size and arena offsets are compile-time constants (the
+//! offsets in each kernel's task function, the shapes in the body it calls,
+//! see `entry.rs`): one shared object per (graph, batch), its arena at least
 //! [`CompiledCpu::arena_bytes`] (with inputs placed by
 //! [`crate::backend::graph::kernels_of`], its `arena_bytes`).
 
@@ -126,6 +128,9 @@ pub struct CompiledKernel {
     pub name: String,
     /// The task function's symbol (local to the shared object).
     pub symbol: String,
+    /// The task body the task function calls, shared by every kernel of
+    /// the same shape (`lower::Shape`).
+    pub body: String,
     /// Tasks handed to `parallel_for`.
     pub tasks: usize,
     pub macs: u64,
@@ -155,8 +160,8 @@ pub struct CompiledCpu {
 impl CompiledCpu {
     /// Write the inspectable artefacts into `dir` (for `--dump-dir`):
     /// `cpu-before-opt.ll`, `cpu-after-opt.ll`, `cpu.s` when assembly was
-    /// asked for, and `cpu-kernels.txt` (target, then per kernel its tasks,
-    /// MACs and tiling plan).
+    /// asked for, and `cpu-kernels.txt` (target, then per kernel its task
+    /// body, tasks, MACs and tiling plan).
     pub fn dump(&self, dir: &std::path::Path) -> Result<(), BackendError> {
         let write = |name: &str, text: &str| {
             let path = dir.join(name);
@@ -180,8 +185,8 @@ impl CompiledCpu {
         );
         for (i, k) in self.kernels.iter().enumerate() {
             table.push_str(&format!(
-                "{i:4} {} tasks={} macs={} {}\n",
-                k.symbol, k.tasks, k.macs, k.plan
+                "{i:4} {} body={} tasks={} macs={} {}\n",
+                k.symbol, k.body, k.tasks, k.macs, k.plan
             ));
         }
         write("cpu-kernels.txt", &table)
@@ -201,40 +206,63 @@ struct ModuleOutput {
 const MIN_KERNELS_PER_MODULE: usize = 16;
 
 /// Split the kernels into modules compiled in parallel: up to `threads`
-/// (0 = one per core) contiguous runs of similar estimated LLVM work.
-/// Module 0 is the main one.
-fn module_parts(plans: &[(String, Plan)], threads: usize) -> Vec<entry::ModulePart> {
+/// (0 = one per core) of similar estimated LLVM work. Module 0 is the main
+/// one.
+///
+/// A body's users go to the same module, so each body is emitted once in
+/// all: emitting it in every module that uses it would compile it again
+/// there, and a body (a Winograd one especially) is worth tens of
+/// wrappers. The unit placed is thus a body with its users, costing the
+/// body (`Plan::codegen_cost`) plus a wrapper per user; the units are
+/// placed largest first, each on the least loaded module (LPT), which
+/// keeps the modules within about one body of each other. Modules need
+/// not hold contiguous kernels: the main module declares the others' task
+/// functions.
+fn module_parts(
+    plans: &[(String, Plan)],
+    bodies: &entry::Bodies,
+    threads: usize,
+) -> Vec<entry::ModulePart> {
     let threads = match threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
+    let n_bodies = bodies.symbols.len();
     let n = threads
         .min(plans.len() / MIN_KERNELS_PER_MODULE)
+        .min(n_bodies)
         .clamp(1, 16);
-    // LLVM's time follows the code emitted (`Plan::codegen_cost`).
-    let cost: Vec<usize> = plans.iter().map(|(_, p)| p.codegen_cost()).collect();
-    let total: usize = cost.iter().sum();
-    let mut parts: Vec<entry::ModulePart> = Vec::with_capacity(n);
-    let mut acc = 0;
-    let mut current = Vec::new();
-    for (i, c) in cost.iter().enumerate() {
-        current.push(i);
-        acc += c;
-        let boundary = total * (parts.len() + 1) / n;
-        if acc >= boundary && parts.len() + 1 < n {
-            parts.push(entry::ModulePart {
-                kernels: std::mem::take(&mut current),
-                main: parts.is_empty(),
-                split: n > 1,
-            });
+    let mut cost = vec![0; n_bodies];
+    let mut users = vec![Vec::new(); n_bodies];
+    for (i, (_, plan)) in plans.iter().enumerate() {
+        let b = bodies.of[i];
+        if users[b].is_empty() {
+            cost[b] += plan.codegen_cost();
         }
+        cost[b] += lower::WRAPPER_COST;
+        users[b].push(i);
     }
-    parts.push(entry::ModulePart {
-        kernels: current,
-        main: parts.is_empty(),
-        split: n > 1,
-    });
-    parts
+    let mut order: Vec<usize> = (0..n_bodies).collect();
+    order.sort_by_key(|&b| (std::cmp::Reverse(cost[b]), b));
+    let mut load = vec![0; n];
+    let mut kernels: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for b in order {
+        let m = (0..n).min_by_key(|&m| (load[m], m)).unwrap_or(0);
+        load[m] += cost[b];
+        kernels[m].extend(&users[b]);
+    }
+    kernels
+        .into_iter()
+        .enumerate()
+        .map(|(m, mut ks)| {
+            ks.sort_unstable();
+            entry::ModulePart {
+                kernels: ks,
+                main: m == 0,
+                split: n > 1,
+            }
+        })
+        .collect()
 }
 
 /// Emit, verify, optimise and compile one module to an object file.
@@ -242,6 +270,7 @@ fn compile_module(
     plans: &[(String, Plan)],
     segments: &[schedule::Segment],
     batch: usize,
+    bodies: &entry::Bodies,
     part: &entry::ModulePart,
     target: &TargetInfo,
     opts: &CpuOptions,
@@ -252,7 +281,7 @@ fn compile_module(
     cg.module.set_triple(&machine.get_triple());
     cg.module
         .set_data_layout(&machine.get_target_data().get_data_layout());
-    entry::emit_module(&cg, plans, segments, batch, part)?;
+    entry::emit_module(&cg, plans, segments, batch, bodies, part)?;
     cg.module
         .verify()
         .map_err(|e| BackendError::Codegen(format!("invalid module: {e}")))?;
@@ -345,13 +374,17 @@ pub fn compile(kernels: &[KernelDesc], opts: &CpuOptions) -> Result<CompiledCpu,
         }
     }
 
-    let parts = module_parts(&plans, opts.codegen_threads);
+    let groups = entry::groups_of(plans.len(), &segments, batch);
+    let bodies = entry::Bodies::new(&plans, &groups);
+    let parts = module_parts(&plans, &bodies, opts.codegen_threads);
     let outputs: Vec<Result<ModuleOutput, BackendError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = parts
             .iter()
             .map(|part| {
-                let (plans, segments, target) = (&plans, &segments, &target);
-                scope.spawn(move || compile_module(plans, segments, batch, part, target, opts))
+                let (plans, segments, bodies, target) = (&plans, &segments, &bodies, &target);
+                scope.spawn(move || {
+                    compile_module(plans, segments, batch, bodies, part, target, opts)
+                })
             })
             .collect();
         handles
@@ -387,17 +420,17 @@ pub fn compile(kernels: &[KernelDesc], opts: &CpuOptions) -> Result<CompiledCpu,
         .flat_map(|k| [k.input.end_bytes(), k.output.end_bytes()])
         .max()
         .unwrap_or(0);
-    let seg_of = |i: usize| segments.iter().find(|s| (s.start..s.end).contains(&i));
     let compiled = kernels
         .iter()
         .zip(&plans)
         .zip(symbols)
         .enumerate()
         .map(|(i, ((k, (_, plan)), symbol))| {
-            let (groups, chunk) = seg_of(i).map_or((1, batch), |s| (s.groups(batch), s.chunk));
+            let entry::Groups { groups, chunk } = groups[i];
             CompiledKernel {
                 name: k.name.clone(),
                 symbol,
+                body: bodies.symbols[bodies.of[i]].clone(),
                 tasks: plan.tasks() * groups,
                 macs: k.macs(),
                 plan: if groups > 1 {

@@ -5,7 +5,9 @@
 //! (with the divisor counting them) zero padding for average.
 
 use super::codegen::{Cg, Result, LANES};
-use super::lower::{pixel_at, pixel_ptr, split_last, view_base, AffineRef, Env, TARGET_TASKS};
+use super::lower::{
+    in_base, out_base, pixel_at, pixel_ptr, split_last, AffineRef, Env, TARGET_TASKS,
+};
 use super::pack::WeightsBuilder;
 use crate::backend::kernel::{Affine, PoolKernel, View};
 use inkwell::values::{IntValue, PointerValue, VectorValue};
@@ -18,7 +20,7 @@ const AFFINE_BLOCK_MAX: usize = 256;
 const GAP_CHUNK: usize = 8 * LANES;
 
 /// One output row per task.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) struct PoolPlan {
     max: bool,
     n: usize,
@@ -61,8 +63,8 @@ impl PoolPlan {
     pub fn emit_task<'ctx>(&self, cg: &Cg<'ctx>, env: &Env<'ctx>, t: IntValue<'ctx>) -> Result<()> {
         let (n_i, oh_i) = cg.divrem(t, self.oh)?;
         let (iv, ov) = (&self.input, &self.output);
-        let img = cg.gep2(view_base(cg, env, iv)?, n_i, iv.image_stride())?;
-        let out_row = pixel_at(cg, view_base(cg, env, ov)?, ov, [n_i, oh_i, cg.c64(0)])?;
+        let img = cg.gep2(in_base(cg, env, iv)?, n_i, iv.image_stride())?;
+        let out_row = pixel_at(cg, out_base(cg, env, ov)?, ov, [n_i, oh_i, cg.c64(0)])?;
         let ih0 = cg.sub(cg.mulc(oh_i, self.s[0])?, cg.c64(self.p[0]))?;
         let init = cg.splat_c(if self.max { f32::NEG_INFINITY } else { 0.0 });
         let scale = cg.splat_c(1.0 / (self.k[0] * self.k[1]) as f32);
@@ -138,7 +140,7 @@ fn load_prologue<'ctx>(
 }
 
 /// One image × one chunk of 64 channels per task.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) struct GapPlan {
     input: View,
     output: View,
@@ -165,8 +167,8 @@ impl GapPlan {
         let hw = i.h * i.w;
         let (n_i, ch) = cg.divrem(t, self.chunks)?;
         let c0 = cg.mulc(ch, GAP_CHUNK)?;
-        let img = cg.gep(cg.gep2(view_base(cg, env, i)?, n_i, i.image_stride())?, c0)?;
-        let dst = cg.gep(cg.gep2(view_base(cg, env, o)?, n_i, o.image_stride())?, c0)?;
+        let img = cg.gep(cg.gep2(in_base(cg, env, i)?, n_i, i.image_stride())?, c0)?;
+        let dst = cg.gep(cg.gep2(out_base(cg, env, o)?, n_i, o.image_stride())?, c0)?;
         let last = i.channels - (self.chunks - 1) * GAP_CHUNK;
         split_last(cg, ch, self.chunks, GAP_CHUNK, last, |count| {
             let nvec = count.div_ceil(LANES);
@@ -199,7 +201,7 @@ impl GapPlan {
 }
 
 /// A block of pixels per task; in place when input and output views agree.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) struct AffinePlan {
     input: View,
     output: View,
@@ -227,7 +229,7 @@ impl AffinePlan {
 
     pub fn emit_task<'ctx>(&self, cg: &Cg<'ctx>, env: &Env<'ctx>, t: IntValue<'ctx>) -> Result<()> {
         let (i, o) = (&self.input, &self.output);
-        let (in_base, out_base) = (view_base(cg, env, i)?, view_base(cg, env, o)?);
+        let (in_base, out_base) = (in_base(cg, env, i)?, out_base(cg, env, o)?);
         let p0 = cg.mulc(t, self.block)?;
         let last = i.pixels() - (self.blocks - 1) * self.block;
         split_last(cg, t, self.blocks, self.block, last, |count| {

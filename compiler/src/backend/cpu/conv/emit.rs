@@ -3,10 +3,11 @@
 
 use super::{ConvPlan, Mode};
 use crate::backend::cpu::codegen::{Cg, Result, LANES};
-use crate::backend::cpu::lower::{pixel_at, pixel_ptr, split_last, view_base, Env};
+use crate::backend::cpu::lower::{in_base, out_base, pixel_at, pixel_ptr, split_last, Env, KBind};
 use crate::backend::cpu::microkernel::{Microkernels, UkSpec};
 use crate::backend::BackendError;
 use inkwell::values::{IntValue, PointerValue};
+use inkwell::IntPredicate;
 
 fn scratch<'ctx>(env: &Env<'ctx>) -> Result<PointerValue<'ctx>> {
     env.scratch
@@ -17,7 +18,53 @@ fn wrong_mode(mode: Mode) -> BackendError {
     BackendError::Codegen(format!("convolution emitter called for {mode:?}"))
 }
 
+/// Input channels of one chunk: a constant, or a run-time value when the
+/// GEMM's K is a binding ([`ConvPlan::runtime_k`]).
+#[derive(Clone, Copy)]
+enum Kc<'ctx> {
+    Const(usize),
+    Runtime(IntValue<'ctx>),
+}
+
+impl<'ctx> Kc<'ctx> {
+    fn value(self, cg: &Cg<'ctx>) -> IntValue<'ctx> {
+        match self {
+            Kc::Const(kc) => cg.c64(kc),
+            Kc::Runtime(kc) => kc,
+        }
+    }
+}
+
 impl ConvPlan {
+    /// A GEMM's input channel count, and the offsets of the constants
+    /// packed after the weights (which follow from it), taken out of the
+    /// plan as bindings, so the 1x1 convs of a dense block, which differ
+    /// only in K, share a body. What K still shapes stays: the panel's row
+    /// stride (`kcp`, so the panel layout is the one a constant K gets) and
+    /// the lanes of the last channel vector (returned). `None` for a direct
+    /// conv.
+    pub(crate) fn runtime_k(&mut self) -> Option<(usize, KBind)> {
+        if !matches!(self.mode, Mode::Gemm { .. }) || self.weight_off != 0 {
+            return None;
+        }
+        let bind = KBind {
+            ic: self.ic,
+            bias: self.bias_off,
+            scale: self.prologue.map_or(0, |a| a.scale),
+            shift: self.prologue.map_or(0, |a| a.shift),
+        };
+        let tail = self.ic % LANES;
+        self.ic = 0;
+        self.kc = 0;
+        self.input.channels = 0;
+        self.bias_off = 0;
+        if let Some(a) = &mut self.prologue {
+            a.scale = 0;
+            a.shift = 0;
+        }
+        Some((tail, bind))
+    }
+
     /// Task `t` is (pixel block or row segment, output-channel group), the
     /// group fastest.
     pub fn emit_task<'ctx>(
@@ -62,16 +109,16 @@ impl ConvPlan {
             return Err(wrong_mode(self.mode));
         };
         let (iv, ov) = (&self.input, &self.output);
-        let (in_base, out_base) = (view_base(cg, env, iv)?, view_base(cg, env, ov)?);
+        let (in_base, out_base) = (in_base(cg, env, iv)?, out_base(cg, env, ov)?);
         let p0 = cg.mulc(mb, mc)?;
         let table = self.pixel_table(cg, count, |i| pixel_ptr(cg, out_base, ov, cg.add(p0, i)?))?;
-        self.for_chunks(cg, |c0, kc, acc, relu| {
+        self.for_chunks(cg, env, |c0, kc, acc, relu| {
             let (a, a_step) = if pack {
                 let panel = scratch(env)?;
                 cg.for_n(count, |i| {
                     let src = cg.gep(pixel_ptr(cg, in_base, iv, cg.add(p0, i)?)?, c0)?;
                     let dst = cg.gep2(panel, i, self.kcp)?;
-                    self.copy_channels(cg, env, src, dst, c0, kc)
+                    self.copy_channels_kc(cg, env, src, dst, c0, kc)
                 })?;
                 (panel, self.kcp)
             } else {
@@ -129,13 +176,16 @@ impl ConvPlan {
         let [sh, sw] = self.s;
         let ow0 = cg.mulc(owb_i, owb)?;
         let (iv, ov) = (&self.input, &self.output);
-        let img = cg.gep2(view_base(cg, env, iv)?, n_i, iv.image_stride())?;
-        let out0 = pixel_at(cg, view_base(cg, env, ov)?, ov, [n_i, oh_i, ow0])?;
+        let img = cg.gep2(in_base(cg, env, iv)?, n_i, iv.image_stride())?;
+        let out0 = pixel_at(cg, out_base(cg, env, ov)?, ov, [n_i, oh_i, ow0])?;
         let ih0 = cg.sub(cg.mulc(oh_i, sh)?, cg.c64(self.p[0]))?;
         let iw0 = cg.sub(cg.mulc(ow0, sw)?, cg.c64(self.p[1]))?;
         let span = (count - 1) * sw + kw;
         let table = self.pixel_table(cg, count, |i| cg.gep2(out0, i, ov.pixel_stride))?;
-        self.for_chunks(cg, |c0, kc, acc, relu| {
+        self.for_chunks(cg, env, |c0, kc, acc, relu| {
+            let Kc::Const(kc) = kc else {
+                return Err(wrong_mode(self.mode));
+            };
             cg.for_n(kh, |y| {
                 let ih = cg.add(ih0, y)?;
                 let row_ok = cg.in_range(ih, 0, self.h)?;
@@ -180,7 +230,7 @@ impl ConvPlan {
                     count,
                     [panel, b, table, bias],
                     col,
-                    kc,
+                    Kc::Const(kc),
                     acc,
                     relu,
                 )
@@ -210,18 +260,73 @@ impl ConvPlan {
         })
     }
 
+    /// [`Self::copy_channels`] of a constant or run-time `kc` (all whole
+    /// vectors but the last chunk's last, of `KArgs::tail` lanes).
+    #[allow(clippy::too_many_arguments)]
+    fn copy_channels_kc<'ctx>(
+        &self,
+        cg: &Cg<'ctx>,
+        env: &Env<'ctx>,
+        src: PointerValue<'ctx>,
+        dst: PointerValue<'ctx>,
+        c0: IntValue<'ctx>,
+        kc: Kc<'ctx>,
+    ) -> Result<()> {
+        let (kc, k) = match (kc, &env.k) {
+            (Kc::Const(kc), _) => return self.copy_channels(cg, env, src, dst, c0, kc),
+            (Kc::Runtime(kc), Some(k)) => (kc, k),
+            (Kc::Runtime(_), None) => {
+                return Err(BackendError::Codegen(
+                    "run-time K without its bindings".into(),
+                ))
+            }
+        };
+        let copy = |c: IntValue<'ctx>, lanes: usize| -> Result<()> {
+            let x = cg.load_v(cg.gep(src, c)?, lanes)?;
+            let y = match &self.prologue {
+                Some(a) => a.apply(cg, env, x, cg.add(c0, c)?)?,
+                None => x,
+            };
+            cg.store_v(y, cg.gep(dst, c)?, LANES)
+        };
+        let full = cg.b.build_and(kc, cg.c64(!(LANES - 1)), "")?;
+        cg.for_range(cg.c64(0), full, LANES, |c| copy(c, LANES))?;
+        if k.tail > 0 {
+            let partial = cg.b.build_int_compare(IntPredicate::NE, full, kc, "")?;
+            cg.if_then(partial, || copy(full, k.tail))?;
+        }
+        Ok(())
+    }
+
     /// Run `body(c0, kc, accumulate, relu)` for each input-channel chunk.
     fn for_chunks<'ctx>(
         &self,
         cg: &Cg<'ctx>,
-        mut body: impl FnMut(IntValue<'ctx>, usize, IntValue<'ctx>, IntValue<'ctx>) -> Result<()>,
+        env: &Env<'ctx>,
+        mut body: impl FnMut(IntValue<'ctx>, Kc<'ctx>, IntValue<'ctx>, IntValue<'ctx>) -> Result<()>,
     ) -> Result<()> {
+        if let Some(k) = &env.k {
+            // Chunks of the panel's row stride (`kc` rounded up to whole
+            // vectors: `kc` itself for a K that takes several), the last
+            // one shorter.
+            return cg.for_range(cg.c64(0), k.ic, self.kcp, |c0| {
+                let kc = cg.umin(cg.c64(self.kcp), cg.sub(k.ic, c0)?)?;
+                let acc = cg.b.build_not(cg.eqc(c0, 0)?, "")?;
+                let relu = if self.relu {
+                    let end = cg.add(c0, kc)?;
+                    cg.b.build_int_compare(IntPredicate::EQ, end, k.ic, "")?
+                } else {
+                    cg.i1.const_zero()
+                };
+                body(c0, Kc::Runtime(kc), acc, relu)
+            });
+        }
         let (full, rem) = (self.ic / self.kc, self.ic % self.kc);
         let bool_c = |b: bool| cg.i1.const_int(u64::from(b), false);
         if full == 1 {
             body(
                 cg.c64(0),
-                self.kc,
+                Kc::Const(self.kc),
                 bool_c(false),
                 bool_c(self.relu && rem == 0),
             )?;
@@ -234,13 +339,13 @@ impl ConvPlan {
                 } else {
                     bool_c(false)
                 };
-                body(c0, self.kc, acc, relu)
+                body(c0, Kc::Const(self.kc), acc, relu)
             })?;
         }
         if rem > 0 {
             body(
                 cg.c64(full * self.kc),
-                rem,
+                Kc::Const(rem),
                 bool_c(full > 0),
                 bool_c(self.relu),
             )?;
@@ -265,13 +370,20 @@ impl ConvPlan {
     ) -> Result<()> {
         let bk = &self.blocking;
         let nr = bk.nr();
-        let block_elems = self.k[0] * self.k[1] * self.ic * nr;
+        // Elements of one block's packed weights.
+        let block_elems = match &env.k {
+            Some(k) => cg.mulc(k.ic, self.k[0] * self.k[1] * nr)?,
+            None => cg.c64(self.k[0] * self.k[1] * self.ic * nr),
+        };
         let w = cg.gepc(env.weights, self.weight_off)?;
-        let bias = cg.gepc(env.weights, self.bias_off)?;
+        let bias = match &env.k {
+            Some(k) => cg.gep(env.weights, k.bias)?,
+            None => cg.gepc(env.weights, self.bias_off)?,
+        };
         if bk.full > 0 {
             let mut one = |j: IntValue<'ctx>| {
                 body(
-                    cg.gep2(w, j, block_elems)?,
+                    cg.gep(w, cg.b.build_int_nsw_mul(j, block_elems, "")?)?,
                     cg.gep2(bias, j, nr)?,
                     cg.mulc(j, nr)?,
                     bk.nv,
@@ -289,8 +401,9 @@ impl ConvPlan {
         if bk.has_tail() {
             let body = std::cell::RefCell::new(&mut body);
             let tail = || {
+                let full = cg.b.build_int_nsw_mul(cg.c64(bk.full), block_elems, "")?;
                 (body.borrow_mut())(
-                    cg.gepc(w, bk.full * block_elems)?,
+                    cg.gep(w, full)?,
                     cg.gepc(bias, bk.full * nr)?,
                     cg.c64(bk.full * nr),
                     bk.tail_nv,
@@ -337,10 +450,11 @@ impl ConvPlan {
         count: usize,
         [a, b, table, bias]: [PointerValue<'ctx>; 4],
         col: IntValue<'ctx>,
-        kc: usize,
+        kc: Kc<'ctx>,
         acc: IntValue<'ctx>,
         relu: IntValue<'ctx>,
     ) -> Result<()> {
+        let kc = kc.value(cg);
         let call = |mr: usize, tile: IntValue<'ctx>| -> Result<()> {
             let f = uks.get(cg, UkSpec { mr, ..spec })?;
             let a = cg.gep2(a, tile, spec.mr * spec.a_step)?;
@@ -351,7 +465,7 @@ impl ConvPlan {
                 cs.into(),
                 col.into(),
                 bias.into(),
-                cg.c64(kc).into(),
+                kc.into(),
                 acc.into(),
                 relu.into(),
             ];

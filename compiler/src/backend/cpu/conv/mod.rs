@@ -63,7 +63,7 @@ pub(crate) enum Mode {
 }
 
 /// Tiling and packing decisions for one convolution.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) struct ConvPlan {
     pub n: usize,
     pub h: usize,

@@ -33,7 +33,7 @@
 
 use super::{choose_mr, choose_nv, round_up, KC_MAX};
 use crate::backend::cpu::codegen::{Cg, Result, LANES};
-use crate::backend::cpu::lower::{pixel_at, view_base, AffineRef, Env, TARGET_TASKS};
+use crate::backend::cpu::lower::{in_base, out_base, pixel_at, AffineRef, Env, TARGET_TASKS};
 use crate::backend::cpu::microkernel::{Microkernels, UkSpec};
 use crate::backend::cpu::pack::{pack_conv_weight, pad_to_vectors, OcBlocking, WeightsBuilder};
 use crate::backend::kernel::{ConvKernel, View};
@@ -147,7 +147,7 @@ fn transforms(m: usize) -> &'static Transforms {
 }
 
 /// Tiling decisions and packed constants of one Winograd convolution.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) struct WinogradPlan {
     pub n: usize,
     pub h: usize,
@@ -415,7 +415,7 @@ impl WinogradPlan {
     ) -> Result<()> {
         let iv = &self.input;
         let [n, ty, tx] = self.tile_coords(cg, cg.add(g0, i)?)?;
-        let img = cg.gep2(view_base(cg, env, iv)?, n, iv.image_stride())?;
+        let img = cg.gep2(in_base(cg, env, iv)?, n, iv.image_stride())?;
         let img = cg.gep(img, c0)?;
         let ih0 = cg.sub(cg.mulc(ty, self.m)?, cg.c64(1))?;
         let iw0 = cg.sub(cg.mulc(tx, self.m)?, cg.c64(1))?;
@@ -549,7 +549,7 @@ impl WinogradPlan {
         let ov = &self.output;
         let [n, ty, tx] = self.tile_coords(cg, cg.add(g0, i)?)?;
         let (oh, ow) = (cg.mulc(ty, self.m)?, cg.mulc(tx, self.m)?);
-        let out00 = pixel_at(cg, view_base(cg, env, ov)?, ov, [n, oh, ow])?;
+        let out00 = pixel_at(cg, out_base(cg, env, ov)?, ov, [n, oh, ow])?;
         // Output row (column) `k` of the tile is inside the image.
         let inside = |x: IntValue<'ctx>, k: usize, e: usize| -> Result<IntValue<'ctx>> {
             Ok(cg
