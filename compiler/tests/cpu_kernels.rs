@@ -359,6 +359,9 @@ fn conv_direct() {
         ("pad_gt_half", "c4 3x3 oc4 k3 p2 pro bias strided"),
         ("bordered_3x3", "n2 c16 6x9 oc12 k3 p1 relu bordered"),
         ("bordered_s2", "c7 9x8 oc10 k3 s2 p1 pro bordered"),
+        // 23 = 2 vectors + 7 lanes: a partial store of 4 + 2 + 1 lanes.
+        ("3x3_oc23", "n2 c12 6x7 oc23 k3 p1 pro bias relu strided"),
+        ("8x8_rows_of_4", "c48 8x8 oc12 k3 p1 bordered"),
     ];
     for (seed, (name, spec)) in cases.iter().enumerate() {
         check(&conv_case(name, 100 + seed as u64, spec));
