@@ -4,7 +4,8 @@
     python3 scripts/test_gpu_check.py
 
 The no-GPU refusal (script and function), the .npy reader against a file
-densenetc wrote, the relative error, the compile commands and the table.
+densenetc wrote, the relative error, the compile commands, the per-precision
+bounds, PyTorch's TF32 switches and the table.
 Set DENSENETC to a built densenetc to include the densenetc-backed test.
 """
 
@@ -78,11 +79,43 @@ class Tests(unittest.TestCase):
         self.assertEqual(a[a.index("--target") + 1], "cpu,cuda")
         self.assertNotIn("--image-size", gc.compile_args("densenet-40", True, 1, "cuda", Path("o")))
         self.assertEqual(len(gc.PRESETS), 8)
+        self.assertNotIn("--precision", a)
+        t = gc.compile_args("densenet121", False, 64, "cuda", Path("o"), "tf32")
+        self.assertEqual(t[t.index("--precision") + 1], "tf32")
+        self.assertEqual(gc.artefact_stem("densenet-40", "tf32"), "densenet-40-tf32")
+        self.assertEqual(gc.artefact_stem("densenet-40", "fp32"), "densenet-40")
+
+    def test_bounds_per_precision(self):
+        self.assertEqual(gc.TOLERANCES["fp32"], 1e-4)
+        self.assertGreater(gc.TOLERANCES["tf32"], gc.TOLERANCES["fp32"])
+        results = [("fp32", "a", 5e-5), ("fp32", "b", 2e-4), ("tf32", "a", 2e-3),
+                   ("tf32", "b", 0.5), ("tf32", "c", None)]
+        self.assertEqual(gc.out_of_bounds(results), [("fp32", "b", 2e-4), ("tf32", "b", 0.5)])
+
+    def test_torch_runs_at_the_same_precision(self):
+        class Flags:
+            allow_tf32 = None
+
+        class Torch:
+            class backends:
+                class cuda:
+                    matmul = Flags()
+                cudnn = Flags()
+
+        gc.set_torch_precision(Torch, "tf32")
+        self.assertIs(Torch.backends.cuda.matmul.allow_tf32, True)
+        self.assertIs(Torch.backends.cudnn.allow_tf32, True)
+        gc.set_torch_precision(Torch, "fp32")
+        self.assertIs(Torch.backends.cuda.matmul.allow_tf32, False)
+        self.assertIs(Torch.backends.cudnn.allow_tf32, False)
 
     def test_table(self):
-        t = gc.markdown_table([{"batch": 1, "densenetc": 1.0, "eager": 2.0, "compiled": None}])
-        self.assertIn("| densenet121 | 1 | 1.000 | 2.000 | n/a | 2.00x | n/a |", t)
-        self.assertEqual(len(t.splitlines()), 3)
+        t = gc.markdown_table([{"batch": 1, "densenetc": 1.0, "eager": 2.0, "compiled": None},
+                               {"precision": "tf32", "batch": 64, "densenetc": 4.0, "eager": 2.0,
+                                "compiled": 8.0}])
+        self.assertIn("| densenet121 | fp32 | 1 | 1.000 | 2.000 | n/a | 2.00x | n/a |", t)
+        self.assertIn("| densenet121 | tf32 | 64 | 4.000 | 2.000 | 8.000 | 0.50x | 2.00x |", t)
+        self.assertEqual(len(t.splitlines()), 4)
 
     @unittest.skipUnless(os.environ.get("DENSENETC"), "set DENSENETC to a built densenetc")
     def test_dry_run_with_densenetc(self):
@@ -94,6 +127,9 @@ class Tests(unittest.TestCase):
             self.assertEqual(shape, [1, 10])
             self.assertEqual(len(values), 10)
             self.assertTrue((Path(tmp) / "densenet121-b64-cuda.dnc").exists())
+            self.assertTrue((Path(tmp) / "densenet121-tf32-b64-cuda.dnc").exists())
+            shape, _ = gc.read_npy(Path(tmp) / "densenet-40-tf32-cpu.npy")
+            self.assertEqual(shape, [1, 10])
 
 
 if __name__ == "__main__":

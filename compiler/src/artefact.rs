@@ -256,5 +256,6 @@ fn cuda_target(
         arena_bytes: c.arena_bytes as u64,
         launches,
         detail: serde_json::json!({ "cubin": cubin }),
+        precision: c.precision.name().into(),
     })
 }

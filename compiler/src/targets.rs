@@ -49,6 +49,21 @@ impl TargetOptions {
         Ok(opts)
     }
 
+    /// Sets the arithmetic of the CUDA GEMM kernels (`--precision`). The
+    /// CPU code is f32 only: anything else without a CUDA target is an
+    /// error.
+    pub fn set_precision(&mut self, precision: cuda::Precision) -> Result<()> {
+        match self.cuda.as_mut() {
+            Some(c) => c.precision = precision,
+            None if precision != cuda::Precision::Fp32 => bail!(
+                "--precision {precision} applies to CUDA code only (the CPU code is f32): \
+                 use --target cuda or cpu,cuda"
+            ),
+            None => {}
+        }
+        Ok(())
+    }
+
     /// `cpu x86-64-v3`, `cuda sm_80`, `cpu native + cuda sm_90`.
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
@@ -56,7 +71,10 @@ impl TargetOptions {
             parts.push(format!("cpu {}", c.cpu));
         }
         if let Some(c) = &self.cuda {
-            parts.push(format!("cuda {}", c.arch));
+            parts.push(match c.precision {
+                cuda::Precision::Fp32 => format!("cuda {}", c.arch),
+                p => format!("cuda {} {p}", c.arch),
+            });
         }
         parts.join(" + ")
     }

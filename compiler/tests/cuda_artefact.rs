@@ -5,11 +5,12 @@
 //! weights from the artefact's weights section at the table's range and
 //! offsets, input and output through the manifest's arena views). The result
 //! must match the reference executor on the unoptimised graph. Also: a
-//! wrong table is caught, and the artefact's PTX assembles with ptxas.
+//! wrong table is caught, the artefact's PTX assembles with ptxas, and a
+//! `--precision tf32` artefact records it and computes within its bound.
 
 use compiler::artefact::{build_artefact, ArtefactParts};
 use compiler::backend::cuda::emulate::{self, EmuError, TableLaunch};
-use compiler::backend::cuda::ptxas;
+use compiler::backend::cuda::{ptxas, Precision, TF32_REL_BOUND};
 use compiler::backend::graph::kernels_of;
 use compiler::builder::{build, ConfigOverrides, DenseNetConfig};
 use compiler::passes::optimize;
@@ -50,6 +51,10 @@ fn small() -> (DenseNetConfig, usize) {
 }
 
 fn compile(cpu: bool, assemble: bool) -> Built {
+    compile_in(cpu, assemble, Precision::Fp32)
+}
+
+fn compile_in(cpu: bool, assemble: bool, precision: Precision) -> Built {
     let (cfg, batch) = small();
     let mut graph = build(&cfg, batch).expect("build");
     compiler::weights::randomize(&mut graph, 11);
@@ -59,6 +64,7 @@ fn compile(cpu: bool, assemble: bool) -> Built {
     let mut opts = TargetOptions::parse(if cpu { "cpu,cuda" } else { "cuda" }, "x86-64", "sm_80")
         .expect("targets");
     opts.assemble = assemble;
+    opts.set_precision(precision).expect("a CUDA target");
     let code = targets::compile(&gk, &opts).expect("compile");
     let writer = build_artefact(code.parts(ArtefactParts {
         config: serde_json::to_value(&cfg).expect("config json"),
@@ -191,6 +197,35 @@ fn the_launch_table_of_a_cpu_cuda_artefact_computes_the_reference() {
         let err = got.rel_error(&want[0]).expect("shape");
         assert!(err <= 1e-4, "run {seed}: relative error {err:e}");
     }
+}
+
+/// A tf32 artefact: the manifest says so, the launches run the tensor-core
+/// GEMMs (through the emulator's mma) and stay within the TF32 bound.
+#[test]
+fn a_tf32_artefact_records_its_precision_and_computes_within_its_bound() {
+    let b = compile_in(true, false, Precision::Tf32);
+    let m = b.artefact.manifest();
+    assert_eq!(m.cuda.as_ref().expect("cuda").precision, "tf32");
+    let ptx = &b.code.cuda.as_ref().expect("cuda").ptx;
+    assert!(ptx.contains("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"));
+    let launches = table(&b.artefact);
+    let mut arena = vec![0.0f32; (m.memory.arena_bytes as usize).div_ceil(4)];
+    let x = input(&b, 1);
+    let want = ir::reference::run(&b.graph, std::slice::from_ref(&x)).expect("reference");
+    let got = infer(&b, &launches, &mut arena, &x).expect("emulation");
+    let err = got.rel_error(&want[0]).expect("shape");
+    assert!(err <= f64::from(TF32_REL_BOUND), "relative error {err:e}");
+    assert!(err > 1e-6, "relative error {err:e}: not TF32?");
+    let fp32 = compile(false, false);
+    assert_eq!(
+        fp32.artefact
+            .manifest()
+            .cuda
+            .as_ref()
+            .expect("cuda")
+            .precision,
+        "fp32"
+    );
 }
 
 #[test]

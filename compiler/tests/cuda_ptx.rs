@@ -10,11 +10,13 @@
 //! - The PTX assembles with `ptxas` for sm_80 and sm_90 with no spills in
 //!   the conv kernels (skipped, with a printed reason, without ptxas).
 //! - A snapshot pins the PTX of a tiny kernel list.
+//! - The same in `--precision tf32` (tensor-core GEMMs): assembly without
+//!   spills and a snapshot; its numerics are in `cuda_tf32.rs`.
 
 mod cpu_kernels_support;
 mod cuda_ptx_support;
 
-use compiler::backend::cuda::{self, emulate, ptxas, CudaOptions};
+use compiler::backend::cuda::{self, emulate, ptxas, CudaOptions, Precision};
 use compiler::backend::graph::{kernels_of, GraphKernels};
 use compiler::backend::kernel::{KernelDesc, KernelOp};
 use compiler::backend::BackendError;
@@ -209,16 +211,28 @@ fn report_table(compiled: &cuda::CompiledCuda, report: &ptxas::PtxasReport) -> S
 }
 
 fn assemble_all(test: &str, descs: &[KernelDesc]) {
+    assemble_all_in(test, descs, Precision::Fp32);
+}
+
+fn assemble_all_in(test: &str, descs: &[KernelDesc], precision: Precision) {
     let Some(ptxas) = ptxas_or_skip(test) else {
         return;
     };
     for arch in ["sm_80", "sm_90"] {
         let opts = CudaOptions {
             arch: arch.into(),
+            precision,
             ..CudaOptions::default()
         };
         let mut compiled = cuda::lower(descs, &opts).expect("lower");
         assert!(compiled.ptx.contains(&format!(".target {arch}")));
+        let mma = "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32";
+        let gemms = descs.iter().filter(|d| is_conv(d)).count();
+        assert_eq!(
+            compiled.ptx.contains(mma),
+            precision == Precision::Tf32 && gemms > 0,
+            "{arch} {precision}"
+        );
         let report = compiled
             .assemble(&ptxas)
             .unwrap_or_else(|e| panic!("{arch}: {e}"));
@@ -316,20 +330,28 @@ fn ptx_snapshot_tiny() {
 }
 
 fn presets_assemble_without_spills(test: &str, presets: &[&str]) {
+    presets_assemble_without_spills_in(test, presets, Precision::Fp32);
+}
+
+fn presets_assemble_without_spills_in(test: &str, presets: &[&str], precision: Precision) {
     if ptxas_or_skip(test).is_none() {
         return;
     }
     for arch in presets {
         let (_, net) = planned(arch, &ConfigOverrides::default(), 1, 1);
         let t = std::time::Instant::now();
-        let compiled = cuda::lower(&net.kernels, &CudaOptions::default()).expect("lower");
+        let opts = CudaOptions {
+            precision,
+            ..CudaOptions::default()
+        };
+        let compiled = cuda::lower(&net.kernels, &opts).expect("lower");
         eprintln!(
             "{arch} b1: {} launches lowered in {:.2?}, {} KiB of PTX",
             compiled.kernels.len(),
             t.elapsed(),
             compiled.ptx.len() / 1024
         );
-        assemble_all(arch, &net.kernels);
+        assemble_all_in(&format!("{arch} {precision}"), &net.kernels, precision);
     }
 }
 
@@ -346,4 +368,52 @@ fn densenet121_and_densenet40_assemble_without_spills() {
 #[ignore = "slow: every preset through ptxas twice"]
 fn every_preset_assembles_without_spills() {
     presets_assemble_without_spills("every preset", PRESETS);
+}
+
+#[test]
+fn tf32_ptx_of_every_kernel_kind_assembles_for_sm80_and_sm90() {
+    let descs: Vec<KernelDesc> = cases().into_iter().map(|c| c.desc).collect();
+    assemble_all_in("every kernel kind, tf32", &descs, Precision::Tf32);
+}
+
+/// DenseNet-121 and DenseNet-40 at batch 1 in TF32: no spills in any GEMM.
+#[test]
+fn densenet121_and_densenet40_assemble_without_spills_in_tf32() {
+    presets_assemble_without_spills_in(
+        "densenet121/40 tf32",
+        &["densenet121", "densenet-40"],
+        Precision::Tf32,
+    );
+}
+
+/// Every preset in TF32 (about 4 minutes on 2 cores):
+/// `cargo test -p compiler --test cuda_ptx -- --ignored`.
+#[test]
+#[ignore = "slow: every preset through ptxas twice"]
+fn every_preset_assembles_without_spills_in_tf32() {
+    presets_assemble_without_spills_in("every preset tf32", PRESETS, Precision::Tf32);
+}
+
+/// The PTX of a tiny list in TF32: a 3x3 conv with prologue into a block
+/// slice (one mma per k-slice per warp tile) and a linear layer.
+#[test]
+fn ptx_snapshot_tiny_tf32() {
+    let descs = [
+        case(1, "conv c3 4x4 oc4 k3 p1 pro bias relu block").desc,
+        case(3, "linear c20 oc10 bias").desc,
+    ];
+    let opts = CudaOptions {
+        precision: Precision::Tf32,
+        ..CudaOptions::default()
+    };
+    let compiled = cuda::lower(&descs, &opts).expect("lower");
+    let mma = compiled
+        .ptx
+        .matches("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32")
+        .count();
+    // Each kernel: 64 threads (2 warps), 16x16 warp tiles of two 16x8 mmas
+    // per 8-deep k-slice, one loop body each.
+    assert_eq!(mma, 4, "{}", compiled.ptx);
+    assert!(compiled.ptx.contains("cvt.rna.tf32.f32"));
+    insta::assert_snapshot!("cuda_ptx_tiny_tf32", compiled.ptx);
 }

@@ -58,6 +58,7 @@ fn cuda_manifest() -> Manifest {
         arena_bytes: m.memory.arena_bytes,
         launches: vec![launch("toy_mean", 0), launch("toy_affine", 1)],
         detail: serde_json::Value::Null,
+        precision: "fp32".into(),
     });
     m
 }
@@ -187,6 +188,10 @@ fn the_loader_rejects_tampered_launch_tables() {
             "version 2, this runtime reads version 1",
             Box::new(|t| t.launch_version = 2),
         ),
+        (
+            "precision `fp16` is not fp32 or tf32",
+            Box::new(|t| t.precision = "fp16".into()),
+        ),
     ];
     for (want, edit) in cases {
         let e = rejected(want, edit);
@@ -195,6 +200,22 @@ fn the_loader_rejects_tampered_launch_tables() {
             "expected `{want}`, got `{e}`"
         );
     }
+}
+
+/// Artefacts written before `precision` existed load as fp32; tf32 loads.
+#[test]
+fn the_precision_defaults_to_fp32() {
+    let mut m = serde_json::to_value(cuda_manifest()).expect("json");
+    m["cuda"]
+        .as_object_mut()
+        .expect("cuda object")
+        .remove("precision");
+    let m: Manifest = serde_json::from_value(m).expect("parses without precision");
+    assert_eq!(m.cuda.as_ref().expect("cuda").precision, "fp32");
+    let mut m = cuda_manifest();
+    m.cuda.as_mut().expect("cuda").precision = "tf32".into();
+    let a = Artefact::read(&cuda_artefact(m.clone()).expect("valid")).expect("read");
+    assert_eq!(a.manifest(), &m);
 }
 
 #[test]

@@ -49,6 +49,12 @@ struct CompileArgs {
     /// CUDA architecture of the PTX (and cubin): sm_80, sm_86, sm_89, sm_90, …
     #[arg(long, default_value = "sm_80")]
     cuda_arch: String,
+    /// Arithmetic of the CUDA conv and linear kernels: fp32 (f32 FMA, within 1e-4 of the f32
+    /// reference) or tf32 (tensor cores, mma.sync m16n8k8: operands rounded to TF32, f32
+    /// accumulation; logits within 5e-3 relative). Applies to the CUDA code only: the CPU code
+    /// is always f32, so tf32 needs --target cuda or cpu,cuda.
+    #[arg(long, default_value = "fp32", value_name = "fp32|tf32")]
+    precision: compiler::backend::cuda::Precision,
     /// Stop the pass pipeline after this pass.
     #[arg(long, value_name = "PASS")]
     stop_after: Option<String>,
@@ -362,6 +368,7 @@ fn inspect(a: &InspectArgs) -> Result<()> {
 fn compile(a: &CompileArgs) -> Result<()> {
     let start = std::time::Instant::now();
     let mut targets = compiler::targets::TargetOptions::parse(&a.target, &a.cpu, &a.cuda_arch)?;
+    targets.set_precision(a.precision)?;
     if a.model.weights.is_none() && a.model.random_weights.is_none() {
         bail!("compile needs weights: pass --weights FILE or --random-weights SEED");
     }
@@ -485,8 +492,9 @@ fn inspect_artefact(path: &std::path::Path, json: bool) -> Result<()> {
     if let Some(cuda) = &m.cuda {
         let _ = writeln!(
             text,
-            "cuda:          {} ({} launches, launch table v{})",
+            "cuda:          {} {} ({} launches, launch table v{})",
             cuda.arch,
+            cuda.precision,
             cuda.launches.len(),
             cuda.launch_version
         );

@@ -48,6 +48,14 @@ pub struct CudaTarget {
     /// Anything else the compiler records (ptxas report, …); opaque to this runtime.
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub detail: Value,
+    /// Arithmetic of the GEMM kernels: `fp32` (SIMT FMA) or `tf32` (tensor cores, f32
+    /// accumulation). Informative; artefacts that predate it are `fp32`.
+    #[serde(default = "fp32")]
+    pub precision: String,
+}
+
+fn fp32() -> String {
+    "fp32".into()
 }
 
 /// A byte range of a section.
@@ -168,6 +176,12 @@ impl CudaTarget {
                     "version {v}, this runtime reads version {CUDA_LAUNCH_VERSION}"
                 )))
             }
+        }
+        if !matches!(self.precision.as_str(), "fp32" | "tf32") {
+            return Err(invalid(format!(
+                "precision `{}` is not fp32 or tf32",
+                self.precision
+            )));
         }
         let digits = self.arch.strip_prefix("sm_").unwrap_or("");
         let digits = digits.strip_suffix('a').unwrap_or(digits);

@@ -11,7 +11,8 @@
 //!   else in the arena is stored (grid coverage);
 //! - no 32-bit index arithmetic overflows; divisions see non-negative values;
 //! - shared memory is never read before it is written, and two threads
-//!   never touch one shared element between barriers unless both only read.
+//!   never touch one shared element between barriers unless both only read;
+//! - tensor-core operands are TF32 values, issued by whole warps (`warp.rs`).
 //!
 //! Float results match the GPU's up to the order of operations, which is
 //! the same (`fma` is fused on both).
@@ -21,6 +22,8 @@ use super::CompiledCuda;
 use crate::backend::kernel::{View, ELEM_BYTES};
 use crate::backend::BackendError;
 use thiserror::Error;
+
+mod warp;
 
 /// Why emulation failed: a bug in the lowering, or an arena too small.
 #[derive(Debug, Error)]
@@ -621,6 +624,13 @@ impl Kb for Sim<'_> {
             acc = kept.into_iter().map(|v| self.new_f(v)).collect();
         }
         Ok(acc)
+    }
+    fn tf32(&mut self, x: SF) -> Result<SF> {
+        let v = self.floats[x.0].iter().map(|&x| warp::tf32(x)).collect();
+        Ok(self.new_f(v))
+    }
+    fn mma_tf32(&mut self, a: [SF; 4], b: [SF; 2], c: [SF; 4]) -> Result<[SF; 4]> {
+        Ok(self.mma_m16n8k8(a, b, c))
     }
 }
 

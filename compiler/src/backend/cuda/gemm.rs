@@ -15,8 +15,12 @@
 //!
 //! The epilogue adds the bias, applies ReLU and stores the elements with
 //! `m < M`, `o < N` into the output view (a channel slice of its buffer).
+//!
+//! With [`Precision::Tf32`] the warps compute the block tile on the tensor
+//! cores instead (`mma.rs`); staging and epilogue are unchanged.
 
 use super::kb::{Buf, Kb, KbExt, Result};
+use super::mma::{self, Precision, Warps};
 use super::plan::{GemmPlan, A_ROW_PAD};
 
 /// Per-thread constants of one `A` gather assignment.
@@ -82,6 +86,13 @@ pub(crate) fn emit<K: Kb>(k: &mut K, p: &GemmPlan) -> Result<()> {
     let ty = k.div(tid, bn / t.tn as i32)?;
     let row0 = k.mulc(ty, t.tm as i32)?;
     let col0 = k.mulc(tx, t.tn as i32)?;
+    let warps = match p.precision {
+        Precision::Fp32 => None,
+        Precision::Tf32 => {
+            let w = Warps::of(&t).map_err(super::BackendError::Codegen)?;
+            Some((w, mma::lane(k, &w, &t, tid)?))
+        }
+    };
     let padded = p.padding != [0, 0];
     let (kw, ic) = (p.kernel[1], p.input.channels);
 
@@ -148,21 +159,25 @@ pub(crate) fn emit<K: Kb>(k: &mut K, p: &GemmPlan) -> Result<()> {
             }
         }
         k.barrier()?;
-        for kk in 0..bk {
-            let mut a = Vec::with_capacity(t.tm);
-            for r in 0..t.tm as i32 {
-                let si = k.addc(row0, kk * a_row + r)?;
-                a.push(k.load_shared(a_s, si)?);
-            }
-            let mut b = Vec::with_capacity(t.tn);
-            for c in 0..t.tn as i32 {
-                let si = k.addc(col0, kk * bn + c)?;
-                b.push(k.load_shared(b_s, si)?);
-            }
-            for (r, &av) in a.iter().enumerate() {
-                for (c, &bv) in b.iter().enumerate() {
-                    let x = &mut acc[r * t.tn + c];
-                    *x = k.fma(av, bv, *x)?;
+        if let Some((w, lane)) = &warps {
+            acc = mma::step(k, w, &t, lane, a_s, b_s, acc)?;
+        } else {
+            for kk in 0..bk {
+                let mut a = Vec::with_capacity(t.tm);
+                for r in 0..t.tm as i32 {
+                    let si = k.addc(row0, kk * a_row + r)?;
+                    a.push(k.load_shared(a_s, si)?);
+                }
+                let mut b = Vec::with_capacity(t.tn);
+                for c in 0..t.tn as i32 {
+                    let si = k.addc(col0, kk * bn + c)?;
+                    b.push(k.load_shared(b_s, si)?);
+                }
+                for (r, &av) in a.iter().enumerate() {
+                    for (c, &bv) in b.iter().enumerate() {
+                        let x = &mut acc[r * t.tn + c];
+                        *x = k.fma(av, bv, *x)?;
+                    }
                 }
             }
         }
@@ -170,22 +185,29 @@ pub(crate) fn emit<K: Kb>(k: &mut K, p: &GemmPlan) -> Result<()> {
         Ok(acc)
     })?;
 
-    // Epilogue.
-    let mut cols = Vec::with_capacity(t.tn);
-    for c in 0..t.tn as i32 {
-        let col = k.addc(col0, c)?;
+    // Epilogue, on the block-tile rows and columns of the accumulators.
+    let (rows, cols) = match &warps {
+        Some((w, _)) => mma::rows_cols(k, w, tid)?,
+        None => {
+            let rows = (0..t.tm as i32).map(|r| k.addc(row0, r));
+            let rows = rows.collect::<Result<Vec<_>>>()?;
+            let cols = (0..t.tn as i32).map(|c| k.addc(col0, c));
+            (rows, cols.collect::<Result<Vec<_>>>()?)
+        }
+    };
+    let mut out_cols = Vec::with_capacity(cols.len());
+    for &col in &cols {
         let o = k.add(n0, col)?;
         let ok = k.ultc(o, p.n)?;
         let bi = k.index(p.bias, o, 1)?;
         let bias = k.load(Buf::Weights, bi)?;
-        cols.push((o, ok, bias));
+        out_cols.push((o, ok, bias));
     }
-    for r in 0..t.tm {
-        let row = k.addc(row0, r as i32)?;
+    for (r, &row) in rows.iter().enumerate() {
         let m = k.add(m0, row)?;
         let m_ok = k.ultc(m, p.m)?;
-        for (c, &(o, o_ok, bias)) in cols.iter().enumerate() {
-            let mut v = k.fadd(acc[r * t.tn + c], bias)?;
+        for (c, &(o, o_ok, bias)) in out_cols.iter().enumerate() {
+            let mut v = k.fadd(acc[r * cols.len() + c], bias)?;
             if p.relu {
                 v = k.relu(v)?;
             }

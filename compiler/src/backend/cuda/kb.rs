@@ -103,6 +103,22 @@ pub(crate) trait Kb {
         init: Vec<Self::F>,
         body: &mut LoopBody<'_, Self>,
     ) -> Result<Vec<Self::F>>;
+
+    /// `cvt.rna.tf32.f32`: `x` rounded to TF32 (10 explicit mantissa bits,
+    /// to nearest, ties away from zero), held in an f32 whose low 13 bits
+    /// are zero.
+    fn tf32(&mut self, x: Self::F) -> Result<Self::F>;
+    /// `mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32`, issued by
+    /// every warp of the block (the block's threads are a multiple of 32):
+    /// `D = A·B + C` on the warp's 16x8 `A`, 8x8 `B` and 16x8 `C`, each
+    /// lane holding the fragments of the PTX ISA layout (see `mma.rs`).
+    /// `a` and `b` must be TF32 values (from [`Kb::tf32`]).
+    fn mma_tf32(
+        &mut self,
+        a: [Self::F; 4],
+        b: [Self::F; 2],
+        c: [Self::F; 4],
+    ) -> Result<[Self::F; 4]>;
 }
 
 /// Shorthands built from the primitives.

@@ -36,12 +36,14 @@ mod eltwise;
 pub mod emulate;
 mod gemm;
 mod kb;
+mod mma;
 mod nvptx;
 mod pack;
 mod plan;
 pub mod ptxas;
 
 pub use arch::{ARCHES, TRIPLE};
+pub use mma::{Precision, TF32_REL_BOUND};
 pub use pack::WEIGHT_ALIGN;
 pub use plan::Launch;
 
@@ -62,6 +64,8 @@ pub struct CudaOptions {
     pub arch: String,
     /// LLVM optimisation level 0..=3.
     pub opt_level: u8,
+    /// Arithmetic of the GEMM (conv, linear) kernels.
+    pub precision: Precision,
 }
 
 impl Default for CudaOptions {
@@ -69,6 +73,7 @@ impl Default for CudaOptions {
         CudaOptions {
             arch: "sm_80".into(),
             opt_level: 3,
+            precision: Precision::Fp32,
         }
     }
 }
@@ -120,6 +125,8 @@ pub struct CompiledCuda {
     pub ptx: String,
     /// The architecture the PTX targets.
     pub arch: String,
+    /// The arithmetic of its GEMM kernels.
+    pub precision: Precision,
     /// Launches, in the order the runtime must issue them: one per kernel
     /// description, followed by a [`LaunchRole::ZeroBorder`] one when its
     /// output buffer has a border.
@@ -254,7 +261,10 @@ pub fn lower(kernels: &[KernelDesc], opts: &CudaOptions) -> Result<CompiledCuda,
     let mut specs = Vec::with_capacity(kernels.len());
     for (index, k) in kernels.iter().enumerate() {
         k.validate().map_err(|m| invalid(index, k, m))?;
-        let plan = KernelPlan::new(k, &mut wb).map_err(|m| invalid(index, k, m))?;
+        let mut plan = KernelPlan::new(k, &mut wb).map_err(|m| invalid(index, k, m))?;
+        if let KernelPlan::Gemm(g) = &mut plan {
+            g.precision = opts.precision;
+        }
         let border = KernelPlan::border(k).map_err(|m| invalid(index, k, m))?;
         let base = symbol(index, &k.name);
         let roles = [
@@ -334,6 +344,7 @@ pub fn lower(kernels: &[KernelDesc], opts: &CudaOptions) -> Result<CompiledCuda,
     Ok(CompiledCuda {
         ptx,
         arch: opts.arch.clone(),
+        precision: opts.precision,
         kernels: specs,
         weights: wb.into_bytes(),
         arena_bytes,

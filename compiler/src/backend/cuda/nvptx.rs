@@ -342,6 +342,37 @@ impl<'ctx> Kb for Nvptx<'_, 'ctx> {
         self.b.position_at_end(exit);
         Ok(out)
     }
+    fn tf32(&mut self, x: Self::F) -> Result<Self::F> {
+        let r = self
+            .call("llvm.nvvm.f2tf32.rna", &[x.into()])?
+            .ok_or_else(|| cg("cvt.rna.tf32.f32 returned nothing"))?;
+        Ok(self.b.build_bit_cast(r, self.f32, "")?.into_float_value())
+    }
+    fn mma_tf32(
+        &mut self,
+        a: [Self::F; 4],
+        b: [Self::F; 2],
+        c: [Self::F; 4],
+    ) -> Result<[Self::F; 4]> {
+        // The tf32 operands are passed as their i32 bit patterns.
+        let mut args: Vec<BasicMetadataValueEnum> = Vec::with_capacity(10);
+        for x in a.iter().chain(&b) {
+            args.push(self.b.build_bit_cast(*x, self.i32, "")?.into());
+        }
+        args.extend(c.iter().map(|&x| BasicMetadataValueEnum::from(x)));
+        let d = self
+            .call("llvm.nvvm.mma.m16n8k8.row.col.tf32", &args)?
+            .ok_or_else(|| cg("mma returned nothing"))?
+            .into_struct_value();
+        let mut out = c;
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = self
+                .b
+                .build_extract_value(d, i as u32, "")?
+                .into_float_value();
+        }
+        Ok(out)
+    }
 }
 
 impl<'ctx> Nvptx<'_, 'ctx> {

@@ -4,6 +4,7 @@
 //! drives the NVPTX emission and the CPU emulator.
 
 use super::addr::{Geom, I32_LIMIT};
+use super::mma::Precision;
 use super::pack::{pack_b, pack_bias, BShape, WeightsBuilder};
 use crate::backend::kernel::{Affine, ConvKernel, KernelDesc, KernelOp, LinearKernel, View};
 
@@ -126,6 +127,8 @@ pub(crate) struct GemmPlan {
     pub bias: i64,
     pub prologue: Option<AffineRef>,
     pub relu: bool,
+    /// SIMT f32 or TF32 tensor cores (`mma.rs`): same tile, same staging.
+    pub precision: Precision,
 }
 
 /// Max or average pooling, one thread per output element.
@@ -292,7 +295,11 @@ impl KernelPlan {
     pub fn summary(&self) -> String {
         match self {
             KernelPlan::Gemm(g) => format!(
-                "gemm m={} n={} k={} tile={}x{}x{} thread={}x{} threads={}",
+                "gemm{} m={} n={} k={} tile={}x{}x{} thread={}x{} threads={}",
+                match g.precision {
+                    Precision::Fp32 => "",
+                    Precision::Tf32 => " tf32",
+                },
                 g.m,
                 g.n,
                 g.k,
@@ -409,6 +416,7 @@ impl GemmPlan {
             bias,
             prologue,
             relu,
+            precision: Precision::Fp32,
         })
     }
 }
