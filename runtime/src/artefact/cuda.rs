@@ -3,8 +3,10 @@
 //! The table lists, in the order they must be issued on one stream, every kernel launch of
 //! one inference: the PTX `.entry` to call, its grid, block and dynamic shared memory, and its
 //! arguments, each a device pointer given as a byte offset into the device weights (a range of
-//! the weights section) or into the session's device arena. Everything else (view offsets,
-//! shapes) is compiled into the PTX, so the same launches replay as a CUDA graph.
+//! the weights section) or into the session's device arena. Launches of kernels of one shape
+//! share an entry and differ only in these arguments (where their weights and views lie);
+//! shapes are compiled into the PTX. The arguments are fixed per launch, so the same launches
+//! replay as a CUDA graph.
 //!
 //! [`CUDA_LAUNCH_VERSION`] versions this table: a manifest whose `cuda` object lacks it was
 //! written before the CUDA executor existed, one with another value by another compiler;

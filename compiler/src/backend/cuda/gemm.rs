@@ -96,13 +96,9 @@ pub(crate) fn emit<K: Kb>(k: &mut K, p: &GemmPlan) -> Result<()> {
         let kx = k.rem(tap, kw)?;
         let ky = k.div(tap, kw)?;
         let (scale, shift) = match p.prologue {
-            Some(a) => {
-                let si = k.index(a.scale, i, 1)?;
-                let hi = k.index(a.shift, i, 1)?;
-                (
-                    Some(k.load(Buf::Weights, si)?),
-                    Some(k.load(Buf::Weights, hi)?),
-                )
+            Some(_) => {
+                let ci = k.wide(i)?;
+                (Some(k.load(Buf::Scale, ci)?), Some(k.load(Buf::Shift, ci)?))
             }
             None => (None, None),
         };
@@ -117,7 +113,7 @@ pub(crate) fn emit<K: Kb>(k: &mut K, p: &GemmPlan) -> Result<()> {
                 ok = k.and(ok, in_x)?;
             }
             let e = p.input.elem_nyx(k, row.n, y, x, i)?;
-            let mut v = k.load_if(ok, Buf::Arena, e, zero)?;
+            let mut v = k.load_if(ok, Buf::Input, e, zero)?;
             if let (Some(s), Some(h), Some(a)) = (scale, shift, p.prologue) {
                 v = k.fma(v, s, h)?;
                 if a.relu {
@@ -134,16 +130,16 @@ pub(crate) fn emit<K: Kb>(k: &mut K, p: &GemmPlan) -> Result<()> {
         for r in 0..b_rounds {
             let ki = k.addc(b_ki0, r * (threads / bn))?;
             let row = k.add(k0, ki)?;
-            let e = k.index(p.b, row, i64::from(p.n_pad))?;
+            let e = k.index(0, row, i64::from(p.n_pad))?;
             let e = k.addw(e, b_col)?;
             let si = k.mulc(ki, bn)?;
             let si = k.add(si, b_ni)?;
             if b_idle {
                 let zero = k.cf(0.0);
-                let v = k.load_if(b_active, Buf::Weights, e, zero)?;
+                let v = k.load_if(b_active, Buf::Matrix, e, zero)?;
                 k.store_shared_if(b_active, b_s, si, v)?;
             } else {
-                let v = k.load(Buf::Weights, e)?;
+                let v = k.load(Buf::Matrix, e)?;
                 k.store_shared(b_s, si, v)?;
             }
         }
@@ -176,8 +172,8 @@ pub(crate) fn emit<K: Kb>(k: &mut K, p: &GemmPlan) -> Result<()> {
         let col = k.addc(col0, c)?;
         let o = k.add(n0, col)?;
         let ok = k.ultc(o, p.n)?;
-        let bi = k.index(p.bias, o, 1)?;
-        let bias = k.load(Buf::Weights, bi)?;
+        let bi = k.wide(o)?;
+        let bias = k.load(Buf::Bias, bi)?;
         cols.push((o, ok, bias));
     }
     for r in 0..t.tm {
@@ -191,7 +187,7 @@ pub(crate) fn emit<K: Kb>(k: &mut K, p: &GemmPlan) -> Result<()> {
             }
             let ok = k.and(m_ok, o_ok)?;
             let e = p.output.elem(k, m, o)?;
-            k.store_if(ok, Buf::Arena, e, v)?;
+            k.store_if(ok, Buf::Output, e, v)?;
         }
     }
     Ok(())

@@ -22,13 +22,30 @@ use crate::backend::BackendError;
 
 pub(crate) type Result<T> = std::result::Result<T, BackendError>;
 
-/// A global buffer a kernel can address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A global buffer a kernel addresses: each is a pointer parameter of the
+/// kernel, bound per launch (`plan.rs`), so the emitted code indexes it
+/// from 0 and never sees where the buffer lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Buf {
-    /// The packed weights section (read-only).
-    Weights,
-    /// The activation arena.
-    Arena,
+    /// A GEMM's packed `B[K_pad][N_pad]` (weights, read-only).
+    Matrix,
+    /// A GEMM's bias padded to `N_pad` (weights, read-only).
+    Bias,
+    /// An affine's per-channel scale (weights, read-only).
+    Scale,
+    /// An affine's per-channel shift (weights, read-only).
+    Shift,
+    /// The arena at the input view's channel 0 of stored pixel 0.
+    Input,
+    /// The arena at the output view's channel 0 of stored pixel 0.
+    Output,
+}
+
+impl Buf {
+    /// Whether the buffer lies in the weights (else in the arena).
+    pub fn is_weights(self) -> bool {
+        !matches!(self, Buf::Input | Buf::Output)
+    }
 }
 
 /// The body of [`Kb::loop_acc`]: `(builder, i, acc) -> acc`.
