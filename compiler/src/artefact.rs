@@ -236,6 +236,7 @@ fn cuda_target(
                 .map(|p| match *p {
                     KernelParam::Weights { offset } => CudaArg::Weights { offset },
                     KernelParam::Arena { offset } => CudaArg::Arena { offset },
+                    KernelParam::Scalar { value } => CudaArg::Scalar { value },
                 })
                 .collect(),
         })

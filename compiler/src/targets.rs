@@ -146,6 +146,7 @@ impl CompiledTargets {
                     .map(|p| match p {
                         cuda::KernelParam::Weights { offset } => format!("w+{offset}"),
                         cuda::KernelParam::Arena { offset } => format!("a+{offset}"),
+                        cuda::KernelParam::Scalar { value } => value.to_string(),
                     })
                     .collect();
                 table.push_str(&format!(

@@ -131,6 +131,7 @@ fn table(a: &Artefact) -> Vec<TableLaunch<'_>> {
                 .map(|a| match *a {
                     CudaArg::Weights { offset } => KernelParam::Weights { offset },
                     CudaArg::Arena { offset } => KernelParam::Arena { offset },
+                    CudaArg::Scalar { value } => KernelParam::Scalar { value },
                 })
                 .collect(),
         })
@@ -264,6 +265,29 @@ fn a_wrong_launch_table_is_caught_by_the_emulator() {
         matches!(e, EmuError::Coverage { .. } | EmuError::Fault { .. }),
         "{e}"
     );
+
+    // A 1x1 GEMM told to reduce over one channel more reads past its input
+    // view; a zero K is refused.
+    let (l, k) = good
+        .iter()
+        .enumerate()
+        .find_map(|(i, l)| match l.args.last() {
+            Some(&KernelParam::Scalar { value }) => Some((i, value)),
+            _ => None,
+        })
+        .expect("a launch with a K argument");
+    let last = good[l].args.len() - 1;
+    let mut wide = good.clone();
+    wide[l].args[last] = KernelParam::Scalar { value: k + 1 };
+    let e = infer(&b, &wide, &mut fresh(), &x).expect_err("K + 1");
+    assert!(
+        matches!(&e, EmuError::Fault { message, .. } if message.contains("outside the input view")),
+        "{e}"
+    );
+    let mut zero = good.clone();
+    zero[l].args[last] = KernelParam::Scalar { value: 0 };
+    let e = infer(&b, &zero, &mut fresh(), &x).expect_err("K = 0");
+    assert!(matches!(e, EmuError::Table { .. }), "{e}");
 
     // An arena pointer where a weights pointer belongs is refused.
     let mut kinds = good.clone();

@@ -198,8 +198,9 @@ fn emulated_planned_densenets_match_the_reference() {
     }
 }
 
-/// `d` without what a launch binds (weights, view offsets) or names: two
-/// descriptions with equal `shape`s need the same code.
+/// `d` without what a launch binds (weights, view offsets, a 1x1 GEMM's
+/// input channels) or names: two descriptions with equal `shape`s need the
+/// same code.
 fn shape(d: &KernelDesc) -> KernelDesc {
     use std::sync::Arc;
     let none = || Arc::new(Vec::new());
@@ -215,11 +216,15 @@ fn shape(d: &KernelDesc) -> KernelDesc {
     }
     match &mut d.op {
         KernelOp::Conv(c) => {
+            if c.kernel == [1, 1] {
+                d.input.channels = 0;
+            }
             c.weight = none();
             c.bias = c.bias.as_ref().map(|_| none());
             strip(&mut c.prologue);
         }
         KernelOp::Linear(l) => {
+            d.input.channels = 0;
             l.weight = none();
             l.bias = l.bias.as_ref().map(|_| none());
         }
@@ -233,7 +238,8 @@ fn shape(d: &KernelDesc) -> KernelDesc {
 /// DenseNet-121 at 32x32: one `.entry` per distinct kernel shape (and per
 /// distinct bordered output geometry, for the border zeroing), every
 /// launch of one entry with its own arguments; the 58 3x3 growth convs
-/// share 4 entries, one per resolution.
+/// share 4 entries, one per resolution, and so do the 58 1x1 bottlenecks
+/// (their input channels are an argument).
 #[test]
 fn densenet121_gets_one_entry_per_kernel_shape() {
     let o = ConfigOverrides {
@@ -273,18 +279,22 @@ fn densenet121_gets_one_entry_per_kernel_shape() {
         .collect();
     assert_eq!(conv3x3.len(), 4, "{conv3x3:?}");
     assert_eq!(conv3x3.iter().map(|e| e.launches).sum::<usize>(), 58);
+    // Bottlenecks (58), transitions (3) and the classifier: 4 + 3 + 1 entries.
+    let gemm1x1: Vec<_> = compiled
+        .entries
+        .iter()
+        .filter(|e| e.symbol.ends_with("_gemm1x1"))
+        .collect();
+    assert_eq!(gemm1x1.len(), 8, "{gemm1x1:?}");
+    assert_eq!(gemm1x1.iter().map(|e| e.launches).sum::<usize>(), 62);
     for (i, e) in compiled.entries.iter().enumerate() {
         let launches: Vec<_> = compiled.kernels.iter().filter(|l| l.entry == i).collect();
         assert_eq!(launches.len(), e.launches, "{}", e.symbol);
         for l in &launches {
             assert_eq!(l.symbol, e.symbol);
             assert_eq!(l.block[0], e.threads);
-            let kinds: Vec<bool> = l
-                .params
-                .iter()
-                .map(|p| matches!(p, cuda::KernelParam::Weights { .. }))
-                .collect();
-            assert_eq!(kinds, e.weights_params, "{}", e.symbol);
+            let kinds: Vec<cuda::ParamKind> = l.params.iter().map(|p| p.kind()).collect();
+            assert_eq!(kinds, e.params, "{}", e.symbol);
         }
         // No two compute launches of an entry bind the same arguments (the
         // layers of a block re-zero one bottleneck buffer's border).

@@ -99,7 +99,8 @@ pub(crate) fn emit_gap<K: Kb>(k: &mut K, p: &GapPlan) -> Result<()> {
     let hw = p.input.h * p.input.w;
     let first = k.mulc(n, hw)?;
     let zero = k.cf(0.0);
-    let acc = k.loop_acc(hw as u32, vec![zero], &mut |k, j, acc| {
+    let trip = k.ci(hw);
+    let acc = k.loop_acc(trip, vec![zero], &mut |k, j, acc| {
         let pix = k.add(first, j)?;
         let e = p.input.elem(k, pix, c)?;
         let mut v = k.load_if(valid, Buf::Input, e, zero)?;

@@ -21,10 +21,12 @@
 //! Float results match the GPU's up to the order of operations, which is
 //! the same (`fma` is fused on both).
 
-use super::kb::{Buf, Kb, LoopBody, Result};
+use super::kb::{Buf, Kb, LoopBody, Result, Scalar};
+use super::plan::Slot;
 use super::{CompiledCuda, KernelParam};
 use crate::backend::kernel::{View, ELEM_BYTES};
 use crate::backend::BackendError;
+use runtime::artefact::CUDA_MAX_SCALAR;
 use thiserror::Error;
 
 /// Why emulation failed: a bug in the lowering, or an arena too small.
@@ -124,18 +126,44 @@ pub fn run_table(
                 l.entry
             )));
         }
+        let mut scalars = Vec::new();
+        for (j, (p, a)) in params.iter().zip(&l.args).enumerate() {
+            if let Slot::Scalar(s) = p.slot {
+                match *a {
+                    KernelParam::Scalar { value } if (1..=CUDA_MAX_SCALAR).contains(&value) => {
+                        scalars.push((s, value as i32))
+                    }
+                    _ => {
+                        return Err(bad(format!(
+                            "argument {j} is {a:?} for the {s:?} parameter (a scalar in \
+                             1..={CUDA_MAX_SCALAR})"
+                        )))
+                    }
+                }
+            }
+        }
+        let k = scalars
+            .iter()
+            .find(|(s, _)| *s == Scalar::K)
+            .map(|&(_, v)| v as u32);
         let mut args = Vec::with_capacity(params.len());
         for (j, (p, a)) in params.iter().zip(&l.args).enumerate() {
-            let (offset, align) = match (*a, p.buf.is_weights()) {
+            let Slot::Buf(buf) = p.slot else {
+                continue;
+            };
+            let (offset, align) = match (*a, buf.is_weights()) {
                 (KernelParam::Weights { offset }, true) => (offset, 16),
                 (KernelParam::Arena { offset }, false) => (offset, ELEM_BYTES as u64),
                 _ => {
                     return Err(bad(format!(
-                        "argument {j} is {a:?} for the {:?} parameter",
-                        p.buf
+                        "argument {j} is {a:?} for the {buf:?} parameter"
                     )))
                 }
             };
+            let floats = p
+                .floats
+                .resolve(k)
+                .ok_or_else(|| bad(format!("the {buf:?} parameter needs a K argument")))?;
             let base = usize::try_from(offset)
                 .ok()
                 .filter(|_| offset.is_multiple_of(align))
@@ -145,9 +173,9 @@ pub fn run_table(
                     ))
                 })?;
             args.push(Bound {
-                buf: p.buf,
+                buf,
                 base: base / ELEM_BYTES,
-                floats: p.floats,
+                floats,
             });
         }
         issues.push(Issue {
@@ -156,6 +184,7 @@ pub fn run_table(
             grid: l.grid,
             block: l.block,
             args,
+            scalars,
         });
     }
     execute(compiled, &issues, weights, arena)
@@ -178,6 +207,7 @@ struct Issue {
     grid: [u32; 3],
     block: [u32; 3],
     args: Vec<Bound>,
+    scalars: Vec<(Scalar, i32)>,
 }
 
 fn execute(
@@ -216,6 +246,7 @@ fn execute(
                     arena,
                     writes: &mut writes,
                     args: &issue.args,
+                    scalars: &issue.scalars,
                     input: desc.input,
                     fault: None,
                 };
@@ -317,6 +348,7 @@ struct Sim<'a> {
     arena: &'a mut [f32],
     writes: &'a mut [u8],
     args: &'a [Bound],
+    scalars: &'a [(Scalar, i32)],
     input: View,
     fault: Option<String>,
 }
@@ -494,6 +526,13 @@ impl Kb for Sim<'_> {
     fn ctaid(&mut self, dim: u8) -> Result<SI> {
         Ok(self.ci(self.ctaid[usize::from(dim.min(1))]))
     }
+    fn scalar(&mut self, s: Scalar) -> Result<SI> {
+        let v = self.scalars.iter().find(|(x, _)| *x == s).map(|&(_, v)| v);
+        if v.is_none() {
+            self.fail(|| format!("the kernel has no {s:?} argument"));
+        }
+        Ok(self.ci(v.unwrap_or(0)))
+    }
     fn add(&mut self, a: SI, b: SI) -> Result<SI> {
         Ok(self.int_op(a, b, "add", i32::checked_add))
     }
@@ -658,11 +697,19 @@ impl Kb for Sim<'_> {
     }
     fn loop_acc(
         &mut self,
-        trip: u32,
+        trip: SI,
         init: Vec<SF>,
         body: &mut LoopBody<'_, Self>,
     ) -> Result<Vec<SF>> {
         let mut acc = init;
+        let trips = &self.ints[trip.0];
+        let first = trips.first().copied().unwrap_or(0);
+        if first < 1 || trips.iter().any(|&t| t != first) {
+            let (min, max) = (trips.iter().min().copied(), trips.iter().max().copied());
+            self.fail(|| format!("loop trip counts {min:?}..={max:?}: not uniform and >= 1"));
+            return Ok(acc);
+        }
+        let trip = first as u32;
         for i in 0..trip {
             let marks = (
                 self.ints.len(),
@@ -732,6 +779,7 @@ mod tests {
                     floats: 0,
                 },
             ],
+            scalars: &[],
             input: View::dense(0, 1, 1, 1, 8),
             fault: None,
         };

@@ -13,10 +13,15 @@
 //! - thread `(ty, tx)` accumulates its `TM × TN` register tile (rows
 //!   `ty·TM..`, columns `tx·TN..` of the block tile).
 //!
+//! A 1x1 GEMM takes its reduction length `K` as a scalar argument (one
+//! entry serves the bottlenecks of a dense block, which differ only in
+//! their input channels): `k = i`, the number of `BK` slices is computed
+//! from it, and rows `k ≥ K` contribute 0 as for a constant `K`.
+//!
 //! The epilogue adds the bias, applies ReLU and stores the elements with
 //! `m < M`, `o < N` into the output view (a channel slice of its buffer).
 
-use super::kb::{Buf, Kb, KbExt, Result};
+use super::kb::{Buf, Kb, KbExt, Result, Scalar};
 use super::plan::{GemmPlan, A_ROW_PAD};
 
 /// Per-thread constants of one `A` gather assignment.
@@ -85,16 +90,31 @@ pub(crate) fn emit<K: Kb>(k: &mut K, p: &GemmPlan) -> Result<()> {
     let padded = p.padding != [0, 0];
     let (kw, ic) = (p.kernel[1], p.input.channels);
 
+    let (k_len, k_tiles) = if p.k_param {
+        let k_len = k.scalar(Scalar::K)?;
+        let t = k.addc(k_len, bk - 1)?;
+        (k_len, k.div(t, bk)?)
+    } else {
+        (k.ci(p.k), k.ci(p.k_tiles as i32))
+    };
+
     let zero = k.cf(0.0);
+    let zero_i = k.ci(0);
     let init = vec![zero; t.tm * t.tn];
-    let acc = k.loop_acc(p.k_tiles, init, &mut |k, kt, mut acc| {
+    let acc = k.loop_acc(k_tiles, init, &mut |k, kt, mut acc| {
         let k0 = k.mulc(kt, bk)?;
         let kk = k.add(k0, a_ki)?;
-        let k_valid = k.ultc(kk, p.k)?;
-        let i = k.rem(kk, ic)?;
-        let tap = k.div(kk, ic)?;
-        let kx = k.rem(tap, kw)?;
-        let ky = k.div(tap, kw)?;
+        let k_valid = k.ult(kk, k_len)?;
+        let (i, ky, kx) = if p.k_param {
+            // One tap: k is the channel; rows past K read channel 0 (the
+            // prologue's scale and shift are K long) and contribute 0.
+            (k.selecti(k_valid, kk, zero_i)?, zero_i, zero_i)
+        } else {
+            let i = k.rem(kk, ic)?;
+            let tap = k.div(kk, ic)?;
+            let kx = k.rem(tap, kw)?;
+            (i, k.div(tap, kw)?, kx)
+        };
         let (scale, shift) = match p.prologue {
             Some(_) => {
                 let ci = k.wide(i)?;

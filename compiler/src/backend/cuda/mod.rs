@@ -19,15 +19,17 @@
 //! everything the code depends on (op, tiling, view geometries, kernel
 //! window, flags) is compiled in, and launches whose shapes are equal share
 //! the entry. What differs between them, where their weights and views
-//! lie, is bound at launch: every parameter is a `.u64` global-memory
-//! device pointer, a base plus the launch's byte offset
-//! ([`KernelParam`]), in this order:
+//! lie and a 1x1 GEMM's input channels, is bound at launch
+//! ([`KernelParam`]): pointers are `.u64` global-memory device pointers, a
+//! base plus the launch's byte offset, and the scalar is a `.u32`, in this
+//! order:
 //!
 //! ```c
 //! __global__ void e(const float *matrix, const float *bias, /* GEMMs: packed B, bias    */
 //!                   const float *scale, const float *shift, /* when there is an affine  */
 //!                   const float *input,                     /* not for border kernels   */
-//!                   float *output);
+//!                   float *output,
+//!                   unsigned k);  /* 1x1 GEMMs only: input channels, 1..=2^30-1 */
 //! ```
 //!
 //! `weights + offset` for the first four (pieces of
@@ -69,7 +71,7 @@ use inkwell::targets::FileType;
 use kb::Kb;
 use nvptx::Nvptx;
 use pack::WeightsBuilder;
-use plan::KernelPlan;
+use plan::{KernelPlan, Slot};
 use std::collections::HashMap;
 
 /// How to compile.
@@ -91,13 +93,33 @@ impl Default for CudaOptions {
 }
 
 /// A kernel argument of the PTX ABI (module docs): a device pointer,
-/// `base + offset` bytes.
+/// `base + offset` bytes, or a scalar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum KernelParam {
     /// `const float*` into the packed weights section.
     Weights { offset: u64 },
     /// `float*` into the activation arena.
     Arena { offset: u64 },
+    /// `unsigned` (`.u32`): a count in `1..=2^30-1`.
+    Scalar { value: u32 },
+}
+
+/// The kind of a kernel parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ParamKind {
+    Weights,
+    Arena,
+    Scalar,
+}
+
+impl KernelParam {
+    pub fn kind(&self) -> ParamKind {
+        match self {
+            KernelParam::Weights { .. } => ParamKind::Weights,
+            KernelParam::Arena { .. } => ParamKind::Arena,
+            KernelParam::Scalar { .. } => ParamKind::Scalar,
+        }
+    }
 }
 
 /// One PTX `.entry`: the code of one kernel shape.
@@ -109,9 +131,8 @@ pub struct CudaEntry {
     pub threads: u32,
     /// Static shared memory it declares.
     pub static_shared_bytes: u32,
-    /// Its parameters, in order: `true` for a weights pointer, `false` for
-    /// an arena pointer.
-    pub weights_params: Vec<bool>,
+    /// Its parameters, in order.
+    pub params: Vec<ParamKind>,
     /// Launches that run it.
     pub launches: usize,
     /// A one-line description of the shape.
@@ -314,7 +335,15 @@ pub fn lower(kernels: &[KernelDesc], opts: &CudaOptions) -> Result<CompiledCuda,
                         symbol: symbol(e, &plan.kind()),
                         threads: launch.block[0],
                         static_shared_bytes: shared,
-                        weights_params: plan.params().iter().map(|p| p.buf.is_weights()).collect(),
+                        params: plan
+                            .params()
+                            .iter()
+                            .map(|p| match p.slot {
+                                Slot::Buf(b) if b.is_weights() => ParamKind::Weights,
+                                Slot::Buf(_) => ParamKind::Arena,
+                                Slot::Scalar(_) => ParamKind::Scalar,
+                            })
+                            .collect(),
                         launches: 0,
                         plan: summary.clone(),
                     });
@@ -324,17 +353,22 @@ pub fn lower(kernels: &[KernelDesc], opts: &CudaOptions) -> Result<CompiledCuda,
                 }
             };
             entries[entry].launches += 1;
-            let params = bindings
-                .iter()
-                .map(|&(buf, at)| {
-                    let offset = at * ELEM_BYTES as u64;
-                    if buf.is_weights() {
-                        KernelParam::Weights { offset }
-                    } else {
-                        KernelParam::Arena { offset }
+            let mut summary = summary;
+            let mut params = Vec::with_capacity(bindings.len());
+            for &(slot, at) in &bindings {
+                let offset = at * ELEM_BYTES as u64;
+                params.push(match slot {
+                    Slot::Buf(b) if b.is_weights() => KernelParam::Weights { offset },
+                    Slot::Buf(_) => KernelParam::Arena { offset },
+                    Slot::Scalar(s) => {
+                        summary.push_str(&format!(" {s:?}={at}"));
+                        KernelParam::Scalar {
+                            value: u32::try_from(at)
+                                .map_err(|e| invalid(index, k, e.to_string()))?,
+                        }
                     }
-                })
-                .collect();
+                });
+            }
             specs.push(LaunchSpec {
                 name: k.name.clone(),
                 desc: index,

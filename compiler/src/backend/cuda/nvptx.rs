@@ -2,22 +2,23 @@
 //! function with one `ptr addrspace(1)` parameter per [`Buf`] it uses
 //! (`plan.rs`: weights pieces `noalias readonly`, then the input and output
 //! views, which may alias: an in-place affine, or a prefix read and a slice
-//! written of one block buffer), with `nvvm.annotations` (`kernel`,
+//! written of one block buffer) and one `i32` per [`Scalar`], with `nvvm.annotations` (`kernel`,
 //! `maxntidx`), thread and block ids from `llvm.nvvm.read.ptx.sreg.*`,
 //! shared arrays as internal `addrspace(3)` globals and
 //! `llvm.nvvm.barrier0` for `__syncthreads()`.
 
-use super::kb::{Buf, Kb, LoopBody, Result};
-use super::plan::Param;
+use super::kb::{Buf, Kb, LoopBody, Result, Scalar};
+use super::plan::{Param, Slot};
 use crate::backend::BackendError;
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::builder::Builder;
 use inkwell::context::Context;
 use inkwell::intrinsics::Intrinsic;
 use inkwell::module::{Linkage, Module};
-use inkwell::types::{FloatType, IntType};
+use inkwell::types::{BasicMetadataTypeEnum, FloatType, IntType};
 use inkwell::values::{
-    BasicMetadataValueEnum, BasicValue, FloatValue, FunctionValue, IntValue, PointerValue,
+    BasicMetadataValueEnum, BasicValue, BasicValueEnum, FloatValue, FunctionValue, IntValue,
+    PointerValue,
 };
 use inkwell::{AddressSpace, IntPredicate};
 
@@ -32,7 +33,7 @@ pub(crate) struct Nvptx<'a, 'ctx> {
     module: &'a Module<'ctx>,
     b: Builder<'ctx>,
     f: FunctionValue<'ctx>,
-    params: Vec<(Buf, PointerValue<'ctx>)>,
+    params: Vec<(Slot, BasicValueEnum<'ctx>)>,
     f32: FloatType<'ctx>,
     i32: IntType<'ctx>,
     i64: IntType<'ctx>,
@@ -54,7 +55,13 @@ impl<'a, 'ctx> Nvptx<'a, 'ctx> {
         params: &[Param],
     ) -> Result<Self> {
         let gptr = ctx.ptr_type(AddressSpace::from(GLOBAL));
-        let types: Vec<_> = params.iter().map(|_| gptr.into()).collect();
+        let types: Vec<BasicMetadataTypeEnum> = params
+            .iter()
+            .map(|p| match p.slot {
+                Slot::Buf(_) => gptr.into(),
+                Slot::Scalar(_) => ctx.i32_type().into(),
+            })
+            .collect();
         let ty = ctx.void_type().fn_type(&types, false);
         let f = module.add_function(name, ty, Some(Linkage::External));
         f.set_call_conventions(PTX_KERNEL_CC);
@@ -63,7 +70,7 @@ impl<'a, 'ctx> Nvptx<'a, 'ctx> {
         for (i, p) in (0u32..).zip(params) {
             // Weights are never written: read-only pieces of one buffer may
             // overlap without breaking `noalias`.
-            if p.buf.is_weights() {
+            if matches!(p.slot, Slot::Buf(b) if b.is_weights()) {
                 f.add_attribute(AttributeLoc::Param(i), attr("noalias"));
                 f.add_attribute(AttributeLoc::Param(i), attr("readonly"));
             }
@@ -79,17 +86,19 @@ impl<'a, 'ctx> Nvptx<'a, 'ctx> {
                 .add_global_metadata("nvvm.annotations", &node)
                 .map_err(cg)?;
         }
-        let param = |i: u32, n: &str| -> Result<PointerValue<'ctx>> {
-            let p = f
-                .get_nth_param(i)
-                .ok_or_else(|| cg("kernel parameter missing"))?
-                .into_pointer_value();
-            p.set_name(n);
-            Ok(p)
-        };
         let params = (0u32..)
             .zip(params)
-            .map(|(i, p)| Ok((p.buf, param(i, &format!("{:?}", p.buf).to_lowercase())?)))
+            .map(|(i, p)| {
+                let v = f
+                    .get_nth_param(i)
+                    .ok_or_else(|| cg("kernel parameter missing"))?;
+                let name = match p.slot {
+                    Slot::Buf(b) => format!("{b:?}"),
+                    Slot::Scalar(s) => format!("{s:?}"),
+                };
+                v.set_name(&name.to_lowercase());
+                Ok((p.slot, v))
+            })
             .collect::<Result<Vec<_>>>()?;
         let b = ctx.create_builder();
         b.position_at_end(ctx.append_basic_block(f, "entry"));
@@ -149,12 +158,16 @@ impl<'a, 'ctx> Nvptx<'a, 'ctx> {
         Ok(unsafe { self.b.build_in_bounds_gep(self.f32, base, &[idx], "")? })
     }
 
-    fn base(&self, buf: Buf) -> Result<PointerValue<'ctx>> {
+    fn param(&self, slot: Slot) -> Result<BasicValueEnum<'ctx>> {
         self.params
             .iter()
-            .find(|(b, _)| *b == buf)
+            .find(|(s, _)| *s == slot)
             .map(|&(_, p)| p)
-            .ok_or_else(|| cg(format!("the kernel has no {buf:?} parameter")))
+            .ok_or_else(|| cg(format!("the kernel has no {slot:?} parameter")))
+    }
+
+    fn base(&self, buf: Buf) -> Result<PointerValue<'ctx>> {
+        Ok(self.param(Slot::Buf(buf))?.into_pointer_value())
     }
 
     fn load_at(&self, p: PointerValue<'ctx>) -> Result<FloatValue<'ctx>> {
@@ -195,6 +208,9 @@ impl<'ctx> Kb for Nvptx<'_, 'ctx> {
     fn ctaid(&mut self, dim: u8) -> Result<Self::I> {
         let axis = if dim == 0 { "x" } else { "y" };
         self.call_i32(&format!("llvm.nvvm.read.ptx.sreg.ctaid.{axis}"))
+    }
+    fn scalar(&mut self, s: Scalar) -> Result<Self::I> {
+        Ok(self.param(Slot::Scalar(s))?.into_int_value())
     }
     fn add(&mut self, a: Self::I, b: Self::I) -> Result<Self::I> {
         Ok(self.b.build_int_nsw_add(a, b, "")?)
@@ -316,7 +332,7 @@ impl<'ctx> Kb for Nvptx<'_, 'ctx> {
     }
     fn loop_acc(
         &mut self,
-        trip: u32,
+        trip: Self::I,
         init: Vec<Self::F>,
         body: &mut LoopBody<'_, Self>,
     ) -> Result<Vec<Self::F>> {
@@ -339,10 +355,9 @@ impl<'ctx> Kb for Nvptx<'_, 'ctx> {
             return Err(cg("loop body changed the accumulator count"));
         }
         let next = self.addc_i(i, 1)?;
-        let trip_v = self.ci(i32::try_from(trip).map_err(cg)?);
         let more = self
             .b
-            .build_int_compare(IntPredicate::ULT, next, trip_v, "")?;
+            .build_int_compare(IntPredicate::ULT, next, trip, "")?;
         let latch = self.current()?;
         self.b.build_conditional_branch(more, head, exit)?;
         let zero = self.ci(0);

@@ -5,7 +5,9 @@
 //! kernel's *shape key*: two descriptions with equal plans get the same
 //! code and share one PTX `.entry`. The bindings are what differs between
 //! such launches: where each pointer parameter ([`Buf`]) points, as an
-//! element offset into the weights section or the arena. Plans hold no LLVM
+//! element offset into the weights section or the arena, and the scalar
+//! parameters ([`Scalar`]: a 1x1 GEMM's `K`, which the plan then leaves
+//! out). Plans hold no LLVM
 //! state, so the same plan drives the NVPTX emission and the CPU emulator.
 //!
 //! Alignment: the emitted code assumes nothing of its pointers beyond
@@ -15,7 +17,7 @@
 //! into the plan.
 
 use super::addr::{Geom, I32_LIMIT};
-use super::kb::Buf;
+use super::kb::{Buf, Scalar};
 use super::pack::{pack_b, pack_bias, BShape, WeightsBuilder};
 use crate::backend::kernel::{Affine, ConvKernel, KernelDesc, KernelOp, LinearKernel, View};
 
@@ -42,28 +44,64 @@ pub(crate) struct AffineOp {
     pub relu: bool,
 }
 
-/// A pointer parameter of a kernel: its buffer and, for a weights piece,
-/// the floats the kernel may read from it (a function of the plan, hence
-/// the same for every launch of an entry; 0 for the arena views).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Param {
-    pub buf: Buf,
-    pub floats: usize,
+/// What a kernel parameter is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Slot {
+    /// A pointer into the weights or the arena.
+    Buf(Buf),
+    /// A 32-bit scalar.
+    Scalar(Scalar),
 }
 
-/// Where one launch's parameters point, in the order of
-/// [`KernelPlan::params`]: element offsets into the weights section (for
-/// weights buffers) or the arena.
-pub(crate) type Bindings = Vec<(Buf, u64)>;
+/// The floats a kernel may read from a weights piece: a function of the
+/// plan, and of the launch's `K` where the plan leaves `K` out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Floats {
+    Fixed(usize),
+    /// `per_row` floats for each of `K` rounded up to a multiple of `round`.
+    PerK {
+        per_row: usize,
+        round: usize,
+    },
+}
 
-/// The offsets [`KernelPlan::new`] found, before they are put in parameter
-/// order.
+impl Floats {
+    /// The count for a launch whose `K` argument is `k`, if it has one.
+    pub fn resolve(self, k: Option<u32>) -> Option<usize> {
+        match self {
+            Floats::Fixed(n) => Some(n),
+            Floats::PerK { per_row, round } => {
+                Some((k? as usize).div_ceil(round) * round * per_row)
+            }
+        }
+    }
+}
+
+/// A parameter of a kernel: what it is and, for a weights piece, how much
+/// the kernel may read from it (`Fixed(0)` otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Param {
+    pub slot: Slot,
+    pub floats: Floats,
+}
+
+/// One launch's arguments, in the order of [`KernelPlan::params`]: element
+/// offsets into the weights section (weights buffers) or the arena, or a
+/// scalar's value.
+pub(crate) type Bindings = Vec<(Slot, u64)>;
+
+/// The bindings [`KernelPlan::new`] found, before they are put in
+/// parameter order.
 #[derive(Default)]
-struct Offsets(Vec<(Buf, u64)>);
+struct Offsets(Vec<(Slot, u64)>);
 
 impl Offsets {
     fn set(&mut self, buf: Buf, at: usize) {
-        self.0.push((buf, at as u64));
+        self.0.push((Slot::Buf(buf), at as u64));
+    }
+
+    fn scalar(&mut self, s: Scalar, value: usize) {
+        self.0.push((Slot::Scalar(s), value as u64));
     }
 
     fn affine(&mut self, a: &Affine, wb: &mut WeightsBuilder) -> AffineOp {
@@ -91,9 +129,9 @@ impl Offsets {
             .map(|p| {
                 self.0
                     .iter()
-                    .find(|(b, _)| *b == p.buf)
+                    .find(|(b, _)| *b == p.slot)
                     .copied()
-                    .ok_or_else(|| format!("parameter {:?} is not bound", p.buf))
+                    .ok_or_else(|| format!("parameter {:?} is not bound", p.slot))
             })
             .collect()
     }
@@ -165,6 +203,10 @@ impl Tile {
 /// A convolution (or linear layer) as an implicit GEMM:
 /// `Out[m][o] = Σ_k A[m][k] · B[k][o]` with `m` an output pixel, `o` an
 /// output channel and `k = (ky * KW + kx) * I + i` (see `pack.rs`).
+///
+/// A 1x1 GEMM (`k_param`) takes `K = I` as the [`Scalar::K`] argument: its
+/// `k`, `k_tiles` and `input.channels` are then 0 here, so that 1x1 GEMMs
+/// differing only in their input channels share an entry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct GemmPlan {
     pub tile: Tile,
@@ -179,6 +221,8 @@ pub(crate) struct GemmPlan {
     pub n: i32,
     pub k_tiles: u32,
     pub n_pad: i32,
+    /// `K` is the [`Scalar::K`] argument (1x1 kernels).
+    pub k_param: bool,
     pub prologue: Option<AffineOp>,
     pub relu: bool,
 }
@@ -314,41 +358,67 @@ impl KernelPlan {
         Ok(Some((plan, bindings)))
     }
 
-    /// The kernel's pointer parameters, in order: weights pieces first,
-    /// then the input and output views.
+    /// The kernel's parameters, in order: weights pieces first, then the
+    /// input and output views, then the scalars.
     pub fn params(&self) -> Vec<Param> {
-        let w = |buf, floats| Param { buf, floats };
-        let a = |buf| Param { buf, floats: 0 };
-        let affine = |on: bool, channels: i32| {
-            let c = channels as usize;
+        let w = |buf, floats| Param {
+            slot: Slot::Buf(buf),
+            floats,
+        };
+        let a = |buf| w(buf, Floats::Fixed(0));
+        let affine = |on: bool, floats: Floats| {
             if on {
-                vec![w(Buf::Scale, c), w(Buf::Shift, c)]
+                vec![w(Buf::Scale, floats), w(Buf::Shift, floats)]
             } else {
                 vec![]
             }
         };
+        let channels = |c: i32| Floats::Fixed(c as usize);
         let views = [a(Buf::Input), a(Buf::Output)];
         match self {
             KernelPlan::Gemm(g) => {
                 let n_pad = g.n_pad as usize;
-                let k_pad = g.k_tiles as usize * g.tile.bk;
-                let mut p = vec![w(Buf::Matrix, k_pad * n_pad), w(Buf::Bias, n_pad)];
-                p.extend(affine(g.prologue.is_some(), g.input.channels));
+                let bk = g.tile.bk;
+                let (matrix, channels) = if g.k_param {
+                    (
+                        Floats::PerK {
+                            per_row: n_pad,
+                            round: bk,
+                        },
+                        Floats::PerK {
+                            per_row: 1,
+                            round: 1,
+                        },
+                    )
+                } else {
+                    (
+                        Floats::Fixed(g.k_tiles as usize * bk * n_pad),
+                        channels(g.input.channels),
+                    )
+                };
+                let mut p = vec![w(Buf::Matrix, matrix), w(Buf::Bias, Floats::Fixed(n_pad))];
+                p.extend(affine(g.prologue.is_some(), channels));
                 p.extend(views);
+                if g.k_param {
+                    p.push(Param {
+                        slot: Slot::Scalar(Scalar::K),
+                        floats: Floats::Fixed(0),
+                    });
+                }
                 p
             }
             KernelPlan::Pool(p) => {
-                let mut v = affine(p.prologue.is_some(), p.input.channels);
+                let mut v = affine(p.prologue.is_some(), channels(p.input.channels));
                 v.extend(views);
                 v
             }
             KernelPlan::Gap(p) => {
-                let mut v = affine(p.prologue.is_some(), p.input.channels);
+                let mut v = affine(p.prologue.is_some(), channels(p.input.channels));
                 v.extend(views);
                 v
             }
             KernelPlan::Affine(p) => {
-                let mut v = affine(true, p.input.channels);
+                let mut v = affine(true, channels(p.input.channels));
                 v.extend(views);
                 v
             }
@@ -413,7 +483,11 @@ impl KernelPlan {
                 "gemm m={} n={} k={} tile={}x{}x{} thread={}x{} threads={}",
                 g.m,
                 g.n,
-                g.k,
+                if g.k_param {
+                    "K".into()
+                } else {
+                    g.k.to_string()
+                },
                 g.tile.bm,
                 g.tile.bn,
                 g.tile.bk,
@@ -516,9 +590,18 @@ impl GemmPlan {
         };
         at.set(Buf::Matrix, wb.push(&pack_b(weight, &shape)));
         at.set(Buf::Bias, wb.push(&pack_bias(bias, n_pad)));
+        let k_param = kernel == [1, 1];
+        let mut input = Geom::of(i)?;
+        let (k, k_tiles) = if k_param {
+            at.scalar(Scalar::K, k);
+            input.channels = 0;
+            (0, 0)
+        } else {
+            (k, k_pad / tile.bk)
+        };
         Ok(GemmPlan {
             tile,
-            input: Geom::of(i)?,
+            input,
             output: Geom::of(o)?,
             kernel: i32s(kernel),
             stride: i32s(stride),
@@ -526,8 +609,9 @@ impl GemmPlan {
             m: m as i32,
             k: k as i32,
             n: out_channels as i32,
-            k_tiles: (k_pad / tile.bk) as u32,
+            k_tiles: k_tiles as u32,
             n_pad: n_pad as i32,
+            k_param,
             prologue,
             relu,
         })
