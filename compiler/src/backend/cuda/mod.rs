@@ -241,11 +241,11 @@ fn symbol(index: usize, kind: &str) -> String {
     format!("dnc_e{index:03}_{kind}")
 }
 
-/// Kernels per module below which one module (one thread) is used.
+/// Entries per module below which one module (one thread) is used.
 const KERNELS_PER_MODULE: usize = 64;
 
-/// Modules to lower `kernels` launches in: one per core, at least
-/// [`KERNELS_PER_MODULE`] launches each.
+/// Modules to lower `kernels` entries in: one per core, at least
+/// [`KERNELS_PER_MODULE`] entries each.
 fn chunk_count(kernels: usize) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     (kernels / KERNELS_PER_MODULE).clamp(1, cores.max(1))
