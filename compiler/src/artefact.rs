@@ -233,9 +233,10 @@ fn cuda_target(
             args: l
                 .params
                 .iter()
-                .map(|p| match p {
-                    KernelParam::Weights => CudaArg::Weights { offset: 0 },
-                    KernelParam::Arena => CudaArg::Arena { offset: 0 },
+                .map(|p| match *p {
+                    KernelParam::Weights { offset } => CudaArg::Weights { offset },
+                    KernelParam::Arena { offset } => CudaArg::Arena { offset },
+                    KernelParam::Scalar { value } => CudaArg::Scalar { value },
                 })
                 .collect(),
         })

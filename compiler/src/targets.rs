@@ -144,7 +144,7 @@ impl CompiledTargets {
     /// Writes each target's inspectable outputs into `dir` (`--dump-dir`):
     /// the CPU backend's files, `cuda.ll` (the NVPTX module before
     /// optimisation), `cuda.ptx` and `cuda-launches.txt` (one line per
-    /// launch: entry, grid, block, shared memory, plan).
+    /// launch: entry, grid, block, shared memory, arguments, plan).
     pub fn dump(&self, dir: &Path) -> Result<()> {
         if let Some(c) = &self.cpu {
             c.dump(dir)?;
@@ -158,9 +158,23 @@ impl CompiledTargets {
             write("cuda.ptx", &c.ptx)?;
             let mut table = String::new();
             for l in &c.kernels {
+                let args: Vec<String> = l
+                    .params
+                    .iter()
+                    .map(|p| match p {
+                        cuda::KernelParam::Weights { offset } => format!("w+{offset}"),
+                        cuda::KernelParam::Arena { offset } => format!("a+{offset}"),
+                        cuda::KernelParam::Scalar { value } => value.to_string(),
+                    })
+                    .collect();
                 table.push_str(&format!(
-                    "{} grid={:?} block={:?} shared={} {}\n",
-                    l.symbol, l.grid, l.block, l.static_shared_bytes, l.plan
+                    "{} grid={:?} block={:?} shared={} args=[{}] {}\n",
+                    l.symbol,
+                    l.grid,
+                    l.block,
+                    l.static_shared_bytes,
+                    args.join(","),
+                    l.plan
                 ));
             }
             if let Some(Ok(r)) = &self.ptxas {
@@ -179,8 +193,9 @@ impl CompiledTargets {
         }
         if let Some(c) = &self.cuda {
             parts.push(format!(
-                "{} CUDA launches ({})",
+                "{} CUDA launches of {} entries ({})",
                 c.kernels.len(),
+                c.entries.len(),
                 if c.cubin.is_some() {
                     format!("PTX + cubin {}", c.arch)
                 } else {

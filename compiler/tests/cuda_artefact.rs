@@ -10,7 +10,7 @@
 
 use compiler::artefact::{build_artefact, ArtefactParts};
 use compiler::backend::cuda::emulate::{self, EmuError, TableLaunch};
-use compiler::backend::cuda::{ptxas, Precision, TF32_REL_BOUND};
+use compiler::backend::cuda::{ptxas, KernelParam, Precision, TF32_REL_BOUND};
 use compiler::backend::graph::kernels_of;
 use compiler::builder::{build, ConfigOverrides, DenseNetConfig};
 use compiler::passes::optimize;
@@ -125,19 +125,21 @@ fn table(a: &Artefact) -> Vec<TableLaunch<'_>> {
     let cuda = a.manifest().cuda.as_ref().expect("cuda target");
     cuda.launches
         .iter()
-        .map(|l| {
-            // The PTX ABI: (weights, arena); the loader checked the count against the PTX.
-            let (w, r) = match l.args[..] {
-                [CudaArg::Weights { offset: w }, CudaArg::Arena { offset: r }] => (w, r),
-                ref other => panic!("unexpected arguments {other:?}"),
-            };
-            TableLaunch {
-                entry: &l.entry,
-                grid: l.grid,
-                block: l.block,
-                weights_offset: w,
-                arena_offset: r,
-            }
+        .map(|l| TableLaunch {
+            entry: &l.entry,
+            kernel: l.kernel,
+            grid: l.grid,
+            block: l.block,
+            // The loader checked the count against the PTX.
+            args: l
+                .args
+                .iter()
+                .map(|a| match *a {
+                    CudaArg::Weights { offset } => KernelParam::Weights { offset },
+                    CudaArg::Arena { offset } => KernelParam::Arena { offset },
+                    CudaArg::Scalar { value } => KernelParam::Scalar { value },
+                })
+                .collect(),
         })
         .collect()
 }
@@ -274,19 +276,66 @@ fn a_wrong_launch_table_is_caught_by_the_emulator() {
 
     // Weights at the wrong offset give wrong numbers.
     let mut shifted = good.clone();
-    shifted[0].weights_offset = 16;
+    let KernelParam::Weights { offset } = &mut shifted[0].args[0] else {
+        panic!("the stem conv's first argument is its packed weights");
+    };
+    *offset += 16;
     let wrong = infer(&b, &shifted, &mut fresh(), &x);
     assert!(
         wrong.map_or(true, |got| got.rel_error(&want[0]).expect("shape") > 1e-3),
         "shifted weights gave the right answer"
     );
 
+    // A shared entry given another launch's output pointer writes outside
+    // its own output view.
+    let (i, j) = (0..good.len())
+        .flat_map(|i| (i + 1..good.len()).map(move |j| (i, j)))
+        .find(|&(i, j)| good[i].entry == good[j].entry && good[i].args != good[j].args)
+        .expect("two launches of one entry");
+    let mut crossed = good.clone();
+    let out = crossed[i].args.len() - 1;
+    crossed[i].args[out] = good[j].args[out];
+    let e = infer(&b, &crossed, &mut fresh(), &x).expect_err("crossed output pointer");
+    assert!(
+        matches!(e, EmuError::Coverage { .. } | EmuError::Fault { .. }),
+        "{e}"
+    );
+
+    // A 1x1 GEMM told to reduce over one channel more reads past its input
+    // view; a zero K is refused.
+    let (l, k) = good
+        .iter()
+        .enumerate()
+        .find_map(|(i, l)| match l.args.last() {
+            Some(&KernelParam::Scalar { value }) => Some((i, value)),
+            _ => None,
+        })
+        .expect("a launch with a K argument");
+    let last = good[l].args.len() - 1;
+    let mut wide = good.clone();
+    wide[l].args[last] = KernelParam::Scalar { value: k + 1 };
+    let e = infer(&b, &wide, &mut fresh(), &x).expect_err("K + 1");
+    assert!(
+        matches!(&e, EmuError::Fault { message, .. } if message.contains("outside the input view")),
+        "{e}"
+    );
+    let mut zero = good.clone();
+    zero[l].args[last] = KernelParam::Scalar { value: 0 };
+    let e = infer(&b, &zero, &mut fresh(), &x).expect_err("K = 0");
+    assert!(matches!(e, EmuError::Table { .. }), "{e}");
+
+    // An arena pointer where a weights pointer belongs is refused.
+    let mut kinds = good.clone();
+    kinds[0].args[0] = KernelParam::Arena { offset: 0 };
+    let e = infer(&b, &kinds, &mut fresh(), &x).expect_err("wrong argument kind");
+    assert!(matches!(e, EmuError::Table { index: 0, .. }), "{e}");
+
     let mut unknown = good.clone();
-    unknown[2].entry = "dnc_k999_missing";
+    unknown[2].entry = "dnc_e999_missing";
     let e = infer(&b, &unknown, &mut fresh(), &x).expect_err("unknown entry");
     assert!(
         e.to_string()
-            .contains("`dnc_k999_missing` is not in the module"),
+            .contains("`dnc_e999_missing` is not in the module"),
         "{e}"
     );
 }

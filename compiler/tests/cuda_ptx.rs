@@ -12,6 +12,9 @@
 //! - A snapshot pins the PTX of a tiny kernel list.
 //! - The same in `--precision tf32` (tensor-core GEMMs): assembly without
 //!   spills and a snapshot; its numerics are in `cuda_tf32.rs`.
+//! - Kernels of equal shape share one `.entry`: DenseNet-121 gets one entry
+//!   per distinct shape, and launches of a shared entry with their own
+//!   weights and views each compute their reference.
 
 mod cpu_kernels_support;
 mod cuda_ptx_support;
@@ -188,7 +191,163 @@ fn emulated_planned_densenets_match_the_reference() {
         let got = read(&mem, &net.outputs[0], &want[0].shape);
         let err = got.rel_error(&want[0]).expect("shape");
         assert!(err <= 1e-4, "{arch} b{batch}: relative error {err:e}");
+        // With bottlenecks, the dense layers of a block share their 3x3
+        // conv's entry (DenseNet-40's 3x3 convs read ever more channels).
+        assert!(
+            arch == "densenet-40" || compiled.entries.iter().any(|e| e.launches > 1),
+            "{arch}: no shared entry"
+        );
     }
+}
+
+/// `d` without what a launch binds (weights, view offsets, a 1x1 GEMM's
+/// input channels) or names: two descriptions with equal `shape`s need the
+/// same code.
+fn shape(d: &KernelDesc) -> KernelDesc {
+    use std::sync::Arc;
+    let none = || Arc::new(Vec::new());
+    let strip = |a: &mut Option<compiler::backend::kernel::Affine>| {
+        if let Some(a) = a {
+            (a.scale, a.shift) = (none(), none());
+        }
+    };
+    let mut d = d.clone();
+    d.name.clear();
+    for v in [&mut d.input, &mut d.output] {
+        (v.offset, v.channel_offset) = (0, 0);
+    }
+    match &mut d.op {
+        KernelOp::Conv(c) => {
+            if c.kernel == [1, 1] {
+                d.input.channels = 0;
+            }
+            c.weight = none();
+            c.bias = c.bias.as_ref().map(|_| none());
+            strip(&mut c.prologue);
+        }
+        KernelOp::Linear(l) => {
+            d.input.channels = 0;
+            l.weight = none();
+            l.bias = l.bias.as_ref().map(|_| none());
+        }
+        KernelOp::MaxPool(p) | KernelOp::AvgPool(p) => strip(&mut p.prologue),
+        KernelOp::GlobalAvgPool { prologue } => strip(prologue),
+        KernelOp::Affine(a) => (a.scale, a.shift) = (none(), none()),
+    }
+    d
+}
+
+/// DenseNet-121 at 32x32: one `.entry` per distinct kernel shape (and per
+/// distinct bordered output geometry, for the border zeroing), every
+/// launch of one entry with its own arguments; the 58 3x3 growth convs
+/// share 4 entries, one per resolution, and so do the 58 1x1 bottlenecks
+/// (their input channels are an argument).
+#[test]
+fn densenet121_gets_one_entry_per_kernel_shape() {
+    let o = ConfigOverrides {
+        image_size: Some(32),
+        ..Default::default()
+    };
+    let (_, net) = planned("densenet121", &o, 1, 2);
+    let compiled = cuda::lower(&net.kernels, &CudaOptions::default()).expect("lower");
+    let mut shapes: Vec<KernelDesc> = Vec::new();
+    let mut borders = Vec::new();
+    for d in &net.kernels {
+        let s = shape(d);
+        if !s.output.is_flat() && !borders.contains(&s.output) {
+            borders.push(s.output);
+        }
+        if !shapes.contains(&s) {
+            shapes.push(s);
+        }
+    }
+    eprintln!(
+        "densenet121 32x32: {} launches, {} entries ({} kernel shapes, {} border shapes), {} KiB of PTX",
+        compiled.kernels.len(),
+        compiled.entries.len(),
+        shapes.len(),
+        borders.len(),
+        compiled.ptx.len() / 1024
+    );
+    assert_eq!(compiled.entries.len(), shapes.len() + borders.len());
+    assert_eq!(
+        compiled.ptx.matches(".entry").count(),
+        compiled.entries.len()
+    );
+    let conv3x3: Vec<_> = compiled
+        .entries
+        .iter()
+        .filter(|e| e.symbol.ends_with("_gemm3x3"))
+        .collect();
+    assert_eq!(conv3x3.len(), 4, "{conv3x3:?}");
+    assert_eq!(conv3x3.iter().map(|e| e.launches).sum::<usize>(), 58);
+    // Bottlenecks (58), transitions (3) and the classifier: 4 + 3 + 1 entries.
+    let gemm1x1: Vec<_> = compiled
+        .entries
+        .iter()
+        .filter(|e| e.symbol.ends_with("_gemm1x1"))
+        .collect();
+    assert_eq!(gemm1x1.len(), 8, "{gemm1x1:?}");
+    assert_eq!(gemm1x1.iter().map(|e| e.launches).sum::<usize>(), 62);
+    for (i, e) in compiled.entries.iter().enumerate() {
+        let launches: Vec<_> = compiled.kernels.iter().filter(|l| l.entry == i).collect();
+        assert_eq!(launches.len(), e.launches, "{}", e.symbol);
+        for l in &launches {
+            assert_eq!(l.symbol, e.symbol);
+            assert_eq!(l.block[0], e.threads);
+            let kinds: Vec<cuda::ParamKind> = l.params.iter().map(|p| p.kind()).collect();
+            assert_eq!(kinds, e.params, "{}", e.symbol);
+        }
+        // No two compute launches of an entry bind the same arguments (the
+        // layers of a block re-zero one bottleneck buffer's border).
+        let compute: Vec<_> = launches
+            .iter()
+            .filter(|l| l.role == cuda::LaunchRole::Compute)
+            .collect();
+        for (i, a) in compute.iter().enumerate() {
+            for b in &compute[i + 1..] {
+                assert_ne!(a.params, b.params, "{}", e.symbol);
+            }
+        }
+    }
+}
+
+/// Two convs of one shape in different buffers, each with its own weights
+/// and input: one entry, two launches with their own arguments, and each
+/// output matches its own reference through the emulator.
+#[test]
+fn launches_of_a_shared_entry_bind_their_own_weights_and_views() {
+    let spec = "conv n2 c16 9x11 oc12 k3 p1 pro bias relu block";
+    let (a, mut b) = (case(21, spec), case(22, spec));
+    let shift = a.desc.output.end_bytes().next_multiple_of(64) + 4 * 7;
+    b.desc.input.offset += shift;
+    b.desc.output.offset += shift;
+    let descs = [a.desc.clone(), b.desc.clone()];
+    let compiled = cuda::lower(&descs, &CudaOptions::default()).expect("lower");
+    // Each conv writes a bordered block buffer: a compute and a border launch.
+    assert_eq!(compiled.kernels.len(), 4);
+    assert_eq!(compiled.entries.len(), 2, "{:?}", compiled.entries);
+    assert_eq!(compiled.ptx.matches(".entry").count(), 2);
+    assert_eq!(compiled.kernels[0].symbol, compiled.kernels[2].symbol);
+    assert_ne!(compiled.kernels[0].params, compiled.kernels[2].params);
+    let mut mem = arena(compiled.arena_bytes);
+    write(&mut mem, &a.desc.input, &a.input);
+    write(&mut mem, &b.desc.input, &b.input);
+    emulate::run(&compiled, &mut mem).unwrap_or_else(|e| panic!("{e}"));
+    for c in [&a, &b] {
+        let got = read(&mem, &c.desc.output, &c.reference.shape);
+        let err = got.rel_error(&c.reference).expect("shape");
+        assert!(err <= 1e-4, "{}: relative error {err:e}", c.desc.name);
+    }
+    // The second launch bound to the first's weights computes the wrong conv.
+    let mut crossed = compiled.clone();
+    crossed.kernels[2].params[..4].copy_from_slice(&compiled.kernels[0].params[..4]);
+    let mut mem = arena(compiled.arena_bytes);
+    write(&mut mem, &a.desc.input, &a.input);
+    write(&mut mem, &b.desc.input, &b.input);
+    emulate::run(&crossed, &mut mem).expect("in bounds");
+    let got = read(&mem, &b.desc.output, &b.reference.shape);
+    assert!(got.rel_error(&b.reference).expect("shape") > 1e-3);
 }
 
 fn report_table(compiled: &cuda::CompiledCuda, report: &ptxas::PtxasReport) -> String {
@@ -241,7 +400,7 @@ fn assemble_all_in(test: &str, descs: &[KernelDesc], precision: Precision) {
         assert!(report.cubin.starts_with(b"\x7fELF"));
         assert_eq!(
             report.kernels.len(),
-            compiled.kernels.len(),
+            compiled.entries.len(),
             "{}",
             report.log
         );

@@ -3,13 +3,15 @@
 //! report a missing driver as a typed error instead of panicking.
 //!
 //! The artefact is the toy model of `common` with a CUDA target: a small PTX module whose two
-//! entries take the PTX ABI's (weights, arena) pointers. It is never launched here.
+//! launched entries take (weights, arena) pointers, and a third that also takes a `.u32`
+//! scalar. It is never launched here.
 
 mod common;
 
 use common::{toy_manifest, weights_bytes};
 use runtime::artefact::{
-    ByteRange, CudaArg, CudaLaunch, CudaTarget, CUDA_LAUNCH_VERSION, CUDA_WEIGHTS_ALIGN,
+    ByteRange, CudaArg, CudaLaunch, CudaTarget, CUDA_LAUNCH_VERSION, CUDA_MAX_SCALAR,
+    CUDA_WEIGHTS_ALIGN,
 };
 use runtime::hash::xxh64;
 use runtime::{
@@ -18,7 +20,15 @@ use runtime::{
 
 const PTX: &str = "//\n.version 7.0\n.target sm_80\n.address_size 64\n\n\
 .visible .entry toy_mean(\n\t.param .u64 toy_mean_param_0,\n\t.param .u64 toy_mean_param_1\n)\n{\n\tret;\n}\n\n\
-.visible .entry toy_affine(\n\t.param .u64 toy_affine_param_0,\n\t.param .u64 toy_affine_param_1\n)\n{\n\tret;\n}\n";
+.visible .entry toy_affine(\n\t.param .u64 toy_affine_param_0,\n\t.param .u64 toy_affine_param_1\n)\n{\n\tret;\n}\n\n\
+.visible .entry toy_scaled(\n\t.param .u64 toy_scaled_param_0,\n\t.param .u64 toy_scaled_param_1,\n\t.param .u32 toy_scaled_param_2\n)\n{\n\tret;\n}\n";
+
+/// Launch 1 through `toy_scaled`, with `scalar` as its third argument.
+fn scaled(t: &mut CudaTarget, scalar: u32) {
+    let l = &mut t.launches[1];
+    l.entry = "toy_scaled".into();
+    l.args.push(CudaArg::Scalar { value: scalar });
+}
 
 /// CPU weights first, then the device weights at the next 256-byte boundary.
 fn weights_section() -> (Vec<u8>, ByteRange) {
@@ -118,6 +128,12 @@ fn a_valid_launch_table_round_trips() {
     assert_eq!(a.manifest(), &cuda_manifest());
     // The tampering helper itself produces a loadable file when nothing is changed.
     Artefact::read(&tampered(&cuda_manifest())).expect("untampered");
+    // Scalars at both ends of their range are accepted.
+    for v in [1, CUDA_MAX_SCALAR] {
+        let mut m = cuda_manifest();
+        scaled(m.cuda.as_mut().expect("cuda"), v);
+        Artefact::read(&tampered(&m)).expect("a scalar in range");
+    }
 }
 
 type Edit = Box<dyn FnOnce(&mut CudaTarget)>;
@@ -185,8 +201,31 @@ fn the_loader_rejects_tampered_launch_tables() {
             Box::new(|t| t.launch_version = 0),
         ),
         (
-            "version 2, this runtime reads version 1",
-            Box::new(|t| t.launch_version = 2),
+            "version 1, this runtime reads version 2: recompile",
+            Box::new(|t| t.launch_version = 1),
+        ),
+        (
+            "version 3, this runtime reads version 2",
+            Box::new(|t| t.launch_version = 3),
+        ),
+        (
+            "argument 2: scalar 0 outside 1..=1073741823",
+            Box::new(|t| scaled(t, 0)),
+        ),
+        (
+            "argument 2: scalar 1073741824 outside 1..=1073741823",
+            Box::new(|t| scaled(t, CUDA_MAX_SCALAR + 1)),
+        ),
+        (
+            "argument 1: Scalar { value: 3 } for a `.u64` parameter",
+            Box::new(|t| t.launches[0].args[1] = CudaArg::Scalar { value: 3 }),
+        ),
+        (
+            "argument 2: Arena { offset: 0 } for a `.u32` parameter",
+            Box::new(|t| {
+                scaled(t, 1);
+                t.launches[1].args[2] = CudaArg::Arena { offset: 0 };
+            }),
         ),
         (
             "precision `fp16` is not fp32 or tf32",

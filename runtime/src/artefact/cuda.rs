@@ -2,13 +2,16 @@
 //!
 //! The table lists, in the order they must be issued on one stream, every kernel launch of
 //! one inference: the PTX `.entry` to call, its grid, block and dynamic shared memory, and its
-//! arguments, each a device pointer given as a byte offset into the device weights (a range of
-//! the weights section) or into the session's device arena. Everything else (view offsets,
-//! shapes) is compiled into the PTX, so the same launches replay as a CUDA graph.
+//! arguments: device pointers given as byte offsets into the device weights (a range of the
+//! weights section) or into the session's device arena, and 32-bit scalars (a 1x1 GEMM's input
+//! channels). Launches of kernels of one shape share an entry and differ only in these
+//! arguments; shapes are compiled into the PTX. The arguments are fixed per launch, so the same
+//! launches replay as a CUDA graph.
 //!
 //! [`CUDA_LAUNCH_VERSION`] versions this table: a manifest whose `cuda` object lacks it was
-//! written before the CUDA executor existed, one with another value by another compiler;
-//! both are rejected with a message naming the versions.
+//! written before the CUDA executor existed, one with another value by another compiler
+//! (version 1: pointer arguments only, one entry per launch); all are rejected with a message
+//! naming the versions.
 
 use std::collections::HashMap;
 
@@ -18,7 +21,10 @@ use serde_json::Value;
 use crate::error::ArtefactError;
 
 /// The version of the launch table this runtime executes.
-pub const CUDA_LAUNCH_VERSION: u32 = 1;
+pub const CUDA_LAUNCH_VERSION: u32 = 2;
+/// Largest [`CudaArg::Scalar`]: the kernels use scalars in signed 32-bit arithmetic (as counts
+/// rounded up to a tile), so 2^30 - 1, the compiler's bound on a GEMM's reduction length.
+pub const CUDA_MAX_SCALAR: u32 = i32::MAX as u32 / 2;
 /// Alignment (bytes) of the device weights range within the weights section: the kernels load
 /// 16-byte vectors relative to its start.
 pub const CUDA_WEIGHTS_ALIGN: u64 = 256;
@@ -90,7 +96,8 @@ impl CudaLaunch {
     }
 }
 
-/// A kernel argument: a device pointer, `base + offset`.
+/// A kernel argument: a device pointer, `base + offset` (a `.u64` parameter), or a scalar (a
+/// `.u32` parameter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CudaArg {
@@ -98,14 +105,26 @@ pub enum CudaArg {
     Weights { offset: u64 },
     /// Into the session's device arena, 4-byte aligned.
     Arena { offset: u64 },
+    /// A count in `1..=CUDA_MAX_SCALAR`.
+    Scalar { value: u32 },
+}
+
+impl CudaArg {
+    /// The PTX parameter type the argument is passed as.
+    pub fn ptx_type(&self) -> &'static str {
+        match self {
+            CudaArg::Weights { .. } | CudaArg::Arena { .. } => ".u64",
+            CudaArg::Scalar { .. } => ".u32",
+        }
+    }
 }
 
 fn invalid(msg: String) -> ArtefactError {
     ArtefactError::ManifestInvalid(format!("CUDA launch table: {msg}"))
 }
 
-/// The `.entry` functions of a PTX module and their parameter counts.
-pub fn ptx_entries(ptx: &str) -> HashMap<&str, usize> {
+/// The `.entry` functions of a PTX module and their parameters' types (`.u64`, `.u32`, …).
+pub fn ptx_entries(ptx: &str) -> HashMap<&str, Vec<&str>> {
     let mut entries = HashMap::new();
     let mut rest = ptx;
     while let Some(at) = rest.find(".entry") {
@@ -120,8 +139,15 @@ pub fn ptx_entries(ptx: &str) -> HashMap<&str, usize> {
         if name.is_empty() || !after.starts_with('(') {
             continue;
         }
-        let params = after.find(')').map_or("", |end| &after[..end]);
-        entries.insert(name, params.matches(".param").count());
+        let params = after.find(')').map_or("", |end| &after[1..end]);
+        let types = params
+            .split(',')
+            .filter_map(|p| {
+                let mut words = p.split_whitespace();
+                (words.next() == Some(".param")).then(|| words.next().unwrap_or(""))
+            })
+            .collect();
+        entries.insert(name, types);
     }
     entries
 }
@@ -173,7 +199,8 @@ impl CudaTarget {
             }
             v => {
                 return Err(invalid(format!(
-                    "version {v}, this runtime reads version {CUDA_LAUNCH_VERSION}"
+                    "version {v}, this runtime reads version {CUDA_LAUNCH_VERSION}: recompile \
+                     the artefact with a matching compiler"
                 )))
             }
         }
@@ -213,18 +240,27 @@ impl CudaTarget {
         }
         let entries = ptx_entries(ptx);
         for (i, l) in self.launches.iter().enumerate() {
-            let Some(&params) = entries.get(l.entry.as_str()) else {
+            let Some(params) = entries.get(l.entry.as_str()) else {
                 return Err(invalid(format!(
                     "launch {i}: entry `{}` is not in the PTX",
                     l.entry
                 )));
             };
-            if params != l.args.len() {
+            if params.len() != l.args.len() {
                 return Err(invalid(format!(
-                    "launch {i} `{}`: {} arguments for {params} parameters",
+                    "launch {i} `{}`: {} arguments for {} parameters",
                     l.entry,
-                    l.args.len()
+                    l.args.len(),
+                    params.len()
                 )));
+            }
+            for (j, (a, &ty)) in l.args.iter().zip(params).enumerate() {
+                if a.ptx_type() != ty {
+                    return Err(invalid(format!(
+                        "launch {i} `{}` argument {j}: {a:?} for a `{ty}` parameter",
+                        l.entry
+                    )));
+                }
             }
             if schedule_len != 0 && l.kernel >= schedule_len {
                 return Err(invalid(format!(
@@ -237,6 +273,16 @@ impl CudaTarget {
                 let (offset, size, align, what) = match *a {
                     CudaArg::Weights { offset } => (offset, w.bytes, 16, "weights"),
                     CudaArg::Arena { offset } => (offset, self.arena_bytes, 4, "arena"),
+                    CudaArg::Scalar { value } => {
+                        if !(1..=CUDA_MAX_SCALAR).contains(&value) {
+                            return Err(invalid(format!(
+                                "launch {i} `{}` argument {j}: scalar {value} outside \
+                                 1..={CUDA_MAX_SCALAR}",
+                                l.entry
+                            )));
+                        }
+                        continue;
+                    }
                 };
                 // A pointer at the very end of an empty buffer is allowed (nothing is read).
                 if !offset.is_multiple_of(align) || offset > size || (offset == size && size != 0) {
@@ -262,8 +308,10 @@ mod tests {
                    dnc_k000_a_param_0,\n\t.param .u64 dnc_k000_a_param_1\n)\n{\n ret;\n}\n\
                    .visible .entry b$x()\n{ ret; }\n";
         let e = ptx_entries(ptx);
-        assert_eq!(e.get("dnc_k000_a"), Some(&2));
-        assert_eq!(e.get("b$x"), Some(&0));
+        assert_eq!(e.get("dnc_k000_a"), Some(&vec![".u64", ".u64"]));
+        assert_eq!(e.get("b$x"), Some(&vec![]));
         assert_eq!(e.len(), 2);
+        let ptx = ".visible .entry e(\n\t.param .u64 e_param_0,\n\t.param .u32 e_param_1\n)\n{}";
+        assert_eq!(ptx_entries(ptx).get("e"), Some(&vec![".u64", ".u32"]));
     }
 }

@@ -23,8 +23,8 @@ use std::io::Read;
 use std::path::Path;
 
 pub use cuda::{
-    ptx_entries, ByteRange, CudaArg, CudaLaunch, CUDA_LAUNCH_VERSION, CUDA_WEIGHTS_ALIGN,
-    MAX_SHARED, MAX_STATIC_SHARED,
+    ptx_entries, ByteRange, CudaArg, CudaLaunch, CUDA_LAUNCH_VERSION, CUDA_MAX_SCALAR,
+    CUDA_WEIGHTS_ALIGN, MAX_SHARED, MAX_STATIC_SHARED,
 };
 pub use format::{SectionKind, FORMAT_VERSION, MAGIC};
 pub use manifest::{

@@ -188,13 +188,20 @@ enum GraphState {
     Failed(String),
 }
 
+/// A kernel argument as passed to the driver: the parameter's `.u64` or `.u32` value.
+#[derive(Debug, Clone, Copy)]
+enum KernelArg {
+    Pointer(u64),
+    U32(u32),
+}
+
 /// One session's device state.
 pub(crate) struct CudaSession {
     dev: Arc<DeviceModel>,
     stream: Arc<CudaStream>,
     arena: CudaSlice<f32>,
-    /// The kernel arguments of every launch (device pointers).
-    args: Vec<Vec<u64>>,
+    /// The kernel arguments of every launch.
+    args: Vec<Vec<KernelArg>>,
     configs: Vec<LaunchConfig>,
     /// The launch table's `kernel` of each launch (for profiles).
     kernels: Vec<usize>,
@@ -285,8 +292,9 @@ impl CudaSession {
                 l.args
                     .iter()
                     .map(|arg| match *arg {
-                        CudaArg::Weights { offset } => w + offset,
-                        CudaArg::Arena { offset } => a + offset,
+                        CudaArg::Weights { offset } => KernelArg::Pointer(w + offset),
+                        CudaArg::Arena { offset } => KernelArg::Pointer(a + offset),
+                        CudaArg::Scalar { value } => KernelArg::U32(value),
                     })
                     .collect()
             })
@@ -353,12 +361,16 @@ impl CudaSession {
     fn launch(&self, i: usize) -> Result<()> {
         let mut b = self.stream.launch_builder(&self.dev.functions[i]);
         for arg in &self.args[i] {
-            b.arg(arg);
+            match arg {
+                KernelArg::Pointer(p) => b.arg(p),
+                KernelArg::U32(v) => b.arg(v),
+            };
         }
-        // SAFETY: the entry's parameters are `args.len()` device pointers (checked against the
-        // PTX by the manifest check); each points into the weights or this session's arena at
-        // an offset the check bounded, and both buffers outlive the launch (the session holds
-        // them and synchronises before returning). The kernels themselves are trusted code.
+        // SAFETY: the entry's parameters are `args.len()` `.u64` device pointers and `.u32`
+        // scalars, in the arguments' order and types (checked against the PTX by the manifest
+        // check); each pointer points into the weights or this session's arena at an offset the
+        // check bounded, and both buffers outlive the launch (the session holds them and
+        // synchronises before returning). The kernels themselves are trusted code.
         unsafe { b.launch(self.configs[i]) }
             .map(|_| ())
             .map_err(cuda_err("launching a kernel"))

@@ -9,8 +9,11 @@ use crate::backend::kernel::{View, ELEM_BYTES};
 /// The largest extent index arithmetic handles in 32 bits.
 pub(crate) const I32_LIMIT: usize = i32::MAX as usize;
 
-/// A view's geometry as the constants kernel code is generated with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A view's geometry as the constants kernel code is generated with. Where
+/// the view lies in the arena ([`Geom::base_of`]) is not part of it: the
+/// kernel addresses the view from a pointer to its first element, bound
+/// per launch, so views of one geometry at different places share code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Geom {
     pub n: i32,
     pub h: i32,
@@ -18,9 +21,6 @@ pub(crate) struct Geom {
     pub channels: i32,
     /// Zero border rows and columns of the buffer.
     pub border: [i32; 2],
-    /// Element index of the view's channel 0 at stored pixel 0 (border
-    /// included).
-    pub base: i64,
     /// Elements between consecutive pixels.
     pub stride: i64,
 }
@@ -42,9 +42,14 @@ impl Geom {
             w: v.w as i32,
             channels: v.channels as i32,
             border: [v.border[0] as i32, v.border[1] as i32],
-            base: (v.offset / ELEM_BYTES + v.channel_offset) as i64,
             stride: v.pixel_stride as i64,
         })
+    }
+
+    /// Arena element index of `v`'s channel 0 at stored pixel 0 (border
+    /// included): where the pointer the kernel addresses `v` from points.
+    pub fn base_of(v: &View) -> u64 {
+        (v.offset / ELEM_BYTES + v.channel_offset) as u64
     }
 
     /// Real pixels in the view (`n * h * w`).
@@ -57,18 +62,18 @@ impl Geom {
         [self.h + 2 * self.border[0], self.w + 2 * self.border[1]]
     }
 
-    /// Element index of `(real pixel p, channel c)`, `p` the view's linear
+    /// Element index, from the view's base, of `(real pixel p, channel c)`, `p` the view's linear
     /// pixel index `(n * h + y) * w + x`.
     pub fn elem<K: Kb + ?Sized>(&self, k: &mut K, p: K::I, c: K::I) -> Result<K::L> {
         if self.border == [0, 0] {
-            let e = k.index(self.base, p, self.stride)?;
+            let e = k.index(0, p, self.stride)?;
             return k.addw(e, c);
         }
         let (n, y, x) = self.split(k, p)?;
         self.elem_nyx(k, n, y, x, c)
     }
 
-    /// Element index of `(n, y, x, c)` in real-pixel coordinates; `y` and
+    /// Element index, from the view's base, of `(n, y, x, c)` in real-pixel coordinates; `y` and
     /// `x` may be out of range (the caller guards the access).
     pub fn elem_nyx<K: Kb + ?Sized>(
         &self,
@@ -83,7 +88,7 @@ impl Geom {
         self.elem_stored(k, n, y, x, c)
     }
 
-    /// Element index of `(n, row, col, c)` in stored coordinates (border
+    /// Element index, from the view's base, of `(n, row, col, c)` in stored coordinates (border
     /// rows and columns included).
     pub fn elem_stored<K: Kb + ?Sized>(
         &self,
@@ -98,7 +103,7 @@ impl Geom {
         let r = k.add(r, row)?;
         let r = k.mulc(r, ws)?;
         let p = k.add(r, col)?;
-        let e = k.index(self.base, p, self.stride)?;
+        let e = k.index(0, p, self.stride)?;
         k.addw(e, c)
     }
 

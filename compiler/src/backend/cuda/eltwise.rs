@@ -14,7 +14,7 @@
 
 use super::addr::Geom;
 use super::kb::{Buf, Kb, KbExt, Result};
-use super::plan::{AffinePlan, AffineRef, BorderPlan, GapPlan, PoolPlan, ELTWISE_THREADS};
+use super::plan::{AffineOp, AffinePlan, BorderPlan, GapPlan, PoolPlan, ELTWISE_THREADS};
 
 /// The thread's output element: `(valid, pixel, channel)`.
 fn element<K: Kb>(k: &mut K, out: &Geom) -> Result<(K::B, K::I, K::I)> {
@@ -29,13 +29,12 @@ fn element<K: Kb>(k: &mut K, out: &Geom) -> Result<(K::B, K::I, K::I)> {
 }
 
 /// The affine's `(scale[c], shift[c])`.
-fn affine_at<K: Kb>(k: &mut K, a: &AffineRef, c: K::I) -> Result<(K::F, K::F)> {
-    let si = k.index(a.scale, c, 1)?;
-    let hi = k.index(a.shift, c, 1)?;
-    Ok((k.load(Buf::Weights, si)?, k.load(Buf::Weights, hi)?))
+fn affine_at<K: Kb>(k: &mut K, c: K::I) -> Result<(K::F, K::F)> {
+    let i = k.wide(c)?;
+    Ok((k.load(Buf::Scale, i)?, k.load(Buf::Shift, i)?))
 }
 
-fn apply<K: Kb>(k: &mut K, a: &AffineRef, sh: (K::F, K::F), x: K::F) -> Result<K::F> {
+fn apply<K: Kb>(k: &mut K, a: &AffineOp, sh: (K::F, K::F), x: K::F) -> Result<K::F> {
     let y = k.fma(x, sh.0, sh.1)?;
     if a.relu {
         k.relu(y)
@@ -49,7 +48,7 @@ pub(crate) fn emit_pool<K: Kb>(k: &mut K, p: &PoolPlan) -> Result<()> {
     let (valid, pix, c) = element(k, &p.output)?;
     let (n, oy, ox) = p.output.split(k, pix)?;
     let sh = match &p.prologue {
-        Some(a) => Some(affine_at(k, a, c)?),
+        Some(_) => Some(affine_at(k, c)?),
         None => None,
     };
     let y0 = k.mulc(oy, p.stride[0])?;
@@ -67,7 +66,7 @@ pub(crate) fn emit_pool<K: Kb>(k: &mut K, p: &PoolPlan) -> Result<()> {
             let ok = k.and(ok, valid)?;
             let e = p.input.elem_nyx(k, n, y, x, c)?;
             let other = acc;
-            let mut v = k.load_if(ok, Buf::Arena, e, other)?;
+            let mut v = k.load_if(ok, Buf::Input, e, other)?;
             if let (Some(a), Some(sh)) = (&p.prologue, sh) {
                 let t = apply(k, a, sh, v)?;
                 v = k.select(ok, t, other)?;
@@ -87,23 +86,24 @@ pub(crate) fn emit_pool<K: Kb>(k: &mut K, p: &PoolPlan) -> Result<()> {
         acc = k.fmul(acc, inv)?;
     }
     let e = p.output.elem(k, pix, c)?;
-    k.store_if(valid, Buf::Arena, e, acc)
+    k.store_if(valid, Buf::Output, e, acc)
 }
 
 /// Emit a global average pooling kernel.
 pub(crate) fn emit_gap<K: Kb>(k: &mut K, p: &GapPlan) -> Result<()> {
     let (valid, n, c) = element(k, &p.output)?;
     let sh = match &p.prologue {
-        Some(a) => Some(affine_at(k, a, c)?),
+        Some(_) => Some(affine_at(k, c)?),
         None => None,
     };
     let hw = p.input.h * p.input.w;
     let first = k.mulc(n, hw)?;
     let zero = k.cf(0.0);
-    let acc = k.loop_acc(hw as u32, vec![zero], &mut |k, j, acc| {
+    let trip = k.ci(hw);
+    let acc = k.loop_acc(trip, vec![zero], &mut |k, j, acc| {
         let pix = k.add(first, j)?;
         let e = p.input.elem(k, pix, c)?;
-        let mut v = k.load_if(valid, Buf::Arena, e, zero)?;
+        let mut v = k.load_if(valid, Buf::Input, e, zero)?;
         if let (Some(a), Some(sh)) = (&p.prologue, sh) {
             v = apply(k, a, sh, v)?;
         }
@@ -112,19 +112,19 @@ pub(crate) fn emit_gap<K: Kb>(k: &mut K, p: &GapPlan) -> Result<()> {
     let inv = k.cf(1.0 / hw as f32);
     let mean = k.fmul(acc[0], inv)?;
     let e = p.output.elem(k, n, c)?;
-    k.store_if(valid, Buf::Arena, e, mean)
+    k.store_if(valid, Buf::Output, e, mean)
 }
 
 /// Emit a standalone affine kernel.
 pub(crate) fn emit_affine<K: Kb>(k: &mut K, p: &AffinePlan) -> Result<()> {
     let (valid, pix, c) = element(k, &p.output)?;
-    let sh = affine_at(k, &p.affine, c)?;
+    let sh = affine_at(k, c)?;
     let e = p.input.elem(k, pix, c)?;
     let zero = k.cf(0.0);
-    let x = k.load_if(valid, Buf::Arena, e, zero)?;
+    let x = k.load_if(valid, Buf::Input, e, zero)?;
     let y = apply(k, &p.affine, sh, x)?;
     let e = p.output.elem(k, pix, c)?;
-    k.store_if(valid, Buf::Arena, e, y)
+    k.store_if(valid, Buf::Output, e, y)
 }
 
 /// Emit the kernel zeroing the border slice of `p.output`.
@@ -170,5 +170,5 @@ pub(crate) fn emit_border<K: Kb>(k: &mut K, p: &BorderPlan) -> Result<()> {
     }
     let idx = g.elem_stored(k, n, row, col, c)?;
     let z = k.cf(0.0);
-    k.store_if(valid, Buf::Arena, idx, z)
+    k.store_if(valid, Buf::Output, idx, z)
 }

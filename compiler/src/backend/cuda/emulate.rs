@@ -1,12 +1,17 @@
 //! A CPU emulator of the generated kernels, for checking them without a
 //! GPU: it runs the *same emission code* as the NVPTX lowering (the `Kb`
 //! trait) with every value a vector over the threads of one block, block
-//! after block, in launch order.
+//! after block, in launch order. Each launch runs its *entry*'s code (the
+//! plan the shared `.entry` was emitted from, not the launch's own) with
+//! the launch's pointer arguments, so a shape key that missed something
+//! shows up as a wrong result or a fault.
 //!
 //! Beyond computing the kernels' results into a host arena, it checks what
 //! a GPU would not report:
-//! - every global load and store is inside its buffer; arena loads fall in
-//!   the kernel's input view;
+//! - every global load and store is inside its buffer; a weights load is
+//!   inside its parameter's piece; arena loads go through the input
+//!   pointer and fall in the kernel's input view; stores go through the
+//!   output pointer;
 //! - every element of the output view is stored exactly once and nothing
 //!   else in the arena is stored (grid coverage);
 //! - no 32-bit index arithmetic overflows; divisions see non-negative values;
@@ -17,10 +22,12 @@
 //! Float results match the GPU's up to the order of operations, which is
 //! the same (`fma` is fused on both).
 
-use super::kb::{Buf, Kb, LoopBody, Result};
-use super::CompiledCuda;
+use super::kb::{Buf, Kb, LoopBody, Result, Scalar};
+use super::plan::Slot;
+use super::{CompiledCuda, KernelParam};
 use crate::backend::kernel::{View, ELEM_BYTES};
 use crate::backend::BackendError;
+use runtime::artefact::CUDA_MAX_SCALAR;
 use thiserror::Error;
 
 mod warp;
@@ -51,40 +58,41 @@ pub enum EmuError {
 
 /// Run every kernel of `compiled`, in order, on `arena` (as floats).
 pub fn run(compiled: &CompiledCuda, arena: &mut [f32]) -> std::result::Result<(), EmuError> {
-    let issues: Vec<Issue> = compiled
+    let table: Vec<TableLaunch> = compiled
         .kernels
         .iter()
-        .enumerate()
-        .map(|(plan, spec)| Issue {
-            plan,
+        .map(|spec| TableLaunch {
+            entry: &spec.symbol,
+            kernel: spec.desc,
             grid: spec.grid,
             block: spec.block,
-            weights: 0,
-            arena: 0,
+            args: spec.params.clone(),
         })
         .collect();
-    execute(compiled, &issues, &compiled.weights, arena)
+    run_table(compiled, &table, &compiled.weights, arena)
 }
 
 /// A launch as a runtime issues it from an artefact's launch table: an
-/// entry name, grid and block, and the kernel's two pointer arguments as
-/// byte offsets into the device weights and the arena.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// entry name, the kernel description it computes, grid and block, and
+/// the pointer arguments as byte offsets into the device weights and the
+/// arena.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableLaunch<'a> {
     pub entry: &'a str,
+    /// Index of the kernel description (the manifest's schedule entry).
+    pub kernel: usize,
     pub grid: [u32; 3],
     pub block: [u32; 3],
-    pub weights_offset: u64,
-    pub arena_offset: u64,
+    pub args: Vec<KernelParam>,
 }
 
 /// Run the launches of a table (in its order) the way the CUDA executor
-/// does: each entry is looked up by name among `compiled`'s kernels (as
+/// does: each entry is looked up by name among `compiled`'s entries (as
 /// `cuModuleGetFunction` would in its PTX), launched with the table's grid
 /// and block on `weights` (the device weights as the artefact stores them)
-/// and `arena`, at the table's offsets. A table that disagrees with the
-/// code (a wrong grid, block or offset) shows up as a fault, a coverage
-/// error or a wrong result.
+/// and `arena`, with the table's arguments. A table that disagrees with
+/// the code (a wrong grid, block or offset) shows up as a fault, a
+/// coverage error or a wrong result.
 pub fn run_table(
     compiled: &CompiledCuda,
     table: &[TableLaunch<'_>],
@@ -94,42 +102,115 @@ pub fn run_table(
     let mut issues = Vec::with_capacity(table.len());
     for (i, l) in table.iter().enumerate() {
         let bad = |message: String| EmuError::Table { index: i, message };
-        let plan = compiled
-            .kernels
+        let entry = compiled
+            .entries
             .iter()
-            .position(|k| k.symbol == l.entry)
+            .position(|e| e.symbol == l.entry)
             .ok_or_else(|| bad(format!("entry `{}` is not in the module", l.entry)))?;
+        if l.kernel >= compiled.descs.len() {
+            return Err(bad(format!(
+                "kernel {} of {} descriptions",
+                l.kernel,
+                compiled.descs.len()
+            )));
+        }
         if l.grid[2] != 1 || l.block[1] != 1 || l.block[2] != 1 {
             return Err(bad(format!(
                 "grid {:?} / block {:?}: the kernels index blocks by x and y and threads by x only",
                 l.grid, l.block
             )));
         }
-        let align = |offset: u64, to: u64, what: &str| {
-            usize::try_from(offset)
+        let params = compiled.plans[entry].params();
+        if params.len() != l.args.len() {
+            return Err(bad(format!(
+                "{} arguments for the {} parameters of `{}`",
+                l.args.len(),
+                params.len(),
+                l.entry
+            )));
+        }
+        let mut scalars = Vec::new();
+        for (j, (p, a)) in params.iter().zip(&l.args).enumerate() {
+            if let Slot::Scalar(s) = p.slot {
+                match *a {
+                    KernelParam::Scalar { value } if (1..=CUDA_MAX_SCALAR).contains(&value) => {
+                        scalars.push((s, value as i32))
+                    }
+                    _ => {
+                        return Err(bad(format!(
+                            "argument {j} is {a:?} for the {s:?} parameter (a scalar in \
+                             1..={CUDA_MAX_SCALAR})"
+                        )))
+                    }
+                }
+            }
+        }
+        let k = scalars
+            .iter()
+            .find(|(s, _)| *s == Scalar::K)
+            .map(|&(_, v)| v as u32);
+        let mut args = Vec::with_capacity(params.len());
+        for (j, (p, a)) in params.iter().zip(&l.args).enumerate() {
+            let Slot::Buf(buf) = p.slot else {
+                continue;
+            };
+            let (offset, align) = match (*a, buf.is_weights()) {
+                (KernelParam::Weights { offset }, true) => (offset, 16),
+                (KernelParam::Arena { offset }, false) => (offset, ELEM_BYTES as u64),
+                _ => {
+                    return Err(bad(format!(
+                        "argument {j} is {a:?} for the {buf:?} parameter"
+                    )))
+                }
+            };
+            let floats = p
+                .floats
+                .resolve(k)
+                .ok_or_else(|| bad(format!("the {buf:?} parameter needs a K argument")))?;
+            let base = usize::try_from(offset)
                 .ok()
-                .filter(|_| offset.is_multiple_of(to))
-                .ok_or_else(|| bad(format!("{what} offset {offset} is not {to}-byte aligned")))
-        };
+                .filter(|_| offset.is_multiple_of(align))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "argument {j} offset {offset} is not {align}-byte aligned"
+                    ))
+                })?;
+            args.push(Bound {
+                buf,
+                base: base / ELEM_BYTES,
+                floats,
+            });
+        }
         issues.push(Issue {
-            plan,
+            entry,
+            desc: l.kernel,
             grid: l.grid,
             block: l.block,
-            weights: align(l.weights_offset, 16, "weights")?,
-            arena: align(l.arena_offset, ELEM_BYTES as u64, "arena")?,
+            args,
+            scalars,
         });
     }
     execute(compiled, &issues, weights, arena)
 }
 
-/// One launch to emulate: which plan, its geometry, and its pointer
-/// arguments as byte offsets.
+/// A pointer argument of one launch: its buffer, the element it points
+/// at, and (weights) the floats the kernel may read from there.
+#[derive(Debug, Clone, Copy)]
+struct Bound {
+    buf: Buf,
+    base: usize,
+    floats: usize,
+}
+
+/// One launch to emulate: which entry, for which description, its
+/// geometry and its arguments.
 struct Issue {
-    plan: usize,
+    entry: usize,
+    desc: usize,
     grid: [u32; 3],
     block: [u32; 3],
-    weights: usize,
-    arena: usize,
+    args: Vec<Bound>,
+    scalars: Vec<(Scalar, i32)>,
 }
 
 fn execute(
@@ -139,15 +220,10 @@ fn execute(
     arena: &mut [f32],
 ) -> std::result::Result<(), EmuError> {
     let need = compiled.arena_bytes.div_ceil(ELEM_BYTES);
-    let max_offset = issues
-        .iter()
-        .map(|i| i.arena / ELEM_BYTES)
-        .max()
-        .unwrap_or(0);
-    if arena.len() < need + max_offset {
+    if arena.len() < need {
         return Err(EmuError::ArenaTooSmall {
             have: arena.len(),
-            need: need + max_offset,
+            need,
         });
     }
     let weights: Vec<f32> = weights
@@ -156,10 +232,8 @@ fn execute(
         .collect();
     let mut writes = vec![0u8; arena.len()];
     for (i, issue) in issues.iter().enumerate() {
-        let (plan, spec) = (&compiled.plans[issue.plan], &compiled.kernels[issue.plan]);
-        let (index, desc) = (spec.desc, &compiled.descs[spec.desc]);
-        let base = issue.arena / ELEM_BYTES;
-        let w = weights.get(issue.weights / 4..).unwrap_or(&[]);
+        let (plan, entry) = (&compiled.plans[issue.entry], &compiled.entries[issue.entry]);
+        let (index, desc) = (issue.desc, &compiled.descs[issue.desc]);
         for by in 0..issue.grid[1] {
             for bx in 0..issue.grid[0] {
                 let mut sim = Sim {
@@ -171,9 +245,11 @@ fn execute(
                     bools: Vec::new(),
                     shared: Vec::new(),
                     epoch: 1,
-                    weights: w,
-                    arena: &mut arena[base..],
-                    writes: &mut writes[base..],
+                    weights: &weights,
+                    arena,
+                    writes: &mut writes,
+                    args: &issue.args,
+                    scalars: &issue.scalars,
                     input: desc.input,
                     fault: None,
                 };
@@ -181,7 +257,7 @@ fn execute(
                 if let Some(message) = sim.fault {
                     return Err(EmuError::Fault {
                         index,
-                        name: spec.symbol.clone(),
+                        name: entry.symbol.clone(),
                         block: [bx, by],
                         message,
                     });
@@ -189,11 +265,8 @@ fn execute(
             }
         }
         // The description's last launch: its output must be covered.
-        let next_desc = issues.get(i + 1).map(|n| compiled.kernels[n.plan].desc);
-        if next_desc != Some(index) {
-            let mut out = desc.output;
-            out.offset += issue.arena;
-            check_coverage(&out, &writes).map_err(|message| EmuError::Coverage {
+        if issues.get(i + 1).map(|n| n.desc) != Some(index) {
+            check_coverage(&desc.output, &writes).map_err(|message| EmuError::Coverage {
                 index,
                 name: desc.name.clone(),
                 message,
@@ -273,9 +346,12 @@ struct Sim<'a> {
     bools: Vec<Vec<bool>>,
     shared: Vec<SharedArray>,
     epoch: u32,
+    /// The whole weights section and arena; accesses go through `args`.
     weights: &'a [f32],
     arena: &'a mut [f32],
     writes: &'a mut [u8],
+    args: &'a [Bound],
+    scalars: &'a [(Scalar, i32)],
     input: View,
     fault: Option<String>,
 }
@@ -348,26 +424,55 @@ impl Sim<'_> {
         self.new_f(v)
     }
 
+    /// The element of the weights (`true`) or the arena that `buf[idx]`
+    /// is for thread `t`, or why it is out of bounds.
+    fn resolve(&self, t: usize, buf: Buf, idx: i64) -> std::result::Result<usize, String> {
+        let Some(b) = self.args.iter().find(|b| b.buf == buf) else {
+            return Err(format!("thread {t}: the kernel has no {buf:?} parameter"));
+        };
+        let len = if buf.is_weights() {
+            self.weights.len()
+        } else {
+            self.arena.len()
+        };
+        let i = usize::try_from(idx)
+            .ok()
+            .filter(|&i| !buf.is_weights() || i < b.floats);
+        match i.map(|i| b.base + i).filter(|&e| e < len) {
+            Some(e) => Ok(e),
+            None => Err(format!(
+                "thread {t}: {buf:?}[{idx}] out of bounds ({} floats of its piece at {}, {len} \
+                 in its buffer)",
+                if buf.is_weights() { b.floats } else { len },
+                b.base
+            )),
+        }
+    }
+
     /// Read `buf[idx]` for thread `t`, or record a fault and return NaN.
     fn read(&mut self, t: usize, buf: Buf, idx: i64) -> f32 {
-        let input = self.input;
-        let (data, name): (&[f32], _) = match buf {
-            Buf::Weights => (self.weights, "weights"),
-            Buf::Arena => (self.arena, "arena"),
-        };
-        let Some(&v) = usize::try_from(idx).ok().and_then(|i| data.get(i)) else {
-            let len = data.len();
-            self.fail(|| format!("thread {t}: load {name}[{idx}] out of bounds ({len} floats)"));
+        if buf == Buf::Output {
+            self.fail(|| format!("thread {t}: load through the output pointer"));
             return f32::NAN;
+        }
+        let e = match self.resolve(t, buf, idx) {
+            Ok(e) => e,
+            Err(m) => {
+                self.fail(|| m);
+                return f32::NAN;
+            }
         };
-        if buf == Buf::Arena && locate(&input, idx as usize).is_none_or(|(.., border)| border) {
+        if buf.is_weights() {
+            return self.weights[e];
+        }
+        if locate(&self.input, e).is_none_or(|(.., border)| border) {
             self.fail(|| {
                 format!(
-                    "thread {t}: load of arena element {idx} outside the input view's real pixels"
+                    "thread {t}: load of arena element {e} outside the input view's real pixels"
                 )
             });
         }
-        v
+        self.arena[e]
     }
 
     fn touch_shared(&mut self, s: SS, t: usize, i: i32, write: bool) -> Option<usize> {
@@ -423,6 +528,13 @@ impl Kb for Sim<'_> {
     }
     fn ctaid(&mut self, dim: u8) -> Result<SI> {
         Ok(self.ci(self.ctaid[usize::from(dim.min(1))]))
+    }
+    fn scalar(&mut self, s: Scalar) -> Result<SI> {
+        let v = self.scalars.iter().find(|(x, _)| *x == s).map(|&(_, v)| v);
+        if v.is_none() {
+            self.fail(|| format!("the kernel has no {s:?} argument"));
+        }
+        Ok(self.ci(v.unwrap_or(0)))
     }
     fn add(&mut self, a: SI, b: SI) -> Result<SI> {
         Ok(self.int_op(a, b, "add", i32::checked_add))
@@ -529,20 +641,16 @@ impl Kb for Sim<'_> {
             if !self.bools[c.0][t] {
                 continue;
             }
-            let i = self.longs[idx.0][t];
-            let slot = usize::try_from(i).ok().filter(|&i| i < self.arena.len());
-            match (buf, slot) {
-                (Buf::Arena, Some(i)) => {
-                    self.arena[i] = self.floats[v.0][t];
-                    self.writes[i] = self.writes[i].saturating_add(1);
+            if buf != Buf::Output {
+                self.fail(|| format!("thread {t}: store through the {buf:?} pointer"));
+                continue;
+            }
+            match self.resolve(t, buf, self.longs[idx.0][t]) {
+                Ok(e) => {
+                    self.arena[e] = self.floats[v.0][t];
+                    self.writes[e] = self.writes[e].saturating_add(1);
                 }
-                (Buf::Weights, _) => self.fail(|| format!("thread {t}: store to the weights")),
-                (Buf::Arena, None) => {
-                    let len = self.arena.len();
-                    self.fail(|| {
-                        format!("thread {t}: store arena[{i}] out of bounds ({len} floats)")
-                    });
-                }
+                Err(m) => self.fail(|| m),
             }
         }
         Ok(())
@@ -592,11 +700,19 @@ impl Kb for Sim<'_> {
     }
     fn loop_acc(
         &mut self,
-        trip: u32,
+        trip: SI,
         init: Vec<SF>,
         body: &mut LoopBody<'_, Self>,
     ) -> Result<Vec<SF>> {
         let mut acc = init;
+        let trips = &self.ints[trip.0];
+        let first = trips.first().copied().unwrap_or(0);
+        if first < 1 || trips.iter().any(|&t| t != first) {
+            let (min, max) = (trips.iter().min().copied(), trips.iter().max().copied());
+            self.fail(|| format!("loop trip counts {min:?}..={max:?}: not uniform and >= 1"));
+            return Ok(acc);
+        }
+        let trip = first as u32;
         for i in 0..trip {
             let marks = (
                 self.ints.len(),
@@ -656,6 +772,24 @@ mod tests {
             weights: &weights,
             arena: &mut arena,
             writes: &mut writes,
+            args: &[
+                Bound {
+                    buf: Buf::Matrix,
+                    base: 2,
+                    floats: 4,
+                },
+                Bound {
+                    buf: Buf::Input,
+                    base: 0,
+                    floats: 0,
+                },
+                Bound {
+                    buf: Buf::Output,
+                    base: 0,
+                    floats: 0,
+                },
+            ],
+            scalars: &[],
             input: View::dense(0, 1, 1, 1, 8),
             fault: None,
         };
@@ -702,19 +836,47 @@ mod tests {
         assert!(f.is_some_and(|m| m.contains("before any write")));
         let f = block(2, |k| {
             let i = k.cl(8);
-            k.load(Buf::Arena, i).map(|_| ())
+            k.load(Buf::Input, i).map(|_| ())
         });
         assert!(f.is_some_and(|m| m.contains("outside the input view")));
+        // A weights piece is bounded by its parameter, not by the section.
+        let f = block(2, |k| {
+            let i = k.cl(3);
+            k.load(Buf::Matrix, i)?;
+            let i = k.cl(4);
+            k.load(Buf::Matrix, i).map(|_| ())
+        });
+        assert!(
+            f.as_deref() == Some("thread 0: Matrix[4] out of bounds (4 floats of its piece at 2, 8 in its buffer)"),
+            "{f:?}"
+        );
+        let f = block(1, |k| {
+            let i = k.cl(0);
+            k.load(Buf::Bias, i).map(|_| ())
+        });
+        assert!(f.is_some_and(|m| m.contains("no Bias parameter")));
+        let f = block(1, |k| {
+            let (i, v) = (k.cl(0), k.cf(0.0));
+            let t = k.tid()?;
+            let yes = k.ci(1);
+            let c = k.ult(t, yes)?;
+            k.store_if(c, Buf::Input, i, v)
+        });
+        assert!(f.is_some_and(|m| m.contains("store through the Input pointer")));
         let f = block(2, |k| {
             let (i, v) = (k.cl(99), k.cf(0.0));
             let t = k.tid()?;
             let c = k.ult(t, t)?; // false: no store made
-            k.store_if(c, Buf::Arena, i, v)?;
+            k.store_if(c, Buf::Output, i, v)?;
             let yes = k.ci(1);
             let c = k.ult(t, yes)?; // thread 0 stores out of bounds
-            k.store_if(c, Buf::Arena, i, v)
+            k.store_if(c, Buf::Output, i, v)
         });
-        assert!(f.is_some_and(|m| m.contains("thread 0: store arena[99] out of bounds")));
+        assert!(
+            f.as_ref()
+                .is_some_and(|m| m.starts_with("thread 0: Output[99] out of bounds")),
+            "{f:?}"
+        );
     }
 
     #[test]

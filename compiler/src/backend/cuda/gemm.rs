@@ -13,13 +13,18 @@
 //! - thread `(ty, tx)` accumulates its `TM × TN` register tile (rows
 //!   `ty·TM..`, columns `tx·TN..` of the block tile).
 //!
+//! A 1x1 GEMM takes its reduction length `K` as a scalar argument (one
+//! entry serves the bottlenecks of a dense block, which differ only in
+//! their input channels): `k = i`, the number of `BK` slices is computed
+//! from it, and rows `k ≥ K` contribute 0 as for a constant `K`.
+//!
 //! The epilogue adds the bias, applies ReLU and stores the elements with
 //! `m < M`, `o < N` into the output view (a channel slice of its buffer).
 //!
 //! With [`Precision::Tf32`] the warps compute the block tile on the tensor
 //! cores instead (`mma.rs`); staging and epilogue are unchanged.
 
-use super::kb::{Buf, Kb, KbExt, Result};
+use super::kb::{Buf, Kb, KbExt, Result, Scalar};
 use super::mma::{self, Precision, Warps};
 use super::plan::{GemmPlan, A_ROW_PAD};
 
@@ -96,24 +101,35 @@ pub(crate) fn emit<K: Kb>(k: &mut K, p: &GemmPlan) -> Result<()> {
     let padded = p.padding != [0, 0];
     let (kw, ic) = (p.kernel[1], p.input.channels);
 
+    let (k_len, k_tiles) = if p.k_param {
+        let k_len = k.scalar(Scalar::K)?;
+        let t = k.addc(k_len, bk - 1)?;
+        (k_len, k.div(t, bk)?)
+    } else {
+        (k.ci(p.k), k.ci(p.k_tiles as i32))
+    };
+
     let zero = k.cf(0.0);
+    let zero_i = k.ci(0);
     let init = vec![zero; t.tm * t.tn];
-    let acc = k.loop_acc(p.k_tiles, init, &mut |k, kt, mut acc| {
+    let acc = k.loop_acc(k_tiles, init, &mut |k, kt, mut acc| {
         let k0 = k.mulc(kt, bk)?;
         let kk = k.add(k0, a_ki)?;
-        let k_valid = k.ultc(kk, p.k)?;
-        let i = k.rem(kk, ic)?;
-        let tap = k.div(kk, ic)?;
-        let kx = k.rem(tap, kw)?;
-        let ky = k.div(tap, kw)?;
+        let k_valid = k.ult(kk, k_len)?;
+        let (i, ky, kx) = if p.k_param {
+            // One tap: k is the channel; rows past K read channel 0 (the
+            // prologue's scale and shift are K long) and contribute 0.
+            (k.selecti(k_valid, kk, zero_i)?, zero_i, zero_i)
+        } else {
+            let i = k.rem(kk, ic)?;
+            let tap = k.div(kk, ic)?;
+            let kx = k.rem(tap, kw)?;
+            (i, k.div(tap, kw)?, kx)
+        };
         let (scale, shift) = match p.prologue {
-            Some(a) => {
-                let si = k.index(a.scale, i, 1)?;
-                let hi = k.index(a.shift, i, 1)?;
-                (
-                    Some(k.load(Buf::Weights, si)?),
-                    Some(k.load(Buf::Weights, hi)?),
-                )
+            Some(_) => {
+                let ci = k.wide(i)?;
+                (Some(k.load(Buf::Scale, ci)?), Some(k.load(Buf::Shift, ci)?))
             }
             None => (None, None),
         };
@@ -128,7 +144,7 @@ pub(crate) fn emit<K: Kb>(k: &mut K, p: &GemmPlan) -> Result<()> {
                 ok = k.and(ok, in_x)?;
             }
             let e = p.input.elem_nyx(k, row.n, y, x, i)?;
-            let mut v = k.load_if(ok, Buf::Arena, e, zero)?;
+            let mut v = k.load_if(ok, Buf::Input, e, zero)?;
             if let (Some(s), Some(h), Some(a)) = (scale, shift, p.prologue) {
                 v = k.fma(v, s, h)?;
                 if a.relu {
@@ -145,16 +161,16 @@ pub(crate) fn emit<K: Kb>(k: &mut K, p: &GemmPlan) -> Result<()> {
         for r in 0..b_rounds {
             let ki = k.addc(b_ki0, r * (threads / bn))?;
             let row = k.add(k0, ki)?;
-            let e = k.index(p.b, row, i64::from(p.n_pad))?;
+            let e = k.index(0, row, i64::from(p.n_pad))?;
             let e = k.addw(e, b_col)?;
             let si = k.mulc(ki, bn)?;
             let si = k.add(si, b_ni)?;
             if b_idle {
                 let zero = k.cf(0.0);
-                let v = k.load_if(b_active, Buf::Weights, e, zero)?;
+                let v = k.load_if(b_active, Buf::Matrix, e, zero)?;
                 k.store_shared_if(b_active, b_s, si, v)?;
             } else {
-                let v = k.load(Buf::Weights, e)?;
+                let v = k.load(Buf::Matrix, e)?;
                 k.store_shared(b_s, si, v)?;
             }
         }
@@ -199,8 +215,8 @@ pub(crate) fn emit<K: Kb>(k: &mut K, p: &GemmPlan) -> Result<()> {
     for &col in &cols {
         let o = k.add(n0, col)?;
         let ok = k.ultc(o, p.n)?;
-        let bi = k.index(p.bias, o, 1)?;
-        let bias = k.load(Buf::Weights, bi)?;
+        let bi = k.wide(o)?;
+        let bias = k.load(Buf::Bias, bi)?;
         out_cols.push((o, ok, bias));
     }
     for (r, &row) in rows.iter().enumerate() {
@@ -213,7 +229,7 @@ pub(crate) fn emit<K: Kb>(k: &mut K, p: &GemmPlan) -> Result<()> {
             }
             let ok = k.and(m_ok, o_ok)?;
             let e = p.output.elem(k, m, o)?;
-            k.store_if(ok, Buf::Arena, e, v)?;
+            k.store_if(ok, Buf::Output, e, v)?;
         }
     }
     Ok(())

@@ -9,7 +9,7 @@
 //! the emulator executes the very same emission code.
 //!
 //! Contract for emission code:
-//! - control flow is uniform: loops have constant trip counts and every
+//! - control flow is uniform: loops have uniform trip counts and every
 //!   thread of a block runs the same sequence of operations; per-thread
 //!   conditions only guard loads and stores (`*_if`) or select values;
 //! - `I` values are signed 32-bit and must not overflow (the emulator
@@ -22,13 +22,37 @@ use crate::backend::BackendError;
 
 pub(crate) type Result<T> = std::result::Result<T, BackendError>;
 
-/// A global buffer a kernel can address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A global buffer a kernel addresses: each is a pointer parameter of the
+/// kernel, bound per launch (`plan.rs`), so the emitted code indexes it
+/// from 0 and never sees where the buffer lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Buf {
-    /// The packed weights section (read-only).
-    Weights,
-    /// The activation arena.
-    Arena,
+    /// A GEMM's packed `B[K_pad][N_pad]` (weights, read-only).
+    Matrix,
+    /// A GEMM's bias padded to `N_pad` (weights, read-only).
+    Bias,
+    /// An affine's per-channel scale (weights, read-only).
+    Scale,
+    /// An affine's per-channel shift (weights, read-only).
+    Shift,
+    /// The arena at the input view's channel 0 of stored pixel 0.
+    Input,
+    /// The arena at the output view's channel 0 of stored pixel 0.
+    Output,
+}
+
+/// A 32-bit scalar parameter of a kernel, bound per launch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Scalar {
+    /// A 1x1 GEMM's reduction length `K` (its input channels), at least 1.
+    K,
+}
+
+impl Buf {
+    /// Whether the buffer lies in the weights (else in the arena).
+    pub fn is_weights(self) -> bool {
+        !matches!(self, Buf::Input | Buf::Output)
+    }
 }
 
 /// The body of [`Kb::loop_acc`]: `(builder, i, acc) -> acc`.
@@ -54,6 +78,8 @@ pub(crate) trait Kb {
     fn tid(&mut self) -> Result<Self::I>;
     /// `blockIdx.x` (`dim` 0) or `blockIdx.y` (`dim` 1).
     fn ctaid(&mut self, dim: u8) -> Result<Self::I>;
+    /// The kernel's scalar parameter `s` (uniform over the grid).
+    fn scalar(&mut self, s: Scalar) -> Result<Self::I>;
 
     fn add(&mut self, a: Self::I, b: Self::I) -> Result<Self::I>;
     fn mul(&mut self, a: Self::I, b: Self::I) -> Result<Self::I>;
@@ -95,11 +121,13 @@ pub(crate) trait Kb {
     fn barrier(&mut self) -> Result<()>;
 
     /// `for i in 0..trip { acc = body(i, acc) }` with the loop-carried
-    /// `acc`; returns the final `acc`. `trip` is at least 1. Values made in
-    /// `body` are used only inside it: they leave it through `acc` alone.
+    /// `acc`; returns the final `acc`. `trip` is the same for every thread
+    /// (a constant or computed from scalar parameters) and at least 1.
+    /// Values made in `body` are used only inside it: they leave it through
+    /// `acc` alone.
     fn loop_acc(
         &mut self,
-        trip: u32,
+        trip: Self::I,
         init: Vec<Self::F>,
         body: &mut LoopBody<'_, Self>,
     ) -> Result<Vec<Self::F>>;

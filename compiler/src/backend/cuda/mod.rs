@@ -3,8 +3,9 @@
 //! and one [`LaunchSpec`] per kernel.
 //!
 //! ```text
-//! [KernelDesc] ─plan─▶ KernelPlan (tiling, launch) + packed weights
-//!              ─emit─▶ LLVM module, one ptx_kernel per KernelDesc (Kb → nvptx)
+//! [KernelDesc] ─plan─▶ KernelPlan (shape key: tiling, geometry) + bindings + packed weights
+//!              ─dedup─▶ one entry per distinct KernelPlan
+//!              ─emit─▶ LLVM module, one ptx_kernel per entry (Kb → nvptx)
 //!              ─O3──▶ PTX (sm_80 default) ─ptxas (optional)─▶ cubin, register report
 //! ```
 //!
@@ -14,21 +15,38 @@
 //!
 //! # PTX ABI
 //!
-//! Each launch is an `.entry` named [`LaunchSpec::symbol`] with two
-//! `.u64` parameters, both global-memory device pointers:
+//! The PTX holds one `.entry` per distinct kernel *shape* ([`CudaEntry`]):
+//! everything the code depends on (op, tiling, view geometries, kernel
+//! window, flags) is compiled in, and launches whose shapes are equal share
+//! the entry. What differs between them, where their weights and views
+//! lie and a 1x1 GEMM's input channels, is bound at launch
+//! ([`KernelParam`]): pointers are `.u64` global-memory device pointers, a
+//! base plus the launch's byte offset, and the scalar is a `.u32`, in this
+//! order:
 //!
 //! ```c
-//! __global__ void k(const float *weights /* CompiledCuda::weights, uploaded once */,
-//!                   float *arena         /* activation arena, >= arena_bytes    */);
+//! __global__ void e(const float *matrix, const float *bias, /* GEMMs: packed B, bias    */
+//!                   const float *scale, const float *shift, /* when there is an affine  */
+//!                   const float *input,                     /* not for border kernels   */
+//!                   float *output,
+//!                   unsigned k);  /* 1x1 GEMMs only: input channels, 1..=2^30-1 */
 //! ```
 //!
-//! The runtime launches the kernels in order (`kernels[0]`, `kernels[1]`, …)
-//! on one stream, each with its `grid`, `block` and `dynamic_shared_bytes`
-//! (always 0: shared memory is static). Each launch must complete before the
-//! next reads its output, which in-order launches on one stream guarantee.
-//! All view offsets and shapes are compiled in: the same launches, with the
-//! same two pointers, replay as a CUDA graph. `weights` must be 16-byte
-//! aligned (cuMemAlloc gives 256) and `arena` 4-byte aligned.
+//! `weights + offset` for the first four (pieces of
+//! [`CompiledCuda::weights`], uploaded once; offsets are multiples of 64
+//! bytes and `weights` must be 16-byte aligned, as cuMemAlloc's 256 are),
+//! `arena + offset` for the views (the view's first channel at its
+//! buffer's first stored pixel, border included; 4-byte aligned). The
+//! code makes no other alignment assumption. `input` and `output` may
+//! alias (an in-place affine; a dense layer's prefix read and slice written
+//! of one block buffer), the weights are read-only.
+//!
+//! The runtime launches [`CompiledCuda::kernels`] in order on one stream,
+//! each with its entry, `grid`, `block`, `dynamic_shared_bytes` (always 0:
+//! shared memory is static) and arguments. Each launch must complete
+//! before the next reads its output, which in-order launches on one stream
+//! guarantee. The arguments are fixed per launch: the same launches, with
+//! the same pointers, replay as a CUDA graph.
 
 mod addr;
 mod arch;
@@ -47,7 +65,7 @@ pub use mma::{Precision, TF32_REL_BOUND};
 pub use pack::WEIGHT_ALIGN;
 pub use plan::Launch;
 
-use crate::backend::kernel::KernelDesc;
+use crate::backend::kernel::{KernelDesc, ELEM_BYTES};
 use crate::backend::BackendError;
 use inkwell::context::Context;
 use inkwell::passes::PassBuilderOptions;
@@ -55,7 +73,8 @@ use inkwell::targets::FileType;
 use kb::Kb;
 use nvptx::Nvptx;
 use pack::WeightsBuilder;
-use plan::KernelPlan;
+use plan::{KernelPlan, Slot};
+use std::collections::HashMap;
 
 /// How to compile.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,13 +97,51 @@ impl Default for CudaOptions {
     }
 }
 
-/// A kernel parameter of the PTX ABI (module docs).
+/// A kernel argument of the PTX ABI (module docs): a device pointer,
+/// `base + offset` bytes, or a scalar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum KernelParam {
-    /// `const float*`: the packed weights section.
+    /// `const float*` into the packed weights section.
+    Weights { offset: u64 },
+    /// `float*` into the activation arena.
+    Arena { offset: u64 },
+    /// `unsigned` (`.u32`): a count in `1..=2^30-1`.
+    Scalar { value: u32 },
+}
+
+/// The kind of a kernel parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ParamKind {
     Weights,
-    /// `float*`: the activation arena.
     Arena,
+    Scalar,
+}
+
+impl KernelParam {
+    pub fn kind(&self) -> ParamKind {
+        match self {
+            KernelParam::Weights { .. } => ParamKind::Weights,
+            KernelParam::Arena { .. } => ParamKind::Arena,
+            KernelParam::Scalar { .. } => ParamKind::Scalar,
+        }
+    }
+}
+
+/// One PTX `.entry`: the code of one kernel shape.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CudaEntry {
+    /// The `.entry` symbol: `dnc_e<index>_<kind>`.
+    pub symbol: String,
+    /// Threads per block (its `maxntid`).
+    pub threads: u32,
+    /// Static shared memory it declares.
+    pub static_shared_bytes: u32,
+    /// Its parameters, in order.
+    pub params: Vec<ParamKind>,
+    /// Launches that run it.
+    pub launches: usize,
+    /// A one-line description of the shape.
+    pub plan: String,
 }
 
 /// What a launch does for its kernel description.
@@ -104,15 +161,17 @@ pub struct LaunchSpec {
     /// Index of the kernel description in the list given to [`lower`].
     pub desc: usize,
     pub role: LaunchRole,
-    /// The PTX `.entry` symbol.
+    /// The PTX `.entry` symbol (shared by launches of one shape).
     pub symbol: String,
+    /// Index of the entry in [`CompiledCuda::entries`].
+    pub entry: usize,
     pub grid: [u32; 3],
     pub block: [u32; 3],
     /// Dynamic shared memory to request at launch (always 0 today).
     pub dynamic_shared_bytes: u32,
     /// Static shared memory the kernel declares (informative).
     pub static_shared_bytes: u32,
-    /// The parameters, in order.
+    /// The arguments, in the entry's parameter order.
     pub params: Vec<KernelParam>,
     /// A one-line description of the lowering decision.
     pub plan: String,
@@ -121,7 +180,7 @@ pub struct LaunchSpec {
 /// The result of lowering a kernel list.
 #[derive(Debug, Clone)]
 pub struct CompiledCuda {
-    /// PTX text (one module, all kernels).
+    /// PTX text (one module, one `.entry` per kernel shape).
     pub ptx: String,
     /// The architecture the PTX targets.
     pub arch: String,
@@ -131,6 +190,8 @@ pub struct CompiledCuda {
     /// description, followed by a [`LaunchRole::ZeroBorder`] one when its
     /// output buffer has a border.
     pub kernels: Vec<LaunchSpec>,
+    /// The distinct kernels, in order of first launch.
+    pub entries: Vec<CudaEntry>,
     /// The device weights section (little-endian f32).
     pub weights: Vec<u8>,
     /// Arena bytes the kernels touch (the largest view end).
@@ -141,6 +202,7 @@ pub struct CompiledCuda {
     /// The PTX assembled by `ptxas` for `arch`, once [`Self::assemble`] ran.
     pub cubin: Option<Vec<u8>>,
     descs: Vec<KernelDesc>,
+    /// The plan each entry was emitted from, by entry index.
     plans: Vec<KernelPlan>,
 }
 
@@ -181,22 +243,16 @@ fn emit<K: Kb>(k: &mut K, plan: &KernelPlan) -> kb::Result<()> {
     }
 }
 
-/// The PTX symbol of kernel `index`: `dnc_k<index>_<name>`, the name
-/// reduced to `[A-Za-z0-9_]` and at most 48 characters.
-pub fn symbol(index: usize, name: &str) -> String {
-    let clean: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .take(48)
-        .collect();
-    format!("dnc_k{index:03}_{clean}")
+/// The PTX symbol of entry `index` of kind `kind` (`[a-z0-9]`).
+fn symbol(index: usize, kind: &str) -> String {
+    format!("dnc_e{index:03}_{kind}")
 }
 
-/// Kernels per module below which one module (one thread) is used.
+/// Entries per module below which one module (one thread) is used.
 const KERNELS_PER_MODULE: usize = 64;
 
-/// Modules to lower `kernels` launches in: one per core, at least
-/// [`KERNELS_PER_MODULE`] launches each.
+/// Modules to lower `kernels` entries in: one per core, at least
+/// [`KERNELS_PER_MODULE`] entries each.
 fn chunk_count(kernels: usize) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     (kernels / KERNELS_PER_MODULE).clamp(1, cores.max(1))
@@ -214,7 +270,7 @@ fn strip_ptx_header(ptx: &str) -> &str {
 /// One LLVM module holding `items`' kernels: its IR as generated and its
 /// PTX after optimisation.
 fn lower_module(
-    items: &[(&KernelPlan, &LaunchSpec)],
+    items: &[(&KernelPlan, &CudaEntry)],
     opts: &CudaOptions,
 ) -> Result<(String, String), BackendError> {
     let machine = arch::machine(&opts.arch, opts.opt_level)?;
@@ -222,8 +278,9 @@ fn lower_module(
     let module = context.create_module("densenetc_cuda");
     module.set_triple(&machine.get_triple());
     module.set_data_layout(&machine.get_target_data().get_data_layout());
-    for (plan, spec) in items {
-        let mut k = Nvptx::kernel(&context, &module, &spec.symbol, spec.block[0])?;
+    for (plan, entry) in items {
+        let params = plan.params();
+        let mut k = Nvptx::kernel(&context, &module, &entry.symbol, entry.threads, &params)?;
         emit(&mut k, plan)?;
         k.finish()?;
     }
@@ -257,41 +314,84 @@ fn lower_module(
 /// Lower `kernels` (launched in order) to PTX.
 pub fn lower(kernels: &[KernelDesc], opts: &CudaOptions) -> Result<CompiledCuda, BackendError> {
     let mut wb = WeightsBuilder::default();
-    let mut plans = Vec::with_capacity(kernels.len());
+    let mut plans: Vec<KernelPlan> = Vec::new();
+    let mut entries: Vec<CudaEntry> = Vec::new();
+    let mut by_shape: HashMap<KernelPlan, usize> = HashMap::new();
     let mut specs = Vec::with_capacity(kernels.len());
     for (index, k) in kernels.iter().enumerate() {
         k.validate().map_err(|m| invalid(index, k, m))?;
-        let mut plan = KernelPlan::new(k, &mut wb).map_err(|m| invalid(index, k, m))?;
-        if let KernelPlan::Gemm(g) = &mut plan {
+        let mut compute = KernelPlan::new(k, &mut wb).map_err(|m| invalid(index, k, m))?;
+        if let (KernelPlan::Gemm(g), _) = &mut compute {
             g.precision = opts.precision;
         }
         let border = KernelPlan::border(k).map_err(|m| invalid(index, k, m))?;
-        let base = symbol(index, &k.name);
         let roles = [
-            (LaunchRole::Compute, Some(plan)),
+            (LaunchRole::Compute, Some(compute)),
             (LaunchRole::ZeroBorder, border),
         ];
-        for (role, plan) in roles {
-            let Some(plan) = plan else { continue };
+        for (role, bound) in roles {
+            let Some((plan, bindings)) = bound else {
+                continue;
+            };
             let launch = plan.launch().map_err(|m| invalid(index, k, m))?;
             let shared =
                 u32::try_from(plan.shared_bytes()).map_err(|e| invalid(index, k, e.to_string()))?;
+            let summary = plan.summary();
+            let entry = match by_shape.get(&plan) {
+                Some(&e) => e,
+                None => {
+                    let e = entries.len();
+                    entries.push(CudaEntry {
+                        symbol: symbol(e, &plan.kind()),
+                        threads: launch.block[0],
+                        static_shared_bytes: shared,
+                        params: plan
+                            .params()
+                            .iter()
+                            .map(|p| match p.slot {
+                                Slot::Buf(b) if b.is_weights() => ParamKind::Weights,
+                                Slot::Buf(_) => ParamKind::Arena,
+                                Slot::Scalar(_) => ParamKind::Scalar,
+                            })
+                            .collect(),
+                        launches: 0,
+                        plan: summary.clone(),
+                    });
+                    by_shape.insert(plan.clone(), e);
+                    plans.push(plan);
+                    e
+                }
+            };
+            entries[entry].launches += 1;
+            let mut summary = summary;
+            let mut params = Vec::with_capacity(bindings.len());
+            for &(slot, at) in &bindings {
+                let offset = at * ELEM_BYTES as u64;
+                params.push(match slot {
+                    Slot::Buf(b) if b.is_weights() => KernelParam::Weights { offset },
+                    Slot::Buf(_) => KernelParam::Arena { offset },
+                    Slot::Scalar(s) => {
+                        summary.push_str(&format!(" {s:?}={at}"));
+                        KernelParam::Scalar {
+                            value: u32::try_from(at)
+                                .map_err(|e| invalid(index, k, e.to_string()))?,
+                        }
+                    }
+                });
+            }
             specs.push(LaunchSpec {
                 name: k.name.clone(),
                 desc: index,
                 role,
-                symbol: match role {
-                    LaunchRole::Compute => base.clone(),
-                    LaunchRole::ZeroBorder => format!("{base}_border"),
-                },
+                symbol: entries[entry].symbol.clone(),
+                entry,
                 grid: launch.grid,
                 block: launch.block,
                 dynamic_shared_bytes: 0,
                 static_shared_bytes: shared,
-                params: vec![KernelParam::Weights, KernelParam::Arena],
-                plan: plan.summary(),
+                params,
+                plan: summary,
             });
-            plans.push(plan);
         }
     }
     if wb.len() > i64::MAX as usize / 4 {
@@ -303,10 +403,10 @@ pub fn lower(kernels: &[KernelDesc], opts: &CudaOptions) -> Result<CompiledCuda,
     // own LLVM context, and their PTX is concatenated under one header.
     let chunks = chunk_count(plans.len());
     let per = plans.len().div_ceil(chunks).max(1);
-    let items: Vec<(&KernelPlan, &LaunchSpec)> = plans.iter().zip(&specs).collect();
+    let items: Vec<(&KernelPlan, &CudaEntry)> = plans.iter().zip(&entries).collect();
     let parts: Vec<Result<(String, String), BackendError>> = std::thread::scope(|s| {
         // An empty list still gets a module: the header, and the check of the arch.
-        let chunks: Vec<&[(&KernelPlan, &LaunchSpec)]> = if items.is_empty() {
+        let chunks: Vec<&[(&KernelPlan, &CudaEntry)]> = if items.is_empty() {
             vec![&[]]
         } else {
             items.chunks(per).collect()
@@ -346,6 +446,7 @@ pub fn lower(kernels: &[KernelDesc], opts: &CudaOptions) -> Result<CompiledCuda,
         arch: opts.arch.clone(),
         precision: opts.precision,
         kernels: specs,
+        entries,
         weights: wb.into_bytes(),
         arena_bytes,
         llvm_ir,

@@ -1,20 +1,24 @@
 //! [`Kb`] for LLVM's NVPTX target: each kernel becomes a `ptx_kernel`
-//! function `void k(ptr addrspace(1) noalias readonly weights,
-//! ptr addrspace(1) noalias arena)` with `nvvm.annotations` (`kernel`,
+//! function with one `ptr addrspace(1)` parameter per [`Buf`] it uses
+//! (`plan.rs`: weights pieces `noalias readonly`, then the input and output
+//! views, which may alias: an in-place affine, or a prefix read and a slice
+//! written of one block buffer) and one `i32` per [`Scalar`], with `nvvm.annotations` (`kernel`,
 //! `maxntidx`), thread and block ids from `llvm.nvvm.read.ptx.sreg.*`,
 //! shared arrays as internal `addrspace(3)` globals and
 //! `llvm.nvvm.barrier0` for `__syncthreads()`.
 
-use super::kb::{Buf, Kb, LoopBody, Result};
+use super::kb::{Buf, Kb, LoopBody, Result, Scalar};
+use super::plan::{Param, Slot};
 use crate::backend::BackendError;
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::builder::Builder;
 use inkwell::context::Context;
 use inkwell::intrinsics::Intrinsic;
 use inkwell::module::{Linkage, Module};
-use inkwell::types::{FloatType, IntType};
+use inkwell::types::{BasicMetadataTypeEnum, FloatType, IntType};
 use inkwell::values::{
-    BasicMetadataValueEnum, BasicValue, FloatValue, FunctionValue, IntValue, PointerValue,
+    BasicMetadataValueEnum, BasicValue, BasicValueEnum, FloatValue, FunctionValue, IntValue,
+    PointerValue,
 };
 use inkwell::{AddressSpace, IntPredicate};
 
@@ -29,8 +33,7 @@ pub(crate) struct Nvptx<'a, 'ctx> {
     module: &'a Module<'ctx>,
     b: Builder<'ctx>,
     f: FunctionValue<'ctx>,
-    weights: PointerValue<'ctx>,
-    arena: PointerValue<'ctx>,
+    params: Vec<(Slot, BasicValueEnum<'ctx>)>,
     f32: FloatType<'ctx>,
     i32: IntType<'ctx>,
     i64: IntType<'ctx>,
@@ -42,24 +45,36 @@ fn cg(e: impl std::fmt::Display) -> BackendError {
 }
 
 impl<'a, 'ctx> Nvptx<'a, 'ctx> {
-    /// Declare kernel `name` (launched with `threads` threads per block) in
-    /// `module` and position a builder at its entry.
+    /// Declare kernel `name` (launched with `threads` threads per block,
+    /// taking `params`) in `module` and position a builder at its entry.
     pub fn kernel(
         ctx: &'ctx Context,
         module: &'a Module<'ctx>,
         name: &str,
         threads: u32,
+        params: &[Param],
     ) -> Result<Self> {
         let gptr = ctx.ptr_type(AddressSpace::from(GLOBAL));
-        let ty = ctx.void_type().fn_type(&[gptr.into(), gptr.into()], false);
+        let types: Vec<BasicMetadataTypeEnum> = params
+            .iter()
+            .map(|p| match p.slot {
+                Slot::Buf(_) => gptr.into(),
+                Slot::Scalar(_) => ctx.i32_type().into(),
+            })
+            .collect();
+        let ty = ctx.void_type().fn_type(&types, false);
         let f = module.add_function(name, ty, Some(Linkage::External));
         f.set_call_conventions(PTX_KERNEL_CC);
         let attr = |n: &str| ctx.create_enum_attribute(Attribute::get_named_enum_kind_id(n), 0);
         f.add_attribute(AttributeLoc::Function, attr("nounwind"));
-        for i in 0..2 {
-            f.add_attribute(AttributeLoc::Param(i), attr("noalias"));
+        for (i, p) in (0u32..).zip(params) {
+            // Weights are never written: read-only pieces of one buffer may
+            // overlap without breaking `noalias`.
+            if matches!(p.slot, Slot::Buf(b) if b.is_weights()) {
+                f.add_attribute(AttributeLoc::Param(i), attr("noalias"));
+                f.add_attribute(AttributeLoc::Param(i), attr("readonly"));
+            }
         }
-        f.add_attribute(AttributeLoc::Param(0), attr("readonly"));
         let fptr = f.as_global_value().as_pointer_value();
         for (key, value) in [("kernel", 1), ("maxntidx", threads)] {
             let node = ctx.metadata_node(&[
@@ -71,15 +86,20 @@ impl<'a, 'ctx> Nvptx<'a, 'ctx> {
                 .add_global_metadata("nvvm.annotations", &node)
                 .map_err(cg)?;
         }
-        let param = |i: u32, n: &str| -> Result<PointerValue<'ctx>> {
-            let p = f
-                .get_nth_param(i)
-                .ok_or_else(|| cg("kernel parameter missing"))?
-                .into_pointer_value();
-            p.set_name(n);
-            Ok(p)
-        };
-        let (weights, arena) = (param(0, "weights")?, param(1, "arena")?);
+        let params = (0u32..)
+            .zip(params)
+            .map(|(i, p)| {
+                let v = f
+                    .get_nth_param(i)
+                    .ok_or_else(|| cg("kernel parameter missing"))?;
+                let name = match p.slot {
+                    Slot::Buf(b) => format!("{b:?}"),
+                    Slot::Scalar(s) => format!("{s:?}"),
+                };
+                v.set_name(&name.to_lowercase());
+                Ok((p.slot, v))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let b = ctx.create_builder();
         b.position_at_end(ctx.append_basic_block(f, "entry"));
         Ok(Nvptx {
@@ -87,8 +107,7 @@ impl<'a, 'ctx> Nvptx<'a, 'ctx> {
             module,
             b,
             f,
-            weights,
-            arena,
+            params,
             f32: ctx.f32_type(),
             i32: ctx.i32_type(),
             i64: ctx.i64_type(),
@@ -139,11 +158,16 @@ impl<'a, 'ctx> Nvptx<'a, 'ctx> {
         Ok(unsafe { self.b.build_in_bounds_gep(self.f32, base, &[idx], "")? })
     }
 
-    fn base(&self, buf: Buf) -> PointerValue<'ctx> {
-        match buf {
-            Buf::Weights => self.weights,
-            Buf::Arena => self.arena,
-        }
+    fn param(&self, slot: Slot) -> Result<BasicValueEnum<'ctx>> {
+        self.params
+            .iter()
+            .find(|(s, _)| *s == slot)
+            .map(|&(_, p)| p)
+            .ok_or_else(|| cg(format!("the kernel has no {slot:?} parameter")))
+    }
+
+    fn base(&self, buf: Buf) -> Result<PointerValue<'ctx>> {
+        Ok(self.param(Slot::Buf(buf))?.into_pointer_value())
     }
 
     fn load_at(&self, p: PointerValue<'ctx>) -> Result<FloatValue<'ctx>> {
@@ -184,6 +208,9 @@ impl<'ctx> Kb for Nvptx<'_, 'ctx> {
     fn ctaid(&mut self, dim: u8) -> Result<Self::I> {
         let axis = if dim == 0 { "x" } else { "y" };
         self.call_i32(&format!("llvm.nvvm.read.ptx.sreg.ctaid.{axis}"))
+    }
+    fn scalar(&mut self, s: Scalar) -> Result<Self::I> {
+        Ok(self.param(Slot::Scalar(s))?.into_int_value())
     }
     fn add(&mut self, a: Self::I, b: Self::I) -> Result<Self::I> {
         Ok(self.b.build_int_nsw_add(a, b, "")?)
@@ -236,7 +263,7 @@ impl<'ctx> Kb for Nvptx<'_, 'ctx> {
         Ok(self.b.build_select(c, a, b, "")?.into_int_value())
     }
     fn load(&mut self, buf: Buf, idx: Self::L) -> Result<Self::F> {
-        let p = self.gep(self.base(buf), idx)?;
+        let p = self.gep(self.base(buf)?, idx)?;
         self.load_at(p)
     }
     fn load_if(&mut self, c: Self::B, buf: Buf, idx: Self::L, other: Self::F) -> Result<Self::F> {
@@ -256,7 +283,7 @@ impl<'ctx> Kb for Nvptx<'_, 'ctx> {
         let (then, join) = (self.block("st"), self.block("st.join"));
         self.b.build_conditional_branch(c, then, join)?;
         self.b.position_at_end(then);
-        let p = self.gep(self.base(buf), idx)?;
+        let p = self.gep(self.base(buf)?, idx)?;
         let st = self.b.build_store(p, v)?;
         st.set_alignment(4).map_err(cg)?;
         self.b.build_unconditional_branch(join)?;
@@ -305,7 +332,7 @@ impl<'ctx> Kb for Nvptx<'_, 'ctx> {
     }
     fn loop_acc(
         &mut self,
-        trip: u32,
+        trip: Self::I,
         init: Vec<Self::F>,
         body: &mut LoopBody<'_, Self>,
     ) -> Result<Vec<Self::F>> {
@@ -328,10 +355,9 @@ impl<'ctx> Kb for Nvptx<'_, 'ctx> {
             return Err(cg("loop body changed the accumulator count"));
         }
         let next = self.addc_i(i, 1)?;
-        let trip_v = self.ci(i32::try_from(trip).map_err(cg)?);
         let more = self
             .b
-            .build_int_compare(IntPredicate::ULT, next, trip_v, "")?;
+            .build_int_compare(IntPredicate::ULT, next, trip, "")?;
         let latch = self.current()?;
         self.b.build_conditional_branch(more, head, exit)?;
         let zero = self.ci(0);

@@ -1,9 +1,23 @@
-//! From a [`KernelDesc`] to a *plan*: the numbers a kernel is generated
-//! from (tiling, geometry, weight offsets) and its launch configuration,
-//! all decided at compile time. Plans hold no LLVM state, so the same plan
-//! drives the NVPTX emission and the CPU emulator.
+//! From a [`KernelDesc`] to a *plan* and its *bindings*.
+//!
+//! The plan holds every number the kernel's code is generated from
+//! (tiling, geometry, flags), all decided at compile time; it is the
+//! kernel's *shape key*: two descriptions with equal plans get the same
+//! code and share one PTX `.entry`. The bindings are what differs between
+//! such launches: where each pointer parameter ([`Buf`]) points, as an
+//! element offset into the weights section or the arena, and the scalar
+//! parameters ([`Scalar`]: a 1x1 GEMM's `K`, which the plan then leaves
+//! out). Plans hold no LLVM
+//! state, so the same plan drives the NVPTX emission and the CPU emulator.
+//!
+//! Alignment: the emitted code assumes nothing of its pointers beyond
+//! 4-byte alignment (scalar `f32` accesses), which every binding has;
+//! weights pieces are moreover 64-byte aligned by [`WeightsBuilder`]. Code
+//! that used wider accesses would have to put the alignment it relies on
+//! into the plan.
 
 use super::addr::{Geom, I32_LIMIT};
+use super::kb::{Buf, Scalar};
 use super::mma::Precision;
 use super::pack::{pack_b, pack_bias, BShape, WeightsBuilder};
 use crate::backend::kernel::{Affine, ConvKernel, KernelDesc, KernelOp, LinearKernel, View};
@@ -23,29 +37,111 @@ pub struct Launch {
     pub block: [u32; 3],
 }
 
-/// A packed per-channel affine: element offsets of `scale` and `shift` in
-/// the weights section.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct AffineRef {
-    pub scale: i64,
-    pub shift: i64,
+/// A per-channel affine (`x · scale[c] + shift[c]`, then ReLU when
+/// `relu`): `scale` and `shift` are the [`Buf::Scale`] and [`Buf::Shift`]
+/// parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct AffineOp {
     pub relu: bool,
 }
 
-impl AffineRef {
-    fn pack(a: &Affine, wb: &mut WeightsBuilder) -> AffineRef {
-        AffineRef {
-            scale: wb.push(&a.scale) as i64,
-            shift: wb.push(&a.shift) as i64,
-            relu: a.relu,
+/// What a kernel parameter is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Slot {
+    /// A pointer into the weights or the arena.
+    Buf(Buf),
+    /// A 32-bit scalar.
+    Scalar(Scalar),
+}
+
+/// The floats a kernel may read from a weights piece: a function of the
+/// plan, and of the launch's `K` where the plan leaves `K` out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Floats {
+    Fixed(usize),
+    /// `per_row` floats for each of `K` rounded up to a multiple of `round`.
+    PerK {
+        per_row: usize,
+        round: usize,
+    },
+}
+
+impl Floats {
+    /// The count for a launch whose `K` argument is `k`, if it has one.
+    pub fn resolve(self, k: Option<u32>) -> Option<usize> {
+        match self {
+            Floats::Fixed(n) => Some(n),
+            Floats::PerK { per_row, round } => {
+                Some((k? as usize).div_ceil(round) * round * per_row)
+            }
         }
+    }
+}
+
+/// A parameter of a kernel: what it is and, for a weights piece, how much
+/// the kernel may read from it (`Fixed(0)` otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Param {
+    pub slot: Slot,
+    pub floats: Floats,
+}
+
+/// One launch's arguments, in the order of [`KernelPlan::params`]: element
+/// offsets into the weights section (weights buffers) or the arena, or a
+/// scalar's value.
+pub(crate) type Bindings = Vec<(Slot, u64)>;
+
+/// The bindings [`KernelPlan::new`] found, before they are put in
+/// parameter order.
+#[derive(Default)]
+struct Offsets(Vec<(Slot, u64)>);
+
+impl Offsets {
+    fn set(&mut self, buf: Buf, at: usize) {
+        self.0.push((Slot::Buf(buf), at as u64));
+    }
+
+    fn scalar(&mut self, s: Scalar, value: usize) {
+        self.0.push((Slot::Scalar(s), value as u64));
+    }
+
+    fn affine(&mut self, a: &Affine, wb: &mut WeightsBuilder) -> AffineOp {
+        self.set(Buf::Scale, wb.push(&a.scale));
+        self.set(Buf::Shift, wb.push(&a.shift));
+        AffineOp { relu: a.relu }
+    }
+
+    fn views(&mut self, i: &View, o: &View) {
+        self.set(Buf::Input, Geom::base_of(i) as usize);
+        self.set(Buf::Output, Geom::base_of(o) as usize);
+    }
+
+    /// The offsets in the order of `params`; each parameter bound once.
+    fn bind(self, params: &[Param]) -> Result<Bindings, String> {
+        if self.0.len() != params.len() {
+            return Err(format!(
+                "{} bindings for {} parameters",
+                self.0.len(),
+                params.len()
+            ));
+        }
+        params
+            .iter()
+            .map(|p| {
+                self.0
+                    .iter()
+                    .find(|(b, _)| *b == p.slot)
+                    .copied()
+                    .ok_or_else(|| format!("parameter {:?} is not bound", p.slot))
+            })
+            .collect()
     }
 }
 
 /// The block tile of the implicit GEMM: a block computes `bm` output pixels
 /// × `bn` output channels, stepping the reduction `bk` rows at a time; each
 /// of its `threads` threads owns a `tm × tn` register tile.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Tile {
     pub bm: usize,
     pub bn: usize,
@@ -108,7 +204,11 @@ impl Tile {
 /// A convolution (or linear layer) as an implicit GEMM:
 /// `Out[m][o] = Σ_k A[m][k] · B[k][o]` with `m` an output pixel, `o` an
 /// output channel and `k = (ky * KW + kx) * I + i` (see `pack.rs`).
-#[derive(Debug, Clone, PartialEq)]
+///
+/// A 1x1 GEMM (`k_param`) takes `K = I` as the [`Scalar::K`] argument: its
+/// `k`, `k_tiles` and `input.channels` are then 0 here, so that 1x1 GEMMs
+/// differing only in their input channels share an entry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct GemmPlan {
     pub tile: Tile,
     pub input: Geom,
@@ -122,17 +222,16 @@ pub(crate) struct GemmPlan {
     pub n: i32,
     pub k_tiles: u32,
     pub n_pad: i32,
-    /// Element offsets in the weights section.
-    pub b: i64,
-    pub bias: i64,
-    pub prologue: Option<AffineRef>,
+    /// `K` is the [`Scalar::K`] argument (1x1 kernels).
+    pub k_param: bool,
+    pub prologue: Option<AffineOp>,
     pub relu: bool,
     /// SIMT f32 or TF32 tensor cores (`mma.rs`): same tile, same staging.
     pub precision: Precision,
 }
 
 /// Max or average pooling, one thread per output element.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct PoolPlan {
     pub max: bool,
     pub input: Geom,
@@ -140,28 +239,28 @@ pub(crate) struct PoolPlan {
     pub kernel: [i32; 2],
     pub stride: [i32; 2],
     pub padding: [i32; 2],
-    pub prologue: Option<AffineRef>,
+    pub prologue: Option<AffineOp>,
 }
 
 /// Global average pooling, one thread per `(n, c)`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct GapPlan {
     pub input: Geom,
     pub output: Geom,
-    pub prologue: Option<AffineRef>,
+    pub prologue: Option<AffineOp>,
 }
 
 /// A standalone affine (+ReLU), one thread per element (may be in place).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct AffinePlan {
     pub input: Geom,
     pub output: Geom,
-    pub affine: AffineRef,
+    pub affine: AffineOp,
 }
 
 /// Zeroing an output view's channel slice of its buffer's border, one
 /// thread per border element.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct BorderPlan {
     pub output: Geom,
 }
@@ -180,8 +279,8 @@ impl BorderPlan {
     }
 }
 
-/// The lowering decision for one kernel.
-#[derive(Debug, Clone, PartialEq)]
+/// The lowering decision for one kernel, and its shape key (module docs).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum KernelPlan {
     Gemm(GemmPlan),
     Pool(PoolPlan),
@@ -203,16 +302,18 @@ fn blocks(total: usize, per_block: usize) -> Result<u32, String> {
 }
 
 impl KernelPlan {
-    /// Plan `desc` (already validated) and pack its constants into `wb`.
-    pub fn new(desc: &KernelDesc, wb: &mut WeightsBuilder) -> Result<KernelPlan, String> {
+    /// Plan `desc` (already validated), pack its constants into `wb` and
+    /// bind its parameters.
+    pub fn new(
+        desc: &KernelDesc,
+        wb: &mut WeightsBuilder,
+    ) -> Result<(KernelPlan, Bindings), String> {
         let (i, o) = (&desc.input, &desc.output);
         let (gi, go) = (Geom::of(i)?, Geom::of(o)?);
-        let pro = |p: &Option<Affine>, wb: &mut WeightsBuilder| {
-            p.as_ref().map(|a| AffineRef::pack(a, wb))
-        };
-        Ok(match &desc.op {
-            KernelOp::Conv(c) => KernelPlan::Gemm(GemmPlan::conv(c, i, o, wb)?),
-            KernelOp::Linear(l) => KernelPlan::Gemm(GemmPlan::linear(l, i, o, wb)?),
+        let mut at = Offsets::default();
+        let plan = match &desc.op {
+            KernelOp::Conv(c) => KernelPlan::Gemm(GemmPlan::conv(c, i, o, wb, &mut at)?),
+            KernelOp::Linear(l) => KernelPlan::Gemm(GemmPlan::linear(l, i, o, wb, &mut at)?),
             KernelOp::MaxPool(p) | KernelOp::AvgPool(p) => {
                 let taps = p.kernel[0] * p.kernel[1];
                 if taps > MAX_POOL_TAPS {
@@ -227,30 +328,117 @@ impl KernelPlan {
                     kernel: i32s(p.kernel),
                     stride: i32s(p.stride),
                     padding: i32s(p.padding),
-                    prologue: pro(&p.prologue, wb),
+                    prologue: p.prologue.as_ref().map(|a| at.affine(a, wb)),
                 })
             }
             KernelOp::GlobalAvgPool { prologue } => KernelPlan::Gap(GapPlan {
                 input: gi,
                 output: go,
-                prologue: pro(prologue, wb),
+                prologue: prologue.as_ref().map(|a| at.affine(a, wb)),
             }),
             KernelOp::Affine(a) => KernelPlan::Affine(AffinePlan {
                 input: gi,
                 output: go,
-                affine: AffineRef::pack(a, wb),
+                affine: at.affine(a, wb),
             }),
-        })
+        };
+        at.views(i, o);
+        let bindings = at.bind(&plan.params())?;
+        Ok((plan, bindings))
     }
 
     /// The plan zeroing `desc`'s output border, if its buffer has one.
-    pub fn border(desc: &KernelDesc) -> Result<Option<KernelPlan>, String> {
+    pub fn border(desc: &KernelDesc) -> Result<Option<(KernelPlan, Bindings)>, String> {
         if desc.output.is_flat() {
             return Ok(None);
         }
-        Ok(Some(KernelPlan::Border(BorderPlan {
+        let plan = KernelPlan::Border(BorderPlan {
             output: Geom::of(&desc.output)?,
-        })))
+        });
+        let mut at = Offsets::default();
+        at.set(Buf::Output, Geom::base_of(&desc.output) as usize);
+        let bindings = at.bind(&plan.params())?;
+        Ok(Some((plan, bindings)))
+    }
+
+    /// The kernel's parameters, in order: weights pieces first, then the
+    /// input and output views, then the scalars.
+    pub fn params(&self) -> Vec<Param> {
+        let w = |buf, floats| Param {
+            slot: Slot::Buf(buf),
+            floats,
+        };
+        let a = |buf| w(buf, Floats::Fixed(0));
+        let affine = |on: bool, floats: Floats| {
+            if on {
+                vec![w(Buf::Scale, floats), w(Buf::Shift, floats)]
+            } else {
+                vec![]
+            }
+        };
+        let channels = |c: i32| Floats::Fixed(c as usize);
+        let views = [a(Buf::Input), a(Buf::Output)];
+        match self {
+            KernelPlan::Gemm(g) => {
+                let n_pad = g.n_pad as usize;
+                let bk = g.tile.bk;
+                let (matrix, channels) = if g.k_param {
+                    (
+                        Floats::PerK {
+                            per_row: n_pad,
+                            round: bk,
+                        },
+                        Floats::PerK {
+                            per_row: 1,
+                            round: 1,
+                        },
+                    )
+                } else {
+                    (
+                        Floats::Fixed(g.k_tiles as usize * bk * n_pad),
+                        channels(g.input.channels),
+                    )
+                };
+                let mut p = vec![w(Buf::Matrix, matrix), w(Buf::Bias, Floats::Fixed(n_pad))];
+                p.extend(affine(g.prologue.is_some(), channels));
+                p.extend(views);
+                if g.k_param {
+                    p.push(Param {
+                        slot: Slot::Scalar(Scalar::K),
+                        floats: Floats::Fixed(0),
+                    });
+                }
+                p
+            }
+            KernelPlan::Pool(p) => {
+                let mut v = affine(p.prologue.is_some(), channels(p.input.channels));
+                v.extend(views);
+                v
+            }
+            KernelPlan::Gap(p) => {
+                let mut v = affine(p.prologue.is_some(), channels(p.input.channels));
+                v.extend(views);
+                v
+            }
+            KernelPlan::Affine(p) => {
+                let mut v = affine(true, channels(p.input.channels));
+                v.extend(views);
+                v
+            }
+            KernelPlan::Border(_) => vec![a(Buf::Output)],
+        }
+    }
+
+    /// A short name of the kernel kind, for entry symbols.
+    pub fn kind(&self) -> String {
+        match self {
+            KernelPlan::Gemm(g) => format!("gemm{}x{}", g.kernel[0], g.kernel[1]),
+            KernelPlan::Pool(p) if p.max => "maxpool".into(),
+            KernelPlan::Pool(_) => "avgpool".into(),
+            KernelPlan::Gap(_) => "gap".into(),
+            KernelPlan::Affine(_) => "affine".into(),
+            KernelPlan::Border(_) => "border".into(),
+        }
     }
 
     /// Grid and block of the kernel's launch.
@@ -302,7 +490,11 @@ impl KernelPlan {
                 },
                 g.m,
                 g.n,
-                g.k,
+                if g.k_param {
+                    "K".into()
+                } else {
+                    g.k.to_string()
+                },
                 g.tile.bm,
                 g.tile.bn,
                 g.tile.bk,
@@ -330,8 +522,9 @@ impl GemmPlan {
         i: &View,
         o: &View,
         wb: &mut WeightsBuilder,
+        at: &mut Offsets,
     ) -> Result<GemmPlan, String> {
-        let prologue = c.prologue.as_ref().map(|a| AffineRef::pack(a, wb));
+        let prologue = c.prologue.as_ref().map(|a| at.affine(a, wb));
         Self::new(
             i,
             o,
@@ -344,6 +537,7 @@ impl GemmPlan {
             prologue,
             c.relu,
             wb,
+            at,
         )
     }
 
@@ -352,6 +546,7 @@ impl GemmPlan {
         i: &View,
         o: &View,
         wb: &mut WeightsBuilder,
+        at: &mut Offsets,
     ) -> Result<GemmPlan, String> {
         Self::new(
             i,
@@ -365,6 +560,7 @@ impl GemmPlan {
             None,
             l.relu,
             wb,
+            at,
         )
     }
 
@@ -378,9 +574,10 @@ impl GemmPlan {
         padding: [usize; 2],
         weight: &[f32],
         bias: Option<&[f32]>,
-        prologue: Option<AffineRef>,
+        prologue: Option<AffineOp>,
         relu: bool,
         wb: &mut WeightsBuilder,
+        at: &mut Offsets,
     ) -> Result<GemmPlan, String> {
         let m = o.pixels();
         let k = kernel[0] * kernel[1] * i.channels;
@@ -398,11 +595,20 @@ impl GemmPlan {
             k_pad,
             n_pad,
         };
-        let b = wb.push(&pack_b(weight, &shape)) as i64;
-        let bias = wb.push(&pack_bias(bias, n_pad)) as i64;
+        at.set(Buf::Matrix, wb.push(&pack_b(weight, &shape)));
+        at.set(Buf::Bias, wb.push(&pack_bias(bias, n_pad)));
+        let k_param = kernel == [1, 1];
+        let mut input = Geom::of(i)?;
+        let (k, k_tiles) = if k_param {
+            at.scalar(Scalar::K, k);
+            input.channels = 0;
+            (0, 0)
+        } else {
+            (k, k_pad / tile.bk)
+        };
         Ok(GemmPlan {
             tile,
-            input: Geom::of(i)?,
+            input,
             output: Geom::of(o)?,
             kernel: i32s(kernel),
             stride: i32s(stride),
@@ -410,10 +616,9 @@ impl GemmPlan {
             m: m as i32,
             k: k as i32,
             n: out_channels as i32,
-            k_tiles: (k_pad / tile.bk) as u32,
+            k_tiles: k_tiles as u32,
             n_pad: n_pad as i32,
-            b,
-            bias,
+            k_param,
             prologue,
             relu,
             precision: Precision::Fp32,

@@ -138,6 +138,8 @@ mod tests {
             weights: &[],
             arena: &mut arena,
             writes: &mut writes,
+            args: &[],
+            scalars: &[],
             input: View::dense(0, 1, 1, 1, 4),
             fault: None,
         };
