@@ -12,6 +12,42 @@ use ir::reference::Tensor;
 use ir::types::TensorType;
 use std::path::PathBuf;
 
+/// One case per kernel kind and edge the CUDA lowering handles (see [`case`] for the
+/// spec syntax): GEMM convs (1x1, 3x3, 7x7/2, strided, remainders, slices, borders), pools,
+/// global pools, linear layers, affines.
+pub const KERNEL_CASES: &[&str] = &[
+    "conv n2 c20 5x7 oc12 pro relu block",
+    "conv c37 6x6 oc40 bias relu strided",
+    "conv c300 3x5 oc24 pro bias relu",
+    "conv n3 c13 11x9 oc33 pro bias",
+    "conv c1 4x4 oc1 pro strided",
+    "conv n2 c16 9x11 oc12 k3 p1 pro block",
+    "conv c48 7x7 oc32 k3 p1 bias relu strided",
+    "conv n2 c5 10x9 oc9 k3 s2 p1 pro bias relu",
+    "conv c3 23x20 oc16 k7 s2 p3 bias relu strided",
+    "conv c10 7x7 oc8 s2 pro",
+    "conv c8 6x5 oc70 k3 bias strided",
+    "conv c6 9x8 oc5 k5x3 s2x1 p2x1 pro bias strided",
+    "conv c4 3x3 oc4 k3 p2 pro bias strided",
+    "conv n2 c7 6x5 oc10 k3 p1 pro bias bordered",
+    "conv c9 5x5 oc6 bias relu bordered",
+    "conv n2 c24 12x12 oc96 pro relu",
+    "max n2 c13 11x10 k3 s2 p1 neg strided",
+    "max c9 7x9 k2 s2",
+    "max c16 12x12 k3 s2 p1 pro",
+    "max n2 c3 9x7 k3 s2 p1 neg bordered",
+    "avg n2 c20 8x8 k2 s2 pro strided",
+    "avg c17 5x6 k3 p1 pro",
+    "gap n2 c19 5x3 pro strided",
+    "gap c7 4x4",
+    "gap n2 c5 3x4 pro bordered",
+    "linear n3 c37 oc11 bias strided",
+    "linear c64 oc1000 bias",
+    "affine n2 c13 3x5 pro inplace",
+    "affine c6 4x3 neg strided",
+    "affine n2 c4 3x3 pro bordered",
+];
+
 /// `ptxas`, or `None` after printing why the caller skips.
 pub fn ptxas_or_skip(test: &str) -> Option<PathBuf> {
     match ptxas::find() {
