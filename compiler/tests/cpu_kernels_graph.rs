@@ -154,9 +154,9 @@ fn batch_tiled_densenet_bc_matches_the_reference() {
     assert_eq!(tiled("densenet-bc-100", o(), 4, 0), 0);
 }
 
-#[test]
-fn batch_tiled_imagenet_stem_matches_the_reference() {
-    let o = ConfigOverrides {
+/// A two-block ImageNet-stem DenseNet with conv biases at an odd image size.
+fn small_imagenet_stem_with_bias() -> ConfigOverrides {
+    ConfigOverrides {
         block_config: Some(vec![2, 2]),
         growth_rate: Some(8),
         num_init_features: Some(16),
@@ -164,7 +164,12 @@ fn batch_tiled_imagenet_stem_matches_the_reference() {
         num_classes: Some(10),
         conv_bias: Some(true),
         ..Default::default()
-    };
+    }
+}
+
+#[test]
+fn batch_tiled_imagenet_stem_matches_the_reference() {
+    let o = small_imagenet_stem_with_bias();
     assert!(tiled("densenet121", o, 5, 1) >= 4);
 }
 
@@ -181,15 +186,7 @@ fn planned_densenet_bc_runs_on_the_cpu_backend() {
 
 #[test]
 fn planned_imagenet_stem_with_conv_bias_runs_on_the_cpu_backend() {
-    let o = ConfigOverrides {
-        block_config: Some(vec![2, 2]),
-        growth_rate: Some(8),
-        num_init_features: Some(16),
-        image_size: Some(33),
-        num_classes: Some(10),
-        conv_bias: Some(true),
-        ..Default::default()
-    };
+    let o = small_imagenet_stem_with_bias();
     assert_eq!(check("densenet121", o, 1, 4), 4);
 }
 

@@ -251,13 +251,27 @@ impl ConvPlan {
         kc: usize,
     ) -> Result<()> {
         cg.for_channel_vectors(kc, |c, lanes| {
-            let x = cg.load_v(cg.gep(src, c)?, lanes)?;
-            let y = match &self.prologue {
-                Some(a) => a.apply(cg, env, x, cg.add(c0, c)?)?,
-                None => x,
-            };
-            cg.store_v(y, cg.gep(dst, c)?, LANES)
+            self.copy_vector(cg, env, [src, dst], c0, c, lanes)
         })
+    }
+
+    /// One vector of [`Self::copy_channels`]: `lanes` channels at `c` of `src`, the prologue
+    /// applied, stored as a whole vector at `c` of `dst`.
+    fn copy_vector<'ctx>(
+        &self,
+        cg: &Cg<'ctx>,
+        env: &Env<'ctx>,
+        [src, dst]: [PointerValue<'ctx>; 2],
+        c0: IntValue<'ctx>,
+        c: IntValue<'ctx>,
+        lanes: usize,
+    ) -> Result<()> {
+        let x = cg.load_v(cg.gep(src, c)?, lanes)?;
+        let y = match &self.prologue {
+            Some(a) => a.apply(cg, env, x, cg.add(c0, c)?)?,
+            None => x,
+        };
+        cg.store_v(y, cg.gep(dst, c)?, LANES)
     }
 
     /// [`Self::copy_channels`] of a constant or run-time `kc` (all whole
@@ -281,14 +295,8 @@ impl ConvPlan {
                 ))
             }
         };
-        let copy = |c: IntValue<'ctx>, lanes: usize| -> Result<()> {
-            let x = cg.load_v(cg.gep(src, c)?, lanes)?;
-            let y = match &self.prologue {
-                Some(a) => a.apply(cg, env, x, cg.add(c0, c)?)?,
-                None => x,
-            };
-            cg.store_v(y, cg.gep(dst, c)?, LANES)
-        };
+        let copy =
+            |c: IntValue<'ctx>, lanes: usize| self.copy_vector(cg, env, [src, dst], c0, c, lanes);
         let full = cg.b.build_and(kc, cg.c64(!(LANES - 1)), "")?;
         cg.for_range(cg.c64(0), full, LANES, |c| copy(c, LANES))?;
         if k.tail > 0 {
