@@ -214,40 +214,50 @@ fn compile_errors_are_clear() {
         "--random-weights",
         "1",
     ];
+    for p in ["tf32", "fp16", "bf16"] {
+        fails_with(
+            &[&tf32[..], &["--precision", p, "-o", s(&out)]].concat(),
+            &format!("--precision {p} applies to CUDA code only (the CPU code is f32)"),
+        );
+    }
     fails_with(
-        &[&tf32[..], &["--precision", "tf32", "-o", s(&out)]].concat(),
-        "--precision tf32 applies to CUDA code only (the CPU code is f32)",
-    );
-    fails_with(
-        &[&tf32[..], &["--precision", "fp16", "-o", s(&out)]].concat(),
-        "unknown precision `fp16`: expected fp32 or tf32",
+        &[&tf32[..], &["--precision", "fp8", "-o", s(&out)]].concat(),
+        "unknown precision `fp8`: expected fp32, tf32, fp16 or bf16",
     );
 
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `--precision tf32` reaches the CUDA code and the manifest; the CPU
-/// code of a cpu,cuda artefact stays f32 and runs.
+/// `--precision tf32|fp16|bf16` reaches the CUDA code and the manifest;
+/// the CPU code of a cpu,cuda artefact stays f32 and runs.
 #[test]
-fn tf32_precision_is_compiled_recorded_and_shown() {
+fn tensor_core_precisions_are_compiled_recorded_and_shown() {
     let help = ok(&["compile", "--help"]);
     assert!(
-        help.contains("--precision") && help.contains("CUDA code only"),
+        help.contains("fp32|tf32|fp16|bf16") && help.contains("CUDA code only"),
         "{help}"
     );
-    let dir = temp_dir("tf32");
-    let dnc = dir.join("t.dnc");
-    let mut args = vec!["compile"];
-    args.extend(SMALL);
-    args.extend(["--target", "cpu,cuda", "--precision", "tf32", "-o", s(&dnc)]);
-    let text = ok(&args);
-    assert!(text.contains("cpu native + cuda sm_80 tf32"), "{text}");
-    let text = ok(&["inspect", s(&dnc)]);
-    assert!(text.contains("cuda:          sm_80 tf32"), "{text}");
-    let json: serde_json::Value =
-        serde_json::from_str(&ok(&["inspect", s(&dnc), "--json"])).expect("json");
-    assert_eq!(json["cuda"]["precision"], "tf32", "{json}");
-    ok(&["run", s(&dnc), "--random-input", "1"]);
+    let dir = temp_dir("precision");
+    for p in ["tf32", "fp16", "bf16"] {
+        let dnc = dir.join(format!("{p}.dnc"));
+        let mut args = vec!["compile"];
+        args.extend(SMALL);
+        args.extend(["--target", "cpu,cuda", "--precision", p, "-o", s(&dnc)]);
+        let text = ok(&args);
+        assert!(
+            text.contains(&format!("cpu native + cuda sm_80 {p}")),
+            "{text}"
+        );
+        let text = ok(&["inspect", s(&dnc)]);
+        assert!(
+            text.contains(&format!("cuda:          sm_80 {p}")),
+            "{text}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&ok(&["inspect", s(&dnc), "--json"])).expect("json");
+        assert_eq!(json["cuda"]["precision"], p, "{json}");
+        ok(&["run", s(&dnc), "--random-input", "1"]);
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -10,8 +10,9 @@
 //! - The PTX assembles with `ptxas` for sm_80 and sm_90 with no spills in
 //!   the conv kernels (skipped, with a printed reason, without ptxas).
 //! - A snapshot pins the PTX of a tiny kernel list.
-//! - The same in `--precision tf32` (tensor-core GEMMs): assembly without
-//!   spills and a snapshot; its numerics are in `cuda_tf32.rs`.
+//! - The same in `--precision tf32|fp16|bf16` (tensor-core GEMMs): assembly
+//!   without spills and a snapshot each; their numerics are in
+//!   `cuda_mma.rs`.
 //! - Kernels of equal shape share one `.entry`: DenseNet-121 gets one entry
 //!   per distinct shape, and launches of a shared entry with their own
 //!   weights and views each compute their reference.
@@ -352,13 +353,14 @@ fn assemble_all_in(test: &str, descs: &[KernelDesc], precision: Precision) {
         };
         let mut compiled = cuda::lower(descs, &opts).expect("lower");
         assert!(compiled.ptx.contains(&format!(".target {arch}")));
-        let mma = "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32";
         let gemms = descs.iter().filter(|d| is_conv(d)).count();
-        assert_eq!(
-            compiled.ptx.contains(mma),
-            precision == Precision::Tf32 && gemms > 0,
-            "{arch} {precision}"
-        );
+        for p in TENSOR_CORES {
+            assert_eq!(
+                compiled.ptx.contains(&mma_instruction(p)),
+                precision == p && gemms > 0,
+                "{arch} {precision}: {p}'s mma"
+            );
+        }
         let report = compiled
             .assemble(&ptxas)
             .unwrap_or_else(|e| panic!("{arch}: {e}"));
@@ -496,50 +498,74 @@ fn every_preset_assembles_without_spills() {
     presets_assemble_without_spills("every preset", PRESETS);
 }
 
+/// The tensor-core precisions.
+const TENSOR_CORES: [Precision; 3] = [Precision::Tf32, Precision::Fp16, Precision::Bf16];
+
+/// The mma instruction of a tensor-core precision.
+fn mma_instruction(p: Precision) -> String {
+    let t = match p {
+        Precision::Fp16 => "f16",
+        p => p.name(),
+    };
+    format!("mma.sync.aligned.m16n8k8.row.col.f32.{t}.{t}.f32")
+}
+
 #[test]
-fn tf32_ptx_of_every_kernel_kind_assembles_for_sm80_and_sm90() {
+fn tensor_core_ptx_of_every_kernel_kind_assembles_for_sm80_and_sm90() {
     let descs: Vec<KernelDesc> = cases().into_iter().map(|c| c.desc).collect();
-    assemble_all_in("every kernel kind, tf32", &descs, Precision::Tf32);
+    for p in TENSOR_CORES {
+        assemble_all_in(&format!("every kernel kind, {p}"), &descs, p);
+    }
 }
 
-/// DenseNet-121 and DenseNet-40 at batch 1 in TF32: no spills in any GEMM.
+/// DenseNet-121 and DenseNet-40 at batch 1 on the tensor cores: no spills
+/// in any GEMM.
 #[test]
-fn densenet121_and_densenet40_assemble_without_spills_in_tf32() {
-    presets_assemble_without_spills_in(
-        "densenet121/40 tf32",
-        &["densenet121", "densenet-40"],
-        Precision::Tf32,
-    );
+fn densenet121_and_densenet40_assemble_without_spills_on_tensor_cores() {
+    for p in TENSOR_CORES {
+        presets_assemble_without_spills_in(
+            &format!("densenet121/40 {p}"),
+            &["densenet121", "densenet-40"],
+            p,
+        );
+    }
 }
 
-/// Every preset in TF32 (about 4 minutes on 2 cores):
-/// `cargo test -p compiler --test cuda_ptx -- --ignored`.
+/// Every preset on the tensor cores (about 4 minutes per precision on 2
+/// cores): `cargo test -p compiler --test cuda_ptx -- --ignored`.
 #[test]
-#[ignore = "slow: every preset through ptxas twice"]
-fn every_preset_assembles_without_spills_in_tf32() {
-    presets_assemble_without_spills_in("every preset tf32", PRESETS, Precision::Tf32);
+#[ignore = "slow: every preset through ptxas twice per precision"]
+fn every_preset_assembles_without_spills_on_tensor_cores() {
+    for p in TENSOR_CORES {
+        presets_assemble_without_spills_in(&format!("every preset {p}"), PRESETS, p);
+    }
 }
 
-/// The PTX of a tiny list in TF32: a 3x3 conv with prologue into a block
-/// slice (one mma per k-slice per warp tile) and a linear layer.
+/// The PTX of a tiny list on the tensor cores: a 3x3 conv with prologue
+/// into a block slice (one mma per k-slice per warp tile) and a linear
+/// layer.
 #[test]
-fn ptx_snapshot_tiny_tf32() {
+fn ptx_snapshot_tiny_tensor_cores() {
     let descs = [
         case(1, "conv c3 4x4 oc4 k3 p1 pro bias relu block").desc,
         case(3, "linear c20 oc10 bias").desc,
     ];
-    let opts = CudaOptions {
-        precision: Precision::Tf32,
-        ..CudaOptions::default()
-    };
-    let compiled = cuda::lower(&descs, &opts).expect("lower");
-    let mma = compiled
-        .ptx
-        .matches("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32")
-        .count();
-    // Each kernel: 64 threads (2 warps), 16x16 warp tiles of two 16x8 mmas
-    // per 8-deep k-slice, one loop body each.
-    assert_eq!(mma, 4, "{}", compiled.ptx);
-    assert!(compiled.ptx.contains("cvt.rna.tf32.f32"));
-    insta::assert_snapshot!("cuda_ptx_tiny_tf32", compiled.ptx);
+    for p in TENSOR_CORES {
+        let opts = CudaOptions {
+            precision: p,
+            ..CudaOptions::default()
+        };
+        let compiled = cuda::lower(&descs, &opts).expect("lower");
+        let mma = compiled.ptx.matches(&mma_instruction(p)).count();
+        // Each kernel: 64 threads (2 warps), 16x16 warp tiles of two 16x8
+        // mmas per 8-deep k-slice, one loop body each.
+        assert_eq!(mma, 4, "{p}: {}", compiled.ptx);
+        let cvt = match p {
+            Precision::Tf32 => "cvt.rna.tf32.f32",
+            Precision::Fp16 => "cvt.rn.f16.f32",
+            _ => "cvt.rn.bf16.f32",
+        };
+        assert!(compiled.ptx.contains(cvt), "{p}");
+        insta::assert_snapshot!(format!("cuda_ptx_tiny_{p}"), compiled.ptx);
+    }
 }

@@ -228,8 +228,8 @@ fn the_loader_rejects_tampered_launch_tables() {
             }),
         ),
         (
-            "precision `fp16` is not fp32 or tf32",
-            Box::new(|t| t.precision = "fp16".into()),
+            "precision `fp8` is not fp32, tf32, fp16 or bf16",
+            Box::new(|t| t.precision = "fp8".into()),
         ),
     ];
     for (want, edit) in cases {
@@ -241,7 +241,7 @@ fn the_loader_rejects_tampered_launch_tables() {
     }
 }
 
-/// Artefacts written before `precision` existed load as fp32; tf32 loads.
+/// Artefacts written before `precision` existed load as fp32; every precision loads.
 #[test]
 fn the_precision_defaults_to_fp32() {
     let mut m = serde_json::to_value(cuda_manifest()).expect("json");
@@ -251,10 +251,12 @@ fn the_precision_defaults_to_fp32() {
         .remove("precision");
     let m: Manifest = serde_json::from_value(m).expect("parses without precision");
     assert_eq!(m.cuda.as_ref().expect("cuda").precision, "fp32");
-    let mut m = cuda_manifest();
-    m.cuda.as_mut().expect("cuda").precision = "tf32".into();
-    let a = Artefact::read(&cuda_artefact(m.clone()).expect("valid")).expect("read");
-    assert_eq!(a.manifest(), &m);
+    for p in runtime::artefact::CUDA_PRECISIONS {
+        let mut m = cuda_manifest();
+        m.cuda.as_mut().expect("cuda").precision = p.into();
+        let a = Artefact::read(&cuda_artefact(m.clone()).expect("valid")).expect("read");
+        assert_eq!(a.manifest(), &m);
+    }
 }
 
 #[test]

@@ -50,10 +50,12 @@ struct CompileArgs {
     #[arg(long, default_value = "sm_80")]
     cuda_arch: String,
     /// Arithmetic of the CUDA conv and linear kernels: fp32 (f32 FMA, within 1e-4 of the f32
-    /// reference) or tf32 (tensor cores, mma.sync m16n8k8: operands rounded to TF32, f32
-    /// accumulation; logits within 5e-3 relative). Applies to the CUDA code only: the CPU code
-    /// is always f32, so tf32 needs --target cuda or cpu,cuda.
-    #[arg(long, default_value = "fp32", value_name = "fp32|tf32")]
+    /// reference), or the tensor cores (mma.sync m16n8k8, f32 accumulation, activations and
+    /// weights stored in f32) with operands rounded to tf32 (logits within 5e-3 relative), fp16
+    /// (5e-3; weights beyond ±65504 are refused, activations beyond it overflow) or bf16
+    /// (3e-2). Applies to the CUDA code only: the CPU code is always f32, so anything but fp32
+    /// needs --target cuda or cpu,cuda.
+    #[arg(long, default_value = "fp32", value_name = "fp32|tf32|fp16|bf16")]
     precision: compiler::backend::cuda::Precision,
     /// Stop the pass pipeline after this pass.
     #[arg(long, value_name = "PASS")]

@@ -22,6 +22,8 @@ use crate::error::ArtefactError;
 
 /// The version of the launch table this runtime executes.
 pub const CUDA_LAUNCH_VERSION: u32 = 2;
+/// The values of [`CudaTarget::precision`] this runtime accepts (`compile --precision`).
+pub const CUDA_PRECISIONS: [&str; 4] = ["fp32", "tf32", "fp16", "bf16"];
 /// Largest [`CudaArg::Scalar`]: the kernels use scalars in signed 32-bit arithmetic (as counts
 /// rounded up to a tile), so 2^30 - 1, the compiler's bound on a GEMM's reduction length.
 pub const CUDA_MAX_SCALAR: u32 = i32::MAX as u32 / 2;
@@ -54,8 +56,9 @@ pub struct CudaTarget {
     /// Anything else the compiler records (ptxas report, …); opaque to this runtime.
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub detail: Value,
-    /// Arithmetic of the GEMM kernels: `fp32` (SIMT FMA) or `tf32` (tensor cores, f32
-    /// accumulation). Informative; artefacts that predate it are `fp32`.
+    /// Arithmetic of the GEMM kernels: `fp32` (SIMT FMA), or `tf32`, `fp16` or `bf16` (the
+    /// operand type of the tensor cores; f32 accumulation and storage). Informative (the
+    /// PTX is what runs); artefacts that predate it are `fp32`.
     #[serde(default = "fp32")]
     pub precision: String,
 }
@@ -204,9 +207,9 @@ impl CudaTarget {
                 )))
             }
         }
-        if !matches!(self.precision.as_str(), "fp32" | "tf32") {
+        if !CUDA_PRECISIONS.contains(&self.precision.as_str()) {
             return Err(invalid(format!(
-                "precision `{}` is not fp32 or tf32",
+                "precision `{}` is not fp32, tf32, fp16 or bf16",
                 self.precision
             )));
         }

@@ -24,7 +24,7 @@ use std::path::Path;
 
 pub use cuda::{
     ptx_entries, ByteRange, CudaArg, CudaLaunch, CUDA_LAUNCH_VERSION, CUDA_MAX_SCALAR,
-    CUDA_WEIGHTS_ALIGN, MAX_SHARED, MAX_STATIC_SHARED,
+    CUDA_PRECISIONS, CUDA_WEIGHTS_ALIGN, MAX_SHARED, MAX_STATIC_SHARED,
 };
 pub use format::{SectionKind, FORMAT_VERSION, MAGIC};
 pub use manifest::{

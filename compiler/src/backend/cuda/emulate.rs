@@ -17,12 +17,14 @@
 //! - no 32-bit index arithmetic overflows; divisions see non-negative values;
 //! - shared memory is never read before it is written, and two threads
 //!   never touch one shared element between barriers unless both only read;
-//! - tensor-core operands are TF32 values, issued by whole warps (`warp.rs`).
+//! - tensor-core operands are values of their type (TF32, FP16, BF16),
+//!   issued by whole warps (`warp.rs`).
 //!
 //! Float results match the GPU's up to the order of operations, which is
 //! the same (`fma` is fused on both).
 
 use super::kb::{Buf, Kb, LoopBody, Result, Scalar};
+use super::mma::{self, Operand};
 use super::plan::Slot;
 use super::{CompiledCuda, KernelParam};
 use crate::backend::kernel::{View, ELEM_BYTES};
@@ -741,12 +743,15 @@ impl Kb for Sim<'_> {
         }
         Ok(acc)
     }
-    fn tf32(&mut self, x: SF) -> Result<SF> {
-        let v = self.floats[x.0].iter().map(|&x| warp::tf32(x)).collect();
+    fn round_operand(&mut self, op: Operand, x: SF) -> Result<SF> {
+        let v = self.floats[x.0]
+            .iter()
+            .map(|&x| mma::round(op, x))
+            .collect();
         Ok(self.new_f(v))
     }
-    fn mma_tf32(&mut self, a: [SF; 4], b: [SF; 2], c: [SF; 4]) -> Result<[SF; 4]> {
-        Ok(self.mma_m16n8k8(a, b, c))
+    fn mma(&mut self, op: Operand, a: [SF; 4], b: [SF; 2], c: [SF; 4]) -> Result<[SF; 4]> {
+        Ok(self.mma_m16n8k8(op, a, b, c))
     }
 }
 

@@ -21,11 +21,14 @@
 //! The epilogue adds the bias, applies ReLU and stores the elements with
 //! `m < M`, `o < N` into the output view (a channel slice of its buffer).
 //!
-//! With [`Precision::Tf32`] the warps compute the block tile on the tensor
-//! cores instead (`mma.rs`); staging and epilogue are unchanged.
+//! With a tensor-core [`Precision`] (TF32, FP16, BF16) the warps compute the
+//! block tile on the tensor cores instead (`mma.rs`); staging and epilogue
+//! are unchanged.
 
 use super::kb::{Buf, Kb, KbExt, Result, Scalar};
-use super::mma::{self, Precision, Warps};
+#[cfg(doc)]
+use super::mma::Precision;
+use super::mma::{self, Warps};
 use super::plan::{GemmPlan, A_ROW_PAD};
 
 /// Per-thread constants of one `A` gather assignment.
@@ -91,11 +94,11 @@ pub(crate) fn emit<K: Kb>(k: &mut K, p: &GemmPlan) -> Result<()> {
     let ty = k.div(tid, bn / t.tn as i32)?;
     let row0 = k.mulc(ty, t.tm as i32)?;
     let col0 = k.mulc(tx, t.tn as i32)?;
-    let warps = match p.precision {
-        Precision::Fp32 => None,
-        Precision::Tf32 => {
+    let warps = match p.precision.operand() {
+        None => None,
+        Some(op) => {
             let w = Warps::of(&t).map_err(super::BackendError::Codegen)?;
-            Some((w, mma::lane(k, &w, &t, tid)?))
+            Some((w, mma::lane(k, op, &w, &t, tid)?))
         }
     };
     let padded = p.padding != [0, 0];

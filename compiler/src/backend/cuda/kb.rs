@@ -18,6 +18,7 @@
 //!   different threads to one element between two barriers may not
 //!   conflict (the emulator checks).
 
+use super::mma::Operand;
 use crate::backend::BackendError;
 
 pub(crate) type Result<T> = std::result::Result<T, BackendError>;
@@ -132,17 +133,18 @@ pub(crate) trait Kb {
         body: &mut LoopBody<'_, Self>,
     ) -> Result<Vec<Self::F>>;
 
-    /// `cvt.rna.tf32.f32`: `x` rounded to TF32 (10 explicit mantissa bits,
-    /// to nearest, ties away from zero), held in an f32 whose low 13 bits
-    /// are zero.
-    fn tf32(&mut self, x: Self::F) -> Result<Self::F>;
-    /// `mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32`, issued by
-    /// every warp of the block (the block's threads are a multiple of 32):
+    /// `x` rounded to the tensor-core operand type `op` (`cvt.rna.tf32.f32`,
+    /// `cvt.rn.f16.f32`, `cvt.rn.bf16.f32`), held in an f32 that it
+    /// converts back to exactly.
+    fn round_operand(&mut self, op: Operand, x: Self::F) -> Result<Self::F>;
+    /// `mma.sync.aligned.m16n8k8.row.col.f32.{op}.{op}.f32`, issued by every
+    /// warp of the block (the block's threads are a multiple of 32):
     /// `D = A·B + C` on the warp's 16x8 `A`, 8x8 `B` and 16x8 `C`, each
-    /// lane holding the fragments of the PTX ISA layout (see `mma.rs`).
-    /// `a` and `b` must be TF32 values (from [`Kb::tf32`]).
-    fn mma_tf32(
+    /// lane holding the fragments of `op`'s PTX ISA layout (see `mma.rs`).
+    /// `a` and `b` must be `op` values (from [`Kb::round_operand`]).
+    fn mma(
         &mut self,
+        op: Operand,
         a: [Self::F; 4],
         b: [Self::F; 2],
         c: [Self::F; 4],

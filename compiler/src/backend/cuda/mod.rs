@@ -61,11 +61,11 @@ mod plan;
 pub mod ptxas;
 
 pub use arch::{ARCHES, TRIPLE};
-pub use mma::{Precision, TF32_REL_BOUND};
+pub use mma::{Operand, Precision, BF16_REL_BOUND, FP16_REL_BOUND, FP32_REL_BOUND, TF32_REL_BOUND};
 pub use pack::WEIGHT_ALIGN;
 pub use plan::Launch;
 
-use crate::backend::kernel::{KernelDesc, ELEM_BYTES};
+use crate::backend::kernel::{KernelDesc, KernelOp, ELEM_BYTES};
 use crate::backend::BackendError;
 use inkwell::context::Context;
 use inkwell::passes::PassBuilderOptions;
@@ -232,6 +232,15 @@ fn invalid(index: usize, desc: &KernelDesc, message: String) -> BackendError {
     }
 }
 
+/// The weights of a kernel that runs as a GEMM (conv, linear).
+fn gemm_weights(k: &KernelDesc) -> Option<&[f32]> {
+    match &k.op {
+        KernelOp::Conv(c) => Some(&c.weight),
+        KernelOp::Linear(l) => Some(&l.weight),
+        _ => None,
+    }
+}
+
 /// Emit the body of the kernel planned by `plan`.
 fn emit<K: Kb>(k: &mut K, plan: &KernelPlan) -> kb::Result<()> {
     match plan {
@@ -320,6 +329,9 @@ pub fn lower(kernels: &[KernelDesc], opts: &CudaOptions) -> Result<CompiledCuda,
     let mut specs = Vec::with_capacity(kernels.len());
     for (index, k) in kernels.iter().enumerate() {
         k.validate().map_err(|m| invalid(index, k, m))?;
+        if let (Some(op), Some(w)) = (opts.precision.operand(), gemm_weights(k)) {
+            mma::check_weights(op, w).map_err(|m| invalid(index, k, m))?;
+        }
         let mut compute = KernelPlan::new(k, &mut wb).map_err(|m| invalid(index, k, m))?;
         if let (KernelPlan::Gemm(g), _) = &mut compute {
             g.precision = opts.precision;

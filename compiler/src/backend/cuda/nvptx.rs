@@ -8,6 +8,7 @@
 //! `llvm.nvvm.barrier0` for `__syncthreads()`.
 
 use super::kb::{Buf, Kb, LoopBody, Result, Scalar};
+use super::mma::Operand;
 use super::plan::{Param, Slot};
 use crate::backend::BackendError;
 use inkwell::attributes::{Attribute, AttributeLoc};
@@ -18,7 +19,7 @@ use inkwell::module::{Linkage, Module};
 use inkwell::types::{BasicMetadataTypeEnum, FloatType, IntType};
 use inkwell::values::{
     BasicMetadataValueEnum, BasicValue, BasicValueEnum, FloatValue, FunctionValue, IntValue,
-    PointerValue,
+    PointerValue, VectorValue,
 };
 use inkwell::{AddressSpace, IntPredicate};
 
@@ -368,26 +369,58 @@ impl<'ctx> Kb for Nvptx<'_, 'ctx> {
         self.b.position_at_end(exit);
         Ok(out)
     }
-    fn tf32(&mut self, x: Self::F) -> Result<Self::F> {
-        let r = self
-            .call("llvm.nvvm.f2tf32.rna", &[x.into()])?
-            .ok_or_else(|| cg("cvt.rna.tf32.f32 returned nothing"))?;
-        Ok(self.b.build_bit_cast(r, self.f32, "")?.into_float_value())
+    fn round_operand(&mut self, op: Operand, x: Self::F) -> Result<Self::F> {
+        Ok(match op {
+            Operand::Tf32 => {
+                let r = self
+                    .call("llvm.nvvm.f2tf32.rna", &[x.into()])?
+                    .ok_or_else(|| cg("cvt.rna.tf32.f32 returned nothing"))?;
+                self.b.build_bit_cast(r, self.f32, "")?.into_float_value()
+            }
+            // Round trips through the 16-bit type: the mma's own
+            // conversion of the result is exact, and LLVM folds the
+            // `fpext`/`fptrunc` pair away.
+            Operand::F16 | Operand::Bf16 => {
+                let h = self.b.build_float_trunc(x, self.half(op), "")?;
+                self.b.build_float_ext(h, self.f32, "")?
+            }
+        })
     }
-    fn mma_tf32(
+    fn mma(
         &mut self,
+        op: Operand,
         a: [Self::F; 4],
         b: [Self::F; 2],
         c: [Self::F; 4],
     ) -> Result<[Self::F; 4]> {
-        // The tf32 operands are passed as their i32 bit patterns.
         let mut args: Vec<BasicMetadataValueEnum> = Vec::with_capacity(10);
-        for x in a.iter().chain(&b) {
-            args.push(self.b.build_bit_cast(*x, self.i32, "")?.into());
-        }
+        let name = match op {
+            Operand::Tf32 => {
+                // The tf32 operands are passed as their i32 bit patterns.
+                for x in a.iter().chain(&b) {
+                    args.push(self.b.build_bit_cast(*x, self.i32, "")?.into());
+                }
+                "llvm.nvvm.mma.m16n8k8.row.col.tf32"
+            }
+            Operand::F16 | Operand::Bf16 => {
+                // Two operands per 32-bit register, the first in the low
+                // half: <2 x half> for f16, <2 x bfloat> as i32 for bf16.
+                for pair in [[a[0], a[1]], [a[2], a[3]], b] {
+                    let v = self.pack2(op, pair)?;
+                    args.push(match op {
+                        Operand::Bf16 => self.b.build_bit_cast(v, self.i32, "")?.into(),
+                        _ => v.into(),
+                    });
+                }
+                match op {
+                    Operand::Bf16 => "llvm.nvvm.mma.m16n8k8.row.col.bf16",
+                    _ => "llvm.nvvm.mma.m16n8k8.row.col.f32.f32",
+                }
+            }
+        };
         args.extend(c.iter().map(|&x| BasicMetadataValueEnum::from(x)));
         let d = self
-            .call("llvm.nvvm.mma.m16n8k8.row.col.tf32", &args)?
+            .call(name, &args)?
             .ok_or_else(|| cg("mma returned nothing"))?
             .into_struct_value();
         let mut out = c;
@@ -402,6 +435,27 @@ impl<'ctx> Kb for Nvptx<'_, 'ctx> {
 }
 
 impl<'ctx> Nvptx<'_, 'ctx> {
+    /// The LLVM type of a 16-bit operand.
+    fn half(&self, op: Operand) -> FloatType<'ctx> {
+        match op {
+            Operand::Bf16 => self.ctx.bf16_type(),
+            _ => self.ctx.f16_type(),
+        }
+    }
+
+    /// `<2 x half|bfloat>` of two f32 values that are exact in `op`:
+    /// element 0 (the register's low half) is `pair[0]`.
+    fn pack2(&mut self, op: Operand, pair: [FloatValue<'ctx>; 2]) -> Result<VectorValue<'ctx>> {
+        let ty = self.half(op);
+        let mut v = ty.vec_type(2).get_undef();
+        for (i, x) in (0u64..).zip(pair) {
+            let h = self.b.build_float_trunc(x, ty, "")?;
+            let idx = self.i32.const_int(i, false);
+            v = self.b.build_insert_element(v, h, idx, "")?;
+        }
+        Ok(v)
+    }
+
     fn addc_i(&mut self, a: IntValue<'ctx>, c: i32) -> Result<IntValue<'ctx>> {
         let c = self.ci(c);
         self.add(a, c)

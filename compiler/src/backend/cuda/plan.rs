@@ -226,7 +226,7 @@ pub(crate) struct GemmPlan {
     pub k_param: bool,
     pub prologue: Option<AffineOp>,
     pub relu: bool,
-    /// SIMT f32 or TF32 tensor cores (`mma.rs`): same tile, same staging.
+    /// SIMT f32 or tensor cores (`mma.rs`): same tile, same staging.
     pub precision: Precision,
 }
 
@@ -485,8 +485,8 @@ impl KernelPlan {
             KernelPlan::Gemm(g) => format!(
                 "gemm{} m={} n={} k={} tile={}x{}x{} thread={}x{} threads={}",
                 match g.precision {
-                    Precision::Fp32 => "",
-                    Precision::Tf32 => " tf32",
+                    Precision::Fp32 => String::new(),
+                    p => format!(" {p}"),
                 },
                 g.m,
                 g.n,
