@@ -2,7 +2,7 @@
 """The GPU check of densenetc, for a machine with an NVIDIA GPU and PyTorch:
 
     scripts/gpu-check.sh [--densenetc PATH] [--reduced] [--iters N] [--out DIR]
-                         [--precision fp32|tf32|all]
+                         [--precision fp32|tf32|fp16|bf16|all]
     scripts/gpu-check.sh --dry-run      # every step that needs no GPU
 
 1. builds densenetc (``cargo build --release``; or ``--densenetc PATH``);
@@ -10,15 +10,20 @@
    ``--reduced``: ImageNet presets at 64x64) and checks that
    ``densenetc run --device cuda`` matches ``--device cpu`` on the same
    random input, in relative error (max |a - b| / max |b|): within 1e-4
-   for ``--precision fp32``, within 5e-3 for ``--precision tf32`` (the
-   CUDA GEMMs on TF32 tensor cores; the CPU code is f32);
+   for ``--precision fp32``, within 5e-3 for ``tf32`` and ``fp16``, 3e-2
+   for ``bf16`` (the CUDA GEMMs on the tensor cores with operands of that
+   type, as ``cuda::Precision::rel_bound`` documents; the CPU code is f32);
 3. times DenseNet-121 at batch 1 and 64 on the GPU: ``densenetc bench
    --device cuda`` against PyTorch eager (cuDNN, channels_last, benchmark
    mode) and ``torch.compile`` of the same torchvision model, medians of
-   ``--iters`` synchronised runs, and prints a markdown table. In tf32 mode
-   PyTorch runs at the same precision (``allow_tf32`` for matmul and cuDNN).
+   ``--iters`` synchronised runs, and prints a markdown table. PyTorch runs
+   at the same precision: ``allow_tf32`` for matmul and cuDNN in tf32 mode,
+   ``torch.autocast`` to float16 / bfloat16 in fp16 / bf16 mode (PyTorch's
+   usual mixed precision, which also stores activations in 16 bits where
+   densenetc keeps them in f32).
 
-``--precision all`` (the default) checks and times both modes.
+``--precision all`` (the default) checks and times every mode; on a
+machine with a per-command time limit run one mode per command.
 
 Without a GPU it stops at once with a message saying so. ``--dry-run`` runs
 steps 1 and 2 up to the CPU side (compile, CPU run) and step 3's compiles,
@@ -29,6 +34,7 @@ PyTorch only for step 3 (imported there).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import struct
@@ -45,10 +51,11 @@ PRESETS = ["densenet121", "densenet161", "densenet169", "densenet201",
 IMAGENET = {"densenet121", "densenet161", "densenet169", "densenet201"}
 TIMED = "densenet121"
 BATCHES = [1, 64]
-PRECISIONS = ["fp32", "tf32"]
-# CUDA vs CPU relative error per --precision: f32 as DESIGN §6 asks; TF32 as
-# the compiler documents it (cuda::TF32_REL_BOUND, measured through its emulator).
-TOLERANCES = {"fp32": 1e-4, "tf32": 5e-3}
+PRECISIONS = ["fp32", "tf32", "fp16", "bf16"]
+# CUDA vs CPU relative error per --precision: f32 as DESIGN §6 asks; the
+# tensor-core modes as the compiler documents them (cuda::Precision::rel_bound,
+# measured through its emulator).
+TOLERANCES = {"fp32": 1e-4, "tf32": 5e-3, "fp16": 5e-3, "bf16": 3e-2}
 TOLERANCE = TOLERANCES["fp32"]
 
 
@@ -181,11 +188,16 @@ def parity(run: Runner, presets: list[str], reduced: bool,
     return results
 
 
-def set_torch_precision(torch, precision: str) -> None:
-    """PyTorch at densenetc's precision: TF32 tensor cores for tf32, strict f32 for fp32."""
+def set_torch_precision(torch, precision: str):
+    """PyTorch at densenetc's precision: TF32 tensor cores for tf32, strict f32 otherwise;
+    returns the context to run the model in (autocast to float16 / bfloat16 for fp16 / bf16)."""
     tf32 = precision == "tf32"
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
+    dtype = {"fp16": "float16", "bf16": "bfloat16"}.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=getattr(torch, dtype))
 
 
 def torch_times(batch: int, iters: int, precision: str = "fp32") -> tuple[float, float]:
@@ -196,13 +208,13 @@ def torch_times(batch: int, iters: int, precision: str = "fp32") -> tuple[float,
     if not torch.cuda.is_available():
         raise CheckError("PyTorch sees no CUDA device")
     torch.backends.cudnn.benchmark = True
-    set_torch_precision(torch, precision)
+    context = set_torch_precision(torch, precision)
     model = torchvision.models.densenet121(weights=None).eval().cuda()
     model = model.to(memory_format=torch.channels_last)
     x = torch.randn(batch, 3, 224, 224, device="cuda").to(memory_format=torch.channels_last)
 
     def median_ms(fn) -> float:
-        with torch.inference_mode():
+        with torch.inference_mode(), context:
             for _ in range(10):
                 fn(x)
             torch.cuda.synchronize()

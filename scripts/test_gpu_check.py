@@ -88,6 +88,8 @@ class Tests(unittest.TestCase):
     def test_bounds_per_precision(self):
         self.assertEqual(gc.TOLERANCES["fp32"], 1e-4)
         self.assertGreater(gc.TOLERANCES["tf32"], gc.TOLERANCES["fp32"])
+        self.assertEqual(set(gc.TOLERANCES), set(gc.PRECISIONS))
+        self.assertGreater(gc.TOLERANCES["bf16"], gc.TOLERANCES["fp16"])
         results = [("fp32", "a", 5e-5), ("fp32", "b", 2e-4), ("tf32", "a", 2e-3),
                    ("tf32", "b", 0.5), ("tf32", "c", None)]
         self.assertEqual(gc.out_of_bounds(results), [("fp32", "b", 2e-4), ("tf32", "b", 0.5)])
@@ -102,12 +104,23 @@ class Tests(unittest.TestCase):
                     matmul = Flags()
                 cudnn = Flags()
 
-        gc.set_torch_precision(Torch, "tf32")
-        self.assertIs(Torch.backends.cuda.matmul.allow_tf32, True)
-        self.assertIs(Torch.backends.cudnn.allow_tf32, True)
-        gc.set_torch_precision(Torch, "fp32")
-        self.assertIs(Torch.backends.cuda.matmul.allow_tf32, False)
-        self.assertIs(Torch.backends.cudnn.allow_tf32, False)
+            float16, bfloat16 = "f16", "bf16"
+
+            @staticmethod
+            def autocast(device, dtype):
+                return ("autocast", device, dtype)
+
+        for precision in ["tf32", "fp32", "fp16", "bf16"]:
+            context = gc.set_torch_precision(Torch, precision)
+            tf32 = precision == "tf32"
+            self.assertIs(Torch.backends.cuda.matmul.allow_tf32, tf32, precision)
+            self.assertIs(Torch.backends.cudnn.allow_tf32, tf32, precision)
+            if precision in ("fp16", "bf16"):
+                dtype = Torch.float16 if precision == "fp16" else Torch.bfloat16
+                self.assertEqual(context, ("autocast", "cuda", dtype))
+            else:
+                with context:  # a no-op context
+                    pass
 
     def test_table(self):
         t = gc.markdown_table([{"batch": 1, "densenetc": 1.0, "eager": 2.0, "compiled": None},
@@ -127,9 +140,10 @@ class Tests(unittest.TestCase):
             self.assertEqual(shape, [1, 10])
             self.assertEqual(len(values), 10)
             self.assertTrue((Path(tmp) / "densenet121-b64-cuda.dnc").exists())
-            self.assertTrue((Path(tmp) / "densenet121-tf32-b64-cuda.dnc").exists())
-            shape, _ = gc.read_npy(Path(tmp) / "densenet-40-tf32-cpu.npy")
-            self.assertEqual(shape, [1, 10])
+            for p in ["tf32", "fp16", "bf16"]:
+                self.assertTrue((Path(tmp) / f"densenet121-{p}-b64-cuda.dnc").exists())
+                shape, _ = gc.read_npy(Path(tmp) / f"densenet-40-{p}-cpu.npy")
+                self.assertEqual(shape, [1, 10])
 
 
 if __name__ == "__main__":
