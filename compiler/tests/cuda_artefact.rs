@@ -6,11 +6,12 @@
 //! offsets, input and output through the manifest's arena views). The result
 //! must match the reference executor on the unoptimised graph. Also: a
 //! wrong table is caught, the artefact's PTX assembles with ptxas, and a
-//! `--precision tf32` artefact records it and computes within its bound.
+//! `--precision tf32|fp16|bf16` artefact records it and computes within its
+//! bound.
 
 use compiler::artefact::{build_artefact, ArtefactParts};
 use compiler::backend::cuda::emulate::{self, EmuError, TableLaunch};
-use compiler::backend::cuda::{ptxas, KernelParam, Precision, TF32_REL_BOUND};
+use compiler::backend::cuda::{ptxas, KernelParam, Precision};
 use compiler::backend::graph::kernels_of;
 use compiler::builder::{build, ConfigOverrides, DenseNetConfig};
 use compiler::passes::optimize;
@@ -201,23 +202,35 @@ fn the_launch_table_of_a_cpu_cuda_artefact_computes_the_reference() {
     }
 }
 
-/// A tf32 artefact: the manifest says so, the launches run the tensor-core
-/// GEMMs (through the emulator's mma) and stay within the TF32 bound.
+/// Tensor-core artefacts: the manifest says which, the launches run the
+/// tensor-core GEMMs (through the emulator's mma) and stay within the
+/// precision's bound.
 #[test]
-fn a_tf32_artefact_records_its_precision_and_computes_within_its_bound() {
-    let b = compile_in(true, false, Precision::Tf32);
-    let m = b.artefact.manifest();
-    assert_eq!(m.cuda.as_ref().expect("cuda").precision, "tf32");
-    let ptx = &b.code.cuda.as_ref().expect("cuda").ptx;
-    assert!(ptx.contains("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"));
-    let launches = table(&b.artefact);
-    let mut arena = vec![0.0f32; (m.memory.arena_bytes as usize).div_ceil(4)];
-    let x = input(&b, 1);
-    let want = ir::reference::run(&b.graph, std::slice::from_ref(&x)).expect("reference");
-    let got = infer(&b, &launches, &mut arena, &x).expect("emulation");
-    let err = got.rel_error(&want[0]).expect("shape");
-    assert!(err <= f64::from(TF32_REL_BOUND), "relative error {err:e}");
-    assert!(err > 1e-6, "relative error {err:e}: not TF32?");
+fn a_tensor_core_artefact_records_its_precision_and_computes_within_its_bound() {
+    for (p, ty) in [
+        (Precision::Tf32, "tf32"),
+        (Precision::Fp16, "f16"),
+        (Precision::Bf16, "bf16"),
+    ] {
+        let b = compile_in(true, false, p);
+        let m = b.artefact.manifest();
+        assert_eq!(m.cuda.as_ref().expect("cuda").precision, p.name());
+        let ptx = &b.code.cuda.as_ref().expect("cuda").ptx;
+        assert!(ptx.contains(&format!(
+            "mma.sync.aligned.m16n8k8.row.col.f32.{ty}.{ty}.f32"
+        )));
+        let launches = table(&b.artefact);
+        let mut arena = vec![0.0f32; (m.memory.arena_bytes as usize).div_ceil(4)];
+        let x = input(&b, 1);
+        let want = ir::reference::run(&b.graph, std::slice::from_ref(&x)).expect("reference");
+        let got = infer(&b, &launches, &mut arena, &x).expect("emulation");
+        let err = got.rel_error(&want[0]).expect("shape");
+        assert!(
+            err <= f64::from(p.rel_bound()),
+            "{p}: relative error {err:e}"
+        );
+        assert!(err > 1e-6, "relative error {err:e}: not {p}?");
+    }
     let fp32 = compile(false, false);
     assert_eq!(
         fp32.artefact
