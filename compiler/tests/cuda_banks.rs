@@ -1,0 +1,197 @@
+//! Shared-memory bank conflicts of the GEMM kernels, measured by the
+//! emulator (`src/backend/cuda/emulate/banks.rs`): a small DenseNet is
+//! lowered for CUDA in fp32 and tf32 and run through
+//! `emulate::run_with_banks`; the report prints, per GEMM entry, the
+//! wavefronts per warp-level access (1 = conflict-free) of its shared
+//! arrays `As` and `Bs`, for loads and stores, and the test checks them
+//! against the ratios derived by hand from the access patterns of
+//! `gemm.rs` and `mma.rs` ([`expected`]).
+//!
+//! `cargo test -p compiler --test cuda_banks -- --nocapture` prints the
+//! report; `-- --ignored --nocapture` adds densenet121 at full depth
+//! (image `DNC_BANKS_IMAGE`, default 64).
+
+mod cpu_kernels_support;
+mod cuda_ptx_support;
+
+use compiler::backend::cuda::emulate::{self, LaunchShared, SharedStats};
+use compiler::backend::cuda::{self, CompiledCuda, CudaOptions, Precision};
+use compiler::backend::graph::kernels_of;
+use compiler::builder::{build, ConfigOverrides, DenseNetConfig};
+use compiler::passes::optimize;
+use cuda_ptx_support::{arena, write};
+use ir::reference::Tensor;
+
+/// The block tile of a GEMM entry, parsed from its plan summary
+/// (`... tile=BMxBNxBK thread=TMxTN threads=T`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tile {
+    bm: usize,
+    bn: usize,
+}
+
+fn tile_of(plan: &str) -> Option<Tile> {
+    let dims = plan
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("tile="))?;
+    let mut it = dims.split('x').map(|d| d.parse::<usize>().ok());
+    Some(Tile {
+        bm: it.next()??,
+        bn: it.next()??,
+    })
+}
+
+/// Wavefronts per access `[(As load, As store), (Bs load, Bs store)]`,
+/// derived by hand (banks `w % 32`, `As` is `[8][BM + 4]`, `Bs` is
+/// `[8][BN]`, both starting at bank 0; `BM` and `BN` are powers of two,
+/// `BM` ≥ 16, `BN` in 16..=64):
+///
+/// - stores (both precisions): the `A` gather stores lane `l` at
+///   `(l % 8)·(BM + 4) + l / 8`; `BM + 4` is 4 or 20 mod 32, so the eight
+///   rows start at eight distinct multiples of 4 and the 32 lanes hit 32
+///   banks: 1. The `B` copy stores 32 consecutive words: 1.
+/// - fp32 loads: lane `(ty, tx)` reads `As` at `ty·TM + c` (2 or 4 rows per
+///   warp, distinct banks, the lanes of a row broadcast): 1; and `Bs` at
+///   `tx·TN + c`: `BN / TN` lanes at stride `TN`, i.e. 16 lanes at stride
+///   4 (`BN` = 64: 2 words per bank, 2) or 8 lanes at stride 4 or 2 (1).
+/// - tf32 loads: lane `4g + t` reads `As` at `t·(BM + 4) + g + c`: banks
+///   `4t + g` (or `20t + g`) mod 32, where `t` and `t + 1` overlap in 4
+///   banks: 2. It reads `Bs` at `t·BN + g + c`: for `BN` a multiple of 32
+///   the four `t` share the banks of `g`: 4; for `BN` = 16, `t` and `t + 2`
+///   do: 2.
+fn expected(precision: Precision, t: Tile) -> [(u64, u64); 2] {
+    match precision {
+        Precision::Fp32 => [(1, 1), (if t.bn == 64 { 2 } else { 1 }, 1)],
+        Precision::Tf32 => [(2, 1), (if t.bn.is_multiple_of(32) { 4 } else { 2 }, 1)],
+    }
+}
+
+fn ratio(x: Option<f64>) -> String {
+    x.map_or_else(|| "-".into(), |r| format!("{r:.2}"))
+}
+
+fn stats(s: &SharedStats) -> String {
+    format!("ld {} st {}", ratio(s.load_ratio()), ratio(s.store_ratio()))
+}
+
+/// The launches' counts summed per entry.
+fn per_entry(compiled: &CompiledCuda, banks: &[LaunchShared]) -> Vec<LaunchShared> {
+    let mut out = vec![LaunchShared::default(); compiled.entries.len()];
+    for (l, b) in compiled.kernels.iter().zip(banks) {
+        let e = &mut out[l.entry];
+        e.arrays
+            .resize(e.arrays.len().max(b.arrays.len()), SharedStats::default());
+        for (x, y) in e.arrays.iter_mut().zip(&b.arrays) {
+            *x += *y;
+        }
+    }
+    out
+}
+
+/// Lower `cfg` at `precision`, run it through the emulator, print the
+/// report and check every GEMM entry against [`expected`]; the tiles seen.
+fn measure(name: &str, cfg: &DenseNetConfig, batch: usize, precision: Precision) -> Vec<Tile> {
+    let mut g = build(cfg, batch).expect("build");
+    compiler::weights::randomize(&mut g, 7);
+    optimize(&mut g, true).expect("pipeline");
+    let net = kernels_of(&g).expect("kernels");
+    let opts = CudaOptions {
+        precision,
+        ..CudaOptions::default()
+    };
+    let compiled = cuda::lower(&net.kernels, &opts).expect("lower");
+    let mut mem = arena(net.arena_bytes);
+    for (v, &id) in net.inputs.iter().zip(g.inputs()) {
+        let x = Tensor::random_uniform(g.node(id).ty.shape.clone(), 7, -1.0, 1.0);
+        write(&mut mem, v, &x);
+    }
+    let banks = emulate::run_with_banks(&compiled, &mut mem).expect("emulation");
+    assert_eq!(banks.len(), compiled.kernels.len());
+
+    eprintln!("== {name}, --precision {precision}: shared wavefronts per access (1 = no conflict)");
+    let mut tiles = Vec::new();
+    for (e, b) in compiled.entries.iter().zip(per_entry(&compiled, &banks)) {
+        let Some(tile) = tile_of(&e.plan) else {
+            assert!(
+                b.arrays.is_empty(),
+                "{}: shared traffic in {}",
+                e.symbol,
+                e.plan
+            );
+            continue;
+        };
+        eprintln!(
+            "{:<22} x{:<3} {:<62} As: {}  Bs: {}  all: {}",
+            e.symbol,
+            e.launches,
+            e.plan,
+            stats(&b.arrays[0]),
+            stats(&b.arrays[1]),
+            stats(&b.total())
+        );
+        assert_eq!(b.arrays.len(), 2, "{}", e.symbol);
+        for (array, (s, (load, store))) in ["As", "Bs"]
+            .iter()
+            .zip(b.arrays.iter().zip(expected(precision, tile)))
+        {
+            let want = SharedStats {
+                load_wavefronts: load * s.load_accesses,
+                store_wavefronts: store * s.store_accesses,
+                ..*s
+            };
+            assert!(s.load_accesses > 0 && s.store_accesses > 0, "{}", e.symbol);
+            assert_eq!(*s, want, "{} {array} ({}, {precision})", e.symbol, e.plan);
+        }
+        tiles.push(tile);
+    }
+    tiles
+}
+
+/// densenet121's layout at a small size, wide enough that the GEMM tiles
+/// are 16 (3x3 convs, classifier), 32 (stem, transition) and 64 (the
+/// bottlenecks) columns wide.
+fn small() -> (DenseNetConfig, usize) {
+    let o = ConfigOverrides {
+        block_config: Some(vec![2, 2]),
+        growth_rate: Some(16),
+        num_init_features: Some(32),
+        image_size: Some(32),
+        num_classes: Some(10),
+        ..Default::default()
+    };
+    let cfg = DenseNetConfig::resolve(Some("densenet121"), &o).expect("config");
+    (cfg, 1)
+}
+
+#[test]
+fn gemm_bank_conflicts_are_the_derived_ones() {
+    let (cfg, batch) = small();
+    for precision in [Precision::Fp32, Precision::Tf32] {
+        let tiles = measure("small densenet121", &cfg, batch, precision);
+        for bn in [16, 32, 64] {
+            assert!(
+                tiles.iter().any(|t| t.bn == bn),
+                "no {bn}-column tile in {tiles:?}: the check covers less than it says"
+            );
+        }
+    }
+}
+
+/// The report for densenet121 at full depth (about a minute per precision
+/// at image 64).
+#[test]
+#[ignore = "slow: densenet121 at full depth through the emulator"]
+fn densenet121_bank_report() {
+    let image = std::env::var("DNC_BANKS_IMAGE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(64);
+    let o = ConfigOverrides {
+        image_size: Some(image),
+        ..Default::default()
+    };
+    let cfg = DenseNetConfig::resolve(Some("densenet121"), &o).expect("config");
+    for precision in [Precision::Fp32, Precision::Tf32] {
+        measure(&format!("densenet121 image {image}"), &cfg, 1, precision);
+    }
+}
