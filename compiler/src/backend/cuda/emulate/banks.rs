@@ -23,11 +23,15 @@
 //! starts at bank 0 under either alignment.
 //!
 //! Not modelled:
-//! - 64- and 128-bit accesses (a `.v2`/`.v4` instruction is served a half
-//!   or a quarter warp at a time, at least 2 or 4 wavefronts): the `Kb`
-//!   trait has only 32-bit shared accesses, but LLVM's load/store
-//!   vectorizer may merge consecutive ones of a thread in the PTX, which
-//!   this count, made on the `Kb` operations, does not see;
+//! - 64- and 128-bit accesses (a `.v2`/`.v4` instruction moves 256 or 512
+//!   bytes per warp, at least 2 or 4 wavefronts): the `Kb` trait has only
+//!   32-bit shared accesses and the count is made on them, but LLVM's
+//!   load/store vectorizer merges consecutive ones of a thread in the PTX.
+//!   It does so for the f32 GEMM's register-tile reads (`ld.shared.v4.f32`
+//!   and `.v2`, sm_80, O3), so its load counts are those of the 32-bit
+//!   accesses of the source, not of the PTX instructions. The stores of
+//!   both precisions and the TF32 fragment reads are 32-bit in the PTX,
+//!   and counted as issued;
 //! - `ldmatrix`/`stmatrix`, asynchronous copies, atomics;
 //! - timing: wavefronts of different warps contending for the banks,
 //!   latency hiding; a wavefront count is a cost, not a time.
