@@ -3,8 +3,9 @@
 //! lowered for CUDA in fp32 and tf32 and run through
 //! `emulate::run_with_banks`; the report prints, per GEMM entry, the
 //! wavefronts per warp-level access (1 = conflict-free) of its shared
-//! arrays `As` and `Bs`, for loads and stores, and the test checks them
-//! against the ratios derived by hand from the access patterns of
+//! arrays `As` and `Bs`, for loads and stores, then the totals over all
+//! launches (to compare layouts), and the test checks the ratios
+//! against those derived by hand from the access patterns of
 //! `gemm.rs` and `mma.rs` ([`expected`]). The counts are per 32-bit
 //! access of the kernel source: the PTX of the f32 kernels reads its
 //! register tiles with `ld.shared.v4`/`.v2` instead (see `banks.rs`).
@@ -146,6 +147,18 @@ fn measure(name: &str, cfg: &DenseNetConfig, batch: usize, precision: Precision)
         }
         tiles.push(tile);
     }
+    let mut all = SharedStats::default();
+    for b in &banks {
+        all += b.total();
+    }
+    eprintln!(
+        "all launches: {} load / {} store wavefronts for {} / {} accesses ({})",
+        all.load_wavefronts,
+        all.store_wavefronts,
+        all.load_accesses,
+        all.store_accesses,
+        stats(&all)
+    );
     tiles
 }
 
