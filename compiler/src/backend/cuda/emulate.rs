@@ -20,6 +20,10 @@
 //! - tensor-core operands are values of their type (TF32, FP16, BF16),
 //!   issued by whole warps (`warp.rs`).
 //!
+//! It also counts each launch's shared-memory bank conflicts
+//! ([`run_with_banks`], [`run_table_with_banks`]; the model is in
+//! `banks.rs`).
+//!
 //! Float results match the GPU's up to the order of operations, which is
 //! the same (`fma` is fused on both).
 
@@ -32,7 +36,10 @@ use crate::backend::BackendError;
 use runtime::artefact::CUDA_MAX_SCALAR;
 use thiserror::Error;
 
+mod banks;
 mod warp;
+
+pub use banks::{LaunchShared, SharedStats, ARRAY_ALIGN_WORDS};
 
 /// Why emulation failed: a bug in the lowering, or an arena too small.
 #[derive(Debug, Error)]
@@ -60,6 +67,15 @@ pub enum EmuError {
 
 /// Run every kernel of `compiled`, in order, on `arena` (as floats).
 pub fn run(compiled: &CompiledCuda, arena: &mut [f32]) -> std::result::Result<(), EmuError> {
+    run_with_banks(compiled, arena).map(|_| ())
+}
+
+/// [`run`], returning the shared-memory traffic and bank conflicts of each
+/// launch of [`CompiledCuda::kernels`] (in its order).
+pub fn run_with_banks(
+    compiled: &CompiledCuda,
+    arena: &mut [f32],
+) -> std::result::Result<Vec<LaunchShared>, EmuError> {
     let table: Vec<TableLaunch> = compiled
         .kernels
         .iter()
@@ -71,7 +87,7 @@ pub fn run(compiled: &CompiledCuda, arena: &mut [f32]) -> std::result::Result<()
             args: spec.params.clone(),
         })
         .collect();
-    run_table(compiled, &table, &compiled.weights, arena)
+    run_table_with_banks(compiled, &table, &compiled.weights, arena)
 }
 
 /// A launch as a runtime issues it from an artefact's launch table: an
@@ -101,6 +117,17 @@ pub fn run_table(
     weights: &[u8],
     arena: &mut [f32],
 ) -> std::result::Result<(), EmuError> {
+    run_table_with_banks(compiled, table, weights, arena).map(|_| ())
+}
+
+/// [`run_table`], returning the shared-memory traffic and bank conflicts
+/// of each launch of `table` (in its order).
+pub fn run_table_with_banks(
+    compiled: &CompiledCuda,
+    table: &[TableLaunch<'_>],
+    weights: &[u8],
+    arena: &mut [f32],
+) -> std::result::Result<Vec<LaunchShared>, EmuError> {
     let mut issues = Vec::with_capacity(table.len());
     for (i, l) in table.iter().enumerate() {
         let bad = |message: String| EmuError::Table { index: i, message };
@@ -220,7 +247,7 @@ fn execute(
     issues: &[Issue],
     weights: &[u8],
     arena: &mut [f32],
-) -> std::result::Result<(), EmuError> {
+) -> std::result::Result<Vec<LaunchShared>, EmuError> {
     let need = compiled.arena_bytes.div_ceil(ELEM_BYTES);
     if arena.len() < need {
         return Err(EmuError::ArenaTooSmall {
@@ -233,7 +260,9 @@ fn execute(
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
     let mut writes = vec![0u8; arena.len()];
+    let mut banks = Vec::with_capacity(issues.len());
     for (i, issue) in issues.iter().enumerate() {
+        let mut launch = LaunchShared::default();
         let (plan, entry) = (&compiled.plans[issue.entry], &compiled.entries[issue.entry]);
         let (index, desc) = (issue.desc, &compiled.descs[issue.desc]);
         for by in 0..issue.grid[1] {
@@ -256,6 +285,7 @@ fn execute(
                     fault: None,
                 };
                 super::emit(&mut sim, plan)?;
+                launch.add_block(sim.shared.iter().map(|a| a.stats));
                 if let Some(message) = sim.fault {
                     return Err(EmuError::Fault {
                         index,
@@ -275,8 +305,9 @@ fn execute(
             })?;
             writes.fill(0);
         }
+        banks.push(launch);
     }
-    Ok(())
+    Ok(banks)
 }
 
 /// `(stored pixel, channel within the view, whether the pixel is in the
@@ -336,6 +367,10 @@ struct Touch {
 struct SharedArray {
     data: Vec<f32>,
     touch: Vec<Touch>,
+    /// Word address of element 0 in the block's shared memory (`banks.rs`).
+    base: u64,
+    /// Its bank conflicts so far.
+    stats: SharedStats,
 }
 
 /// One block in flight: every value is a vector over its threads.
@@ -658,9 +693,12 @@ impl Kb for Sim<'_> {
         Ok(())
     }
     fn shared(&mut self, len: usize) -> Result<SS> {
+        let base = banks::next_base(self.shared.last().map(|a| (a.base, a.data.len())));
         self.shared.push(SharedArray {
             data: vec![f32::NAN; len],
             touch: vec![Touch::default(); len],
+            base,
+            stats: SharedStats::default(),
         });
         Ok(SS(self.shared.len() - 1))
     }
@@ -673,6 +711,7 @@ impl Kb for Sim<'_> {
                 None => f32::NAN,
             });
         }
+        self.count_banks(s, idx, None, false);
         Ok(self.new_f(v))
     }
     fn store_shared(&mut self, s: SS, idx: SI, v: SF) -> Result<()> {
@@ -682,6 +721,7 @@ impl Kb for Sim<'_> {
                 self.shared[s.0].data[i] = self.floats[v.0][t];
             }
         }
+        self.count_banks(s, idx, None, true);
         Ok(())
     }
     fn store_shared_if(&mut self, c: SB, s: SS, idx: SI, v: SF) -> Result<()> {
@@ -694,6 +734,7 @@ impl Kb for Sim<'_> {
                 self.shared[s.0].data[i] = self.floats[v.0][t];
             }
         }
+        self.count_banks(s, idx, Some(c), true);
         Ok(())
     }
     fn barrier(&mut self) -> Result<()> {

@@ -29,7 +29,7 @@ use super::kb::{Buf, Kb, KbExt, Result, Scalar};
 #[cfg(doc)]
 use super::mma::Precision;
 use super::mma::{self, Warps};
-use super::plan::{GemmPlan, A_ROW_PAD};
+use super::plan::GemmPlan;
 
 /// Per-thread constants of one `A` gather assignment.
 struct ARow<I, B> {
@@ -48,7 +48,7 @@ pub(crate) fn emit<K: Kb>(k: &mut K, p: &GemmPlan) -> Result<()> {
     let (a_len, b_len) = t.shared_floats();
     let a_s = k.shared(a_len)?;
     let b_s = k.shared(b_len)?;
-    let a_row = (t.bm + A_ROW_PAD) as i32;
+    let (a_row, b_row) = (t.a_row() as i32, t.b_row() as i32);
     let (bm, bn, bk) = (t.bm as i32, t.bn as i32, t.bk as i32);
     let threads = t.threads as i32;
 
@@ -166,7 +166,7 @@ pub(crate) fn emit<K: Kb>(k: &mut K, p: &GemmPlan) -> Result<()> {
             let row = k.add(k0, ki)?;
             let e = k.index(0, row, i64::from(p.n_pad))?;
             let e = k.addw(e, b_col)?;
-            let si = k.mulc(ki, bn)?;
+            let si = k.mulc(ki, b_row)?;
             let si = k.add(si, b_ni)?;
             if b_idle {
                 let zero = k.cf(0.0);
@@ -189,7 +189,7 @@ pub(crate) fn emit<K: Kb>(k: &mut K, p: &GemmPlan) -> Result<()> {
                 }
                 let mut b = Vec::with_capacity(t.tn);
                 for c in 0..t.tn as i32 {
-                    let si = k.addc(col0, kk * bn + c)?;
+                    let si = k.addc(col0, kk * b_row + c)?;
                     b.push(k.load_shared(b_s, si)?);
                 }
                 for (r, &av) in a.iter().enumerate() {

@@ -334,7 +334,7 @@ pub fn lower(kernels: &[KernelDesc], opts: &CudaOptions) -> Result<CompiledCuda,
         }
         let mut compute = KernelPlan::new(k, &mut wb).map_err(|m| invalid(index, k, m))?;
         if let (KernelPlan::Gemm(g), _) = &mut compute {
-            g.precision = opts.precision;
+            g.set_precision(opts.precision);
         }
         let border = KernelPlan::border(k).map_err(|m| invalid(index, k, m))?;
         let roles = [

@@ -18,7 +18,7 @@
 
 use super::addr::{Geom, I32_LIMIT};
 use super::kb::{Buf, Scalar};
-use super::mma::Precision;
+use super::mma::{Operand, Precision};
 use super::pack::{pack_b, pack_bias, BShape, WeightsBuilder};
 use crate::backend::kernel::{Affine, ConvKernel, KernelDesc, KernelOp, LinearKernel, View};
 
@@ -149,6 +149,11 @@ pub(crate) struct Tile {
     pub tm: usize,
     pub tn: usize,
     pub threads: usize,
+    /// Words of padding after each row of the shared `A` tile `[bk][bm +
+    /// a_pad]` and the `B` tile `[bk][bn + b_pad]`, chosen per precision
+    /// against bank conflicts ([`Tile::with_precision`]).
+    pub a_pad: usize,
+    pub b_pad: usize,
 }
 
 impl Tile {
@@ -175,7 +180,40 @@ impl Tile {
             tm,
             tn,
             threads,
+            a_pad: A_ROW_PAD,
+            b_pad: 0,
         }
+    }
+
+    /// The tile with the shared rows padded for `precision`'s reads
+    /// (banks are 4-byte words mod 32; `bm` and `bn` are multiples of 16):
+    /// - the `A` gather stores lane `l` at `(l % 8)·(bm + a_pad) + l / 8`,
+    ///   conflict-free when the row stride is 4 mod 16 (the eight rows
+    ///   start in eight distinct groups of four banks): [`A_ROW_PAD`];
+    /// - the f32 kernel reads one row at a time (broadcast or consecutive
+    ///   words): no constraint, `B` unpadded;
+    /// - the tensor-core fragment reads need the strides
+    ///   [`Operand::row_pads`] gives (TF32's `A` reads trade the stores'
+    ///   freedom from conflicts for their own, being more numerous).
+    pub fn with_precision(self, precision: Precision) -> Tile {
+        let (a_pad, b_pad) = precision
+            .operand()
+            .map_or((A_ROW_PAD, 0), Operand::row_pads);
+        Tile {
+            a_pad,
+            b_pad,
+            ..self
+        }
+    }
+
+    /// Words from one row of the shared `A` tile to the next.
+    pub fn a_row(&self) -> usize {
+        self.bm + self.a_pad
+    }
+
+    /// Words from one row of the shared `B` tile to the next.
+    pub fn b_row(&self) -> usize {
+        self.bn + self.b_pad
     }
 
     /// The invariants the emission relies on.
@@ -186,6 +224,8 @@ impl Tile {
             && (self.bm * self.bk).is_multiple_of(self.threads)
             && self.threads.is_multiple_of(self.bk)
             && self.threads.is_multiple_of(self.bn)
+            && self.bm.is_multiple_of(16)
+            && self.bn.is_multiple_of(16)
             && self.threads <= 1024;
         if ok {
             Ok(())
@@ -194,10 +234,10 @@ impl Tile {
         }
     }
 
-    /// Floats of shared memory: the `A` tile `[bk][bm + pad]` and the `B`
-    /// tile `[bk][bn]`.
+    /// Floats of shared memory: the `A` tile `[bk][bm + a_pad]` and the
+    /// `B` tile `[bk][bn + b_pad]`.
     pub fn shared_floats(&self) -> (usize, usize) {
-        (self.bk * (self.bm + A_ROW_PAD), self.bk * self.bn)
+        (self.bk * self.a_row(), self.bk * self.b_row())
     }
 }
 
@@ -226,7 +266,8 @@ pub(crate) struct GemmPlan {
     pub k_param: bool,
     pub prologue: Option<AffineOp>,
     pub relu: bool,
-    /// SIMT f32 or tensor cores (`mma.rs`): same tile, same staging.
+    /// SIMT f32 or tensor cores (`mma.rs`): same tile and staging, the
+    /// shared rows padded for the precision's reads ([`GemmPlan::set_precision`]).
     pub precision: Precision,
 }
 
@@ -517,6 +558,12 @@ impl KernelPlan {
 }
 
 impl GemmPlan {
+    /// Sets the arithmetic, and the shared-memory padding that goes with it.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+        self.tile = self.tile.with_precision(precision);
+    }
+
     fn conv(
         c: &ConvKernel,
         i: &View,
@@ -634,10 +681,12 @@ mod tests {
     fn tiles_are_consistent() {
         for m in [1, 2, 7, 33, 100, 1000, 5000, 9000, 200_000] {
             for n in [1, 5, 12, 16, 32, 48, 64, 128, 1000] {
-                let t = Tile::choose(m, n);
-                t.check().unwrap_or_else(|e| panic!("m={m} n={n}: {e}"));
-                let (a, b) = t.shared_floats();
-                assert!(4 * (a + b) <= 48 * 1024, "{t:?}");
+                for p in Precision::ALL {
+                    let t = Tile::choose(m, n).with_precision(p);
+                    t.check().unwrap_or_else(|e| panic!("m={m} n={n}: {e}"));
+                    let (a, b) = t.shared_floats();
+                    assert!(4 * (a + b) <= 48 * 1024, "{t:?}");
+                }
             }
         }
     }
