@@ -8,13 +8,11 @@
 //!   applies to real pixels only;
 //! - global average pooling: each thread sums its channel over `h × w`;
 //! - affine: `y = x · scale[c] + shift[c]` (then ReLU), possibly in place
-//!   (each thread reads the element it writes);
-//! - border: zeros into the output view's channel slice of every border
-//!   pixel of its buffer (the writers of a bordered buffer own its border).
+//!   (each thread reads the element it writes).
 
 use super::addr::Geom;
 use super::kb::{Buf, Kb, KbExt, Result};
-use super::plan::{AffineOp, AffinePlan, BorderPlan, GapPlan, PoolPlan, ELTWISE_THREADS};
+use super::plan::{AffineOp, AffinePlan, GapPlan, PoolPlan, ELTWISE_THREADS};
 
 /// The thread's output element: `(valid, pixel, channel)`.
 fn element<K: Kb>(k: &mut K, out: &Geom) -> Result<(K::B, K::I, K::I)> {
@@ -125,50 +123,4 @@ pub(crate) fn emit_affine<K: Kb>(k: &mut K, p: &AffinePlan) -> Result<()> {
     let y = apply(k, &p.affine, sh, x)?;
     let e = p.output.elem(k, pix, c)?;
     k.store_if(valid, Buf::Output, e, y)
-}
-
-/// Emit the kernel zeroing the border slice of `p.output`.
-pub(crate) fn emit_border<K: Kb>(k: &mut K, p: &BorderPlan) -> Result<()> {
-    let g = &p.output;
-    let ([bh, bw], [_, ws]) = (g.border, g.stored());
-    let per = p.pixels_per_image();
-    let tid = k.tid()?;
-    let bx = k.ctaid(0)?;
-    let e = k.mulc(bx, ELTWISE_THREADS as i32)?;
-    let e = k.add(e, tid)?;
-    let valid = k.ultc(e, g.n * per * g.channels)?;
-    let c = k.rem(e, g.channels)?;
-    let q = k.div(e, g.channels)?;
-    let n = k.div(q, per)?;
-    let r = k.rem(q, per)?;
-    // Top and bottom rows: r < 2·bh·ws.
-    let rows = 2 * bh * ws;
-    let zero = k.ci(0);
-    let in_rows = k.ultc(r, rows)?;
-    let mut row = zero;
-    let mut col = zero;
-    if bh > 0 {
-        let ra = k.selecti(in_rows, r, zero)?;
-        let rr = k.div(ra, ws)?;
-        col = k.rem(ra, ws)?;
-        let top = k.ultc(rr, bh)?;
-        let bottom = k.addc(rr, g.h)?;
-        row = k.selecti(top, rr, bottom)?;
-    }
-    // Left and right columns of the real rows.
-    if bw > 0 {
-        let rb = k.addc(r, -rows)?;
-        let rb = k.selecti(in_rows, zero, rb)?;
-        let rr = k.div(rb, 2 * bw)?;
-        let row_b = k.addc(rr, bh)?;
-        let j = k.rem(rb, 2 * bw)?;
-        let left = k.ultc(j, bw)?;
-        let right = k.addc(j, g.w)?;
-        let col_b = k.selecti(left, j, right)?;
-        row = k.selecti(in_rows, row, row_b)?;
-        col = k.selecti(in_rows, col, col_b)?;
-    }
-    let idx = g.elem_stored(k, n, row, col, c)?;
-    let z = k.cf(0.0);
-    k.store_if(valid, Buf::Output, idx, z)
 }

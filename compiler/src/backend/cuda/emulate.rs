@@ -12,8 +12,9 @@
 //!   inside its parameter's piece; arena loads go through the input
 //!   pointer and fall in the kernel's input view; stores go through the
 //!   output pointer;
-//! - every element of the output view is stored exactly once and nothing
-//!   else in the arena is stored (grid coverage);
+//! - every element of the output view's real pixels is stored exactly once
+//!   and nothing else in the arena is stored, its border included (grid
+//!   coverage; borders are the CPU's, see the crate's `cuda` module docs);
 //! - no 32-bit index arithmetic overflows; divisions see non-negative values;
 //! - shared memory is never read before it is written, and two threads
 //!   never touch one shared element between barriers unless both only read;
@@ -329,7 +330,8 @@ fn locate(v: &View, e: usize) -> Option<(usize, usize, bool)> {
 fn check_coverage(out: &View, writes: &[u8]) -> std::result::Result<(), String> {
     for (e, &count) in writes.iter().enumerate() {
         let inside = locate(out, e);
-        let want = u8::from(inside.is_some());
+        // Real pixels once; the border (the CPU's padding) never.
+        let want = u8::from(matches!(inside, Some((.., false))));
         if count != want {
             return Err(match inside {
                 Some((p, c, border)) => format!(
@@ -938,5 +940,33 @@ mod tests {
             k.div(a, 2).map(|_| ())
         });
         assert!(f.is_some_and(|m| m.contains("negative")));
+    }
+
+    /// Coverage: a bordered output's real pixels once each, its border
+    /// never (it is the CPU's padding; no CUDA kernel reads it).
+    #[test]
+    fn coverage_wants_real_pixels_once_and_no_border() {
+        // One image of 2x2 pixels, 1 channel, stored 4x4 with a 1-pixel border.
+        let out = View {
+            border: [1, 1],
+            ..View::dense(0, 1, 2, 2, 1)
+        };
+        let real = [5, 6, 9, 10];
+        let mut writes = [0u8; 16];
+        for e in real {
+            writes[e] = 1;
+        }
+        assert_eq!(check_coverage(&out, &writes), Ok(()));
+        let mut border = writes;
+        border[4] = 1;
+        let e = check_coverage(&out, &border).expect_err("a border store");
+        assert!(e.contains("output border pixel 4"), "{e}");
+        let mut missed = writes;
+        missed[10] = 0;
+        let e = check_coverage(&out, &missed).expect_err("a real pixel missed");
+        assert!(
+            e.contains("output real pixel 10 channel 0 (arena element 10) stored 0 times"),
+            "{e}"
+        );
     }
 }

@@ -27,7 +27,7 @@
 //! ```c
 //! __global__ void e(const float *matrix, const float *bias, /* GEMMs: packed B, bias    */
 //!                   const float *scale, const float *shift, /* when there is an affine  */
-//!                   const float *input,                     /* not for border kernels   */
+//!                   const float *input,
 //!                   float *output,
 //!                   unsigned k);  /* 1x1 GEMMs only: input channels, 1..=2^30-1 */
 //! ```
@@ -47,6 +47,13 @@
 //! before the next reads its output, which in-order launches on one stream
 //! guarantee. The arguments are fixed per launch: the same launches, with
 //! the same pointers, replay as a CUDA graph.
+//!
+//! Zero borders: the memory plan stores some buffers (the bottleneck
+//! outputs) with a zero border for the CPU's direct convolutions, which
+//! read it as padding. No CUDA kernel reads a border (every tap is bounds
+//! checked; the emulator faults a border read) or writes one (it faults a
+//! border store too), so the CUDA code leaves borders alone and each kernel
+//! description is exactly one launch.
 
 mod addr;
 mod arch;
@@ -144,15 +151,6 @@ pub struct CudaEntry {
     pub plan: String,
 }
 
-/// What a launch does for its kernel description.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum LaunchRole {
-    /// The op itself: writes the output view's real pixels.
-    Compute,
-    /// Zeros the output view's channel slice of its buffer's border.
-    ZeroBorder,
-}
-
 /// How to launch one kernel.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LaunchSpec {
@@ -160,7 +158,6 @@ pub struct LaunchSpec {
     pub name: String,
     /// Index of the kernel description in the list given to [`lower`].
     pub desc: usize,
-    pub role: LaunchRole,
     /// The PTX `.entry` symbol (shared by launches of one shape).
     pub symbol: String,
     /// Index of the entry in [`CompiledCuda::entries`].
@@ -187,8 +184,7 @@ pub struct CompiledCuda {
     /// The arithmetic of its GEMM kernels.
     pub precision: Precision,
     /// Launches, in the order the runtime must issue them: one per kernel
-    /// description, followed by a [`LaunchRole::ZeroBorder`] one when its
-    /// output buffer has a border.
+    /// description (it writes the output view's real pixels).
     pub kernels: Vec<LaunchSpec>,
     /// The distinct kernels, in order of first launch.
     pub entries: Vec<CudaEntry>,
@@ -248,7 +244,6 @@ fn emit<K: Kb>(k: &mut K, plan: &KernelPlan) -> kb::Result<()> {
         KernelPlan::Pool(p) => eltwise::emit_pool(k, p),
         KernelPlan::Gap(p) => eltwise::emit_gap(k, p),
         KernelPlan::Affine(p) => eltwise::emit_affine(k, p),
-        KernelPlan::Border(p) => eltwise::emit_border(k, p),
     }
 }
 
@@ -332,79 +327,67 @@ pub fn lower(kernels: &[KernelDesc], opts: &CudaOptions) -> Result<CompiledCuda,
         if let (Some(op), Some(w)) = (opts.precision.operand(), gemm_weights(k)) {
             mma::check_weights(op, w).map_err(|m| invalid(index, k, m))?;
         }
-        let mut compute = KernelPlan::new(k, &mut wb).map_err(|m| invalid(index, k, m))?;
-        if let (KernelPlan::Gemm(g), _) = &mut compute {
+        let (mut plan, bindings) = KernelPlan::new(k, &mut wb).map_err(|m| invalid(index, k, m))?;
+        if let KernelPlan::Gemm(g) = &mut plan {
             g.set_precision(opts.precision);
         }
-        let border = KernelPlan::border(k).map_err(|m| invalid(index, k, m))?;
-        let roles = [
-            (LaunchRole::Compute, Some(compute)),
-            (LaunchRole::ZeroBorder, border),
-        ];
-        for (role, bound) in roles {
-            let Some((plan, bindings)) = bound else {
-                continue;
-            };
-            let launch = plan.launch().map_err(|m| invalid(index, k, m))?;
-            let shared =
-                u32::try_from(plan.shared_bytes()).map_err(|e| invalid(index, k, e.to_string()))?;
-            let summary = plan.summary();
-            let entry = match by_shape.get(&plan) {
-                Some(&e) => e,
-                None => {
-                    let e = entries.len();
-                    entries.push(CudaEntry {
-                        symbol: symbol(e, &plan.kind()),
-                        threads: launch.block[0],
-                        static_shared_bytes: shared,
-                        params: plan
-                            .params()
-                            .iter()
-                            .map(|p| match p.slot {
-                                Slot::Buf(b) if b.is_weights() => ParamKind::Weights,
-                                Slot::Buf(_) => ParamKind::Arena,
-                                Slot::Scalar(_) => ParamKind::Scalar,
-                            })
-                            .collect(),
-                        launches: 0,
-                        plan: summary.clone(),
-                    });
-                    by_shape.insert(plan.clone(), e);
-                    plans.push(plan);
-                    e
-                }
-            };
-            entries[entry].launches += 1;
-            let mut summary = summary;
-            let mut params = Vec::with_capacity(bindings.len());
-            for &(slot, at) in &bindings {
-                let offset = at * ELEM_BYTES as u64;
-                params.push(match slot {
-                    Slot::Buf(b) if b.is_weights() => KernelParam::Weights { offset },
-                    Slot::Buf(_) => KernelParam::Arena { offset },
-                    Slot::Scalar(s) => {
-                        summary.push_str(&format!(" {s:?}={at}"));
-                        KernelParam::Scalar {
-                            value: u32::try_from(at)
-                                .map_err(|e| invalid(index, k, e.to_string()))?,
-                        }
-                    }
+        let launch = plan.launch().map_err(|m| invalid(index, k, m))?;
+        let shared =
+            u32::try_from(plan.shared_bytes()).map_err(|e| invalid(index, k, e.to_string()))?;
+        let summary = plan.summary();
+        let entry = match by_shape.get(&plan) {
+            Some(&e) => e,
+            None => {
+                let e = entries.len();
+                entries.push(CudaEntry {
+                    symbol: symbol(e, &plan.kind()),
+                    threads: launch.block[0],
+                    static_shared_bytes: shared,
+                    params: plan
+                        .params()
+                        .iter()
+                        .map(|p| match p.slot {
+                            Slot::Buf(b) if b.is_weights() => ParamKind::Weights,
+                            Slot::Buf(_) => ParamKind::Arena,
+                            Slot::Scalar(_) => ParamKind::Scalar,
+                        })
+                        .collect(),
+                    launches: 0,
+                    plan: summary.clone(),
                 });
+                by_shape.insert(plan.clone(), e);
+                plans.push(plan);
+                e
             }
-            specs.push(LaunchSpec {
-                name: k.name.clone(),
-                desc: index,
-                role,
-                symbol: entries[entry].symbol.clone(),
-                entry,
-                grid: launch.grid,
-                block: launch.block,
-                dynamic_shared_bytes: 0,
-                static_shared_bytes: shared,
-                params,
-                plan: summary,
+        };
+        entries[entry].launches += 1;
+        let mut summary = summary;
+        let mut params = Vec::with_capacity(bindings.len());
+        for &(slot, at) in &bindings {
+            let offset = at * ELEM_BYTES as u64;
+            params.push(match slot {
+                Slot::Buf(b) if b.is_weights() => KernelParam::Weights { offset },
+                Slot::Buf(_) => KernelParam::Arena { offset },
+                Slot::Scalar(s) => {
+                    summary.push_str(&format!(" {s:?}={at}"));
+                    KernelParam::Scalar {
+                        value: u32::try_from(at).map_err(|e| invalid(index, k, e.to_string()))?,
+                    }
+                }
             });
         }
+        specs.push(LaunchSpec {
+            name: k.name.clone(),
+            desc: index,
+            symbol: entries[entry].symbol.clone(),
+            entry,
+            grid: launch.grid,
+            block: launch.block,
+            dynamic_shared_bytes: 0,
+            static_shared_bytes: shared,
+            params,
+            plan: summary,
+        });
     }
     if wb.len() > i64::MAX as usize / 4 {
         return Err(BackendError::Codegen("weights section too large".into()));

@@ -299,27 +299,6 @@ pub(crate) struct AffinePlan {
     pub affine: AffineOp,
 }
 
-/// Zeroing an output view's channel slice of its buffer's border, one
-/// thread per border element.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct BorderPlan {
-    pub output: Geom,
-}
-
-impl BorderPlan {
-    /// Border pixels of one image: the full top and bottom rows, then the
-    /// left and right columns of the real rows.
-    pub fn pixels_per_image(&self) -> i32 {
-        let [bh, bw] = self.output.border;
-        let [_, ws] = self.output.stored();
-        2 * bh * ws + self.output.h * 2 * bw
-    }
-
-    pub fn elements(&self) -> usize {
-        self.output.n as usize * self.pixels_per_image() as usize * self.output.channels as usize
-    }
-}
-
 /// The lowering decision for one kernel, and its shape key (module docs).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum KernelPlan {
@@ -327,7 +306,6 @@ pub(crate) enum KernelPlan {
     Pool(PoolPlan),
     Gap(GapPlan),
     Affine(AffinePlan),
-    Border(BorderPlan),
 }
 
 fn i32s(xs: [usize; 2]) -> [i32; 2] {
@@ -386,20 +364,6 @@ impl KernelPlan {
         at.views(i, o);
         let bindings = at.bind(&plan.params())?;
         Ok((plan, bindings))
-    }
-
-    /// The plan zeroing `desc`'s output border, if its buffer has one.
-    pub fn border(desc: &KernelDesc) -> Result<Option<(KernelPlan, Bindings)>, String> {
-        if desc.output.is_flat() {
-            return Ok(None);
-        }
-        let plan = KernelPlan::Border(BorderPlan {
-            output: Geom::of(&desc.output)?,
-        });
-        let mut at = Offsets::default();
-        at.set(Buf::Output, Geom::base_of(&desc.output) as usize);
-        let bindings = at.bind(&plan.params())?;
-        Ok(Some((plan, bindings)))
     }
 
     /// The kernel's parameters, in order: weights pieces first, then the
@@ -466,7 +430,6 @@ impl KernelPlan {
                 v.extend(views);
                 v
             }
-            KernelPlan::Border(_) => vec![a(Buf::Output)],
         }
     }
 
@@ -478,7 +441,6 @@ impl KernelPlan {
             KernelPlan::Pool(_) => "avgpool".into(),
             KernelPlan::Gap(_) => "gap".into(),
             KernelPlan::Affine(_) => "affine".into(),
-            KernelPlan::Border(_) => "border".into(),
         }
     }
 
@@ -505,7 +467,6 @@ impl KernelPlan {
             KernelPlan::Pool(p) => elt(p.output.pixels() as usize * p.output.channels as usize),
             KernelPlan::Gap(p) => elt(p.output.pixels() as usize * p.output.channels as usize),
             KernelPlan::Affine(p) => elt(p.output.pixels() as usize * p.output.channels as usize),
-            KernelPlan::Border(p) => elt(p.elements()),
         }
     }
 
@@ -552,7 +513,6 @@ impl KernelPlan {
             ),
             KernelPlan::Gap(_) => "gavgpool".into(),
             KernelPlan::Affine(_) => "affine".into(),
-            KernelPlan::Border(p) => format!("zero border {:?}", p.output.border),
         }
     }
 }
