@@ -395,6 +395,32 @@ struct Sim<'a> {
     fault: Option<String>,
 }
 
+#[cfg(test)]
+impl<'a> Sim<'a> {
+    /// The unit tests' machine: block 0 of `threads` threads over `arena`
+    /// (and its store counts), without weights, arguments or scalars; the
+    /// input view is the first element.
+    fn bare(threads: usize, arena: &'a mut [f32], writes: &'a mut [u8]) -> Sim<'a> {
+        Sim {
+            threads,
+            ctaid: [0, 0],
+            ints: Vec::new(),
+            longs: Vec::new(),
+            floats: Vec::new(),
+            bools: Vec::new(),
+            shared: Vec::new(),
+            epoch: 1,
+            weights: &[],
+            arena,
+            writes,
+            args: &[],
+            scalars: &[],
+            input: View::dense(0, 1, 1, 1, 1),
+            fault: None,
+        }
+    }
+}
+
 impl Sim<'_> {
     fn fail(&mut self, msg: impl FnOnce() -> String) {
         if self.fault.is_none() {
@@ -809,17 +835,7 @@ mod tests {
         let mut arena = [0.0f32; 16];
         let mut writes = [0u8; 16];
         let mut sim = Sim {
-            threads,
-            ctaid: [0, 0],
-            ints: Vec::new(),
-            longs: Vec::new(),
-            floats: Vec::new(),
-            bools: Vec::new(),
-            shared: Vec::new(),
-            epoch: 1,
             weights: &weights,
-            arena: &mut arena,
-            writes: &mut writes,
             args: &[
                 Bound {
                     buf: Buf::Matrix,
@@ -837,9 +853,8 @@ mod tests {
                     floats: 0,
                 },
             ],
-            scalars: &[],
             input: View::dense(0, 1, 1, 1, 8),
-            fault: None,
+            ..Sim::bare(threads, &mut arena, &mut writes)
         };
         body(&mut sim).expect("emulation never fails to build");
         sim.fault

@@ -180,30 +180,13 @@ impl Sim<'_> {
 mod tests {
     use super::*;
     use crate::backend::cuda::kb::{Kb, KbExt, Result};
-    use crate::backend::kernel::View;
 
     /// Run `body` as one block of `threads` threads; the per-array counts
     /// (the emulator must report no fault).
     fn counts(threads: usize, body: impl FnOnce(&mut Sim) -> Result<()>) -> Vec<SharedStats> {
         let mut arena = [0.0f32; 4];
         let mut writes = [0u8; 4];
-        let mut sim = Sim {
-            threads,
-            ctaid: [0, 0],
-            ints: Vec::new(),
-            longs: Vec::new(),
-            floats: Vec::new(),
-            bools: Vec::new(),
-            shared: Vec::new(),
-            epoch: 1,
-            weights: &[],
-            arena: &mut arena,
-            writes: &mut writes,
-            args: &[],
-            scalars: &[],
-            input: View::dense(0, 1, 1, 1, 4),
-            fault: None,
-        };
+        let mut sim = Sim::bare(threads, &mut arena, &mut writes);
         body(&mut sim).expect("emulation never fails to build");
         assert_eq!(sim.fault, None);
         sim.shared.iter().map(|a| a.stats).collect()

@@ -124,29 +124,12 @@ mod tests {
     use super::*;
     use crate::backend::cuda::kb::Kb;
     use crate::backend::cuda::mma::{bf16, f16, tf32};
-    use crate::backend::kernel::View;
 
     /// Run `body` on one block of `threads` threads; its result and fault.
     fn block<T>(threads: usize, body: impl FnOnce(&mut Sim) -> T) -> (T, Option<String>) {
         let mut arena = [0.0f32; 4];
         let mut writes = [0u8; 4];
-        let mut sim = Sim {
-            threads,
-            ctaid: [0, 0],
-            ints: Vec::new(),
-            longs: Vec::new(),
-            floats: Vec::new(),
-            bools: Vec::new(),
-            shared: Vec::new(),
-            epoch: 1,
-            weights: &[],
-            arena: &mut arena,
-            writes: &mut writes,
-            args: &[],
-            scalars: &[],
-            input: View::dense(0, 1, 1, 1, 4),
-            fault: None,
-        };
+        let mut sim = Sim::bare(threads, &mut arena, &mut writes);
         let r = body(&mut sim);
         (r, sim.fault)
     }
