@@ -29,6 +29,18 @@ Without a GPU it stops at once with a message saying so. ``--dry-run`` runs
 steps 1 and 2 up to the CPU side (compile, CPU run) and step 3's compiles,
 and prints the table with the GPU columns empty. Needs Python 3.10+ only;
 PyTorch only for step 3 (imported there).
+
+Two phases, for a GPU machine without LLVM or Rust (the compiler needs
+LLVM; the runtime-only ``densenetc`` needs libc alone):
+
+    scripts/gpu-check.sh --prepare DIR [--presets ..] [--precision P] [--batches 1,64]
+    scripts/gpu-check.sh --prebuilt DIR [the same selection]    # on the GPU machine
+
+``--prepare`` (no GPU) writes into DIR a stripped ``densenetc``, the CUDA
+artefacts (parity at batch 1, timing at ``--batches``) and the CPU
+reference outputs, and prints DIR's size; ``--prebuilt`` runs the checks
+with them, compiling nothing. Each artefact holds its model's weights
+(DenseNet-121: 32 MB), so select what fits the way to the machine.
 """
 
 from __future__ import annotations
@@ -137,8 +149,15 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 class Runner:
-    def __init__(self, densenetc: Path, out: Path, dry_run: bool):
-        self.densenetc, self.out, self.dry_run = densenetc, out, dry_run
+    """Runs densenetc. ``dry_run``: no GPU step; ``prebuilt``: no compile either (the
+    artefacts and CPU outputs are in ``out`` already); ``scratch``: where artefacts that
+    only the CPU side needs go (``out`` unless preparing)."""
+
+    def __init__(self, densenetc: Path, out: Path, dry_run: bool, prebuilt: bool = False,
+                 scratch: Path | None = None):
+        self.densenetc, self.out, self.dry_run, self.prebuilt = densenetc, out, dry_run, prebuilt
+        self.scratch = scratch or out
+        self.compiled: set[Path] = set()
 
     def __call__(self, *args: str) -> str:
         cmd = [str(self.densenetc), *args]
@@ -146,6 +165,16 @@ class Runner:
         if r.returncode != 0:
             raise CheckError(f"`{' '.join(cmd)}` failed:\n{r.stderr.strip()}")
         return r.stdout
+
+    def compile(self, dnc: Path, preset: str, reduced: bool, batch: int, targets: str,
+                precision: str) -> None:
+        """Compiles ``dnc`` once per run; with ``prebuilt`` only checks that it is there."""
+        if self.prebuilt:
+            if not dnc.exists():
+                raise CheckError(f"{dnc} is missing: make it with --prepare and the same selection")
+        elif dnc not in self.compiled:
+            self(*compile_args(preset, reduced, batch, targets, dnc, precision))
+            self.compiled.add(dnc)
 
 
 def build(args) -> Path:
@@ -163,19 +192,36 @@ def artefact_stem(preset: str, precision: str) -> str:
     return preset if precision == "fp32" else f"{preset}-{precision}"
 
 
+def size_tag(preset: str, reduced: bool) -> str:
+    """``-64px`` in the names of artefacts compiled at the reduced image size."""
+    return "-64px" if reduced and preset in IMAGENET else ""
+
+
+def cuda_artefact(out: Path, preset: str, precision: str, batch: int, reduced: bool = False) -> Path:
+    """The CUDA artefact of a preset (the batch-1 one serves parity and timing alike)."""
+    return out / f"{artefact_stem(preset, precision)}{size_tag(preset, reduced)}-b{batch}-cuda.dnc"
+
+
 def parity(run: Runner, presets: list[str], reduced: bool,
            precision: str = "fp32") -> list[tuple[str, float | None]]:
+    """CUDA against the CPU code on the same random input: the CPU output comes from a
+    CPU-only artefact (in ``run.scratch``), the CUDA one from a CUDA-only artefact."""
     results = []
     for preset in presets:
         stem = artefact_stem(preset, precision)
-        dnc = run.out / f"{stem}.dnc"
-        run(*compile_args(preset, reduced, 1, "cpu,cuda", dnc, precision))
         cpu_y = run.out / f"{stem}-cpu.npy"
-        run("run", str(dnc), "--random-input", "7", "--device", "cpu", "--output", str(cpu_y))
+        if not run.prebuilt:
+            # The CPU code is f32 whatever the precision: one artefact per preset.
+            cpu_dnc = run.scratch / f"{preset}{size_tag(preset, reduced)}-cpu.dnc"
+            run.compile(cpu_dnc, preset, reduced, 1, "cpu", "fp32")
+            run("run", str(cpu_dnc), "--random-input", "7", "--device", "cpu", "--output", str(cpu_y))
+        elif not cpu_y.exists():
+            raise CheckError(f"{cpu_y} is missing: make it with --prepare and the same selection")
+        dnc = cuda_artefact(run.out, preset, precision, 1, reduced)
+        run.compile(dnc, preset, reduced, 1, "cuda", precision)
         if run.dry_run:
             results.append((preset, None))
-            print(f"{preset} {precision}: compiled for cpu,cuda, CPU run done (dry run: no CUDA run)",
-                  flush=True)
+            print(f"{preset} {precision}: compiled, CPU run done (dry run: no CUDA run)", flush=True)
             continue
         cuda_y = run.out / f"{stem}-cuda.npy"
         run("run", str(dnc), "--random-input", "7", "--device", "cuda", "--output", str(cuda_y))
@@ -234,11 +280,12 @@ def torch_times(batch: int, iters: int, precision: str = "fp32") -> tuple[float,
     return eager, compiled
 
 
-def timing(run: Runner, iters: int, precision: str = "fp32") -> list[dict]:
+def timing(run: Runner, iters: int, precision: str = "fp32",
+           batches: list[int] | None = None) -> list[dict]:
     rows = []
-    for batch in BATCHES:
-        dnc = run.out / f"{artefact_stem(TIMED, precision)}-b{batch}-cuda.dnc"
-        run(*compile_args(TIMED, False, batch, "cuda", dnc, precision))
+    for batch in BATCHES if batches is None else batches:
+        dnc = cuda_artefact(run.out, TIMED, precision, batch)
+        run.compile(dnc, TIMED, False, batch, "cuda", precision)
         row = {"precision": precision, "batch": batch, "densenetc": None, "eager": None,
                "compiled": None}
         if not run.dry_run:
@@ -250,12 +297,26 @@ def timing(run: Runner, iters: int, precision: str = "fp32") -> list[dict]:
     return rows
 
 
+def strip_into(binary: Path, dest: Path) -> None:
+    """``binary`` without its debug information (a fifth of the size), or as it is."""
+    strip = shutil.which("strip")
+    if strip is None or subprocess.run([strip, "-o", str(dest), str(binary)]).returncode != 0:
+        shutil.copy2(binary, dest)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dry-run", action="store_true", help="only the steps that need no GPU")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="only the steps that need no GPU")
+    mode.add_argument("--prepare", metavar="DIR",
+                      help="no GPU: write a stripped densenetc, the artefacts and the CPU outputs into DIR")
+    mode.add_argument("--prebuilt", metavar="DIR",
+                      help="on the GPU: check with what --prepare wrote into DIR, compiling nothing")
     p.add_argument("--densenetc", help="a built densenetc (default: cargo build --release)")
     p.add_argument("--reduced", action="store_true", help="ImageNet presets at 64x64 for the parity step")
     p.add_argument("--presets", default=",".join(PRESETS), help="comma-separated presets to check")
+    p.add_argument("--batches", default=",".join(map(str, BATCHES)),
+                   help=f"comma-separated batches to time {TIMED} at (default: 1,64; none: empty)")
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--out", help="where artefacts and outputs go (default: a temporary directory)")
     p.add_argument("--precision", choices=[*PRECISIONS, "all"], default="all",
@@ -266,20 +327,39 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := [s for s in presets if s not in PRESETS]:
         p.error(f"unknown presets {unknown}; known: {', '.join(PRESETS)}")
     try:
-        if not args.dry_run:
+        batches = [int(b) for b in args.batches.split(",") if b]
+    except ValueError:
+        p.error(f"--batches {args.batches!r}: expected comma-separated integers")
+    if args.out and (args.prepare or args.prebuilt):
+        p.error("--prepare and --prebuilt use their DIR, not --out")
+    try:
+        if not (args.dry_run or args.prepare):
             print(f"## GPU\n{require_gpu()}", flush=True)
-        densenetc = build(args)
+        if args.prebuilt:
+            densenetc = Path(args.prebuilt) / "densenetc"
+            if not densenetc.exists():
+                raise CheckError(f"{densenetc} is missing: make it with --prepare")
+        else:
+            densenetc = build(args)
         with tempfile.TemporaryDirectory(prefix="dnc-gpu-check-") as tmp:
-            out = Path(args.out or tmp)
+            out = Path(args.prepare or args.prebuilt or args.out or tmp)
             out.mkdir(parents=True, exist_ok=True)
-            run = Runner(densenetc, out, args.dry_run)
+            if args.prepare:
+                strip_into(densenetc, out / "densenetc")
+            run = Runner(densenetc, out, dry_run=bool(args.dry_run or args.prepare),
+                         prebuilt=bool(args.prebuilt), scratch=Path(tmp) if args.prepare else out)
             results, rows = [], []
             for precision in precisions:
                 print(f"## CUDA vs CPU parity ({precision})", flush=True)
                 results += [(precision, p_, e) for p_, e in parity(run, presets, args.reduced, precision)]
             for precision in precisions:
                 print(f"## timing ({precision})", flush=True)
-                rows += timing(run, args.iters, precision)
+                rows += timing(run, args.iters, precision, batches)
+        if args.prepare:
+            size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+            print(f"\nprepared {out}: {size / 2**20:.1f} MiB; on the GPU machine run "
+                  f"scripts/gpu-check.sh --prebuilt {out} with the same selection")
+            return 0
         print("\n| preset | precision | CUDA vs CPU rel. error | bound |\n|---|---|---:|---:|")
         for precision, preset, err in results:
             shown = "n/a (dry run)" if err is None else f"{err:.2e}"

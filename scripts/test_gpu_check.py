@@ -145,6 +145,33 @@ class Tests(unittest.TestCase):
                 shape, _ = gc.read_npy(Path(tmp) / f"densenet-40-{p}-cpu.npy")
                 self.assertEqual(shape, [1, 10])
 
+    @unittest.skipUnless(os.environ.get("DENSENETC"), "set DENSENETC to a built densenetc")
+    def test_prepare_then_prebuilt(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            prep = Path(tmp) / "gpu"
+            rc = gc.main(["--prepare", str(prep), "--densenetc", os.environ["DENSENETC"],
+                          "--presets", "densenet-40", "--precision", "fp16", "--batches", ""])
+            self.assertEqual(rc, 0)
+            names = sorted(f.name for f in prep.iterdir())
+            # The runtime-only binary, the CUDA artefact and the CPU output; the CPU
+            # artefact stayed behind.
+            self.assertEqual(names, ["densenet-40-fp16-b1-cuda.dnc", "densenet-40-fp16-cpu.npy",
+                                     "densenetc"])
+            # The stripped runtime-only binary loads the artefact (and, without a GPU,
+            # stops at the device).
+            r = subprocess.run([str(prep / "densenetc"), "run", str(prep / "densenet-40-fp16-b1-cuda.dnc"),
+                                "--random-input", "7", "--device", "cuda"], capture_output=True, text=True)
+            self.assertTrue(r.returncode == 0 or "no CUDA driver" in r.stderr, r.stderr)
+            # What --prebuilt does before its GPU steps: nothing compiled, files checked.
+            run = gc.Runner(prep / "densenetc", prep, dry_run=True, prebuilt=True)
+            self.assertEqual(gc.parity(run, ["densenet-40"], False, "fp16"), [("densenet-40", None)])
+            with self.assertRaises(gc.CheckError) as e:
+                gc.parity(run, ["densenet-40"], False, "bf16")
+            self.assertIn("densenet-40-bf16-cpu.npy is missing: make it with --prepare", str(e.exception))
+            with self.assertRaises(gc.CheckError) as e:
+                gc.timing(run, 1, "fp16", [64])
+            self.assertIn("densenet121-fp16-b64-cuda.dnc is missing", str(e.exception))
+
 
 if __name__ == "__main__":
     unittest.main()
