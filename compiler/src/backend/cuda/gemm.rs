@@ -13,6 +13,9 @@
 //! - thread `(ty, tx)` accumulates its `TM × TN` register tile (rows
 //!   `ty·TM..`, columns `tx·TN..` of the block tile).
 //!
+//! The shared rows are `BM + a_pad` and `BN + b_pad` floats long, the pads
+//! chosen per precision against bank conflicts (`Tile::with_precision`).
+//!
 //! A 1x1 GEMM takes its reduction length `K` as a scalar argument (one
 //! entry serves the bottlenecks of a dense block, which differ only in
 //! their input channels): `k = i`, the number of `BK` slices is computed

@@ -26,8 +26,9 @@ use crate::backend::kernel::{Affine, ConvKernel, KernelDesc, KernelOp, LinearKer
 pub(crate) const ELTWISE_THREADS: usize = 256;
 /// Largest pooling window (taps are unrolled).
 pub(crate) const MAX_POOL_TAPS: usize = 64;
-/// Padding (floats) added to each row of the shared `A` tile: keeps rows
-/// 16-byte aligned and spreads the column-wise stores over banks.
+/// Padding (floats) added to each row of the shared `A` tile of the f32
+/// and 16-bit kernels: keeps rows 16-byte aligned and spreads the
+/// column-wise stores over banks (TF32's is `Operand::row_pads`).
 pub(crate) const A_ROW_PAD: usize = 4;
 
 /// Grid and block dimensions of one launch.
