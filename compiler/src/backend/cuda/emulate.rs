@@ -269,21 +269,12 @@ fn execute(
         for by in 0..issue.grid[1] {
             for bx in 0..issue.grid[0] {
                 let mut sim = Sim {
-                    threads: issue.block[0] as usize,
                     ctaid: [bx as i32, by as i32],
-                    ints: Vec::new(),
-                    longs: Vec::new(),
-                    floats: Vec::new(),
-                    bools: Vec::new(),
-                    shared: Vec::new(),
-                    epoch: 1,
                     weights: &weights,
-                    arena,
-                    writes: &mut writes,
                     args: &issue.args,
                     scalars: &issue.scalars,
                     input: desc.input,
-                    fault: None,
+                    ..Sim::bare(issue.block[0] as usize, arena, &mut writes)
                 };
                 super::emit(&mut sim, plan)?;
                 launch.add_block(sim.shared.iter().map(|a| a.stats));
@@ -395,11 +386,11 @@ struct Sim<'a> {
     fault: Option<String>,
 }
 
-#[cfg(test)]
 impl<'a> Sim<'a> {
-    /// The unit tests' machine: block 0 of `threads` threads over `arena`
-    /// (and its store counts), without weights, arguments or scalars; the
-    /// input view is the first element.
+    /// Block 0 of `threads` threads over `arena` (and its store counts),
+    /// with no values yet and without weights, arguments or scalars (the
+    /// input view is the first element): the unit tests' machine, and the
+    /// base the launch loop fills in.
     fn bare(threads: usize, arena: &'a mut [f32], writes: &'a mut [u8]) -> Sim<'a> {
         Sim {
             threads,

@@ -634,20 +634,27 @@ impl GemmPlan {
     }
 }
 
+/// GEMM sizes `(m, n)` from one pixel to 200k and one channel to 1000,
+/// for the tests of the tiles chosen for them.
+#[cfg(test)]
+pub(crate) fn sample_gemm_sizes() -> impl Iterator<Item = (usize, usize)> {
+    let ms = [1, 2, 7, 33, 100, 1000, 5000, 9000, 200_000];
+    let ns = [1, 5, 12, 16, 32, 48, 64, 128, 1000];
+    ms.into_iter().flat_map(move |m| ns.map(|n| (m, n)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn tiles_are_consistent() {
-        for m in [1, 2, 7, 33, 100, 1000, 5000, 9000, 200_000] {
-            for n in [1, 5, 12, 16, 32, 48, 64, 128, 1000] {
-                for p in Precision::ALL {
-                    let t = Tile::choose(m, n).with_precision(p);
-                    t.check().unwrap_or_else(|e| panic!("m={m} n={n}: {e}"));
-                    let (a, b) = t.shared_floats();
-                    assert!(4 * (a + b) <= 48 * 1024, "{t:?}");
-                }
+        for (m, n) in sample_gemm_sizes() {
+            for p in Precision::ALL {
+                let t = Tile::choose(m, n).with_precision(p);
+                t.check().unwrap_or_else(|e| panic!("m={m} n={n}: {e}"));
+                let (a, b) = t.shared_floats();
+                assert!(4 * (a + b) <= 48 * 1024, "{t:?}");
             }
         }
     }
