@@ -24,13 +24,11 @@
 //! The epilogue adds the bias, applies ReLU and stores the elements with
 //! `m < M`, `o < N` into the output view (a channel slice of its buffer).
 //!
-//! With a tensor-core [`Precision`] (TF32, FP16, BF16) the warps compute the
+//! With a tensor-core precision (TF32, FP16, BF16) the warps compute the
 //! block tile on the tensor cores instead (`mma.rs`); staging and epilogue
 //! are unchanged.
 
 use super::kb::{Buf, Kb, KbExt, Result, Scalar};
-#[cfg(doc)]
-use super::mma::Precision;
 use super::mma::{self, Warps};
 use super::plan::GemmPlan;
 

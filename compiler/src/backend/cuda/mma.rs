@@ -319,10 +319,14 @@ pub(crate) fn check_weights(op: Operand, weights: &[f32]) -> std::result::Result
         None => Ok(()),
         Some(i) => Err(format!(
             "weight {i} ({:e}) is outside the range of {} tensor-core operands (largest {:e}): \
-             compile with another --precision (bf16, tf32 or fp32)",
+             compile with another --precision ({})",
             weights[i],
             op.name(),
-            op.max()
+            op.max(),
+            match op {
+                Operand::F16 => "bf16, tf32 or fp32",
+                _ => "fp32",
+            }
         )),
     }
 }
@@ -524,6 +528,7 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("largest 6.5504e4"), "{e}");
+        assert!(e.contains("(bf16, tf32 or fp32)"), "{e}");
         assert_eq!(check_weights(Operand::F16, &w[..3]), Ok(()));
         for op in [Operand::Tf32, Operand::Bf16] {
             assert_eq!(check_weights(op, &w), Ok(()), "{op:?}");
