@@ -87,12 +87,7 @@ fn stats(s: &SharedStats) -> String {
 fn per_entry(compiled: &CompiledCuda, banks: &[LaunchShared]) -> Vec<LaunchShared> {
     let mut out = vec![LaunchShared::default(); compiled.entries.len()];
     for (l, b) in compiled.kernels.iter().zip(banks) {
-        let e = &mut out[l.entry];
-        e.arrays
-            .resize(e.arrays.len().max(b.arrays.len()), SharedStats::default());
-        for (x, y) in e.arrays.iter_mut().zip(&b.arrays) {
-            *x += *y;
-        }
+        out[l.entry].add_arrays(b.arrays.iter().copied());
     }
     out
 }

@@ -277,7 +277,7 @@ fn execute(
                     ..Sim::bare(issue.block[0] as usize, arena, &mut writes)
                 };
                 super::emit(&mut sim, plan)?;
-                launch.add_block(sim.shared.iter().map(|a| a.stats));
+                launch.add_arrays(sim.shared.iter().map(|a| a.stats));
                 if let Some(message) = sim.fault {
                     return Err(EmuError::Fault {
                         index,

@@ -97,8 +97,9 @@ impl LaunchShared {
         t
     }
 
-    /// Add one block's per-array counts.
-    pub(super) fn add_block(&mut self, arrays: impl Iterator<Item = SharedStats>) {
+    /// Add per-array counts (one block's, or another launch's of the same
+    /// entry), array by array.
+    pub fn add_arrays(&mut self, arrays: impl Iterator<Item = SharedStats>) {
         for (i, a) in arrays.enumerate() {
             if i == self.arrays.len() {
                 self.arrays.push(SharedStats::default());
