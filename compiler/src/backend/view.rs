@@ -13,9 +13,11 @@
 //!
 //! A dense block's buffer is one such buffer: a layer's input is its
 //! channel *prefix* view and its output a channel *slice* view, so
-//! concatenation costs nothing. A kernel whose **output** view has a border
-//! also writes zeros into its channel slice of the border (the buffer's
-//! writers own its border); an **input** view's border is never read.
+//! concatenation costs nothing. The border is the CPU backend's: a CPU
+//! kernel whose **output** view has a border also writes zeros into its
+//! channel slice of the border (the buffer's writers own it), and the CPU's
+//! 3x3 convolutions read it as their zero padding. The CUDA kernels
+//! bounds-check every tap and neither read nor write a border.
 
 /// Bytes per element: every view holds f32.
 pub const ELEM_BYTES: usize = 4;
