@@ -7,17 +7,37 @@
 //! [`CompiledCuda::kernels`] in order, each argument of the PTX ABI (weights
 //! and arena base pointers) at offset 0.
 
-use crate::backend::cpu::CompiledCpu;
 use crate::backend::cuda::{ptxas::PtxasReport, CompiledCuda, KernelParam};
 use crate::backend::graph::GraphKernels;
 use crate::backend::kernel::View;
 use crate::memory::MemoryReport;
-use anyhow::{bail, Context, Result};
+use crate::targets::CompiledTargets;
 use runtime::artefact::{
     ArenaView, ArtefactWriter, ByteRange, CpuTarget, CudaArg, CudaLaunch, CudaTarget, KernelInfo,
     Manifest, MemoryPlan, SectionKind, TensorSpec, CUDA_LAUNCH_VERSION, CUDA_WEIGHTS_ALIGN,
     DTYPE_F32,
 };
+use thiserror::Error;
+
+/// Why an artefact could not be assembled: the parts disagree (a bug upstream) or the
+/// runtime's writer refused them.
+#[derive(Debug, Error)]
+pub enum ArtefactBuildError {
+    #[error("inconsistent artefact parts: {0}")]
+    Inconsistent(String),
+    #[error(transparent)]
+    Format(#[from] runtime::ArtefactError),
+    #[error("manifest JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+type Result<T> = std::result::Result<T, ArtefactBuildError>;
+
+macro_rules! bail {
+    ($($arg:tt)*) => {
+        return Err(ArtefactBuildError::Inconsistent(format!($($arg)*)))
+    };
+}
 
 /// The compiler version recorded in every artefact.
 pub fn compiler_version() -> String {
@@ -59,12 +79,8 @@ pub struct ArtefactParts<'a> {
     pub kernels: &'a GraphKernels,
     /// The memory figures of the pipeline, if it planned memory.
     pub memory: Option<&'a MemoryReport>,
-    /// The CPU code compiled from `kernels.kernels`, if the CPU is a target.
-    pub cpu: Option<&'a CompiledCpu>,
-    /// The CUDA code lowered from `kernels.kernels`, if CUDA is a target.
-    pub cuda: Option<&'a CompiledCuda>,
-    /// Whether ptxas assembled the CUDA code (its report) or why not.
-    pub ptxas: Option<std::result::Result<&'a PtxasReport, String>>,
+    /// The code of every target, compiled from `kernels.kernels`.
+    pub code: &'a CompiledTargets,
     /// Class names, one per output class.
     pub labels: Option<Vec<String>>,
 }
@@ -87,21 +103,29 @@ pub fn build_artefact(p: ArtefactParts<'_>) -> Result<ArtefactWriter> {
     };
     let in_shape = g.node(input_id).ty.shape.clone();
     let out_shape = g.node(output_id).ty.shape.clone();
-    let batch = *in_shape.first().context("the input has rank 0")?;
-    if p.cpu.is_none() && p.cuda.is_none() {
+    let Some(&batch) = in_shape.first() else {
+        bail!("the input has rank 0");
+    };
+    let (cpu, cuda) = (p.code.cpu.as_ref(), p.code.cuda.as_ref());
+    let ptxas = p
+        .code
+        .ptxas
+        .as_ref()
+        .map(|r| r.as_ref().map_err(Clone::clone));
+    if cpu.is_none() && cuda.is_none() {
         bail!("an artefact needs at least one target");
     }
     let schedule = schedule(&p)?;
     let arena = [
         p.kernels.arena_bytes,
-        p.cpu.map_or(0, |c| c.arena_bytes),
-        p.cuda.map_or(0, |c| c.arena_bytes),
+        cpu.map_or(0, |c| c.arena_bytes),
+        cuda.map_or(0, |c| c.arena_bytes),
     ]
     .into_iter()
     .max()
     .unwrap_or(0);
-    let mut weights = p.cpu.map_or_else(Vec::new, |c| c.packed_weights.clone());
-    let cuda = match p.cuda {
+    let mut weights = cpu.map_or_else(Vec::new, |c| c.packed_weights.clone());
+    let cuda_manifest = match cuda {
         Some(c) => {
             let offset = if weights.is_empty() {
                 0
@@ -116,7 +140,7 @@ pub fn build_artefact(p: ArtefactParts<'_>) -> Result<ArtefactWriter> {
                     offset: offset as u64,
                     bytes: c.weights.len() as u64,
                 },
-                p.ptxas.as_ref(),
+                ptxas.as_ref(),
             )?)
         }
         None => None,
@@ -133,20 +157,20 @@ pub fn build_artefact(p: ArtefactParts<'_>) -> Result<ArtefactWriter> {
             naive_bytes: p.memory.map_or(0, |m| m.naive_bytes as u64),
             lower_bound_bytes: p.memory.map_or(0, |m| m.lower_bound_bytes as u64),
         },
-        cpu: p.cpu.map(|c| CpuTarget {
+        cpu: cpu.map(|c| CpuTarget {
             abi_version: runtime::abi::DNC_ABI_VERSION,
             cpu: c.target.cpu.clone(),
             features: c.target.features.clone(),
         }),
-        cuda,
+        cuda: cuda_manifest,
         labels: p.labels,
     };
     let mut w = ArtefactWriter::new(manifest);
     w.add_section(SectionKind::Weights, weights)?;
-    if let Some(c) = p.cpu {
+    if let Some(c) = cpu {
         w.add_section(SectionKind::CpuSharedObject, c.shared_object.clone())?;
     }
-    if let Some(c) = p.cuda {
+    if let Some(c) = cuda {
         w.add_section(SectionKind::Ptx, c.ptx.clone().into_bytes())?;
         if let Some(cubin) = &c.cubin {
             w.add_section(SectionKind::Cubin, cubin.clone())?;
@@ -161,7 +185,7 @@ pub fn build_artefact(p: ArtefactParts<'_>) -> Result<ArtefactWriter> {
 /// its launches.
 fn schedule(p: &ArtefactParts<'_>) -> Result<Vec<KernelInfo>> {
     let descs = &p.kernels.kernels;
-    let mut schedule: Vec<KernelInfo> = match p.cpu {
+    let mut schedule: Vec<KernelInfo> = match &p.code.cpu {
         Some(cpu) => cpu
             .kernels
             .iter()
@@ -188,7 +212,7 @@ fn schedule(p: &ArtefactParts<'_>) -> Result<Vec<KernelInfo>> {
             })
             .collect(),
     };
-    if let Some(cuda) = p.cuda {
+    if let Some(cuda) = &p.code.cuda {
         if schedule.len() != cuda.descs().len() {
             bail!(
                 "the CPU code has {} kernels but the CUDA code {}",

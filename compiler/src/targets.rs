@@ -5,12 +5,14 @@
 //! error: the artefact then carries the PTX alone (the driver JIT-compiles
 //! it) and its manifest says why there is no cubin.
 
-use crate::artefact::ArtefactParts;
 use crate::backend::cpu::{self, CompiledCpu, CpuOptions};
 use crate::backend::cuda::{self, ptxas, CompiledCuda, CudaOptions};
 use crate::backend::graph::GraphKernels;
-use anyhow::{bail, Context, Result};
+use crate::backend::BackendError;
+use crate::driver::CompileError;
 use std::path::Path;
+
+type Result<T> = std::result::Result<T, CompileError>;
 
 /// Which targets to compile for, and how.
 #[derive(Debug, Clone, Default)]
@@ -22,48 +24,6 @@ pub struct TargetOptions {
 }
 
 impl TargetOptions {
-    /// Parses `--target` (`cpu`, `cuda`, `cpu,cuda` in any order) with the
-    /// CPU name and CUDA architecture to use.
-    pub fn parse(targets: &str, cpu: &str, cuda_arch: &str) -> Result<TargetOptions> {
-        let mut opts = TargetOptions {
-            assemble: true,
-            ..Default::default()
-        };
-        for t in targets.split(',').map(str::trim) {
-            match t {
-                "cpu" if opts.cpu.is_none() => {
-                    opts.cpu = Some(CpuOptions {
-                        cpu: cpu.to_owned(),
-                        ..Default::default()
-                    })
-                }
-                "cuda" if opts.cuda.is_none() => {
-                    opts.cuda = Some(CudaOptions {
-                        arch: cuda_arch.to_owned(),
-                        ..Default::default()
-                    })
-                }
-                _ => bail!("unknown target '{targets}': expected cpu, cuda or cpu,cuda"),
-            }
-        }
-        Ok(opts)
-    }
-
-    /// Sets the arithmetic of the CUDA GEMM kernels (`--precision`). The
-    /// CPU code is f32 only: anything else without a CUDA target is an
-    /// error.
-    pub fn set_precision(&mut self, precision: cuda::Precision) -> Result<()> {
-        match self.cuda.as_mut() {
-            Some(c) => c.precision = precision,
-            None if precision != cuda::Precision::Fp32 => bail!(
-                "--precision {precision} applies to CUDA code only (the CPU code is f32): \
-                 use --target cuda or cpu,cuda"
-            ),
-            None => {}
-        }
-        Ok(())
-    }
-
     /// `cpu x86-64-v3`, `cuda sm_80`, `cpu native + cuda sm_90`.
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
@@ -94,7 +54,7 @@ pub struct CompiledTargets {
 /// `opts.cpu.live_out` says.
 pub fn compile(graph: &GraphKernels, opts: &TargetOptions) -> Result<CompiledTargets> {
     if opts.cpu.is_none() && opts.cuda.is_none() {
-        bail!("no target to compile for");
+        return Err(CompileError::Options("no target to compile for".into()));
     }
     let kernels = graph.kernels.as_slice();
     let cpu_opts = opts.cpu.as_ref().map(|o| CpuOptions {
@@ -110,10 +70,12 @@ pub fn compile(graph: &GraphKernels, opts: &TargetOptions) -> Result<CompiledTar
         let cuda = cuda.map(|h| h.join());
         (cpu, cuda)
     });
-    let cpu = cpu.transpose().context("CPU code generation")?;
+    let cpu = cpu.transpose()?;
     let mut cuda = match cuda {
-        Some(Ok(r)) => Some(r.context("CUDA code generation")?),
-        Some(Err(_)) => bail!("CUDA code generation panicked"),
+        Some(Ok(r)) => Some(r?),
+        Some(Err(_)) => {
+            return Err(BackendError::Codegen("CUDA code generation panicked".into()).into())
+        }
         None => None,
     };
     let ptxas = match &mut cuda {
@@ -128,19 +90,6 @@ pub fn compile(graph: &GraphKernels, opts: &TargetOptions) -> Result<CompiledTar
 }
 
 impl CompiledTargets {
-    /// The target fields of [`ArtefactParts`].
-    pub fn parts<'a>(&'a self, base: ArtefactParts<'a>) -> ArtefactParts<'a> {
-        ArtefactParts {
-            cpu: self.cpu.as_ref(),
-            cuda: self.cuda.as_ref(),
-            ptxas: self
-                .ptxas
-                .as_ref()
-                .map(|r| r.as_ref().map_err(Clone::clone)),
-            ..base
-        }
-    }
-
     /// Writes each target's inspectable outputs into `dir` (`--dump-dir`):
     /// the CPU backend's files, `cuda.ll` (the NVPTX module before
     /// optimisation), `cuda.ptx` and `cuda-launches.txt` (one line per
@@ -152,7 +101,7 @@ impl CompiledTargets {
         if let Some(c) = &self.cuda {
             let write = |name: &str, text: &str| {
                 let path = dir.join(name);
-                std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+                std::fs::write(&path, text).map_err(|source| CompileError::Write { path, source })
             };
             write("cuda.ll", &c.llvm_ir)?;
             write("cuda.ptx", &c.ptx)?;

@@ -9,13 +9,10 @@
 //! `--precision tf32|fp16|bf16` artefact records it and computes within its
 //! bound.
 
-use compiler::artefact::{build_artefact, ArtefactParts};
 use compiler::backend::cuda::emulate::{self, EmuError, TableLaunch};
 use compiler::backend::cuda::{ptxas, KernelParam, Precision};
-use compiler::backend::graph::kernels_of;
 use compiler::builder::{build, ConfigOverrides, DenseNetConfig};
-use compiler::passes::optimize;
-use compiler::targets::{self, CompiledTargets, TargetOptions};
+use compiler::targets::CompiledTargets;
 use ir::reference::Tensor;
 use runtime::artefact::{ArenaView, CudaArg, TensorSpec};
 use runtime::{Artefact, SectionKind};
@@ -59,26 +56,19 @@ fn compile_in(cpu: bool, assemble: bool, precision: Precision) -> Built {
     let (cfg, batch) = small();
     let mut graph = build(&cfg, batch).expect("build");
     compiler::weights::randomize(&mut graph, 11);
-    let mut opt = graph.clone();
-    optimize(&mut opt, true).expect("pipeline");
-    let gk = kernels_of(&opt).expect("kernels");
-    let mut opts = TargetOptions::parse(if cpu { "cpu,cuda" } else { "cuda" }, "x86-64", "sm_80")
-        .expect("targets");
-    opts.assemble = assemble;
-    opts.set_precision(precision).expect("a CUDA target");
-    let code = targets::compile(&gk, &opts).expect("compile");
-    let writer = build_artefact(code.parts(ArtefactParts {
-        config: serde_json::to_value(&cfg).expect("config json"),
-        graph: &opt,
-        kernels: &gk,
-        memory: None,
-        cpu: None,
-        cuda: None,
-        ptxas: None,
-        labels: None,
-    }))
-    .expect("artefact");
-    let artefact = Artefact::read(&writer.to_bytes().expect("bytes")).expect("loader accepts it");
+    let opts = compiler::CompileOptions {
+        cpu: cpu.then(|| compiler::backend::cpu::CpuOptions {
+            cpu: "x86-64".into(),
+            ..Default::default()
+        }),
+        cuda: Some(Default::default()),
+        precision,
+        assemble_ptx: assemble,
+        ..Default::default()
+    };
+    let compiled = compiler::compile_graph(&cfg, graph.clone(), &opts).expect("compile");
+    let artefact = Artefact::read(&compiled.to_bytes().expect("bytes")).expect("loader accepts it");
+    let code = compiled.code;
     Built {
         graph,
         code,

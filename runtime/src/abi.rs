@@ -49,6 +49,24 @@ pub mod symbols {
     pub const KERNEL_TASKS: &str = "dnc_kernel_tasks";
 }
 
+/// The index of each [`DncContext`] field, for code generators that address the context as a
+/// struct of pointer-sized fields (the CPU backend's LLVM `struct dnc_ctx`). C code uses the
+/// struct's field names instead.
+///
+/// cbindgen:ignore
+pub mod context_field {
+    /// [`super::DncContext::weights`].
+    pub const WEIGHTS: u32 = 0;
+    /// [`super::DncContext::arena`].
+    pub const ARENA: u32 = 1;
+    /// [`super::DncContext::parallel_for`].
+    pub const PARALLEL_FOR: u32 = 2;
+    /// [`super::DncContext::pool`].
+    pub const POOL: u32 = 3;
+    /// The number of fields; every field is one pointer.
+    pub const COUNT: u32 = 4;
+}
+
 /// One kernel's task function: runs its tasks `[begin, end)`.
 pub type DncTaskFn = unsafe extern "C" fn(ctx: *const DncContext, begin: i64, end: i64);
 
@@ -87,16 +105,20 @@ mod tests {
     use super::*;
     use std::mem::{align_of, offset_of, size_of};
 
-    /// Pins the layout the generated code relies on (x86-64 / any LP64 target): four pointers,
-    /// in the order the backend's `struct dnc_ctx` declares them.
+    /// Pins the layout the generated code relies on (x86-64 / any LP64 target): pointers, at
+    /// the indices of [`context_field`], which the backend's `struct dnc_ctx` is built from.
     #[test]
     #[cfg(target_pointer_width = "64")]
-    fn context_layout_is_four_pointers() {
-        assert_eq!(size_of::<DncContext>(), 32);
+    fn context_layout_is_four_pointers_at_their_field_indices() {
+        let at = |field: u32| field as usize * size_of::<*const f32>();
+        assert_eq!(size_of::<DncContext>(), at(context_field::COUNT));
         assert_eq!(align_of::<DncContext>(), 8);
-        assert_eq!(offset_of!(DncContext, weights), 0);
-        assert_eq!(offset_of!(DncContext, arena), 8);
-        assert_eq!(offset_of!(DncContext, parallel_for), 16);
-        assert_eq!(offset_of!(DncContext, pool), 24);
+        assert_eq!(offset_of!(DncContext, weights), at(context_field::WEIGHTS));
+        assert_eq!(offset_of!(DncContext, arena), at(context_field::ARENA));
+        assert_eq!(
+            offset_of!(DncContext, parallel_for),
+            at(context_field::PARALLEL_FOR)
+        );
+        assert_eq!(offset_of!(DncContext, pool), at(context_field::POOL));
     }
 }

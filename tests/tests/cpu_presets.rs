@@ -29,7 +29,16 @@ fn check(arch: &str, o: ConfigOverrides, batch: usize, seed: u64) -> f64 {
 
     let start = std::time::Instant::now();
     // x86-64-v3 (AVX2 + FMA), what CI machines and this one have, as the CLI tests use.
-    let bytes = tests::compile_artefact(&cfg, &g, "x86-64-v3", None).expect("compile");
+    let opts = compiler::CompileOptions {
+        cpu: Some(compiler::backend::cpu::CpuOptions {
+            cpu: "x86-64-v3".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let bytes = compiler::compile_graph(&cfg, g.clone(), &opts)
+        .and_then(|c| c.to_bytes())
+        .expect("compile");
     let compile_s = start.elapsed().as_secs_f64();
     let model = Model::from_artefact(Artefact::read(&bytes).expect("artefact")).expect("load");
     assert_eq!(model.input_shape(), x.shape.as_slice());

@@ -58,14 +58,18 @@ fn fixture() -> &'static Fixture {
         compiler::weights::randomize(&mut graph, 100);
         let labels: Vec<String> = (0..cfg.num_classes).map(|c| format!("label-{c}")).collect();
         // Both targets, so `--device cuda` reaches the driver (and runs where there is one).
-        let bytes = tests::compile_artefact_for(
-            &cfg,
-            &graph,
-            "cpu,cuda",
-            "x86-64-v3",
-            Some(labels.clone()),
-        )
-        .expect("compile");
+        let opts = compiler::CompileOptions {
+            cpu: Some(compiler::backend::cpu::CpuOptions {
+                cpu: "x86-64-v3".into(),
+                ..Default::default()
+            }),
+            cuda: Some(Default::default()),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        };
+        let bytes = compiler::compile_graph(&cfg, graph.clone(), &opts)
+            .and_then(|c| c.to_bytes())
+            .expect("compile");
         let artefact = scratch().join("bc100.dnc");
         std::fs::write(&artefact, bytes).expect("write artefact");
         Fixture {

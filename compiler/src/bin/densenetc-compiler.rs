@@ -7,8 +7,9 @@ mod exec;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use compiler::builder::{self, ConfigOverrides, DenseNetConfig, Stem};
-use compiler::{passes, weights};
+use compiler::builder::{ConfigOverrides, DenseNetConfig, Stem};
+use compiler::driver::{self, CompileOptions, OptimizeOptions, Progress, Target, Weights};
+use compiler::passes;
 use exec::emit;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -41,8 +42,13 @@ struct CompileArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// Code generation targets: cpu, cuda or cpu,cuda.
-    #[arg(long, default_value = "cpu")]
-    target: String,
+    #[arg(
+        long,
+        default_value = "cpu",
+        value_delimiter = ',',
+        value_name = "cpu|cuda|cpu,cuda"
+    )]
+    target: Vec<Target>,
     /// LLVM CPU: native (the host), x86-64-v3, znver3, skylake, …
     #[arg(long, default_value = "native")]
     cpu: String,
@@ -57,9 +63,17 @@ struct CompileArgs {
     /// needs --target cuda or cpu,cuda.
     #[arg(long, default_value = "fp32", value_name = "fp32|tf32|fp16|bf16")]
     precision: compiler::backend::cuda::Precision,
-    /// Stop the pass pipeline after this pass.
+    /// Stop the pass pipeline after this pass: the IR dumps are written (with --dump-dir), no
+    /// artefact unless PASS is the last pass.
     #[arg(long, value_name = "PASS")]
     stop_after: Option<String>,
+    /// Do not verify the IR after every pass (it is verified by default; the check costs well
+    /// under 1% of a compile).
+    #[arg(long)]
+    no_verify: bool,
+    /// Print the wall time of each compile stage (build, optimize, lower, codegen, artefact).
+    #[arg(long)]
+    timings: bool,
     /// Class names, one per line, stored in the artefact.
     #[arg(long, value_name = "FILE")]
     labels: Option<PathBuf>,
@@ -161,17 +175,23 @@ impl ModelArgs {
         Ok(DenseNetConfig::resolve(Some("densenet121"), &o)?)
     }
 
+    /// The weights named on the command line, if any.
+    fn weights(&self) -> Option<Weights> {
+        match (&self.weights, self.random_weights) {
+            (Some(path), _) => Some(Weights::File(path.clone())),
+            (None, Some(seed)) => Some(Weights::Random(seed)),
+            (None, None) => None,
+        }
+    }
+
+    /// The graph, with the weights bound if any were given (`inspect` works on shapes alone).
     fn graph(&self) -> Result<(DenseNetConfig, ir::Graph)> {
         let cfg = self.config()?;
-        let mut g =
-            builder::build(&cfg, self.batch).with_context(|| format!("building {}", cfg.name))?;
-        if let Some(path) = &self.weights {
-            let tensors = weights::read_tensors(path)?;
-            weights::bind(&mut g, tensors)
-                .with_context(|| format!("binding {} to {}", path.display(), cfg.name))?;
-        } else if let Some(seed) = self.random_weights {
-            weights::randomize(&mut g, seed);
+        let g = match self.weights() {
+            Some(w) => driver::build(&cfg, self.batch, &w),
+            None => compiler::builder::build(&cfg, self.batch).map_err(Into::into),
         }
+        .with_context(|| format!("building {}", cfg.name))?;
         Ok((cfg, g))
     }
 }
@@ -213,45 +233,21 @@ struct DumpArgs {
     dump_dir: Option<PathBuf>,
 }
 
-/// Run the pass pipeline up to `stop_after` (all passes when `None`),
-/// writing the IR after every pass into the dump directory if one is set.
+/// The pipeline with the dump directory of `dumps`, verified.
 fn optimise(
     g: &mut ir::Graph,
     stop_after: Option<&str>,
     dumps: &DumpArgs,
 ) -> Result<passes::PipelineReport> {
-    if let Some(name) = stop_after {
-        passes::check_pass_name(name)?;
-    }
-    let mut dump_error: Option<anyhow::Error> = None;
-    let mut write_dump = |i: usize, pass: &str, g: &ir::Graph| {
-        if let Some(dir) = &dumps.dump_dir {
-            let path = dir.join(format!("{i:02}-after-{pass}.ir"));
-            if let Err(e) = std::fs::write(&path, ir::text::print(g)) {
-                dump_error.get_or_insert(
-                    anyhow::Error::new(e).context(format!("writing {}", path.display())),
-                );
-            }
-        }
-    };
-    if let Some(dir) = &dumps.dump_dir {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let path = dir.join("00-input.ir");
-        std::fs::write(&path, ir::text::print(g))
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    let report = passes::run_pipeline(
+    Ok(driver::optimize(
         g,
-        &mut passes::PipelineOptions {
+        &OptimizeOptions {
+            verify: true,
             stop_after: stop_after.map(str::to_owned),
-            dump: Some(&mut write_dump),
-            ..Default::default()
+            dump_dir: dumps.dump_dir.clone(),
+            progress: None,
         },
-    )?;
-    match dump_error {
-        Some(e) => Err(e),
-        None => Ok(report),
-    }
+    )?)
 }
 
 fn main() -> std::process::ExitCode {
@@ -369,11 +365,10 @@ fn inspect(a: &InspectArgs) -> Result<()> {
 
 fn compile(a: &CompileArgs) -> Result<()> {
     let start = std::time::Instant::now();
-    let mut targets = compiler::targets::TargetOptions::parse(&a.target, &a.cpu, &a.cuda_arch)?;
-    targets.set_precision(a.precision)?;
-    if a.model.weights.is_none() && a.model.random_weights.is_none() {
-        bail!("compile needs weights: pass --weights FILE or --random-weights SEED");
-    }
+    let weights = a
+        .model
+        .weights()
+        .context("compile needs weights: pass --weights FILE or --random-weights SEED")?;
     let labels = match &a.labels {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -387,59 +382,65 @@ fn compile(a: &CompileArgs) -> Result<()> {
         }
         None => None,
     };
-    let (cfg, mut g) = a.model.graph()?;
-    eprintln!(
-        "densenetc: optimising {} (batch {})…",
-        cfg.name, a.model.batch
-    );
-    let report = optimise(&mut g, a.stop_after.as_deref(), &a.dumps)?;
-    let gk = compiler::backend::graph::kernels_of(&g)
-        .context("mapping the optimised graph to kernels (did --stop-after skip plan-memory?)")?;
-    eprintln!(
-        "densenetc: generating code for {} kernels ({})…",
-        gk.kernels.len(),
-        targets.describe()
-    );
-    if let Some(cpu) = targets.cpu.as_mut() {
-        cpu.keep_ir = a.dumps.dump_dir.is_some();
+    let cfg = a.model.config()?;
+    let mut opts = CompileOptions::for_targets(&a.target);
+    opts.batch = a.model.batch;
+    opts.precision = a.precision;
+    opts.verify = !a.no_verify;
+    opts.dump_dir = a.dumps.dump_dir.clone();
+    opts.labels = labels;
+    if let Some(cpu) = opts.cpu.as_mut() {
+        cpu.cpu = a.cpu.clone();
+        // Experiment knobs, not part of the command-line contract.
         if let Ok(v) = std::env::var("DNC_CODEGEN_THREADS") {
             cpu.codegen_threads = v.parse().context("DNC_CODEGEN_THREADS")?;
         }
-        // An experiment knob, not part of the command-line contract.
         if let Ok(v) = std::env::var("DNC_BATCH_TILE_BYTES") {
             cpu.batch_tile_bytes = v.parse().context("DNC_BATCH_TILE_BYTES")?;
         }
     }
-    let compiled = compiler::targets::compile(&gk, &targets)?;
-    if let Some(Err(why)) = &compiled.ptxas {
+    if let Some(cuda) = opts.cuda.as_mut() {
+        cuda.arch = a.cuda_arch.clone();
+    }
+    let progress = |p: Progress<'_>| eprintln!("densenetc: {}…", p.message);
+    opts.progress = Some(&progress);
+
+    if let Some(pass) = a.stop_after.as_deref() {
+        if passes::check_pass_name(pass)? + 1 < passes::PASSES.len() {
+            let mut g = driver::build(&cfg, opts.batch, &weights)
+                .with_context(|| format!("building {}", cfg.name))?;
+            optimise(&mut g, Some(pass), &a.dumps)?;
+            return emit(&format!(
+                "stopped after pass {pass}{}; no artefact written\n",
+                a.dumps
+                    .dump_dir
+                    .as_ref()
+                    .map_or(String::new(), |d| format!(" (IR in {})", d.display()))
+            ));
+        }
+    }
+    let compiled = driver::compile(&cfg, &weights, &opts)
+        .with_context(|| format!("compiling {}", cfg.name))?;
+    if let Some(Err(why)) = &compiled.code.ptxas {
         eprintln!("densenetc: {why}");
     }
-    if let Some(dir) = &a.dumps.dump_dir {
-        compiled.dump(dir)?;
+    if a.timings {
+        for (stage, t) in &compiled.timings {
+            eprintln!("densenetc: {stage:<9} {:8.3} s", t.as_secs_f64());
+        }
     }
-    let writer =
-        compiler::artefact::build_artefact(compiled.parts(compiler::artefact::ArtefactParts {
-            config: serde_json::to_value(&cfg)?,
-            graph: &g,
-            kernels: &gk,
-            memory: report.memory.as_ref(),
-            cpu: None,
-            cuda: None,
-            ptxas: None,
-            labels,
-        }))?;
-    let bytes = writer.to_bytes()?;
-    std::fs::write(&a.output, &bytes).with_context(|| format!("writing {}", a.output.display()))?;
-    let arena = writer.manifest().memory.arena_bytes;
+    let bytes = compiled
+        .write(&a.output)
+        .with_context(|| format!("writing {}", a.output.display()))?;
     emit(&format!(
         "compiled {} (batch {}, {}) to {}: {}, {} bytes, arena {} bytes, {:.2} s\n",
         cfg.name,
         a.model.batch,
-        targets.describe(),
+        opts.describe(),
         a.output.display(),
         compiled.summary(),
-        bytes.len(),
-        arena,
+        bytes,
+        compiled.manifest().memory.arena_bytes,
         start.elapsed().as_secs_f64()
     ))
 }

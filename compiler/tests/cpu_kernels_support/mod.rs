@@ -169,17 +169,10 @@ impl Arena {
     }
 }
 
-/// The generated code's context (`struct dnc_ctx`).
-#[repr(C)]
-pub struct Ctx {
-    weights: *const f32,
-    arena: *mut f32,
-    parallel_for: PforFn,
-    pool: *mut c_void,
-}
-
-type TaskFn = unsafe extern "C" fn(*const Ctx, i64, i64);
-type PforFn = unsafe extern "C" fn(*mut c_void, TaskFn, *const Ctx, i64);
+/// The generated code's context: the runtime's definition, the one both sides agree on.
+pub type Ctx = runtime::abi::DncContext;
+type TaskFn = runtime::abi::DncTaskFn;
+type PforFn = runtime::abi::DncParallelForFn;
 
 /// The parallel-fors the tests run kernels under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,7 +323,7 @@ impl Loaded {
         unsafe {
             let f = self
                 .lib
-                .get::<unsafe extern "C" fn(*const Ctx)>(symbols::RUN.as_bytes())
+                .get::<runtime::abi::DncRunFn>(symbols::RUN.as_bytes())
                 .expect("dnc_run");
             f(&ctx);
         }
@@ -342,7 +335,7 @@ impl Loaded {
         unsafe {
             let f = self
                 .lib
-                .get::<unsafe extern "C" fn(*const Ctx, i64) -> i32>(symbols::RUN_KERNEL.as_bytes())
+                .get::<runtime::abi::DncRunKernelFn>(symbols::RUN_KERNEL.as_bytes())
                 .expect("dnc_run_kernel");
             f(&ctx, index)
         }

@@ -21,17 +21,12 @@ use inkwell::values::{FunctionValue, PointerValue};
 use inkwell::GlobalVisibility;
 use std::collections::HashMap;
 
-/// Version of the generated-code ABI (`dnc_abi_version()`).
-pub const ABI_VERSION: u32 = 1;
+// The ABI is the runtime's (`runtime::abi`): one definition for both sides.
+use runtime::abi::context_field;
+pub use runtime::abi::{symbols, DNC_ABI_VERSION as ABI_VERSION};
 
-/// Symbol names exported by the shared object.
-pub mod symbols {
-    pub const RUN: &str = "dnc_run";
-    pub const RUN_KERNEL: &str = "dnc_run_kernel";
-    pub const ABI_VERSION: &str = "dnc_abi_version";
-    pub const KERNEL_COUNT: &str = "dnc_kernel_count";
-    pub const KERNEL_TASKS: &str = "dnc_kernel_tasks";
-}
+/// The field of the extended context (`Abi::ext_ty`) that holds the group's first image.
+const IMAGE0_FIELD: u32 = context_field::COUNT;
 
 struct Abi<'ctx> {
     ctx_ty: StructType<'ctx>,
@@ -144,9 +139,12 @@ pub(crate) fn emit_module<'ctx>(
     let void = cg.ctx.void_type();
     let pm: inkwell::types::BasicMetadataTypeEnum = cg.ptr.into();
     let i64m: inkwell::types::BasicMetadataTypeEnum = cg.i64.into();
+    let ctx_fields = vec![p; context_field::COUNT as usize];
+    let mut ext_fields = ctx_fields.clone();
+    ext_fields.push(cg.i64.into());
     let abi = Abi {
-        ctx_ty: cg.ctx.struct_type(&[p, p, p, p], false),
-        ext_ty: cg.ctx.struct_type(&[p, p, p, p, cg.i64.into()], false),
+        ctx_ty: cg.ctx.struct_type(&ctx_fields, false),
+        ext_ty: cg.ctx.struct_type(&ext_fields, false),
         task_ty: void.fn_type(&[pm, i64m, i64m], false),
         pfor_ty: void.fn_type(&[pm, pm, pm, i64m], false),
         body_ty: void.fn_type(
@@ -286,10 +284,13 @@ fn emit_task_fn<'ctx>(
     }
     let ctx = cg.param_ptr(f, 0)?;
     let (begin, end) = (cg.param_int(f, 1)?, cg.param_int(f, 2)?);
-    let weights = cg.gepc(load_field(cg, abi, ctx, 0)?, bind.weights)?;
-    let arena = load_field(cg, abi, ctx, 1)?;
+    let weights = cg.gepc(
+        load_field(cg, abi, ctx, context_field::WEIGHTS)?,
+        bind.weights,
+    )?;
+    let arena = load_field(cg, abi, ctx, context_field::ARENA)?;
     let image0 = if groups.groups > 1 {
-        let p = cg.b.build_struct_gep(abi.ext_ty, ctx, 4, "")?;
+        let p = cg.b.build_struct_gep(abi.ext_ty, ctx, IMAGE0_FIELD, "")?;
         cg.b.build_load(cg.i64, p, "image0")?.into_int_value()
     } else {
         cg.c64(0)
@@ -319,8 +320,8 @@ fn call_pfor<'ctx>(
     task: FunctionValue<'ctx>,
     n: usize,
 ) -> Result<()> {
-    let pfor = load_field(cg, abi, ext, 2)?;
-    let pool = load_field(cg, abi, ext, 3)?;
+    let pfor = load_field(cg, abi, ext, context_field::PARALLEL_FOR)?;
+    let pool = load_field(cg, abi, ext, context_field::POOL)?;
     let args = [
         pool.into(),
         task.as_global_value().as_pointer_value().into(),
@@ -339,7 +340,7 @@ fn extended_ctx<'ctx>(
     ctx: PointerValue<'ctx>,
 ) -> Result<PointerValue<'ctx>> {
     let ext = cg.entry_alloca(abi.ext_ty.into(), "ctx")?;
-    for field in 0..4 {
+    for field in 0..context_field::COUNT {
         let v = load_field(cg, abi, ctx, field)?;
         cg.b.build_store(cg.b.build_struct_gep(abi.ext_ty, ext, field, "")?, v)?;
     }
@@ -353,7 +354,10 @@ fn set_image0<'ctx>(
     ext: PointerValue<'ctx>,
     image0: inkwell::values::IntValue<'ctx>,
 ) -> Result<()> {
-    cg.b.build_store(cg.b.build_struct_gep(abi.ext_ty, ext, 4, "")?, image0)?;
+    cg.b.build_store(
+        cg.b.build_struct_gep(abi.ext_ty, ext, IMAGE0_FIELD, "")?,
+        image0,
+    )?;
     Ok(())
 }
 
