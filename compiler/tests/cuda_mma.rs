@@ -11,7 +11,7 @@
 //! must stay within the precision's bound (`Precision::rel_bound`: 5e-3
 //! for TF32 and FP16, 3e-2 for BF16). The measured errors are printed by
 //! `cargo test -p compiler --test cuda_mma -- --nocapture` (full depth with
-//! `--ignored`); the table is in `src/backend/cuda/mma.rs`.
+//! `--ignored`); the table is in `src/backend/cuda/precision.rs`.
 
 mod cpu_kernels_support;
 mod cuda_ptx_support;

@@ -3,7 +3,7 @@
 //! `backend::view`: buffers may be stored with a zero border around every
 //! image).
 
-use super::kb::{Kb, KbExt, Result};
+use super::simt::{Kb, KbExt, Result};
 use crate::backend::kernel::{View, ELEM_BYTES};
 
 /// The largest extent index arithmetic handles in 32 bits.

@@ -11,8 +11,8 @@
 //!   (each thread reads the element it writes).
 
 use super::addr::Geom;
-use super::kb::{Buf, Kb, KbExt, Result};
 use super::plan::{AffineOp, AffinePlan, GapPlan, PoolPlan, ELTWISE_THREADS};
+use super::simt::{Buf, Kb, KbExt, Result};
 
 /// The thread's output element: `(valid, pixel, channel)`.
 fn element<K: Kb>(k: &mut K, out: &Geom) -> Result<(K::B, K::I, K::I)> {

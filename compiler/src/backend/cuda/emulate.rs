@@ -27,10 +27,13 @@
 //!
 //! Float results match the GPU's up to the order of operations, which is
 //! the same (`fma` is fused on both).
+//!
+//! Only in a build with the `emulator` feature (the crate's tests turn it
+//! on): it is for checking the backend, not part of what users link.
 
-use super::kb::{Buf, Kb, LoopBody, Result, Scalar};
-use super::mma::{self, Operand};
 use super::plan::Slot;
+use super::precision::{self, Operand};
+use super::simt::{Buf, Kb, LoopBody, Result, Scalar};
 use super::{CompiledCuda, KernelParam};
 use crate::backend::kernel::{View, ELEM_BYTES};
 use crate::backend::BackendError;
@@ -564,6 +567,24 @@ impl Sim<'_> {
         }
         Some(i)
     }
+
+    /// Count one shared access of every warp (`banks.rs`): `s[idx]` where
+    /// `active` (every thread when `None`).
+    fn count_banks(&mut self, s: SS, idx: SI, active: Option<SB>, store: bool) {
+        let (accesses, waves) = banks::block_access(
+            self.shared[s.0].base,
+            &self.ints[idx.0],
+            active.map(|c| self.bools[c.0].as_slice()),
+        );
+        let st = &mut self.shared[s.0].stats;
+        if store {
+            st.store_accesses += accesses;
+            st.store_wavefronts += waves;
+        } else {
+            st.load_accesses += accesses;
+            st.load_wavefronts += waves;
+        }
+    }
 }
 
 impl Kb for Sim<'_> {
@@ -784,7 +805,7 @@ impl Kb for Sim<'_> {
             );
             let iv = self.ci(i as i32);
             acc = body(self, iv, acc)?;
-            // Values made in the body die with it (kb.rs): keep only `acc`.
+            // Values made in the body die with it (simt.rs): keep only `acc`.
             let kept: Vec<Vec<f32>> = acc
                 .iter()
                 .map(|a| {
@@ -806,18 +827,24 @@ impl Kb for Sim<'_> {
     fn round_operand(&mut self, op: Operand, x: SF) -> Result<SF> {
         let v = self.floats[x.0]
             .iter()
-            .map(|&x| mma::round(op, x))
+            .map(|&x| precision::round(op, x))
             .collect();
         Ok(self.new_f(v))
     }
     fn mma(&mut self, op: Operand, a: [SF; 4], b: [SF; 2], c: [SF; 4]) -> Result<[SF; 4]> {
-        Ok(self.mma_m16n8k8(op, a, b, c))
+        let f = |v: SF| self.floats[v.0].as_slice();
+        let (d, fault) = warp::mma_block(op, a.map(f), b.map(f), c.map(f));
+        if let Some(m) = fault {
+            self.fail(|| m);
+        }
+        Ok(d.map(|v| self.new_f(v)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cuda::simt::KbExt;
     use crate::backend::kernel::View;
 
     /// Run `body` as one block of `threads` threads; the fault, if any.
@@ -946,6 +973,81 @@ mod tests {
             k.div(a, 2).map(|_| ())
         });
         assert!(f.is_some_and(|m| m.contains("negative")));
+    }
+
+    /// Shared accesses are counted per array, loads apart from stores, over
+    /// the active lanes of a predicated store (the model: `banks.rs`).
+    #[test]
+    fn shared_accesses_are_counted_per_array_and_direction() {
+        let mut arena = [0.0f32; 4];
+        let mut writes = [0u8; 4];
+        let mut sim = Sim::bare(64, &mut arena, &mut writes);
+        let run = |k: &mut Sim| -> Result<()> {
+            let a = k.shared(3)?;
+            let b = k.shared(64 * 32)?;
+            let t = k.tid()?;
+            let v = k.cf(1.0);
+            // Thread 0 stores a[0]: one instruction (warp 0), one wavefront.
+            let (zero, first) = (k.ci(0), k.ultc(t, 1)?);
+            k.store_shared_if(first, a, zero, v)?;
+            // Lanes below 16 of warp 0 store b at stride 32: all in bank 0.
+            let (half, i) = (k.ultc(t, 16)?, k.mulc(t, 32)?);
+            k.store_shared_if(half, b, i, v)?;
+            k.barrier()?;
+            // Both warps store, then load, b at stride 2: 2-way each.
+            let i = k.mulc(t, 2)?;
+            k.store_shared(b, i, v)?;
+            k.barrier()?;
+            k.load_shared(b, i).map(|_| ())
+        };
+        run(&mut sim).expect("emulation never fails to build");
+        assert_eq!(sim.fault, None);
+        let s: Vec<SharedStats> = sim.shared.iter().map(|a| a.stats).collect();
+        assert_eq!(
+            s[0],
+            SharedStats {
+                store_accesses: 1,
+                store_wavefronts: 1,
+                ..SharedStats::default()
+            }
+        );
+        assert_eq!(
+            s[1],
+            SharedStats {
+                load_accesses: 2,
+                load_wavefronts: 2 * 2,
+                store_accesses: 1 + 2,
+                store_wavefronts: 16 + 2 * 2,
+            }
+        );
+    }
+
+    /// The warp's mma (`warp.rs`) on the block's values: `D = A·B + C`,
+    /// and its faults recorded.
+    #[test]
+    fn mma_runs_on_the_block_and_reports_faults() {
+        let f = block(32, |k| {
+            let (x, y) = (k.cf(1.0 + 2f32.powi(-20)), k.cf(1.0));
+            let x = k.round_operand(Operand::Tf32, x)?;
+            let d = k.mma(Operand::Tf32, [x; 4], [y; 2], [y; 4])?;
+            // Row g of A (all 1) times column g of B (all 1), k = 8, plus 1.
+            assert!(d.iter().all(|v| k.floats[v.0].iter().all(|&e| e == 9.0)));
+            Ok(())
+        });
+        assert_eq!(f, None);
+        let f = block(32, |k| {
+            let (x, y) = (k.cf(1.0 + 2f32.powi(-20)), k.cf(1.0));
+            k.mma(Operand::Tf32, [x; 4], [y; 2], [y; 4]).map(|_| ())
+        });
+        assert!(
+            f.is_some_and(|m| m.contains("not a TF32 value")),
+            "unrounded"
+        );
+        let f = block(48, |k| {
+            let y = k.cf(1.0);
+            k.mma(Operand::F16, [y; 4], [y; 2], [y; 4]).map(|_| ())
+        });
+        assert!(f.is_some_and(|m| m.contains("not whole warps")));
     }
 
     /// Coverage: a bordered output's real pixels once each, its border

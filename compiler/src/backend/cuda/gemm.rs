@@ -28,9 +28,9 @@
 //! block tile on the tensor cores instead (`mma.rs`); staging and epilogue
 //! are unchanged.
 
-use super::kb::{Buf, Kb, KbExt, Result, Scalar};
 use super::mma::{self, Warps};
 use super::plan::GemmPlan;
+use super::simt::{Buf, Kb, KbExt, Result, Scalar};
 
 /// Per-thread constants of one `A` gather assignment.
 struct ARow<I, B> {
@@ -98,7 +98,7 @@ pub(crate) fn emit<K: Kb>(k: &mut K, p: &GemmPlan) -> Result<()> {
     let warps = match p.precision.operand() {
         None => None,
         Some(op) => {
-            let w = Warps::of(&t).map_err(super::BackendError::Codegen)?;
+            let w = Warps::of(&t).map_err(crate::backend::BackendError::Codegen)?;
             Some((w, mma::lane(k, op, &w, &t, tid)?))
         }
     };

@@ -9,9 +9,29 @@
 //!              ─O3──▶ PTX (sm_80 default) ─ptxas (optional)─▶ cubin, register report
 //! ```
 //!
-//! Every kernel is written once against the SIMT builder trait of `kb.rs`;
-//! [`emulate`] runs the same emission code on the CPU, so index arithmetic,
-//! coverage of the output views and numerics are testable without a GPU.
+//! Every kernel is written once against the SIMT builder trait of `simt.rs`;
+//! the emulator (`emulate.rs`, built with the `emulator` feature, which the
+//! crate's tests enable) runs the same emission code on the CPU, so index
+//! arithmetic, coverage of the output views and numerics are testable
+//! without a GPU.
+//!
+//! Modules, bottom-up (each uses only those above it):
+//!
+//! ```text
+//! precision  Precision, tensor-core Operand types, rounding, error bounds
+//! arch       NVPTX target machine, the supported sm_XX
+//! pack       the packed weights section (GEMM B matrices, biases)
+//! simt       the SIMT kernel builder trait (Kb) the kernels are written in
+//! addr       view geometry and NHWC addressing over Kb
+//! plan       KernelDesc → KernelPlan (shape key: tiling, geometry) + bindings
+//! mma        the tensor-core step of the GEMM (warp tiles, fragments)
+//! gemm       the implicit-GEMM kernel (convs, linear)
+//! eltwise    pools, global average pool, affine
+//! nvptx      Kb → LLVM IR for NVPTX
+//! ptxas      the optional offline assembler
+//! (this)     lower: plans, dedup, emit, PTX; the PTX ABI types
+//! emulate    Kb on the CPU, runs a CompiledCuda (feature `emulator`)
+//! ```
 //!
 //! # PTX ABI
 //!
@@ -58,29 +78,33 @@
 mod addr;
 mod arch;
 mod eltwise;
+#[cfg(feature = "emulator")]
 pub mod emulate;
 mod gemm;
-mod kb;
 mod mma;
 mod nvptx;
 mod pack;
 mod plan;
+mod precision;
 pub mod ptxas;
+mod simt;
 
 pub use arch::{ARCHES, TRIPLE};
-pub use mma::{Operand, Precision, BF16_REL_BOUND, FP16_REL_BOUND, FP32_REL_BOUND, TF32_REL_BOUND};
 pub use pack::WEIGHT_ALIGN;
 pub use plan::Launch;
+pub use precision::{
+    Operand, Precision, BF16_REL_BOUND, FP16_REL_BOUND, FP32_REL_BOUND, TF32_REL_BOUND,
+};
 
 use crate::backend::kernel::{KernelDesc, KernelOp, ELEM_BYTES};
 use crate::backend::BackendError;
 use inkwell::context::Context;
 use inkwell::passes::PassBuilderOptions;
 use inkwell::targets::FileType;
-use kb::Kb;
 use nvptx::Nvptx;
 use pack::WeightsBuilder;
 use plan::{KernelPlan, Slot};
+use simt::Kb;
 use std::collections::HashMap;
 
 /// How to compile.
@@ -198,7 +222,9 @@ pub struct CompiledCuda {
     /// The PTX assembled by `ptxas` for `arch`, once [`Self::assemble`] ran.
     pub cubin: Option<Vec<u8>>,
     descs: Vec<KernelDesc>,
-    /// The plan each entry was emitted from, by entry index.
+    /// The plan each entry was emitted from, by entry index (what the
+    /// emulator runs).
+    #[cfg(feature = "emulator")]
     plans: Vec<KernelPlan>,
 }
 
@@ -238,7 +264,7 @@ fn gemm_weights(k: &KernelDesc) -> Option<&[f32]> {
 }
 
 /// Emit the body of the kernel planned by `plan`.
-fn emit<K: Kb>(k: &mut K, plan: &KernelPlan) -> kb::Result<()> {
+fn emit<K: Kb>(k: &mut K, plan: &KernelPlan) -> simt::Result<()> {
     match plan {
         KernelPlan::Gemm(p) => gemm::emit(k, p),
         KernelPlan::Pool(p) => eltwise::emit_pool(k, p),
@@ -325,7 +351,7 @@ pub fn lower(kernels: &[KernelDesc], opts: &CudaOptions) -> Result<CompiledCuda,
     for (index, k) in kernels.iter().enumerate() {
         k.validate().map_err(|m| invalid(index, k, m))?;
         if let (Some(op), Some(w)) = (opts.precision.operand(), gemm_weights(k)) {
-            mma::check_weights(op, w).map_err(|m| invalid(index, k, m))?;
+            precision::check_weights(op, w).map_err(|m| invalid(index, k, m))?;
         }
         let (mut plan, bindings) = KernelPlan::new(k, &mut wb).map_err(|m| invalid(index, k, m))?;
         if let KernelPlan::Gemm(g) = &mut plan {
@@ -447,6 +473,7 @@ pub fn lower(kernels: &[KernelDesc], opts: &CudaOptions) -> Result<CompiledCuda,
         llvm_ir,
         cubin: None,
         descs: kernels.to_vec(),
+        #[cfg(feature = "emulator")]
         plans,
     })
 }

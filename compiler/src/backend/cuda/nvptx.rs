@@ -7,9 +7,9 @@
 //! shared arrays as internal `addrspace(3)` globals and
 //! `llvm.nvvm.barrier0` for `__syncthreads()`.
 
-use super::kb::{Buf, Kb, LoopBody, Result, Scalar};
-use super::mma::Operand;
 use super::plan::{Param, Slot};
+use super::precision::Operand;
+use super::simt::{Buf, Kb, LoopBody, Result, Scalar};
 use crate::backend::BackendError;
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::builder::Builder;
@@ -154,7 +154,7 @@ impl<'a, 'ctx> Nvptx<'a, 'ctx> {
 
     fn gep(&self, base: PointerValue<'ctx>, idx: IntValue<'ctx>) -> Result<PointerValue<'ctx>> {
         // SAFETY: building a GEP only creates IR. The emission contract
-        // (kb.rs) is that guarded accesses are only executed with indices
+        // (simt.rs) is that guarded accesses are only executed with indices
         // inside their buffer; the emulator checks it.
         Ok(unsafe { self.b.build_in_bounds_gep(self.f32, base, &[idx], "")? })
     }

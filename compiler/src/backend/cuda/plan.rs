@@ -17,9 +17,9 @@
 //! into the plan.
 
 use super::addr::{Geom, I32_LIMIT};
-use super::kb::{Buf, Scalar};
-use super::mma::{Operand, Precision};
 use super::pack::{pack_b, pack_bias, BShape, WeightsBuilder};
+use super::precision::{Operand, Precision};
+use super::simt::{Buf, Scalar};
 use crate::backend::kernel::{Affine, ConvKernel, KernelDesc, KernelOp, LinearKernel, View};
 
 /// Threads per block of the element-wise kernels (pools, affine).
@@ -69,6 +69,7 @@ pub(crate) enum Floats {
 
 impl Floats {
     /// The count for a launch whose `K` argument is `k`, if it has one.
+    #[cfg(feature = "emulator")]
     pub fn resolve(self, k: Option<u32>) -> Option<usize> {
         match self {
             Floats::Fixed(n) => Some(n),

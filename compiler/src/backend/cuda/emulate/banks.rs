@@ -17,7 +17,7 @@
 //! Layout: the block's shared arrays lie one after the other in
 //! declaration order, each starting at a multiple of [`ARRAY_ALIGN_WORDS`]
 //! = 32 words (128 bytes), i.e. at bank 0. The PTX only asks for 16 bytes
-//! (`kb.rs`), and ptxas's placement is its own; since one instruction
+//! (`simt.rs`), and ptxas's placement is its own; since one instruction
 //! touches one array, only its base modulo 32 matters, and the GEMM kernels'
 //! `As` (`8·(BM + 4)` floats) is a multiple of 32 words long, so `Bs`
 //! starts at bank 0 under either alignment.
@@ -35,8 +35,6 @@
 //! - `ldmatrix`/`stmatrix`, asynchronous copies, atomics;
 //! - timing: wavefronts of different warps contending for the banks,
 //!   latency hiding; a wavefront count is a cost, not a time.
-
-use super::{Sim, SB, SI, SS};
 
 /// Banks of shared memory; also lanes of a warp.
 pub(crate) const BANKS: usize = 32;
@@ -143,154 +141,84 @@ pub(crate) fn wavefronts(words: &mut [u64]) -> u64 {
     per_bank.into_iter().max().unwrap_or(0)
 }
 
-impl Sim<'_> {
-    /// Count one shared access of every warp: `s[idx]` where `active`
-    /// (every thread when `None`).
-    pub(super) fn count_banks(&mut self, s: SS, idx: SI, active: Option<SB>, store: bool) {
-        let base = self.shared[s.0].base;
-        let idx = &self.ints[idx.0];
-        let active = active.map(|c| &self.bools[c.0]);
-        let (mut accesses, mut waves) = (0, 0);
-        let mut words = [0u64; BANKS];
-        for w0 in (0..self.threads).step_by(BANKS) {
-            let mut n = 0;
-            for t in w0..self.threads.min(w0 + BANKS) {
-                if active.is_none_or(|a| a[t]) {
-                    // An out-of-bounds index is a fault reported elsewhere.
-                    words[n] = base.wrapping_add_signed(i64::from(idx[t]));
-                    n += 1;
-                }
-            }
-            if n > 0 {
-                accesses += 1;
-                waves += wavefronts(&mut words[..n]);
+/// Warp-level instructions and wavefronts of one shared access by a block
+/// whose thread `t` accesses word `base + idx[t]` where `active[t]` (every
+/// thread when `None`); warps are runs of [`BANKS`] threads.
+pub(super) fn block_access(base: u64, idx: &[i32], active: Option<&[bool]>) -> (u64, u64) {
+    let (mut accesses, mut waves) = (0, 0);
+    let mut words = [0u64; BANKS];
+    for w0 in (0..idx.len()).step_by(BANKS) {
+        let mut n = 0;
+        for t in w0..idx.len().min(w0 + BANKS) {
+            if active.is_none_or(|a| a[t]) {
+                // An out-of-bounds index is a fault reported elsewhere.
+                words[n] = base.wrapping_add_signed(i64::from(idx[t]));
+                n += 1;
             }
         }
-        let st = &mut self.shared[s.0].stats;
-        if store {
-            st.store_accesses += accesses;
-            st.store_wavefronts += waves;
-        } else {
-            st.load_accesses += accesses;
-            st.load_wavefronts += waves;
+        if n > 0 {
+            accesses += 1;
+            waves += wavefronts(&mut words[..n]);
         }
     }
+    (accesses, waves)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cuda::kb::{Kb, KbExt, Result};
 
-    /// Run `body` as one block of `threads` threads; the per-array counts
-    /// (the emulator must report no fault).
-    fn counts(threads: usize, body: impl FnOnce(&mut Sim) -> Result<()>) -> Vec<SharedStats> {
-        let mut arena = [0.0f32; 4];
-        let mut writes = [0u8; 4];
-        let mut sim = Sim::bare(threads, &mut arena, &mut writes);
-        body(&mut sim).expect("emulation never fails to build");
-        assert_eq!(sim.fault, None);
-        sim.shared.iter().map(|a| a.stats).collect()
-    }
-
-    /// Every thread stores `s[stride·tid]`, then (after a barrier) loads it.
-    fn strided(threads: usize, stride: i32) -> SharedStats {
-        counts(threads, |k| {
-            let s = k.shared(threads * stride as usize)?;
-            let t = k.tid()?;
-            let i = k.mulc(t, stride)?;
-            let v = k.cf(1.0);
-            k.store_shared(s, i, v)?;
-            k.barrier()?;
-            k.load_shared(s, i).map(|_| ())
-        })[0]
-    }
-
-    fn both(accesses: u64, wavefronts: u64) -> SharedStats {
-        SharedStats {
-            load_accesses: accesses,
-            load_wavefronts: wavefronts,
-            store_accesses: accesses,
-            store_wavefronts: wavefronts,
-        }
+    /// Thread `t` of `threads` accesses word `stride·t`: instructions and
+    /// wavefronts.
+    fn strided(threads: usize, stride: i32) -> (u64, u64) {
+        let idx: Vec<i32> = (0..threads as i32).map(|t| t * stride).collect();
+        block_access(0, &idx, None)
     }
 
     #[test]
     fn strides_conflict_as_the_banks_say() {
-        // Two warps, one instruction each per direction.
-        assert_eq!(strided(64, 1), both(2, 2));
-        assert_eq!(strided(64, 2), both(2, 4));
-        assert_eq!(strided(64, 4), both(2, 8));
-        assert_eq!(strided(64, 32), both(2, 64));
+        // Two warps, one instruction each.
+        assert_eq!(strided(64, 1), (2, 2));
+        assert_eq!(strided(64, 2), (2, 4));
+        assert_eq!(strided(64, 4), (2, 8));
+        assert_eq!(strided(64, 32), (2, 64));
         // An odd stride visits every bank once.
-        assert_eq!(strided(64, 33), both(2, 2));
+        assert_eq!(strided(64, 33), (2, 2));
         // A partial last warp is one instruction.
-        assert_eq!(strided(40, 1), both(2, 2));
+        assert_eq!(strided(40, 1), (2, 2));
     }
 
     #[test]
     fn a_broadcast_is_one_wavefront() {
-        let s = counts(64, |k| {
-            let s = k.shared(64)?;
-            let t = k.tid()?;
-            let v = k.cf(1.0);
-            k.store_shared(s, t, v)?;
-            k.barrier()?;
-            // All lanes read word 5; then lanes read word t % 2 (two banks).
-            let five = k.ci(5);
-            k.load_shared(s, five)?;
-            let two = k.rem(t, 2)?;
-            k.load_shared(s, two)?;
-            // Words 0 and 32: two distinct words in bank 0.
-            let far = k.mulc(two, 32)?;
-            k.load_shared(s, far).map(|_| ())
-        });
-        assert_eq!(s[0].load_accesses, 6);
-        assert_eq!(s[0].load_wavefronts, 2 + 2 + 2 * 2);
+        // All lanes read word 5; then lanes read word t % 2 (two banks).
+        assert_eq!(block_access(0, &[5; 64], None), (2, 2));
+        let two: Vec<i32> = (0..64).map(|t| t % 2).collect();
+        assert_eq!(block_access(0, &two, None), (2, 2));
+        // Words 0 and 32: two distinct words in bank 0.
+        let far: Vec<i32> = two.iter().map(|i| i * 32).collect();
+        assert_eq!(block_access(0, &far, None), (2, 2 * 2));
     }
 
     #[test]
-    fn predicated_stores_count_active_lanes_only() {
-        let s = counts(64, |k| {
-            let s = k.shared(64 * 32)?;
-            let t = k.tid()?;
-            let v = k.cf(1.0);
-            // Lanes below 16 of warp 0 store at stride 32: 16 words in bank 0.
-            let half = k.ultc(t, 16)?;
-            let i = k.mulc(t, 32)?;
-            k.store_shared_if(half, s, i, v)?;
-            // No lane of either warp: no instruction.
-            let none = k.ultc(t, 0)?;
-            k.store_shared_if(none, s, t, v)
-        });
-        assert_eq!(
-            s[0],
-            SharedStats {
-                store_accesses: 1,
-                store_wavefronts: 16,
-                ..SharedStats::default()
-            }
-        );
+    fn predicated_accesses_count_active_lanes_only() {
+        // Lanes below 16 of warp 0 at stride 32: 16 words in bank 0.
+        let idx: Vec<i32> = (0..64).map(|t| 32 * t).collect();
+        let half: Vec<bool> = (0..64).map(|t| t < 16).collect();
+        assert_eq!(block_access(0, &idx, Some(&half)), (1, 16));
+        // No lane of either warp: no instruction.
+        assert_eq!(block_access(0, &idx, Some(&[false; 64])), (0, 0));
     }
 
     #[test]
-    fn arrays_are_counted_apart_from_their_aligned_bases() {
+    fn arrays_start_at_aligned_bases() {
         assert_eq!(next_base(None), 0);
         assert_eq!(next_base(Some((0, 33))), 64);
         assert_eq!(next_base(Some((64, 32))), 96);
-        let s = counts(32, |k| {
-            let a = k.shared(3)?;
-            let b = k.shared(64)?;
-            let t = k.tid()?;
-            let v = k.cf(1.0);
-            let zero = k.ci(0);
-            let first = k.ultc(t, 1)?;
-            k.store_shared_if(first, a, zero, v)?;
-            let i = k.mulc(t, 2)?;
-            k.store_shared(b, i, v)
-        });
-        assert_eq!(s[0].store_wavefronts, 1);
-        assert_eq!(s[1].store_wavefronts, 2);
+        // Words are counted from the array's base: stride 2 from word 32.
+        let base = next_base(Some((0, 3)));
+        assert_eq!(base, 32);
+        let idx: Vec<i32> = (0..32).map(|t| 2 * t).collect();
+        assert_eq!(block_access(base, &idx, None), (1, 2));
     }
 
     #[test]

@@ -16,8 +16,7 @@
 //! few f32 ulps of the partial sums, far below the operands' own rounding
 //! (2^-11 or 2^-8 relative).
 
-use super::{Sim, SF};
-use crate::backend::cuda::mma::{round, Operand};
+use crate::backend::cuda::precision::{round, Operand};
 
 /// Lanes of a warp.
 const WARP: usize = 32;
@@ -51,7 +50,7 @@ pub(crate) fn c_at(lane: usize, i: usize) -> (usize, usize) {
     (lane / 4 + 8 * (i / 2), 2 * (lane % 4) + i % 2)
 }
 
-/// `D = A·B + C` on whole matrices, as [`Sim::mma_m16n8k8`] computes it.
+/// `D = A·B + C` on whole matrices, as [`mma_block`] computes it per warp.
 pub(crate) fn mma(a: &[[f32; 8]; 16], b: &[[f32; 8]; 8], c: &[[f32; 8]; 16]) -> [[f32; 8]; 16] {
     let mut d = *c;
     for (r, row) in d.iter_mut().enumerate() {
@@ -64,81 +63,72 @@ pub(crate) fn mma(a: &[[f32; 8]; 16], b: &[[f32; 8]; 8], c: &[[f32; 8]; 16]) -> 
     d
 }
 
-impl Sim<'_> {
-    /// The mma of every warp of the block.
-    pub(super) fn mma_m16n8k8(
-        &mut self,
-        op: Operand,
-        a: [SF; 4],
-        b: [SF; 2],
-        c: [SF; 4],
-    ) -> [SF; 4] {
-        let threads = self.threads;
-        let mut d = [(); 4].map(|_| vec![f32::NAN; threads]);
-        if !threads.is_multiple_of(WARP) {
-            self.fail(|| format!("mma in a block of {threads} threads (not whole warps)"));
-            return d.map(|v| self.new_f(v));
-        }
-        let mut bad = None;
-        for w in 0..threads / WARP {
-            let (mut am, mut bm, mut cm) = ([[0.0; 8]; 16], [[0.0; 8]; 8], [[0.0; 8]; 16]);
-            for lane in 0..WARP {
-                let t = w * WARP + lane;
-                for (i, v) in a.iter().enumerate() {
-                    let (r, col) = a_at(op, lane, i);
-                    am[r][col] = self.floats[v.0][t];
-                }
-                for (i, v) in b.iter().enumerate() {
-                    let (r, col) = b_at(op, lane, i);
-                    bm[r][col] = self.floats[v.0][t];
-                }
-                for (i, v) in c.iter().enumerate() {
-                    let (r, col) = c_at(lane, i);
-                    cm[r][col] = self.floats[v.0][t];
-                }
-                let mut ops = a.iter().chain(&b).map(|v| self.floats[v.0][t]);
-                if let Some(x) = ops.find(|&x| !is_exact(op, x)) {
-                    bad.get_or_insert((t, x));
-                }
-            }
-            let dm = mma(&am, &bm, &cm);
-            for lane in 0..WARP {
-                for (i, di) in d.iter_mut().enumerate() {
-                    let (r, col) = c_at(lane, i);
-                    di[w * WARP + lane] = dm[r][col];
-                }
-            }
-        }
-        if let Some((t, x)) = bad {
-            let name = op.name();
-            self.fail(|| {
-                format!("thread {t}: mma operand {x:e} is not a {name} value (not converted)")
-            });
-        }
-        d.map(|v| self.new_f(v))
+/// The mma of every warp of a block: `a`, `b` and `c` are the fragment
+/// registers, one value per thread. Returns `D`'s registers and, when the
+/// instruction is invalid (not whole warps: `D` is NaN; an operand that is
+/// not an `op` value: `D` as computed), why.
+pub(super) fn mma_block(
+    op: Operand,
+    a: [&[f32]; 4],
+    b: [&[f32]; 2],
+    c: [&[f32]; 4],
+) -> ([Vec<f32>; 4], Option<String>) {
+    let threads = a[0].len();
+    let mut d = [(); 4].map(|_| vec![f32::NAN; threads]);
+    if !threads.is_multiple_of(WARP) {
+        return (
+            d,
+            Some(format!(
+                "mma in a block of {threads} threads (not whole warps)"
+            )),
+        );
     }
+    let mut bad = None;
+    for w in 0..threads / WARP {
+        let (mut am, mut bm, mut cm) = ([[0.0; 8]; 16], [[0.0; 8]; 8], [[0.0; 8]; 16]);
+        for lane in 0..WARP {
+            let t = w * WARP + lane;
+            for (i, v) in a.iter().enumerate() {
+                let (r, col) = a_at(op, lane, i);
+                am[r][col] = v[t];
+            }
+            for (i, v) in b.iter().enumerate() {
+                let (r, col) = b_at(op, lane, i);
+                bm[r][col] = v[t];
+            }
+            for (i, v) in c.iter().enumerate() {
+                let (r, col) = c_at(lane, i);
+                cm[r][col] = v[t];
+            }
+            let mut ops = a.iter().chain(&b).map(|v| v[t]);
+            if let Some(x) = ops.find(|&x| !is_exact(op, x)) {
+                bad.get_or_insert((t, x));
+            }
+        }
+        let dm = mma(&am, &bm, &cm);
+        for lane in 0..WARP {
+            for (i, di) in d.iter_mut().enumerate() {
+                let (r, col) = c_at(lane, i);
+                di[w * WARP + lane] = dm[r][col];
+            }
+        }
+    }
+    let fault = bad.map(|(t, x)| {
+        let name = op.name();
+        format!("thread {t}: mma operand {x:e} is not a {name} value (not converted)")
+    });
+    (d, fault)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cuda::kb::Kb;
-    use crate::backend::cuda::mma::{bf16, f16, tf32};
-
-    /// Run `body` on one block of `threads` threads; its result and fault.
-    fn block<T>(threads: usize, body: impl FnOnce(&mut Sim) -> T) -> (T, Option<String>) {
-        let mut arena = [0.0f32; 4];
-        let mut writes = [0u8; 4];
-        let mut sim = Sim::bare(threads, &mut arena, &mut writes);
-        let r = body(&mut sim);
-        (r, sim.fault)
-    }
 
     const OPS: [Operand; 3] = [Operand::Tf32, Operand::F16, Operand::Bf16];
 
-    /// Per-warp matrices `(A, B, C)` → per-warp `D`, through the Kb ops:
+    /// Per-warp matrices `(A, B, C)` → per-warp `D`, through [`mma_block`]:
     /// each lane is given its fragments by the layout written out in the
-    /// PTX ISA's figures (`frag_*` below), rounded by `Kb::round_operand`.
+    /// PTX ISA's figures (`frag_*` below), `A` and `B` rounded to `op`.
     type Mats = ([[f32; 8]; 16], [[f32; 8]; 8], [[f32; 8]; 16]);
     fn run_mma(op: Operand, warps: &[Mats]) -> (Vec<[[f32; 8]; 16]>, Option<String>) {
         // The figures of "mma.m16n8k8" for .tf32 and for .f16/.bf16, lane =
@@ -166,171 +156,38 @@ mod tests {
             _ => ((l >> 2) + 8, (l & 3) * 2 + 1),
         };
         let threads = warps.len() * WARP;
-        block(threads, |k| {
-            let per = |f: &dyn Fn(usize, usize) -> f32| {
-                (0..threads)
-                    .map(|t| f(t / WARP, t % WARP))
-                    .collect::<Vec<_>>()
-            };
-            let regs = |k: &mut Sim, n: usize, get: &dyn Fn(usize, usize, usize) -> f32| {
-                (0..n)
-                    .map(|i| {
-                        let v = per(&|w, l| get(w, l, i));
-                        k.new_f(v)
-                    })
-                    .collect::<Vec<_>>()
-            };
-            let a = regs(k, 4, &|w, l, i| {
-                let (r, c) = frag_a(l, i);
-                warps[w].0[r][c]
-            });
-            let b = regs(k, 2, &|w, l, i| {
-                let (r, c) = frag_b(l, i);
-                warps[w].1[r][c]
-            });
-            let c = regs(k, 4, &|w, l, i| {
-                let (r, c) = frag_c(l, i);
-                warps[w].2[r][c]
-            });
-            let a = a
-                .iter()
-                .map(|&v| k.round_operand(op, v).expect("round"))
-                .collect::<Vec<_>>();
-            let b = b
-                .iter()
-                .map(|&v| k.round_operand(op, v).expect("round"))
-                .collect::<Vec<_>>();
-            let d = k
-                .mma(
-                    op,
-                    [a[0], a[1], a[2], a[3]],
-                    [b[0], b[1]],
-                    [c[0], c[1], c[2], c[3]],
-                )
-                .expect("mma");
-            let mut out = vec![[[f32::NAN; 8]; 16]; warps.len()];
-            for t in 0..threads {
-                for (i, v) in d.iter().enumerate() {
-                    let (r, c) = frag_c(t % WARP, i);
-                    out[t / WARP][r][c] = k.floats[v.0][t];
-                }
+        // Register `i` of every thread: `get(warp, lane, i)`.
+        let regs = |n: usize, get: &dyn Fn(usize, usize, usize) -> f32| -> Vec<Vec<f32>> {
+            (0..n)
+                .map(|i| (0..threads).map(|t| get(t / WARP, t % WARP, i)).collect())
+                .collect()
+        };
+        let a = regs(4, &|w, l, i| {
+            let (r, c) = frag_a(l, i);
+            round(op, warps[w].0[r][c])
+        });
+        let b = regs(2, &|w, l, i| {
+            let (r, c) = frag_b(l, i);
+            round(op, warps[w].1[r][c])
+        });
+        let c = regs(4, &|w, l, i| {
+            let (r, c) = frag_c(l, i);
+            warps[w].2[r][c]
+        });
+        let (d, fault) = mma_block(
+            op,
+            [&a[0], &a[1], &a[2], &a[3]],
+            [&b[0], &b[1]],
+            [&c[0], &c[1], &c[2], &c[3]],
+        );
+        let mut out = vec![[[f32::NAN; 8]; 16]; warps.len()];
+        for t in 0..threads {
+            for (i, v) in d.iter().enumerate() {
+                let (r, c) = frag_c(t % WARP, i);
+                out[t / WARP][r][c] = v[t];
             }
-            out
-        })
-    }
-
-    #[test]
-    fn tf32_rounds_to_nearest_ties_away() {
-        let ulp = 2f32.powi(-10); // TF32's unit in the last place at 1.0
-        assert_eq!(tf32(1.0), 1.0);
-        assert_eq!(tf32(1.0 + ulp), 1.0 + ulp);
-        assert_eq!(
-            tf32(1.0 + ulp / 2.0),
-            1.0 + ulp,
-            "a tie rounds away from zero"
-        );
-        assert_eq!(tf32(-(1.0 + ulp / 2.0)), -(1.0 + ulp));
-        assert_eq!(
-            tf32(1.0 + 3.0 * ulp / 2.0),
-            1.0 + 2.0 * ulp,
-            "ties away, not to even"
-        );
-        assert_eq!(tf32(1.0 + ulp / 2.0 - 2f32.powi(-23)), 1.0, "below the tie");
-        assert_eq!(tf32(1.0 + ulp / 4.0), 1.0);
-        assert_eq!(tf32(2.0 - ulp / 2.0), 2.0, "a carry into the exponent");
-        assert_eq!(tf32(f32::MAX), f32::INFINITY);
-        assert_eq!(tf32(f32::NEG_INFINITY), f32::NEG_INFINITY);
-        assert!(tf32(f32::NAN).is_nan());
-        assert_eq!(tf32(-0.0).to_bits(), (-0.0f32).to_bits());
-        let sub = f32::from_bits(0x0000_1000); // half a TF32 ulp of the subnormals
-        assert_eq!(tf32(sub).to_bits(), 0x0000_2000);
-        for x in [0.1f32, -3.7, 1e-20, 6.02e23] {
-            let r = tf32(x);
-            assert_eq!(r.to_bits() & 0x1fff, 0);
-            assert!(((r - x) / x).abs() <= 2f32.powi(-11), "{x} -> {r}");
         }
-    }
-
-    #[test]
-    fn f16_rounds_to_nearest_even_with_subnormals_and_overflow() {
-        let ulp = 2f32.powi(-10); // FP16's unit in the last place at 1.0
-        assert_eq!(f16(1.0 + ulp), 1.0 + ulp);
-        assert_eq!(f16(1.0 + ulp / 2.0), 1.0, "a tie rounds to even (down)");
-        assert_eq!(
-            f16(1.0 + 3.0 * ulp / 2.0),
-            1.0 + 2.0 * ulp,
-            "tie to even (up)"
-        );
-        assert_eq!(f16(-(1.0 + 3.0 * ulp / 2.0)), -(1.0 + 2.0 * ulp));
-        assert_eq!(
-            f16(1.0 + ulp / 2.0 + 2f32.powi(-23)),
-            1.0 + ulp,
-            "above the tie"
-        );
-        assert_eq!(f16(2.0 - ulp / 4.0), 2.0, "a carry into the exponent");
-        assert_eq!(f16(65504.0), 65504.0, "the largest half");
-        assert_eq!(f16(65519.0), 65504.0, "below the overflow tie");
-        assert_eq!(f16(65520.0), f32::INFINITY, "the tie rounds to even: 2^16");
-        assert_eq!(f16(-1e6), f32::NEG_INFINITY);
-        assert_eq!(f16(f32::MAX), f32::INFINITY);
-        assert!(f16(f32::NAN).is_nan());
-        assert_eq!(f16(-0.0).to_bits(), (-0.0f32).to_bits());
-        let (min_normal, min_sub) = (2f32.powi(-14), 2f32.powi(-24));
-        assert_eq!(f16(min_normal), min_normal);
-        assert_eq!(
-            f16(min_normal * (1.0 + ulp / 2.0)),
-            min_normal,
-            "tie to even"
-        );
-        assert_eq!(
-            f16(min_normal - min_sub / 4.0),
-            min_normal,
-            "up into the normals"
-        );
-        assert_eq!(f16(3.0 * min_sub), 3.0 * min_sub, "a subnormal");
-        assert_eq!(f16(2.5 * min_sub), 2.0 * min_sub, "subnormal tie to even");
-        assert_eq!(f16(3.5 * min_sub), 4.0 * min_sub);
-        assert_eq!(f16(min_sub / 2.0), 0.0, "half the smallest: to even, zero");
-        assert_eq!(f16(-min_sub * 0.75), -min_sub);
-        assert_eq!(f16(1e-9).to_bits(), 0);
-        for x in [0.1f32, -3.7, 1000.3, 6e-5] {
-            let r = f16(x);
-            assert!(((r - x) / x).abs() <= 2f32.powi(-11), "{x} -> {r}");
-            assert!(is_exact(Operand::F16, r) && !is_exact(Operand::F16, x));
-        }
-    }
-
-    #[test]
-    fn bf16_rounds_to_nearest_even() {
-        let ulp = 2f32.powi(-7); // BF16's unit in the last place at 1.0
-        assert_eq!(bf16(1.0 + ulp), 1.0 + ulp);
-        assert_eq!(bf16(1.0 + ulp / 2.0), 1.0, "a tie rounds to even (down)");
-        assert_eq!(
-            bf16(1.0 + 3.0 * ulp / 2.0),
-            1.0 + 2.0 * ulp,
-            "tie to even (up)"
-        );
-        assert_eq!(bf16(-(1.0 + ulp / 2.0 + 2f32.powi(-20))), -(1.0 + ulp));
-        assert_eq!(bf16(2.0 - ulp / 4.0), 2.0, "a carry into the exponent");
-        assert_eq!(bf16(f32::MAX), f32::INFINITY);
-        let max = f32::from_bits(0x7f7f_0000); // the largest finite BF16
-        assert_eq!(bf16(f32::from_bits(0x7f7f_7fff)), max);
-        assert_eq!(
-            bf16(f32::from_bits(0x7f7f_8000)),
-            f32::INFINITY,
-            "tie to even"
-        );
-        assert!(bf16(f32::NAN).is_nan());
-        assert_eq!(bf16(f32::NEG_INFINITY), f32::NEG_INFINITY);
-        assert_eq!(bf16(-0.0).to_bits(), (-0.0f32).to_bits());
-        let sub = f32::from_bits(0x0000_8000); // half a BF16 ulp of the subnormals
-        assert_eq!(bf16(sub).to_bits(), 0, "tie to even: zero");
-        assert_eq!(bf16(f32::from_bits(0x0001_8000)).to_bits(), 0x0002_0000);
-        for x in [0.1f32, -3.7, 1e-20, 6.02e23] {
-            let r = bf16(x);
-            assert_eq!(r.to_bits() & 0xffff, 0);
-            assert!(((r - x) / x).abs() <= 2f32.powi(-8), "{x} -> {r}");
-        }
+        (out, fault)
     }
 
     /// `A` index-coded, `B` the identity, `C` coded too: `D = A + C`
@@ -463,31 +320,24 @@ mod tests {
 
     #[test]
     fn unrounded_operands_and_partial_warps_are_reported() {
+        let one = [1.0f32; 48];
+        let (warp, partial) = (&one[..32], &one[..]);
         for (op, name) in [
             (Operand::Tf32, "TF32"),
             (Operand::F16, "FP16"),
             (Operand::Bf16, "BF16"),
         ] {
-            let (_, fault) = block(32, |k| {
-                let x = k.cf(1.0 + 2f32.powi(-20));
-                let y = k.cf(1.0);
-                k.mma(op, [y, y, y, y], [y, x], [y, y, y, y]).map(|_| ())
-            });
+            let x = [1.0 + 2f32.powi(-20); 32];
+            let (_, fault) = mma_block(op, [warp; 4], [warp, &x], [warp; 4]);
             let want = format!("not a {name} value");
             assert!(fault.is_some_and(|m| m.contains(&want)), "{op:?}");
-            let (_, fault) = block(48, |k| {
-                let y = k.cf(1.0);
-                k.mma(op, [y, y, y, y], [y, y], [y, y, y, y]).map(|_| ())
-            });
+            let (d, fault) = mma_block(op, [partial; 4], [partial; 2], [partial; 4]);
             assert!(fault.is_some_and(|m| m.contains("not whole warps")));
+            assert!(d.iter().flatten().all(|v| v.is_nan()));
         }
         // A TF32 value is not necessarily an FP16 or BF16 one.
-        let (_, fault) = block(32, |k| {
-            let x = k.cf(1.0 + 2f32.powi(-9));
-            let y = k.cf(1.0);
-            k.mma(Operand::Bf16, [x, y, y, y], [y, y], [y, y, y, y])
-                .map(|_| ())
-        });
+        let x = [1.0 + 2f32.powi(-9); 32];
+        let (_, fault) = mma_block(Operand::Bf16, [&x, warp, warp, warp], [warp; 2], [warp; 4]);
         assert!(fault.is_some_and(|m| m.contains("not a BF16 value")));
     }
 }

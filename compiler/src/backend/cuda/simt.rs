@@ -1,8 +1,8 @@
 //! The kernel language the CUDA lowerings are written in: a small SIMT
-//! builder trait with two implementations, [`super::nvptx`] (LLVM IR for the
-//! NVPTX target) and [`super::emulate`] (a CPU interpreter that runs every
-//! thread of a block in lockstep, checking bounds, integer overflow and
-//! shared-memory races).
+//! builder trait, [`Kb`], with two implementations, `nvptx.rs` (LLVM IR for
+//! the NVPTX target) and `emulate.rs` (feature `emulator`: a CPU interpreter
+//! that runs every thread of a block in lockstep, checking bounds, integer
+//! overflow and shared-memory races).
 //!
 //! Writing each kernel once against this trait is what lets the index
 //! arithmetic, coverage and numerics of the PTX be tested without a GPU:
@@ -18,7 +18,7 @@
 //!   different threads to one element between two barriers may not
 //!   conflict (the emulator checks).
 
-use super::mma::Operand;
+use super::precision::Operand;
 use crate::backend::BackendError;
 
 pub(crate) type Result<T> = std::result::Result<T, BackendError>;
