@@ -1,12 +1,13 @@
 //! `concat-in-place`: one buffer per dense block, each producer writes its
-//! slice, no copy remains — for every preset at several batch sizes, and
-//! for the concatenation shapes of other implementations.
+//! slice, no copy remains — for every preset at several batch sizes. The
+//! concatenation shapes of other implementations (nested, unplaceable
+//! operands, diverging) are file tests: `tests/filetests/*concat*.ir`.
 
 mod passes_common;
 
 use compiler::builder::{build, DenseNetConfig, PRESETS};
 use compiler::memory::concat_copies;
-use ir::{Graph, Op, Placement};
+use ir::{Graph, Placement};
 use passes_common::*;
 
 fn placement(g: &Graph, name: &str) -> Placement {
@@ -82,82 +83,4 @@ fn every_producer_writes_its_channel_slice() {
         }
     }
     assert_eq!(concat_copies(&g), 0);
-}
-
-/// Implementations that concatenate inside each layer:
-/// `x1 = cat(x0, f(x0)); x2 = cat(x1, f(x1)); …`.
-#[test]
-fn nested_concatenations_share_one_buffer() {
-    let (mut h, x) = Hand::new("nested", [2, 3, 7, 7]);
-    let mut cur = h.conv("stem", x, 5, 3, 1, 1, true);
-    for l in 0..4 {
-        let bn = h.bn(&format!("l{l}.norm"), cur);
-        let r = h.op(&format!("l{l}.relu"), Op::Relu, &[bn]);
-        let f = h.conv(&format!("l{l}.conv"), r, 3, 3, 1, 1, false);
-        cur = h.op(&format!("l{l}.cat"), Op::Concat, &[cur, f]);
-    }
-    let gap = h.op("gap", Op::GlobalAvgPool { prologue: None }, &[cur]);
-    let g = h.finish(vec![gap], 8);
-    let (o, report) = optimized(&g);
-    let m = report.memory.expect("memory");
-    assert_eq!(m.concat_copies, 0);
-    assert_eq!(m.block_buffers, 1);
-    assert_eq!(placement(&o, "stem").channel_offset, 0);
-    assert_eq!(placement(&o, "l3.conv").channel_offset, 5 + 3 * 3);
-    assert_same_function("nested", &g, &o, 1);
-}
-
-/// What cannot be placed is copied into its slot, once, and counted: a
-/// graph input as the block input, and a value concatenated twice.
-#[test]
-fn unplaceable_operands_are_copied_and_counted() {
-    let (mut h, x) = Hand::new("copies", [1, 4, 5, 5]);
-    let f1 = h.conv("f1", x, 2, 3, 1, 1, false);
-    let c1 = h.op("c1", Op::Concat, &[x, f1]);
-    let f2 = h.conv("f2", c1, 2, 1, 1, 0, true);
-    let c2 = h.op("c2", Op::Concat, &[x, f1, f2]);
-    let twice = h.op("twice", Op::Concat, &[f2, f2]);
-    let g = h.finish(vec![c2, twice], 9);
-    let (o, report) = optimized(&g);
-    let m = report.memory.expect("memory");
-    // One copy of the input into the block buffer (shared by c1 and c2);
-    // `twice` cannot fit where f2 lives, so both of its slots are copies.
-    assert_eq!(m.concat_copies, 3);
-    for copy in ["input.copy", "f2.copy", "f2.copy.1"] {
-        assert!(o.node_by_name(copy).is_some(), "{copy}");
-    }
-    assert!(o.is_view(o.node_by_name("c1").expect("c1")));
-    assert!(o.is_view(o.node_by_name("c2").expect("c2")));
-    assert_same_function("copies", &g, &o, 2);
-}
-
-/// A concatenation that starts like a block's but continues with another
-/// value must not write over the block's slices: it gets its own buffer.
-#[test]
-fn a_diverging_concatenation_never_overwrites_a_slice() {
-    let (mut h, x) = Hand::new("diverging", [2, 3, 6, 6]);
-    let x0 = h.conv("x0", x, 4, 3, 1, 1, false);
-    let f1 = h.conv("f1", x0, 2, 3, 1, 1, true);
-    let f2 = h.conv("f2", x0, 2, 1, 1, 0, false);
-    let block = h.op("block", Op::Concat, &[x0, f1, f2]);
-    let other = h.conv("other", x0, 2, 1, 1, 0, true);
-    let diverging = h.op("diverging", Op::Concat, &[x0, other]);
-    let g = h.finish(vec![block, diverging], 10);
-    let (o, report) = optimized(&g);
-    assert_eq!(placement(&o, "f1").buffer, "block");
-    let d = placement(&o, "diverging");
-    assert_eq!(d.buffer, "diverging", "a buffer of its own");
-    assert_eq!(
-        placement(&o, "other"),
-        Placement {
-            buffer: "diverging".into(),
-            channel_offset: 4
-        }
-    );
-    assert_eq!(
-        report.memory.expect("memory").concat_copies,
-        1,
-        "x0 copied once"
-    );
-    assert_same_function("diverging", &g, &o, 3);
 }
