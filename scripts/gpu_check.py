@@ -64,7 +64,7 @@ IMAGENET = {"densenet121", "densenet161", "densenet169", "densenet201"}
 TIMED = "densenet121"
 BATCHES = [1, 64]
 PRECISIONS = ["fp32", "tf32", "fp16", "bf16"]
-# CUDA vs CPU relative error per --precision: f32 as DESIGN §6 asks; the
+# CUDA vs CPU relative error per --precision: f32 as ARCHITECTURE.md (Targets) asks; the
 # tensor-core modes as the compiler documents them (cuda::Precision::rel_bound,
 # measured through its emulator).
 TOLERANCES = {"fp32": 1e-4, "tf32": 5e-3, "fp16": 5e-3, "bf16": 3e-2}

@@ -1,5 +1,5 @@
-//! From compiled kernel lists to a `.dnc` artefact (DESIGN §5): the manifest
-//! the runtime reads, plus the weights, shared-object, PTX and cubin sections.
+//! From compiled kernel lists to a `.dnc` artefact (ARCHITECTURE.md, Runtime contract): the
+//! manifest the runtime reads, plus the weights, shared-object, PTX and cubin sections.
 //!
 //! With both targets the weights section holds the CPU weights at offset 0
 //! and the CUDA weights at the next [`CUDA_WEIGHTS_ALIGN`] boundary; the

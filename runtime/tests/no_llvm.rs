@@ -1,5 +1,6 @@
-//! The runtime never links LLVM (DESIGN §1): nothing in its dependency tree may be `llvm-sys`
-//! or `inkwell`, whatever the other crates of the workspace use.
+//! The runtime never links LLVM (ARCHITECTURE.md, Toolchain decisions): nothing in its
+//! dependency tree may be `llvm-sys` or `inkwell`, whatever the other crates of the workspace
+//! use.
 
 use std::process::Command;
 

@@ -1,5 +1,5 @@
-//! Compiled artefact vs reference executor on every preset (DESIGN §6: every backend within
-//! 1e-4 relative error of the reference on every preset and on custom configs).
+//! Compiled artefact vs reference executor on every preset (ARCHITECTURE.md, Targets: every
+//! backend within 1e-4 relative error of the reference on every preset and on custom configs).
 //!
 //! Each case builds the real preset (its growth rate, block configuration, stem, bottleneck
 //! and compression) with random weights at a reduced image size, compiles it exactly as

@@ -1,6 +1,6 @@
-//! `densenetc-compiler`: every `densenetc` command (DESIGN §4). It links
-//! LLVM; the `densenetc` front binary hands it every command but `run` and
-//! `bench`, which need only the runtime. Installed beside `densenetc`.
+//! `densenetc-compiler`: every `densenetc` command (ARCHITECTURE.md, Command-line contract).
+//! It links LLVM; the `densenetc` front binary hands it every command but `run` and `bench`,
+//! which need only the runtime. Installed beside `densenetc`.
 
 #[path = "shared/exec.rs"]
 mod exec;

@@ -1,4 +1,4 @@
-//! `densenetc`: the command line (DESIGN §4), as users call it.
+//! `densenetc`: the command line (ARCHITECTURE.md, Command-line contract), as users call it.
 //!
 //! This front binary does not link LLVM. `run` and `bench` execute an
 //! artefact on the runtime alone, so running a model costs what the runtime

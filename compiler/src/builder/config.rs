@@ -1,5 +1,5 @@
-//! DenseNet configurations: the presets of DESIGN §4, overrides from the
-//! command line or a TOML file, and validation.
+//! DenseNet configurations: the presets of the command line (ARCHITECTURE.md, Command-line
+//! contract), overrides from the command line or a TOML file, and validation.
 
 use super::BuildError;
 use serde::{Deserialize, Serialize};
@@ -98,7 +98,7 @@ pub const PRESETS: &[&str] = &[
 ];
 
 impl DenseNetConfig {
-    /// A named preset (DESIGN §4).
+    /// A named preset (ARCHITECTURE.md, Command-line contract).
     pub fn preset(name: &str) -> Result<Self, BuildError> {
         let imagenet = |k: usize, blocks: &[usize], init: usize| DenseNetConfig {
             name: name.to_owned(),
