@@ -419,7 +419,8 @@ impl<'ctx> Cg<'ctx> {
     }
 
     /// An `alloca` in the current function's entry block (so it is static
-    /// and promotable), of `ty`, 32-byte aligned.
+    /// and promotable), of `ty`, aligned to the vector's size (32 or 64 bytes: unoptimised code
+    /// spills vectors with aligned moves into the frame, which must then be aligned for them).
     pub fn entry_alloca(
         &self,
         ty: inkwell::types::BasicTypeEnum<'ctx>,
@@ -441,7 +442,7 @@ impl<'ctx> Cg<'ctx> {
         let slot = tmp.build_alloca(ty, name)?;
         slot.as_instruction()
             .ok_or_else(|| BackendError::Codegen("alloca is not an instruction".into()))?
-            .set_alignment(32)
+            .set_alignment((self.lanes * 4).max(32) as u32)
             .map_err(|e| BackendError::Codegen(e.to_string()))?;
         Ok(slot)
     }

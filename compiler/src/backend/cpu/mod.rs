@@ -79,7 +79,7 @@ use pack::WeightsBuilder;
 use std::path::PathBuf;
 
 /// Upper bound of the stack scratch one task call uses.
-pub const MAX_TASK_STACK: usize = 128 * 1024;
+pub const MAX_TASK_STACK: usize = 256 * 1024;
 
 /// How to compile.
 #[derive(Debug, Clone, PartialEq, Eq)]

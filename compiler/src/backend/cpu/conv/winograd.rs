@@ -41,9 +41,15 @@ use crate::backend::BackendError;
 use inkwell::values::{IntValue, PointerValue, VectorValue};
 use inkwell::IntPredicate;
 
-/// Floats of task scratch (panel `V`, accumulators `M`, dummy vector):
-/// stays well inside `MAX_TASK_STACK` with the pointer table.
-const SCRATCH_MAX: usize = 26 * 1024;
+/// Floats of task scratch (panel `V`, accumulators `M`, dummy vector) per 16
+/// vector registers: the panels hold whole micro-kernel tiles, which the 32
+/// registers of AVX-512 make twice as tall. Stays well inside
+/// `MAX_TASK_STACK` with the pointer table.
+const SCRATCH_PER_16_REGISTERS: usize = 26 * 1024;
+
+fn scratch_max(isa: VectorIsa) -> usize {
+    SCRATCH_PER_16_REGISTERS * isa.registers / 16
+}
 /// Output pixels a task would like: a few micro-kernel calls per weight
 /// panel.
 const PIXELS_WANT: usize = 96;
@@ -135,7 +141,7 @@ fn per_tile(m: usize, kc: usize, ocp: usize, lanes: usize) -> usize {
 /// channel chunk.
 fn fits(m: usize, oc: usize, isa: VectorIsa) -> bool {
     let (_, mr, ocp) = oc_blocks(oc, isa);
-    mr * per_tile(m, 2 * isa.lanes, ocp, isa.lanes) + ocp <= SCRATCH_MAX
+    mr * per_tile(m, 2 * isa.lanes, ocp, isa.lanes) + ocp <= scratch_max(isa)
 }
 
 fn transforms(m: usize) -> &'static Transforms {
@@ -262,7 +268,8 @@ impl WinogradPlan {
         let tiles = o.n * th * tw;
         // Rows of the panels that fit the scratch: at least one micro-kernel
         // tile (`fits`), with smaller K chunks if need be.
-        let rows_fit = |kc: usize| SCRATCH_MAX.saturating_sub(ocp) / per_tile(m, kc, ocp, lanes);
+        let rows_fit =
+            |kc: usize| scratch_max(isa).saturating_sub(ocp) / per_tile(m, kc, ocp, lanes);
         let mut kc = ic.min(KC_MAX);
         while kc > 2 * lanes && rows_fit(kc) < mr {
             kc = round_up(kc / 2, lanes);
