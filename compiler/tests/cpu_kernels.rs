@@ -18,7 +18,7 @@ use ir::graph::Graph;
 use ir::ops::{ChannelAffine, Conv2d, Linear, Op, Pool2d};
 use ir::reference::Tensor;
 use ir::types::TensorType;
-use support::{Arena, Loaded, Pfor, Rng};
+use support::{test_isas, Arena, Loaded, Pfor, Rng, TestIsa};
 
 /// A one-op test case.
 struct Case {
@@ -277,8 +277,17 @@ fn pool_case(name: &str, seed: u64, spec: &str) -> Case {
 }
 
 /// Compile one case, run it under every parallel-for and check it; returns
-/// the kernel's plan.
-fn check(case: &Case) -> String {
+/// the kernel's plan for each vector ISA of [`test_isas`] that ran.
+fn check(case: &Case) -> Vec<(String, String)> {
+    test_isas()
+        .into_iter()
+        .filter_map(|isa| check_on(case, &isa).map(|plan| (isa.name.to_owned(), plan)))
+        .collect()
+}
+
+/// [`check`] for one ISA: its plan, or `None` when the host cannot run it (the kernel is
+/// still compiled).
+fn check_on(case: &Case, isa: &TestIsa) -> Option<String> {
     let reference = ir::reference::run(&case.graph, std::slice::from_ref(&case.input))
         .unwrap_or_else(|e| panic!("{}: reference failed: {e}", case.name))
         .remove(0);
@@ -290,8 +299,11 @@ fn check(case: &Case) -> String {
         case.out_view,
     )
     .unwrap_or_else(|e| panic!("{}: kernel description: {e}", case.name));
-    let compiled = cpu::compile(std::slice::from_ref(&desc), &CpuOptions::default())
-        .unwrap_or_else(|e| panic!("{}: compile failed: {e}", case.name));
+    let compiled = cpu::compile(std::slice::from_ref(&desc), &isa.opts)
+        .unwrap_or_else(|e| panic!("{} ({}): compile failed: {e}", case.name, isa.name));
+    if !isa.runs {
+        return None;
+    }
     let lib = Loaded::new(&compiled);
     for pfor in [Pfor::Sequential, Pfor::TwoThreads, Pfor::ReverseSingles] {
         let mut arena = Arena::new(compiled.arena_bytes);
@@ -300,29 +312,23 @@ fn check(case: &Case) -> String {
         lib.run(&mut arena, pfor);
         let got = arena.read(&case.out_view, &reference.shape);
         let err = got.rel_error(&reference).expect("same shape");
+        let what = format!("{} ({}, {pfor:?})", case.name, isa.name);
         assert!(
             err <= 1e-4,
-            "{} ({pfor:?}): relative error {err:e} (plan {})",
-            case.name,
+            "{what}: relative error {err:e} (plan {})",
             compiled.kernels[0].plan
         );
         if let Some(i) = arena.first_nonzero_border(&case.out_view) {
-            panic!(
-                "{} ({pfor:?}): border element {i} of the output slice is not zero",
-                case.name
-            );
+            panic!("{what}: border element {i} of the output slice is not zero");
         }
         if let Some(i) = arena.first_change_outside(&before, &case.out_view) {
-            panic!(
-                "{} ({pfor:?}): arena element {i} outside the output view was written",
-                case.name
-            );
+            panic!("{what}: arena element {i} outside the output view was written");
         }
         if pfor == Pfor::Sequential {
-            println!("{}: relative error {err:.2e}", case.name);
+            println!("{} ({}): relative error {err:.2e}", case.name, isa.name);
         }
     }
-    compiled.kernels[0].plan.clone()
+    Some(compiled.kernels[0].plan.clone())
 }
 
 #[test]
@@ -399,8 +405,9 @@ fn conv_winograd() {
         ("k32_9x1", "n5 c33 9x1 oc32 k3 p1 bn relu strided"),
     ];
     for (seed, (name, spec)) in cases.iter().enumerate() {
-        let plan = check(&conv_case(name, 300 + seed as u64, spec));
-        assert!(plan.contains("Winograd"), "{name}: {plan}");
+        for (isa, plan) in check(&conv_case(name, 300 + seed as u64, spec)) {
+            assert!(plan.contains("Winograd"), "{name} ({isa}): {plan}");
+        }
     }
     // Enough 4x4 tiles for F(4x4, 3x3): partial tiles on odd sizes.
     let f4 = [
@@ -410,8 +417,9 @@ fn conv_winograd() {
         ("f4_k12_chunked", "c300 29x26 oc12 k3 p1 bias relu dense"),
     ];
     for (seed, (name, spec)) in f4.iter().enumerate() {
-        let plan = check(&conv_case(name, 350 + seed as u64, spec));
-        assert!(plan.contains("m: 4,"), "{name}: {plan}");
+        for (isa, plan) in check(&conv_case(name, 350 + seed as u64, spec)) {
+            assert!(plan.contains("m: 4,"), "{name} ({isa}): {plan}");
+        }
     }
     // Not Winograd: stride 2, no padding, few input channels, few tiles.
     for (seed, spec) in [
@@ -423,8 +431,9 @@ fn conv_winograd() {
     .iter()
     .enumerate()
     {
-        let plan = check(&conv_case(spec, 400 + seed as u64, spec));
-        assert!(!plan.contains("Winograd"), "{spec}: {plan}");
+        for (isa, plan) in check(&conv_case(spec, 400 + seed as u64, spec)) {
+            assert!(!plan.contains("Winograd"), "{spec} ({isa}): {plan}");
+        }
     }
 }
 
@@ -442,8 +451,9 @@ fn winograd_error_at_densenet_sizes() {
     .enumerate()
     {
         let case = conv_case(spec, 500 + seed as u64, spec);
-        let plan = check(&case);
-        assert!(plan.contains("Winograd"), "{spec}: {plan}");
+        for (isa, plan) in check(&case) {
+            assert!(plan.contains("Winograd"), "{spec} ({isa}): {plan}");
+        }
     }
 }
 

@@ -398,6 +398,9 @@ fn compile(a: &CompileArgs) -> Result<()> {
         if let Ok(v) = std::env::var("DNC_BATCH_TILE_BYTES") {
             cpu.batch_tile_bytes = v.parse().context("DNC_BATCH_TILE_BYTES")?;
         }
+        if let Ok(v) = std::env::var("DNC_VECTOR_BITS") {
+            cpu.vector_bits = Some(v.parse().context("DNC_VECTOR_BITS")?);
+        }
     }
     if let Some(cuda) = opts.cuda.as_mut() {
         cuda.arch = a.cuda_arch.clone();

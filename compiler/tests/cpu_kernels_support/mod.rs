@@ -3,12 +3,58 @@
 //! and detect writes outside a view.
 #![allow(dead_code)]
 
-use compiler::backend::cpu::{symbols, CompiledCpu};
+use compiler::backend::cpu::{symbols, CompiledCpu, CpuOptions};
 use compiler::backend::kernel::View;
 use ir::graph::{Constant, Graph};
 use ir::reference::Tensor;
 use std::ffi::c_void;
 use std::sync::{Barrier, Mutex, OnceLock};
+
+/// A vector ISA the kernel tests cover, with the options that compile for it.
+#[derive(Debug, Clone)]
+pub struct TestIsa {
+    pub name: &'static str,
+    pub opts: CpuOptions,
+    /// Whether this host can run its code (else it is compiled only).
+    pub runs: bool,
+}
+
+/// Whether the host runs the AVX-512 kernels (F, VL, BW, DQ).
+pub fn host_has_avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512dq")
+}
+
+/// The vector ISAs every kernel test runs on: the AVX2 kernels (`x86-64-v3`) everywhere, the
+/// AVX-512 kernels (`x86-64-v4`) where the host has AVX-512 and compiled only elsewhere, with
+/// the reason printed once.
+pub fn test_isas() -> Vec<TestIsa> {
+    static SKIP_NOTE: std::sync::Once = std::sync::Once::new();
+    let runs = host_has_avx512();
+    if !runs {
+        SKIP_NOTE.call_once(|| {
+            eprintln!("note: the host has no AVX-512: AVX-512 kernels are compiled, not run");
+        });
+    }
+    let cpu = |name: &str| CpuOptions {
+        cpu: name.into(),
+        ..CpuOptions::default()
+    };
+    vec![
+        TestIsa {
+            name: "avx2",
+            opts: cpu("x86-64-v3"),
+            runs: true,
+        },
+        TestIsa {
+            name: "avx512",
+            opts: cpu("x86-64-v4"),
+            runs,
+        },
+    ]
+}
 
 /// SplitMix64: small, deterministic, good enough for test data.
 #[derive(Debug)]

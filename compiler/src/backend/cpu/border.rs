@@ -6,7 +6,7 @@
 //! channel slice of every border pixel, once per run, as extra tasks (one
 //! per image) after the op's own.
 
-use super::codegen::{Cg, Result, LANES};
+use super::codegen::{Cg, Result};
 use super::lower::{group_base, Env};
 use crate::backend::kernel::View;
 use inkwell::values::{IntValue, PointerValue};
@@ -61,7 +61,7 @@ impl BorderPlan {
         cg.for_n(to.saturating_sub(from), |x| {
             let px = cg.gep2(first, x, v.pixel_stride)?;
             cg.for_channel_vectors(v.channels, |c, lanes| {
-                cg.store_v(cg.v8.const_zero(), cg.gep(px, c)?, lanes.min(LANES))
+                cg.store_v(cg.vf.const_zero(), cg.gep(px, c)?, lanes.min(cg.lanes))
             })
         })
     }

@@ -18,8 +18,7 @@ use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
 
 pub(crate) type Result<T> = std::result::Result<T, BackendError>;
 
-/// Lanes of the SIMD vector every kernel is written in (`<8 x float>`).
-pub(crate) const LANES: usize = 8;
+pub(crate) use super::isa::VectorIsa;
 
 /// Code generation state for one module.
 pub(crate) struct Cg<'ctx> {
@@ -31,9 +30,14 @@ pub(crate) struct Cg<'ctx> {
     pub i32: IntType<'ctx>,
     pub i1: IntType<'ctx>,
     pub ptr: PointerType<'ctx>,
-    pub v8: VectorType<'ctx>,
-    fmuladd_v8: FunctionValue<'ctx>,
+    /// The vector every kernel is written in: `<lanes x float>`.
+    pub vf: VectorType<'ctx>,
+    /// Its lanes ([`VectorIsa::lanes`]).
+    pub lanes: usize,
+    pub isa: VectorIsa,
+    fmuladd_v: FunctionValue<'ctx>,
     masked_load: FunctionValue<'ctx>,
+    masked_store: FunctionValue<'ctx>,
     fn_attrs: Vec<Attribute>,
 }
 
@@ -49,17 +53,32 @@ fn intrinsic<'ctx>(
 
 impl<'ctx> Cg<'ctx> {
     /// A fresh module whose functions all carry the target CPU and features.
-    pub fn new(ctx: &'ctx Context, name: &str, cpu: &str, features: &str) -> Result<Self> {
+    pub fn new(
+        ctx: &'ctx Context,
+        name: &str,
+        cpu: &str,
+        features: &str,
+        isa: VectorIsa,
+    ) -> Result<Self> {
         let module = ctx.create_module(name);
         let f32 = ctx.f32_type();
-        let v8 = f32.vec_type(LANES as u32);
+        let vf = f32.vec_type(isa.lanes as u32);
         let ptr = ctx.ptr_type(AddressSpace::default());
-        let fmuladd_v8 = intrinsic(&module, "llvm.fmuladd", &[v8.into()])?;
-        let masked_load = intrinsic(&module, "llvm.masked.load", &[v8.into(), ptr.into()])?;
+        let fmuladd_v = intrinsic(&module, "llvm.fmuladd", &[vf.into()])?;
+        let masked_load = intrinsic(&module, "llvm.masked.load", &[vf.into(), ptr.into()])?;
+        let masked_store = intrinsic(&module, "llvm.masked.store", &[vf.into(), ptr.into()])?;
         let mut fn_attrs = vec![
             ctx.create_string_attribute("target-cpu", cpu),
             ctx.create_string_attribute("target-features", features),
         ];
+        if isa.bits() > 256 {
+            // LLVM splits 512-bit vectors into two 256-bit halves on CPUs tuned to prefer
+            // 256-bit vectors (Intel's AVX-512 server cores) unless a function says it needs
+            // them, as clang does for code using 512-bit intrinsics.
+            let bits = isa.bits().to_string();
+            fn_attrs.push(ctx.create_string_attribute("min-legal-vector-width", &bits));
+            fn_attrs.push(ctx.create_string_attribute("prefer-vector-width", &bits));
+        }
         let nounwind = Attribute::get_named_enum_kind_id("nounwind");
         fn_attrs.push(ctx.create_enum_attribute(nounwind, 0));
         Ok(Cg {
@@ -70,9 +89,12 @@ impl<'ctx> Cg<'ctx> {
             i32: ctx.i32_type(),
             i1: ctx.bool_type(),
             ptr,
-            v8,
-            fmuladd_v8,
+            vf,
+            lanes: isa.lanes,
+            isa,
+            fmuladd_v,
             masked_load,
+            masked_store,
             fn_attrs,
             module,
         })
@@ -230,10 +252,10 @@ impl<'ctx> Cg<'ctx> {
         Ok(self.b.build_load(self.f32, p, "")?.into_float_value())
     }
 
-    /// Load `count` (1..=8) floats into a vector; missing lanes read as 0.
+    /// Load `count` (1..=lanes) floats into a vector; missing lanes read as 0.
     pub fn load_v(&self, p: PointerValue<'ctx>, count: usize) -> Result<VectorValue<'ctx>> {
-        if count >= LANES {
-            let v = self.b.build_load(self.v8, p, "")?;
+        if count >= self.lanes {
+            let v = self.b.build_load(self.vf, p, "")?;
             set_align(v, 4)?;
             return Ok(v.into_vector_value());
         }
@@ -241,13 +263,13 @@ impl<'ctx> Cg<'ctx> {
             p.into(),
             self.i32.const_int(4, false).into(),
             self.mask(count).into(),
-            self.v8.const_zero().into(),
+            self.vf.const_zero().into(),
         ];
         self.call(self.masked_load, &args)
             .map(|v| v.into_vector_value())
     }
 
-    /// Store the first `count` (1..=8) lanes of `v`.
+    /// Store the first `count` (1..=lanes) lanes of `v`.
     ///
     /// A partial vector is stored as pieces of 4, 2 and 1 lanes (e.g. 12 output channels: one
     /// whole vector, then one 128-bit store), not with `vmaskmovps`: AMD's Zen cores run a
@@ -260,11 +282,23 @@ impl<'ctx> Cg<'ctx> {
             st.set_alignment(4)
                 .map_err(|e| BackendError::Codegen(e.to_string()))
         };
-        if count >= LANES {
+        if count >= self.lanes {
             return store(v.into(), 0);
         }
+        if self.isa.registers > 16 {
+            // AVX-512: one store under a mask register (`vmovups [p]{k}`), as cheap as a plain
+            // store on the cores that have it.
+            let args: [BasicMetadataValueEnum; 4] = [
+                v.into(),
+                p.into(),
+                self.i32.const_int(4, false).into(),
+                self.mask(count).into(),
+            ];
+            self.b.build_call(self.masked_store, &args, "")?;
+            return Ok(());
+        }
         let mut lane = 0;
-        for width in [4, 2, 1] {
+        for width in [8, 4, 2, 1] {
             if count - lane < width {
                 continue;
             }
@@ -288,7 +322,7 @@ impl<'ctx> Cg<'ctx> {
     }
 
     fn mask(&self, count: usize) -> VectorValue<'ctx> {
-        let lanes: Vec<IntValue> = (0..LANES)
+        let lanes: Vec<IntValue> = (0..self.lanes)
             .map(|l| self.i1.const_int(u64::from(l < count), false))
             .collect();
         VectorType::const_vector(&lanes)
@@ -309,15 +343,15 @@ impl<'ctx> Cg<'ctx> {
     pub fn splat(&self, x: FloatValue<'ctx>) -> Result<VectorValue<'ctx>> {
         let v = self
             .b
-            .build_insert_element(self.v8.get_poison(), x, self.i32.const_zero(), "")?;
-        let zeros = self.i32.vec_type(LANES as u32).const_zero();
+            .build_insert_element(self.vf.get_poison(), x, self.i32.const_zero(), "")?;
+        let zeros = self.i32.vec_type(self.lanes as u32).const_zero();
         Ok(self
             .b
-            .build_shuffle_vector(v, self.v8.get_poison(), zeros, "")?)
+            .build_shuffle_vector(v, self.vf.get_poison(), zeros, "")?)
     }
 
     pub fn splat_c(&self, x: f32) -> VectorValue<'ctx> {
-        let lanes: Vec<FloatValue> = (0..LANES)
+        let lanes: Vec<FloatValue> = (0..self.lanes)
             .map(|_| self.f32.const_float(f64::from(x)))
             .collect();
         VectorType::const_vector(&lanes)
@@ -330,7 +364,7 @@ impl<'ctx> Cg<'ctx> {
         b: VectorValue<'ctx>,
         c: VectorValue<'ctx>,
     ) -> Result<VectorValue<'ctx>> {
-        self.call(self.fmuladd_v8, &[a.into(), b.into(), c.into()])
+        self.call(self.fmuladd_v, &[a.into(), b.into(), c.into()])
             .map(|v| v.into_vector_value())
     }
 
@@ -361,7 +395,7 @@ impl<'ctx> Cg<'ctx> {
     /// `a < 0 ? 0 : a` lane-wise: NaN propagates, as in PyTorch (one
     /// `vmaxps` with the zero first).
     pub fn relu(&self, a: VectorValue<'ctx>) -> Result<VectorValue<'ctx>> {
-        let zero = self.v8.const_zero();
+        let zero = self.vf.const_zero();
         let lt = self
             .b
             .build_float_compare(FloatPredicate::OLT, a, zero, "")?;
@@ -370,13 +404,13 @@ impl<'ctx> Cg<'ctx> {
 
     /// A stack slot for one vector, promoted to a register by SROA.
     pub fn vec_slot(&self, init: VectorValue<'ctx>) -> Result<PointerValue<'ctx>> {
-        let slot = self.entry_alloca(self.v8.into(), "acc")?;
+        let slot = self.entry_alloca(self.vf.into(), "acc")?;
         self.b.build_store(slot, init)?;
         Ok(slot)
     }
 
     pub fn load_slot(&self, slot: PointerValue<'ctx>) -> Result<VectorValue<'ctx>> {
-        Ok(self.b.build_load(self.v8, slot, "")?.into_vector_value())
+        Ok(self.b.build_load(self.vf, slot, "")?.into_vector_value())
     }
 
     pub fn store_slot(&self, slot: PointerValue<'ctx>, v: VectorValue<'ctx>) -> Result<()> {
@@ -385,7 +419,8 @@ impl<'ctx> Cg<'ctx> {
     }
 
     /// An `alloca` in the current function's entry block (so it is static
-    /// and promotable), of `ty`, 32-byte aligned.
+    /// and promotable), of `ty`, aligned to the vector's size (32 or 64 bytes: unoptimised code
+    /// spills vectors with aligned moves into the frame, which must then be aligned for them).
     pub fn entry_alloca(
         &self,
         ty: inkwell::types::BasicTypeEnum<'ctx>,
@@ -407,7 +442,7 @@ impl<'ctx> Cg<'ctx> {
         let slot = tmp.build_alloca(ty, name)?;
         slot.as_instruction()
             .ok_or_else(|| BackendError::Codegen("alloca is not an instruction".into()))?
-            .set_alignment(32)
+            .set_alignment((self.lanes * 4).max(32) as u32)
             .map_err(|e| BackendError::Codegen(e.to_string()))?;
         Ok(slot)
     }
@@ -493,7 +528,7 @@ impl<'ctx> Cg<'ctx> {
         Ok(())
     }
 
-    /// Visit `channels` in 8-wide groups: a loop over the full vectors, then
+    /// Visit `channels` in vector-wide groups: a loop over the full vectors, then
     /// one masked group for the remainder. `body(c, count)` gets the first
     /// channel of the group and how many lanes are real.
     pub fn for_channel_vectors(
@@ -501,9 +536,10 @@ impl<'ctx> Cg<'ctx> {
         channels: usize,
         mut body: impl FnMut(IntValue<'ctx>, usize) -> Result<()>,
     ) -> Result<()> {
-        let full = channels / LANES * LANES;
+        let lanes = self.lanes;
+        let full = channels / lanes * lanes;
         if full > 0 {
-            self.for_range(self.c64(0), self.c64(full), LANES, |c| body(c, LANES))?;
+            self.for_range(self.c64(0), self.c64(full), lanes, |c| body(c, lanes))?;
         }
         if channels > full {
             body(self.c64(full), channels - full)?;

@@ -20,7 +20,7 @@
 //! be part of the shape.
 
 use super::border::BorderPlan;
-use super::codegen::{Cg, Result, LANES};
+use super::codegen::{Cg, Result, VectorIsa};
 use super::conv::{ConvPlan, Mode, WinogradPlan};
 use super::microkernel::Microkernels;
 use super::pack::{pad_to_vectors, WeightsBuilder};
@@ -85,16 +85,16 @@ pub(crate) struct AffineRef {
 }
 
 impl AffineRef {
-    pub fn pack(a: &Affine, wb: &mut WeightsBuilder) -> AffineRef {
+    pub fn pack(a: &Affine, isa: VectorIsa, wb: &mut WeightsBuilder) -> AffineRef {
         AffineRef {
-            scale: wb.push(&pad_to_vectors(&a.scale)),
-            shift: wb.push(&pad_to_vectors(&a.shift)),
+            scale: wb.push(&pad_to_vectors(&a.scale, isa.lanes)),
+            shift: wb.push(&pad_to_vectors(&a.shift, isa.lanes)),
             relu: a.relu,
         }
     }
 
-    /// `x * scale[c..c+8] + shift[c..c+8]`, then ReLU if asked. `c` is a
-    /// multiple of 8 below the padded length. In a body with a run-time K
+    /// `x * scale[c..c+L] + shift[c..c+L]` (`L` lanes), then ReLU if asked. `c`
+    /// is a multiple of `L` below the padded length. In a body with a run-time K
     /// ([`Env::k`], a GEMM conv's), the offsets are that binding's.
     pub fn apply<'ctx>(
         &self,
@@ -110,8 +110,8 @@ impl AffineRef {
                 cg.gepc(env.weights, self.shift)?,
             ),
         };
-        let s = cg.load_v(cg.gep(scale, c)?, LANES)?;
-        let t = cg.load_v(cg.gep(shift, c)?, LANES)?;
+        let s = cg.load_v(cg.gep(scale, c)?, cg.lanes)?;
+        let t = cg.load_v(cg.gep(shift, c)?, cg.lanes)?;
         let y = cg.fma(x, s, t)?;
         if self.relu {
             cg.relu(y)
@@ -221,25 +221,25 @@ impl Plan {
         }
     }
 
-    /// Plan `desc` (already validated) and pack its constants into `wb`.
-    pub fn new(desc: &KernelDesc, wb: &mut WeightsBuilder) -> Plan {
+    /// Plan `desc` (already validated) for `isa` and pack its constants into `wb`.
+    pub fn new(desc: &KernelDesc, isa: VectorIsa, wb: &mut WeightsBuilder) -> Plan {
         let (i, input) = normalise(&desc.input);
         let (o, output) = normalise(&desc.output);
         let (i, o) = (&i, &o);
         let mut local = WeightsBuilder::default();
         let wl = &mut local;
         let mut op = match &desc.op {
-            KernelOp::Conv(c) if WinogradPlan::applies(c, i, o) => {
-                OpPlan::Winograd(WinogradPlan::new(c, i, o, wl))
+            KernelOp::Conv(c) if WinogradPlan::applies(c, i, o, isa) => {
+                OpPlan::Winograd(WinogradPlan::new(c, i, o, isa, wl))
             }
-            KernelOp::Conv(c) => OpPlan::Conv(ConvPlan::new(c, i, o, wl)),
-            KernelOp::Linear(l) => OpPlan::Conv(ConvPlan::linear(l, i, o, wl)),
-            KernelOp::MaxPool(p) => OpPlan::Pool(PoolPlan::new(p, true, i, o, wl)),
-            KernelOp::AvgPool(p) => OpPlan::Pool(PoolPlan::new(p, false, i, o, wl)),
+            KernelOp::Conv(c) => OpPlan::Conv(ConvPlan::new(c, i, o, isa, wl)),
+            KernelOp::Linear(l) => OpPlan::Conv(ConvPlan::linear(l, i, o, isa, wl)),
+            KernelOp::MaxPool(p) => OpPlan::Pool(PoolPlan::new(p, true, i, o, isa, wl)),
+            KernelOp::AvgPool(p) => OpPlan::Pool(PoolPlan::new(p, false, i, o, isa, wl)),
             KernelOp::GlobalAvgPool { prologue } => {
-                OpPlan::Gap(GapPlan::new(prologue.as_ref(), i, o, wl))
+                OpPlan::Gap(GapPlan::new(prologue.as_ref(), i, o, isa, wl))
             }
-            KernelOp::Affine(a) => OpPlan::Affine(AffinePlan::new(a, i, o, wl)),
+            KernelOp::Affine(a) => OpPlan::Affine(AffinePlan::new(a, i, o, isa, wl)),
         };
         let (runtime_k, k) = match &mut op {
             OpPlan::Conv(p) => p

@@ -21,7 +21,7 @@
 //! (prologue applied, zero padding materialised), so the kernel never checks
 //! bounds.
 
-use super::codegen::{Cg, Result, LANES};
+use super::codegen::{Cg, Result};
 use inkwell::module::Linkage;
 use inkwell::values::FunctionValue;
 use inkwell::IntPredicate;
@@ -63,7 +63,7 @@ impl<'ctx> Microkernels<'ctx> {
         }
         let here = cg.b.get_insert_block();
         let id = self.cache.borrow().len();
-        let name = format!("dnc_uk{id}_{}x{}", spec.mr, spec.nv * LANES);
+        let name = format!("dnc_uk{id}_{}x{}", spec.mr, spec.nv * cg.lanes);
         let f = emit(cg, &spec, &name)?;
         if let Some(bb) = here {
             cg.b.position_at_end(bb);
@@ -111,19 +111,19 @@ fn emit<'ctx>(cg: &Cg<'ctx>, s: &UkSpec, name: &str) -> Result<FunctionValue<'ct
     let kc = cg.param_int(f, 5)?;
     let accumulate = cg.param_int(f, 6)?;
     let relu = cg.param_int(f, 7)?;
-    let nr = s.nv * LANES;
-    let lanes = |v: usize| (s.valid - v * LANES).min(LANES);
+    let nr = s.nv * cg.lanes;
+    let lanes = |v: usize| (s.valid - v * cg.lanes).min(cg.lanes);
 
     let mut acc = Vec::with_capacity(s.mr * s.nv);
     for _ in 0..s.mr * s.nv {
-        acc.push(cg.vec_slot(cg.v8.const_zero())?);
+        acc.push(cg.vec_slot(cg.vf.const_zero())?);
     }
     cg.if_else(
         accumulate,
         || {
             for i in 0..s.mr {
                 for v in 0..s.nv {
-                    let pc = cg.gepc(c[i], v * LANES)?;
+                    let pc = cg.gepc(c[i], v * cg.lanes)?;
                     cg.store_slot(acc[i * s.nv + v], cg.load_v(pc, lanes(v))?)?;
                 }
             }
@@ -131,7 +131,7 @@ fn emit<'ctx>(cg: &Cg<'ctx>, s: &UkSpec, name: &str) -> Result<FunctionValue<'ct
         },
         || {
             for v in 0..s.nv {
-                let bv = cg.load_v(cg.gepc(bias, v * LANES)?, LANES)?;
+                let bv = cg.load_v(cg.gepc(bias, v * cg.lanes)?, cg.lanes)?;
                 for i in 0..s.mr {
                     cg.store_slot(acc[i * s.nv + v], bv)?;
                 }
@@ -153,7 +153,7 @@ fn emit<'ctx>(cg: &Cg<'ctx>, s: &UkSpec, name: &str) -> Result<FunctionValue<'ct
                 let pbi = cg.gep2(pb, ic, nr)?;
                 let mut bv = Vec::with_capacity(s.nv);
                 for v in 0..s.nv {
-                    bv.push(cg.load_v(cg.gepc(pbi, v * LANES)?, LANES)?);
+                    bv.push(cg.load_v(cg.gepc(pbi, v * cg.lanes)?, cg.lanes)?);
                 }
                 let pai = cg.gep(pa, ic)?;
                 for i in 0..s.mr {
@@ -186,7 +186,7 @@ fn emit<'ctx>(cg: &Cg<'ctx>, s: &UkSpec, name: &str) -> Result<FunctionValue<'ct
     })?;
     for i in 0..s.mr {
         for v in 0..s.nv {
-            let pc = cg.gepc(c[i], v * LANES)?;
+            let pc = cg.gepc(c[i], v * cg.lanes)?;
             cg.store_v(cg.load_slot(acc[i * s.nv + v])?, pc, lanes(v))?;
         }
     }

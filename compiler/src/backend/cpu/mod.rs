@@ -54,6 +54,7 @@ mod border;
 mod codegen;
 mod conv;
 mod entry;
+pub mod isa;
 mod link;
 mod lower;
 mod microkernel;
@@ -63,6 +64,7 @@ pub mod schedule;
 mod target;
 
 pub use entry::{symbols, ABI_VERSION};
+pub use isa::VectorIsa;
 pub use pack::WEIGHT_ALIGN;
 pub use target::TargetInfo;
 
@@ -77,7 +79,7 @@ use pack::WeightsBuilder;
 use std::path::PathBuf;
 
 /// Upper bound of the stack scratch one task call uses.
-pub const MAX_TASK_STACK: usize = 128 * 1024;
+pub const MAX_TASK_STACK: usize = 256 * 1024;
 
 /// How to compile.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +103,9 @@ pub struct CpuOptions {
     /// Threads LLVM compiles on (0 = one per core): the kernels are split
     /// into that many modules (fewer for small graphs), linked together.
     pub codegen_threads: usize,
+    /// The kernels' vector width in bits: `None` for the widest the CPU has (512 with AVX-512,
+    /// else 256), `Some(256)` for the AVX2 kernels on an AVX-512 CPU.
+    pub vector_bits: Option<usize>,
     /// Keep the LLVM IR before and after optimisation as text
     /// ([`CompiledCpu::llvm_ir_before`], for `--dump-dir`); printing a
     /// whole network's IR takes a noticeable share of compile time.
@@ -117,6 +122,7 @@ impl Default for CpuOptions {
             batch_tile_bytes: schedule::DEFAULT_TILE_BYTES,
             live_out: Vec::new(),
             codegen_threads: 0,
+            vector_bits: None,
             keep_ir: false,
         }
     }
@@ -277,7 +283,13 @@ fn compile_module(
 ) -> Result<ModuleOutput, BackendError> {
     let machine = target::machine(target, opts.opt_level)?;
     let context = Context::create();
-    let cg = Cg::new(&context, "densenetc_kernels", &target.cpu, &target.features)?;
+    let cg = Cg::new(
+        &context,
+        "densenetc_kernels",
+        &target.cpu,
+        &target.features,
+        target.isa,
+    )?;
     cg.module.set_triple(&machine.get_triple());
     cg.module
         .set_data_layout(&machine.get_target_data().get_data_layout());
@@ -343,7 +355,18 @@ pub fn compile(kernels: &[KernelDesc], opts: &CpuOptions) -> Result<CompiledCpu,
                 message,
             })?;
     }
-    let target = target::resolve(&opts.cpu)?;
+    let mut target = target::resolve(&opts.cpu)?;
+    match opts.vector_bits {
+        None => {}
+        Some(256) => target.isa = VectorIsa::AVX2,
+        Some(512) if target.isa == VectorIsa::AVX512 => {}
+        Some(bits) => {
+            return Err(BackendError::Target(format!(
+                "{bits}-bit vectors are not available on CPU `{}` (256, or 512 with AVX-512)",
+                target.cpu
+            )))
+        }
+    }
     // Fail early (and once) if LLVM cannot target it; each module thread makes its own.
     target::machine(&target, opts.opt_level)?;
 
@@ -361,7 +384,7 @@ pub fn compile(kernels: &[KernelDesc], opts: &CpuOptions) -> Result<CompiledCpu,
             let mut k = k.clone();
             k.input.n = s.chunk;
             k.output.n = s.chunk;
-            plans.push((k.name.clone(), Plan::new(&k, &mut wb)));
+            plans.push((k.name.clone(), Plan::new(&k, target.isa, &mut wb)));
         }
     }
     for (index, (name, plan)) in plans.iter().enumerate() {

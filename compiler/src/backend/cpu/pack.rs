@@ -7,8 +7,6 @@
 //! The last block may be narrower (fewer vectors) and is zero-padded to a
 //! whole vector; biases are stored per block the same way.
 
-use super::codegen::LANES;
-
 pub(crate) use crate::backend::weights::WeightsBuilder;
 pub use crate::backend::weights::WEIGHT_ALIGN;
 
@@ -17,6 +15,8 @@ pub use crate::backend::weights::WEIGHT_ALIGN;
 pub(crate) struct OcBlocking {
     /// Vectors per full block.
     pub nv: usize,
+    /// Lanes per vector.
+    pub lanes: usize,
     /// Number of full blocks.
     pub full: usize,
     /// Vectors of the trailing partial block (0 when there is none).
@@ -26,19 +26,20 @@ pub(crate) struct OcBlocking {
 }
 
 impl OcBlocking {
-    pub fn new(out_channels: usize, nv: usize) -> Self {
-        let nr = nv * LANES;
+    pub fn new(out_channels: usize, nv: usize, lanes: usize) -> Self {
+        let nr = nv * lanes;
         let rem = out_channels % nr;
         OcBlocking {
             nv,
+            lanes,
             full: out_channels / nr,
-            tail_nv: rem.div_ceil(LANES),
+            tail_nv: rem.div_ceil(lanes),
             tail_valid: rem,
         }
     }
 
     pub fn nr(&self) -> usize {
-        self.nv * LANES
+        self.nv * self.lanes
     }
 
     pub fn has_tail(&self) -> bool {
@@ -70,7 +71,7 @@ pub(crate) fn pack_conv_weight(
 ) -> Vec<f32> {
     let mut out = Vec::new();
     for (oc0, nv, valid) in blocking.iter() {
-        let nr = nv * LANES;
+        let nr = nv * blocking.lanes;
         for y in 0..kh {
             for x in 0..kw {
                 for i in 0..ic {
@@ -93,7 +94,7 @@ pub(crate) fn pack_conv_weight(
 pub(crate) fn pack_bias(bias: Option<&[f32]>, blocking: &OcBlocking) -> Vec<f32> {
     let mut out = Vec::new();
     for (oc0, nv, valid) in blocking.iter() {
-        for j in 0..nv * LANES {
+        for j in 0..nv * blocking.lanes {
             out.push(match bias {
                 Some(b) if j < valid => b[oc0 + j],
                 _ => 0.0,
@@ -104,9 +105,9 @@ pub(crate) fn pack_bias(bias: Option<&[f32]>, blocking: &OcBlocking) -> Vec<f32>
 }
 
 /// A per-channel vector zero-padded to a whole number of SIMD vectors.
-pub(crate) fn pad_to_vectors(v: &[f32]) -> Vec<f32> {
+pub(crate) fn pad_to_vectors(v: &[f32], lanes: usize) -> Vec<f32> {
     let mut out = v.to_vec();
-    out.resize(v.len().div_ceil(LANES) * LANES, 0.0);
+    out.resize(v.len().div_ceil(lanes) * lanes, 0.0);
     out
 }
 
@@ -116,16 +117,18 @@ mod tests {
 
     #[test]
     fn blocks_cover_every_channel_once() {
-        for oc in 1..70 {
-            for nv in 1..=4 {
-                let b = OcBlocking::new(oc, nv);
-                let covered: usize = b.iter().map(|(_, _, valid)| valid).sum();
-                assert_eq!(covered, oc);
-                let mut next = 0;
-                for (oc0, v, valid) in b.iter() {
-                    assert_eq!(oc0, next);
-                    assert!(valid <= v * LANES && valid > (v - 1) * LANES);
-                    next += valid;
+        for lanes in [8, 16] {
+            for oc in 1..70 {
+                for nv in 1..=4 {
+                    let b = OcBlocking::new(oc, nv, lanes);
+                    let covered: usize = b.iter().map(|(_, _, valid)| valid).sum();
+                    assert_eq!(covered, oc);
+                    let mut next = 0;
+                    for (oc0, v, valid) in b.iter() {
+                        assert_eq!(oc0, next);
+                        assert!(valid <= v * lanes && valid > (v - 1) * lanes);
+                        next += valid;
+                    }
                 }
             }
         }
@@ -135,7 +138,7 @@ mod tests {
     fn packed_weight_order() {
         // O=3, I=2, 1x2 kernel, one block of 8.
         let w: Vec<f32> = (0..12).map(|x| x as f32).collect();
-        let b = OcBlocking::new(3, 1);
+        let b = OcBlocking::new(3, 1, 8);
         let p = pack_conv_weight(&w, 2, [1, 2], &b);
         assert_eq!(p.len(), 2 * 2 * 8);
         // Tap x=1, input 0: W[o][0][0][1] = o*4 + 1.

@@ -4,7 +4,7 @@
 //! them; pooling skips padded taps, which is exactly -inf padding for max and
 //! (with the divisor counting them) zero padding for average.
 
-use super::codegen::{Cg, Result, LANES};
+use super::codegen::{Cg, Result, VectorIsa};
 use super::lower::{
     in_base, out_base, pixel_at, pixel_ptr, split_last, AffineRef, Env, TARGET_TASKS,
 };
@@ -16,8 +16,8 @@ use inkwell::values::{IntValue, PointerValue, VectorValue};
 const UNROLL_TAPS: usize = 16;
 /// Pixels of one affine task at most.
 const AFFINE_BLOCK_MAX: usize = 256;
-/// Channels one global-pool task reduces (8 accumulators).
-const GAP_CHUNK: usize = 8 * LANES;
+/// Channels one global-pool task reduces (8 ymm or 4 zmm accumulators).
+const GAP_CHUNK: usize = 64;
 
 /// One output row per task.
 #[derive(Debug, PartialEq, Eq)]
@@ -38,7 +38,14 @@ pub(crate) struct PoolPlan {
 }
 
 impl PoolPlan {
-    pub fn new(p: &PoolKernel, max: bool, i: &View, o: &View, wb: &mut WeightsBuilder) -> Self {
+    pub fn new(
+        p: &PoolKernel,
+        max: bool,
+        i: &View,
+        o: &View,
+        isa: VectorIsa,
+        wb: &mut WeightsBuilder,
+    ) -> Self {
         PoolPlan {
             max,
             n: i.n,
@@ -52,7 +59,7 @@ impl PoolPlan {
             p: p.padding,
             input: *i,
             output: *o,
-            prologue: p.prologue.as_ref().map(|a| AffineRef::pack(a, wb)),
+            prologue: p.prologue.as_ref().map(|a| AffineRef::pack(a, isa, wb)),
         }
     }
 
@@ -149,11 +156,17 @@ pub(crate) struct GapPlan {
 }
 
 impl GapPlan {
-    pub fn new(prologue: Option<&Affine>, i: &View, o: &View, wb: &mut WeightsBuilder) -> Self {
+    pub fn new(
+        prologue: Option<&Affine>,
+        i: &View,
+        o: &View,
+        isa: VectorIsa,
+        wb: &mut WeightsBuilder,
+    ) -> Self {
         GapPlan {
             input: *i,
             output: *o,
-            prologue: prologue.map(|a| AffineRef::pack(a, wb)),
+            prologue: prologue.map(|a| AffineRef::pack(a, isa, wb)),
             chunks: i.channels.div_ceil(GAP_CHUNK),
         }
     }
@@ -171,19 +184,20 @@ impl GapPlan {
         let dst = cg.gep(cg.gep2(out_base(cg, env, o)?, n_i, o.image_stride())?, c0)?;
         let last = i.channels - (self.chunks - 1) * GAP_CHUNK;
         split_last(cg, ch, self.chunks, GAP_CHUNK, last, |count| {
-            let nvec = count.div_ceil(LANES);
-            let lanes = |v: usize| (count - v * LANES).min(LANES);
+            let l = cg.lanes;
+            let nvec = count.div_ceil(l);
+            let lanes = |v: usize| (count - v * l).min(l);
             let mut acc = Vec::with_capacity(nvec);
             for _ in 0..nvec {
-                acc.push(cg.vec_slot(cg.v8.const_zero())?);
+                acc.push(cg.vec_slot(cg.vf.const_zero())?);
             }
             cg.for_n(i.h, |y| {
                 let row = cg.gep2(img, y, i.row_stride())?;
                 cg.for_n(i.w, |x| {
                     let src = cg.gep2(row, x, i.pixel_stride)?;
                     for (v, slot) in acc.iter().enumerate() {
-                        let c = cg.addc(c0, v * LANES)?;
-                        let p = cg.gepc(src, v * LANES)?;
+                        let c = cg.addc(c0, v * l)?;
+                        let p = cg.gepc(src, v * l)?;
                         let x = load_prologue(cg, env, self.prologue, p, c, lanes(v))?;
                         cg.store_slot(*slot, cg.fadd(cg.load_slot(*slot)?, x)?)?;
                     }
@@ -193,7 +207,7 @@ impl GapPlan {
             let inv = cg.splat_c(1.0 / hw as f32);
             for (v, slot) in acc.iter().enumerate() {
                 let r = cg.fmul(cg.load_slot(*slot)?, inv)?;
-                cg.store_v(r, cg.gepc(dst, v * LANES)?, lanes(v))?;
+                cg.store_v(r, cg.gepc(dst, v * l)?, lanes(v))?;
             }
             Ok(())
         })
@@ -211,13 +225,13 @@ pub(crate) struct AffinePlan {
 }
 
 impl AffinePlan {
-    pub fn new(a: &Affine, i: &View, o: &View, wb: &mut WeightsBuilder) -> Self {
+    pub fn new(a: &Affine, i: &View, o: &View, isa: VectorIsa, wb: &mut WeightsBuilder) -> Self {
         let pixels = i.pixels();
         let block = pixels.div_ceil(TARGET_TASKS).clamp(1, AFFINE_BLOCK_MAX);
         AffinePlan {
             input: *i,
             output: *o,
-            affine: AffineRef::pack(a, wb),
+            affine: AffineRef::pack(a, isa, wb),
             block,
             blocks: pixels.div_ceil(block),
         }

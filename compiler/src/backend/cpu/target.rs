@@ -1,6 +1,7 @@
 //! The LLVM target machine: x86-64, the host CPU (`native`) or a named LLVM
 //! CPU, PIC, optimisation level O3 by default.
 
+use super::isa::VectorIsa;
 use crate::backend::BackendError;
 use inkwell::targets::{
     CodeModel, InitializationConfig, RelocMode, Target, TargetMachine, TargetTriple,
@@ -141,6 +142,31 @@ const X86_CPUS: &[&str] = &[
     "znver5",
 ];
 
+/// The CPUs of [`X86_CPUS`] with AVX-512 F/VL/BW/DQ (LLVM's `X86.td`; `knl`/`knm` lack VL/BW
+/// and keep the AVX2 kernels).
+const AVX512_CPUS: &[&str] = &[
+    "cannonlake",
+    "cascadelake",
+    "cooperlake",
+    "emeraldrapids",
+    "graniterapids",
+    "graniterapids-d",
+    "graniterapids_d",
+    "icelake-client",
+    "icelake-server",
+    "icelake_client",
+    "icelake_server",
+    "rocketlake",
+    "sapphirerapids",
+    "skx",
+    "skylake-avx512",
+    "skylake_avx512",
+    "tigerlake",
+    "x86-64-v4",
+    "znver4",
+    "znver5",
+];
+
 /// A resolved code-generation target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetInfo {
@@ -150,6 +176,31 @@ pub struct TargetInfo {
     /// The LLVM feature string (the host's for `native`, else empty: the CPU
     /// name implies its features).
     pub features: String,
+    /// The vector ISA the kernels are written for: AVX-512 where the CPU has it.
+    pub isa: VectorIsa,
+}
+
+/// Whether an LLVM feature string enables `feature` (`+avx512f`).
+fn has_feature(features: &str, feature: &str) -> bool {
+    features
+        .split(',')
+        .any(|f| f.strip_prefix('+') == Some(feature))
+}
+
+/// The vector ISA of the host (its feature string) or of a named CPU.
+fn isa_of(cpu: &str, features: &str) -> VectorIsa {
+    let avx512 = if features.is_empty() {
+        AVX512_CPUS.contains(&cpu)
+    } else {
+        ["avx512f", "avx512vl", "avx512bw", "avx512dq"]
+            .iter()
+            .all(|f| has_feature(features, f))
+    };
+    if avx512 {
+        VectorIsa::AVX512
+    } else {
+        VectorIsa::AVX2
+    }
 }
 
 /// Resolve `native` or an LLVM CPU name.
@@ -169,10 +220,12 @@ pub fn resolve(cpu: &str) -> Result<TargetInfo, BackendError> {
     if cpu == "native" {
         let name = TargetMachine::get_host_cpu_name().to_string();
         let features = TargetMachine::get_host_cpu_features().to_string();
+        let isa = isa_of(&name, &features);
         return Ok(TargetInfo {
             triple,
             cpu: name,
             features,
+            isa,
         });
     }
     if !X86_CPUS.contains(&cpu) {
@@ -182,6 +235,7 @@ pub fn resolve(cpu: &str) -> Result<TargetInfo, BackendError> {
         triple,
         cpu: cpu.to_string(),
         features: String::new(),
+        isa: isa_of(cpu, ""),
     })
 }
 

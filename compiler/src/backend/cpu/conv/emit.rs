@@ -2,7 +2,7 @@
 //! tile loops around the micro-kernel calls, and the panel packing.
 
 use super::{ConvPlan, Mode};
-use crate::backend::cpu::codegen::{Cg, Result, LANES};
+use crate::backend::cpu::codegen::{Cg, Result};
 use crate::backend::cpu::lower::{in_base, out_base, pixel_at, pixel_ptr, split_last, Env, KBind};
 use crate::backend::cpu::microkernel::{Microkernels, UkSpec};
 use crate::backend::BackendError;
@@ -53,7 +53,7 @@ impl ConvPlan {
             scale: self.prologue.map_or(0, |a| a.scale),
             shift: self.prologue.map_or(0, |a| a.shift),
         };
-        let tail = self.ic % LANES;
+        let tail = self.ic % self.blocking.lanes;
         self.ic = 0;
         self.kc = 0;
         self.input.channels = 0;
@@ -139,7 +139,7 @@ impl ConvPlan {
                     a_col: 0,
                     b_tap: 0,
                 };
-                let b = cg.gep(w, cg.mulc(c0, nv * LANES)?)?;
+                let b = cg.gep(w, cg.mulc(c0, nv * cg.lanes)?)?;
                 self.for_tiles(
                     cg,
                     uks,
@@ -202,8 +202,12 @@ impl ConvPlan {
                             self.copy_channels(cg, env, src, dst, c0, kc)
                         },
                         || {
-                            for v in 0..kc.div_ceil(LANES) {
-                                cg.store_v(cg.v8.const_zero(), cg.gepc(dst, v * LANES)?, LANES)?;
+                            for v in 0..kc.div_ceil(cg.lanes) {
+                                cg.store_v(
+                                    cg.vf.const_zero(),
+                                    cg.gepc(dst, v * cg.lanes)?,
+                                    cg.lanes,
+                                )?;
                             }
                             Ok(())
                         },
@@ -211,7 +215,7 @@ impl ConvPlan {
                 })
             })?;
             self.for_blocks(cg, env, og, |w, bias, col, nv, valid| {
-                let nr = nv * LANES;
+                let nr = nv * cg.lanes;
                 let spec = UkSpec {
                     mr: self.mr,
                     nv,
@@ -271,7 +275,7 @@ impl ConvPlan {
             Some(a) => a.apply(cg, env, x, cg.add(c0, c)?)?,
             None => x,
         };
-        cg.store_v(y, cg.gep(dst, c)?, LANES)
+        cg.store_v(y, cg.gep(dst, c)?, cg.lanes)
     }
 
     /// [`Self::copy_channels`] of a constant or run-time `kc` (all whole
@@ -297,8 +301,8 @@ impl ConvPlan {
         };
         let copy =
             |c: IntValue<'ctx>, lanes: usize| self.copy_vector(cg, env, [src, dst], c0, c, lanes);
-        let full = cg.b.build_and(kc, cg.c64(!(LANES - 1)), "")?;
-        cg.for_range(cg.c64(0), full, LANES, |c| copy(c, LANES))?;
+        let full = cg.b.build_and(kc, cg.c64(!(cg.lanes - 1)), "")?;
+        cg.for_range(cg.c64(0), full, cg.lanes, |c| copy(c, cg.lanes))?;
         if k.tail > 0 {
             let partial = cg.b.build_int_compare(IntPredicate::NE, full, kc, "")?;
             cg.if_then(partial, || copy(full, k.tail))?;

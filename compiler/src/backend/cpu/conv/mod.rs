@@ -25,7 +25,7 @@ mod winograd;
 
 pub(crate) use winograd::WinogradPlan;
 
-use super::codegen::LANES;
+use super::codegen::VectorIsa;
 use super::lower::{AffineRef, TARGET_TASKS};
 use super::pack::{pack_bias, pack_conv_weight, OcBlocking, WeightsBuilder};
 use crate::backend::kernel::{ConvKernel, LinearKernel, View};
@@ -90,9 +90,9 @@ pub(crate) struct ConvPlan {
 }
 
 /// Vectors per output-channel block: whole output when it fits three
-/// vectors, else blocks of 16 (or 24 where that divides better).
-fn choose_nv(oc: usize) -> usize {
-    let vecs = oc.div_ceil(LANES);
+/// vectors, else blocks of two vectors (or three where that divides better).
+fn choose_nv(oc: usize, isa: VectorIsa) -> usize {
+    let vecs = oc.div_ceil(isa.lanes);
     if vecs <= 3 {
         vecs
     } else if vecs.is_multiple_of(3) && !vecs.is_multiple_of(2) {
@@ -103,14 +103,19 @@ fn choose_nv(oc: usize) -> usize {
 }
 
 /// Tile height so that `mr · nv` accumulators + `nv` weights + 1 broadcast
-/// fit the 16 vector registers of AVX2.
-fn choose_mr(nv: usize) -> usize {
-    match nv {
-        1 => 12,
-        2 => 6,
-        3 => 4,
-        _ => 3,
+/// fit the vector registers: AVX2's 16 (12x1, 6x2, 4x3), AVX-512's 32
+/// (24x1, 14x2, 9x3, 6x4; a broadcast is then an FMA's memory operand, but
+/// the count leaves it a register).
+fn choose_mr(nv: usize, isa: VectorIsa) -> usize {
+    if isa.registers <= 16 {
+        return match nv {
+            1 => 12,
+            2 => 6,
+            3 => 4,
+            _ => 3,
+        };
     }
+    ((isa.registers - nv - 1) / nv).clamp(1, 24)
 }
 
 /// Cycles of one reduction step of a micro-kernel tile of `rows` pixels × `nv` vectors: its
@@ -142,14 +147,21 @@ fn round_up(x: usize, m: usize) -> usize {
 }
 
 impl ConvPlan {
-    pub fn new(c: &ConvKernel, i: &View, o: &View, wb: &mut WeightsBuilder) -> ConvPlan {
+    pub fn new(
+        c: &ConvKernel,
+        i: &View,
+        o: &View,
+        isa: VectorIsa,
+        wb: &mut WeightsBuilder,
+    ) -> ConvPlan {
         let ic = i.channels;
-        let nv = choose_nv(c.out_channels);
-        let blocking = OcBlocking::new(c.out_channels, nv);
-        let mut mr = choose_mr(nv);
+        let lanes = isa.lanes;
+        let nv = choose_nv(c.out_channels, isa);
+        let blocking = OcBlocking::new(c.out_channels, nv, lanes);
+        let mut mr = choose_mr(nv, isa);
         let weight_off = wb.push(&pack_conv_weight(&c.weight, ic, c.kernel, &blocking));
         let bias_off = wb.push(&pack_bias(c.bias.as_deref().map(Vec::as_slice), &blocking));
-        let prologue = c.prologue.as_ref().map(|a| AffineRef::pack(a, wb));
+        let prologue = c.prologue.as_ref().map(|a| AffineRef::pack(a, isa, wb));
         let gemm = c.kernel == [1, 1] && c.stride == [1, 1] && c.padding == [0, 0];
         let target = target_tasks(o.pixels() * c.out_channels * ic * c.kernel[0] * c.kernel[1]);
         let mut kc = ic.min(KC_MAX);
@@ -174,7 +186,7 @@ impl ConvPlan {
             )
         } else {
             let span = |owb: usize| (owb - 1) * c.stride[1] + c.kernel[1];
-            let panel = |owb: usize, kc: usize| c.kernel[0] * span(owb) * round_up(kc, LANES);
+            let panel = |owb: usize, kc: usize| c.kernel[0] * span(owb) * round_up(kc, lanes);
             let mut owb = o.w;
             let rows = o.n * o.h;
             if rows < target {
@@ -184,8 +196,8 @@ impl ConvPlan {
             while panel(owb, kc) > PANEL_MAX {
                 if owb > 2 * mr {
                     owb = round_up(owb / 2, mr);
-                } else if kc > LANES {
-                    kc = round_up(kc / 2, LANES);
+                } else if kc > lanes {
+                    kc = round_up(kc / 2, lanes);
                 } else {
                     break;
                 }
@@ -228,7 +240,7 @@ impl ConvPlan {
             weight_off,
             bias_off,
             kc,
-            kcp: round_up(kc, LANES),
+            kcp: round_up(kc, lanes),
             mode,
             groups,
             bpg,
@@ -236,7 +248,13 @@ impl ConvPlan {
     }
 
     /// A linear layer is a 1x1 convolution over `N` pixels.
-    pub fn linear(l: &LinearKernel, i: &View, o: &View, wb: &mut WeightsBuilder) -> ConvPlan {
+    pub fn linear(
+        l: &LinearKernel,
+        i: &View,
+        o: &View,
+        isa: VectorIsa,
+        wb: &mut WeightsBuilder,
+    ) -> ConvPlan {
         let conv = ConvKernel {
             out_channels: l.out_features,
             kernel: [1, 1],
@@ -247,7 +265,7 @@ impl ConvPlan {
             prologue: None,
             relu: l.relu,
         };
-        ConvPlan::new(&conv, i, o, wb)
+        ConvPlan::new(&conv, i, o, isa, wb)
     }
 
     pub fn tasks(&self) -> usize {
@@ -299,20 +317,37 @@ mod tests {
         let i = View::dense(0, 1, hw, hw, ic);
         let o_hw = (hw + 2 * (k / 2) - k) / stride + 1;
         let o = View::dense(i.end_bytes(), 1, o_hw, o_hw, oc);
-        ConvPlan::new(&conv, &i, &o, &mut WeightsBuilder::default())
+        ConvPlan::new(
+            &conv,
+            &i,
+            &o,
+            VectorIsa::AVX2,
+            &mut WeightsBuilder::default(),
+        )
     }
 
     #[test]
-    fn register_blocks_fit_sixteen_registers() {
-        for oc in 1..200 {
-            let nv = choose_nv(oc);
-            let (accumulators, weights, broadcast) = (choose_mr(nv) * nv, nv, 1);
-            assert!(accumulators + weights + broadcast <= 16, "oc {oc}");
+    fn register_blocks_fit_the_register_file() {
+        for isa in [VectorIsa::AVX2, VectorIsa::AVX512] {
+            for oc in 1..300 {
+                let nv = choose_nv(oc, isa);
+                let (accumulators, weights, broadcast) = (choose_mr(nv, isa) * nv, nv, 1);
+                assert!(
+                    accumulators + weights + broadcast <= isa.registers,
+                    "{isa} oc {oc}"
+                );
+            }
         }
-        assert_eq!(choose_nv(12), 2);
-        assert_eq!(choose_nv(32), 2);
-        assert_eq!(choose_nv(24), 3);
-        assert_eq!(choose_nv(72), 3);
+        let avx2 = VectorIsa::AVX2;
+        assert_eq!(choose_nv(12, avx2), 2);
+        assert_eq!(choose_nv(32, avx2), 2);
+        assert_eq!(choose_nv(24, avx2), 3);
+        assert_eq!(choose_nv(72, avx2), 3);
+        let avx512 = VectorIsa::AVX512;
+        assert_eq!((choose_nv(12, avx512), choose_mr(1, avx512)), (1, 24));
+        assert_eq!((choose_nv(32, avx512), choose_mr(2, avx512)), (2, 14));
+        assert_eq!((choose_nv(48, avx512), choose_mr(3, avx512)), (3, 9));
+        assert_eq!(choose_nv(128, avx512), 2);
     }
 
     #[test]

@@ -32,7 +32,7 @@
 //! (direct: below 6e-7); whole DenseNet-121 and DenseNet-BC-100 below 1e-6.
 
 use super::{choose_mr, choose_nv, round_up, KC_MAX};
-use crate::backend::cpu::codegen::{Cg, Result, LANES};
+use crate::backend::cpu::codegen::{Cg, Result, VectorIsa};
 use crate::backend::cpu::lower::{in_base, out_base, pixel_at, AffineRef, Env, TARGET_TASKS};
 use crate::backend::cpu::microkernel::{Microkernels, UkSpec};
 use crate::backend::cpu::pack::{pack_conv_weight, pad_to_vectors, OcBlocking, WeightsBuilder};
@@ -41,9 +41,15 @@ use crate::backend::BackendError;
 use inkwell::values::{IntValue, PointerValue, VectorValue};
 use inkwell::IntPredicate;
 
-/// Floats of task scratch (panel `V`, accumulators `M`, dummy vector):
-/// stays well inside `MAX_TASK_STACK` with the pointer table.
-const SCRATCH_MAX: usize = 26 * 1024;
+/// Floats of task scratch (panel `V`, accumulators `M`, dummy vector) per 16
+/// vector registers: the panels hold whole micro-kernel tiles, which the 32
+/// registers of AVX-512 make twice as tall. Stays well inside
+/// `MAX_TASK_STACK` with the pointer table.
+const SCRATCH_PER_16_REGISTERS: usize = 26 * 1024;
+
+fn scratch_max(isa: VectorIsa) -> usize {
+    SCRATCH_PER_16_REGISTERS * isa.registers / 16
+}
 /// Output pixels a task would like: a few micro-kernel calls per weight
 /// panel.
 const PIXELS_WANT: usize = 96;
@@ -110,8 +116,8 @@ const F4_MIN_TILES: usize = 48;
 /// pair) where F(2x2) does 4 and the direct conv 9, but needs enough 4x4
 /// tiles to split (measured on DenseNet-BC-100 at batch 1: F(4x4) ahead at
 /// 32x32, even at 16x16, behind at 8x8).
-fn choose_m(o: &View) -> usize {
-    if o.n * o.h.div_ceil(4) * o.w.div_ceil(4) >= F4_MIN_TILES && fits(4, o.channels) {
+fn choose_m(o: &View, isa: VectorIsa) -> usize {
+    if o.n * o.h.div_ceil(4) * o.w.div_ceil(4) >= F4_MIN_TILES && fits(4, o.channels, isa) {
         4
     } else {
         2
@@ -119,23 +125,23 @@ fn choose_m(o: &View) -> usize {
 }
 
 /// Output channels `oc` in register blocks: `(blocking, mr, ocp)`.
-fn oc_blocks(oc: usize) -> (OcBlocking, usize, usize) {
-    let nv = choose_nv(oc);
-    let blocking = OcBlocking::new(oc, nv);
-    let ocp = blocking.full * blocking.nr() + blocking.tail_nv * LANES;
-    (blocking, choose_mr(nv), ocp)
+fn oc_blocks(oc: usize, isa: VectorIsa) -> (OcBlocking, usize, usize) {
+    let nv = choose_nv(oc, isa);
+    let blocking = OcBlocking::new(oc, nv, isa.lanes);
+    let ocp = blocking.full * blocking.nr() + blocking.tail_nv * isa.lanes;
+    (blocking, choose_mr(nv, isa), ocp)
 }
 
 /// Scratch floats of one tile row of the task panels with `kc` channels.
-fn per_tile(m: usize, kc: usize, ocp: usize) -> usize {
-    (m + 2) * (m + 2) * (round_up(kc, LANES) + ocp)
+fn per_tile(m: usize, kc: usize, ocp: usize, lanes: usize) -> usize {
+    (m + 2) * (m + 2) * (round_up(kc, lanes) + ocp)
 }
 
 /// Whether one micro-kernel tile of rows fits the scratch at the smallest
 /// channel chunk.
-fn fits(m: usize, oc: usize) -> bool {
-    let (_, mr, ocp) = oc_blocks(oc);
-    mr * per_tile(m, 2 * LANES, ocp) + ocp <= SCRATCH_MAX
+fn fits(m: usize, oc: usize, isa: VectorIsa) -> bool {
+    let (_, mr, ocp) = oc_blocks(oc, isa);
+    mr * per_tile(m, 2 * isa.lanes, ocp, isa.lanes) + ocp <= scratch_max(isa)
 }
 
 fn transforms(m: usize) -> &'static Transforms {
@@ -208,31 +214,39 @@ impl WinogradPlan {
     /// the direct kernel (measured on DenseNet-BC-100 and DenseNet-121
     /// growth convs; tiny input-channel counts leave the GEMMs too short to
     /// pay for the transforms).
-    pub fn applies(c: &ConvKernel, i: &View, o: &View) -> bool {
+    pub fn applies(c: &ConvKernel, i: &View, o: &View, isa: VectorIsa) -> bool {
         c.kernel == [3, 3]
             && c.stride == [1, 1]
             && c.padding == [1, 1]
             && i.channels >= 16
             && o.n * o.h.div_ceil(2) * o.w.div_ceil(2) >= F2_MIN_TILES
-            && fits(2, c.out_channels)
+            && fits(2, c.out_channels, isa)
     }
 
-    pub fn new(c: &ConvKernel, i: &View, o: &View, wb: &mut WeightsBuilder) -> WinogradPlan {
-        let m = choose_m(o);
-        Self::with_tile(c, i, o, wb, m)
+    pub fn new(
+        c: &ConvKernel,
+        i: &View,
+        o: &View,
+        isa: VectorIsa,
+        wb: &mut WeightsBuilder,
+    ) -> WinogradPlan {
+        let m = choose_m(o, isa);
+        Self::with_tile(c, i, o, isa, wb, m)
     }
 
     fn with_tile(
         c: &ConvKernel,
         i: &View,
         o: &View,
+        isa: VectorIsa,
         wb: &mut WeightsBuilder,
         m: usize,
     ) -> WinogradPlan {
+        let lanes = isa.lanes;
         let tr = transforms(m);
         let (t, xi) = (m + 2, (m + 2) * (m + 2));
         let (ic, oc) = (i.channels, c.out_channels);
-        let (blocking, mr, ocp) = oc_blocks(oc);
+        let (blocking, mr, ocp) = oc_blocks(oc, isa);
 
         let mut per_xi = vec![vec![0.0f32; oc * ic]; xi];
         for (f, g) in c.weight.chunks_exact(9).enumerate() {
@@ -247,17 +261,18 @@ impl WinogradPlan {
         let u_xi = packed.len() / xi;
         let u_off = wb.push(&packed);
         let zero_off = wb.push(&vec![0.0; blocking.nr()]);
-        let bias_off = c.bias.as_ref().map(|b| wb.push(&pad_to_vectors(b)));
-        let prologue = c.prologue.as_ref().map(|a| AffineRef::pack(a, wb));
+        let bias_off = c.bias.as_ref().map(|b| wb.push(&pad_to_vectors(b, lanes)));
+        let prologue = c.prologue.as_ref().map(|a| AffineRef::pack(a, isa, wb));
 
         let (th, tw) = (o.h.div_ceil(m), o.w.div_ceil(m));
         let tiles = o.n * th * tw;
         // Rows of the panels that fit the scratch: at least one micro-kernel
         // tile (`fits`), with smaller K chunks if need be.
-        let rows_fit = |kc: usize| SCRATCH_MAX.saturating_sub(ocp) / per_tile(m, kc, ocp);
+        let rows_fit =
+            |kc: usize| scratch_max(isa).saturating_sub(ocp) / per_tile(m, kc, ocp, lanes);
         let mut kc = ic.min(KC_MAX);
-        while kc > 2 * LANES && rows_fit(kc) < mr {
-            kc = round_up(kc / 2, LANES);
+        while kc > 2 * lanes && rows_fit(kc) < mr {
+            kc = round_up(kc / 2, lanes);
         }
         let want = round_up(PIXELS_WANT.div_ceil(m * m), mr);
         let tb_max = (rows_fit(kc) / mr * mr).min(want).max(mr);
@@ -291,7 +306,7 @@ impl WinogradPlan {
             rows: round_up(tb, mr),
             tblocks,
             kc,
-            kcp: round_up(kc, LANES),
+            kcp: round_up(kc, lanes),
             u_off,
             u_xi,
             zero_off,
@@ -371,8 +386,8 @@ impl WinogradPlan {
                     v,
                     cg.add(cg.mulc(xi, self.rows * self.kcp)?, cg.mulc(i, self.kcp)?)?,
                 )?;
-                cg.for_n(self.kcp / LANES, |k| {
-                    cg.store_v(cg.v8.const_zero(), cg.gep2(row, k, LANES)?, LANES)
+                cg.for_n(self.kcp / cg.lanes, |k| {
+                    cg.store_v(cg.vf.const_zero(), cg.gep2(row, k, cg.lanes)?, cg.lanes)
                 })
             })
         })?;
@@ -460,7 +475,7 @@ impl WinogradPlan {
                         None => x,
                     };
                     d.push(if masked {
-                        cg.b.build_select(*ok, x, cg.v8.const_zero(), "")?
+                        cg.b.build_select(*ok, x, cg.vf.const_zero(), "")?
                             .into_vector_value()
                     } else {
                         x
@@ -469,7 +484,7 @@ impl WinogradPlan {
                 let v = sandwich(cg, transforms(self.m).bt, &d, self.t)?;
                 for (xi, x) in v.into_iter().enumerate() {
                     let at = cg.gep(cg.gepc(dst, xi * self.rows * self.kcp)?, c)?;
-                    cg.store_v(x, at, LANES)?;
+                    cg.store_v(x, at, cg.lanes)?;
                 }
                 Ok(())
             })
@@ -501,7 +516,7 @@ impl WinogradPlan {
             let a = cg.gep2(v, xi, self.rows * self.kcp)?;
             let u = cg.gep2(u, xi, self.u_xi)?;
             for (j, (oc0, nv, _)) in bk.iter().enumerate() {
-                let nr = nv * LANES;
+                let nr = nv * cg.lanes;
                 let b = cg.gep(cg.gepc(u, j * self.ic * bk.nr())?, cg.mulc(c0, nr)?)?;
                 let col = cg.addc(cg.mulc(xi, self.ocp)?, oc0)?;
                 let spec = UkSpec {
@@ -573,10 +588,10 @@ impl WinogradPlan {
         cg.for_channel_vectors(self.oc, |c, lanes| {
             let mut mv = Vec::with_capacity(self.xi);
             for xi in 0..self.xi {
-                mv.push(cg.load_v(cg.gep(cg.gepc(mi, xi * self.ocp)?, c)?, LANES)?);
+                mv.push(cg.load_v(cg.gep(cg.gepc(mi, xi * self.ocp)?, c)?, cg.lanes)?);
             }
             let bias = match self.bias_off {
-                Some(off) => Some(cg.load_v(cg.gep(cg.gepc(env.weights, off)?, c)?, LANES)?),
+                Some(off) => Some(cg.load_v(cg.gep(cg.gepc(env.weights, off)?, c)?, cg.lanes)?),
                 None => None,
             };
             let ys = sandwich(cg, transforms(self.m).at, &mv, self.t)?;
@@ -614,7 +629,7 @@ fn lincomb<'ctx>(
             (Some(a), _) => cg.fma(cg.splat_c(c as f32), x, a)?,
         });
     }
-    Ok(acc.unwrap_or_else(|| cg.v8.const_zero()))
+    Ok(acc.unwrap_or_else(|| cg.vf.const_zero()))
 }
 
 /// `X d Xᵀ` for an `r × t` matrix `X` and a `t × t` block `d` (row-major):
@@ -662,7 +677,14 @@ mod tests {
     fn plan(n: usize, hw: usize, ic: usize, oc: usize, m: usize) -> WinogradPlan {
         let i = View::dense(0, n, hw, hw, ic);
         let o = View::dense(i.end_bytes(), n, hw, hw, oc);
-        WinogradPlan::with_tile(&conv(ic, oc), &i, &o, &mut WeightsBuilder::default(), m)
+        WinogradPlan::with_tile(
+            &conv(ic, oc),
+            &i,
+            &o,
+            VectorIsa::AVX2,
+            &mut WeightsBuilder::default(),
+            m,
+        )
     }
 
     #[test]
