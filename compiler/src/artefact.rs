@@ -13,9 +13,9 @@ use crate::backend::kernel::View;
 use crate::memory::MemoryReport;
 use crate::targets::CompiledTargets;
 use runtime::artefact::{
-    ArenaView, ArtefactWriter, ByteRange, CpuTarget, CudaArg, CudaLaunch, CudaTarget, KernelInfo,
-    Manifest, MemoryPlan, SectionKind, TensorSpec, CUDA_LAUNCH_VERSION, CUDA_WEIGHTS_ALIGN,
-    DTYPE_F32,
+    ArenaView, ArtefactWriter, ByteRange, CpuTarget, CpuVariant, CudaArg, CudaLaunch, CudaTarget,
+    KernelInfo, Manifest, MemoryPlan, SectionKind, TensorSpec, CUDA_LAUNCH_VERSION,
+    CUDA_WEIGHTS_ALIGN, DTYPE_F32,
 };
 use thiserror::Error;
 
@@ -106,7 +106,8 @@ pub fn build_artefact(p: ArtefactParts<'_>) -> Result<ArtefactWriter> {
     let Some(&batch) = in_shape.first() else {
         bail!("the input has rank 0");
     };
-    let (cpu, cuda) = (p.code.cpu.as_ref(), p.code.cuda.as_ref());
+    let (cpus, cuda) = (&p.code.cpu, p.code.cuda.as_ref());
+    let cpu = cpus.first();
     let ptxas = p
         .code
         .ptxas
@@ -124,7 +125,27 @@ pub fn build_artefact(p: ArtefactParts<'_>) -> Result<ArtefactWriter> {
     .into_iter()
     .max()
     .unwrap_or(0);
-    let mut weights = cpu.map_or_else(Vec::new, |c| c.packed_weights.clone());
+    let mut weights = Vec::new();
+    let mut code = Vec::new();
+    let mut variants = Vec::new();
+    for (i, c) in cpus.iter().enumerate() {
+        // Variants whose packing agrees byte for byte (the same vector ISA) share one copy.
+        let shared = (0..i).find(|&j| cpus[j].packed_weights == c.packed_weights);
+        let weights_range = match shared {
+            Some(j) => variants
+                .get(j)
+                .map(|v: &CpuVariant| v.weights)
+                .unwrap_or_default(),
+            None => append_aligned(&mut weights, &c.packed_weights),
+        };
+        variants.push(CpuVariant {
+            cpu: c.target.cpu.clone(),
+            features: required_features(c),
+            isa: c.target.isa.to_string(),
+            code: append_aligned(&mut code, &c.shared_object),
+            weights: weights_range,
+        });
+    }
     let cuda_manifest = match cuda {
         Some(c) => {
             let offset = if weights.is_empty() {
@@ -160,15 +181,20 @@ pub fn build_artefact(p: ArtefactParts<'_>) -> Result<ArtefactWriter> {
         cpu: cpu.map(|c| CpuTarget {
             abi_version: runtime::abi::DNC_ABI_VERSION,
             cpu: c.target.cpu.clone(),
-            features: c.target.features.clone(),
+            features: required_features(c),
+            variants: if variants.len() > 1 {
+                variants
+            } else {
+                Vec::new()
+            },
         }),
         cuda: cuda_manifest,
         labels: p.labels,
     };
     let mut w = ArtefactWriter::new(manifest);
     w.add_section(SectionKind::Weights, weights)?;
-    if let Some(c) = cpu {
-        w.add_section(SectionKind::CpuSharedObject, c.shared_object.clone())?;
+    if cpu.is_some() {
+        w.add_section(SectionKind::CpuSharedObject, code)?;
     }
     if let Some(c) = cuda {
         w.add_section(SectionKind::Ptx, c.ptx.clone().into_bytes())?;
@@ -185,7 +211,7 @@ pub fn build_artefact(p: ArtefactParts<'_>) -> Result<ArtefactWriter> {
 /// its launches.
 fn schedule(p: &ArtefactParts<'_>) -> Result<Vec<KernelInfo>> {
     let descs = &p.kernels.kernels;
-    let mut schedule: Vec<KernelInfo> = match &p.code.cpu {
+    let mut schedule: Vec<KernelInfo> = match p.code.cpu.first() {
         Some(cpu) => cpu
             .kernels
             .iter()
@@ -235,6 +261,33 @@ fn schedule(p: &ArtefactParts<'_>) -> Result<Vec<KernelInfo>> {
         }
     }
     Ok(schedule)
+}
+
+/// Appends `bytes` to `section` at the next 64-byte boundary; returns where they lie.
+fn append_aligned(section: &mut Vec<u8>, bytes: &[u8]) -> ByteRange {
+    let offset = section.len().div_ceil(64) * 64;
+    section.resize(offset, 0);
+    section.extend_from_slice(bytes);
+    ByteRange {
+        offset: offset as u64,
+        bytes: bytes.len() as u64,
+    }
+}
+
+/// The features the runtime must find on the host before it runs `c`'s code: the host's
+/// feature string for `native`; for a named AVX-512 CPU (whose name alone the runtime does not
+/// know), the AVX-512 level's extensions, so that a multi-CPU artefact falls back to its AVX2
+/// variant on a CPU without them. `x86-64-vN` names carry their level themselves.
+fn required_features(c: &crate::backend::cpu::CompiledCpu) -> String {
+    let t = &c.target;
+    if !t.features.is_empty() || t.cpu.starts_with("x86-64") {
+        return t.features.clone();
+    }
+    if t.isa == crate::backend::cpu::VectorIsa::AVX512 {
+        "+avx2,+fma,+avx512f,+avx512bw,+avx512cd,+avx512dq,+avx512vl".into()
+    } else {
+        String::new()
+    }
 }
 
 /// The manifest's CUDA target: the launch table of `c`, its weights at

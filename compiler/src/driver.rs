@@ -161,8 +161,9 @@ impl fmt::Debug for OptimizeOptions<'_> {
 pub struct CompileOptions<'a> {
     /// Images per run.
     pub batch: usize,
-    /// The CPU target and its options, if the CPU is a target.
-    pub cpu: Option<CpuOptions>,
+    /// The CPU code variants to compile (`--cpu x86-64-v3,x86-64-v4`: one artefact that
+    /// runs the best variant the host supports); empty if the CPU is not a target.
+    pub cpus: Vec<CpuOptions>,
     /// The CUDA target and its options, if CUDA is a target.
     pub cuda: Option<CudaOptions>,
     /// Arithmetic of the GEMM kernels. Anything but fp32 applies to CUDA code only.
@@ -182,7 +183,7 @@ impl Default for CompileOptions<'_> {
     fn default() -> Self {
         CompileOptions {
             batch: 1,
-            cpu: Some(CpuOptions::default()),
+            cpus: vec![CpuOptions::default()],
             cuda: None,
             precision: Precision::Fp32,
             assemble_ptx: true,
@@ -198,7 +199,7 @@ impl fmt::Debug for CompileOptions<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CompileOptions")
             .field("batch", &self.batch)
-            .field("cpu", &self.cpu)
+            .field("cpus", &self.cpus)
             .field("cuda", &self.cuda)
             .field("precision", &self.precision)
             .field("assemble_ptx", &self.assemble_ptx)
@@ -215,7 +216,11 @@ impl CompileOptions<'_> {
     /// for `sm_80`.
     pub fn for_targets(targets: &[Target]) -> Self {
         CompileOptions {
-            cpu: targets.contains(&Target::Cpu).then(CpuOptions::default),
+            cpus: if targets.contains(&Target::Cpu) {
+                vec![CpuOptions::default()]
+            } else {
+                Vec::new()
+            },
             cuda: targets.contains(&Target::Cuda).then(CudaOptions::default),
             ..Default::default()
         }
@@ -228,7 +233,7 @@ impl CompileOptions<'_> {
 
     fn target_options(&self) -> TargetOptions {
         TargetOptions {
-            cpu: self.cpu.clone(),
+            cpu: self.cpus.clone(),
             cuda: self.cuda.clone().map(|c| CudaOptions {
                 precision: self.precision,
                 ..c
@@ -238,7 +243,7 @@ impl CompileOptions<'_> {
     }
 
     fn check(&self) -> Result<(), CompileError> {
-        if self.cpu.is_none() && self.cuda.is_none() {
+        if self.cpus.is_empty() && self.cuda.is_none() {
             return Err(CompileError::Options("no target to compile for".into()));
         }
         if self.cuda.is_none() && self.precision != Precision::Fp32 {
@@ -360,7 +365,7 @@ pub fn compile_graph(
     lap(Stage::Lower, &mut timings);
 
     let mut targets = opts.target_options();
-    if let Some(cpu) = targets.cpu.as_mut() {
+    for cpu in &mut targets.cpu {
         cpu.keep_ir |= opts.dump_dir.is_some();
     }
     notify(

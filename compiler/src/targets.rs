@@ -17,7 +17,8 @@ type Result<T> = std::result::Result<T, CompileError>;
 /// Which targets to compile for, and how.
 #[derive(Debug, Clone, Default)]
 pub struct TargetOptions {
-    pub cpu: Option<CpuOptions>,
+    /// One entry per CPU code variant (`--cpu x86-64-v3,x86-64-v4`); empty: no CPU target.
+    pub cpu: Vec<CpuOptions>,
     pub cuda: Option<CudaOptions>,
     /// Assemble the PTX with `ptxas` when one is found ([`ptxas::find`]).
     pub assemble: bool,
@@ -27,8 +28,9 @@ impl TargetOptions {
     /// `cpu x86-64-v3`, `cuda sm_80`, `cpu native + cuda sm_90`.
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
-        if let Some(c) = &self.cpu {
-            parts.push(format!("cpu {}", c.cpu));
+        if !self.cpu.is_empty() {
+            let names: Vec<&str> = self.cpu.iter().map(|c| c.cpu.as_str()).collect();
+            parts.push(format!("cpu {}", names.join(",")));
         }
         if let Some(c) = &self.cuda {
             parts.push(match c.precision {
@@ -43,34 +45,60 @@ impl TargetOptions {
 /// The code of every target.
 #[derive(Debug)]
 pub struct CompiledTargets {
-    pub cpu: Option<CompiledCpu>,
+    /// The CPU code variants, most demanding vector ISA first (the order the runtime tries
+    /// them in); empty without a CPU target.
+    pub cpu: Vec<CompiledCpu>,
     pub cuda: Option<CompiledCuda>,
     /// `ptxas`'s report when it assembled the PTX, else why it did not.
     pub ptxas: Option<std::result::Result<ptxas::PtxasReport, String>>,
 }
 
-/// Compiles a graph's kernels for every target of `opts`. The graph's
-/// outputs are kept live for the CPU's batch tiling whatever
-/// `opts.cpu.live_out` says.
+/// Compiles a graph's kernels for every target of `opts`: each CPU variant in turn (each on
+/// its own parallel LLVM threads), CUDA beside them. The graph's outputs are kept live for the
+/// CPU's batch tiling whatever `opts.cpu[..].live_out` says.
 pub fn compile(graph: &GraphKernels, opts: &TargetOptions) -> Result<CompiledTargets> {
-    if opts.cpu.is_none() && opts.cuda.is_none() {
+    if opts.cpu.is_empty() && opts.cuda.is_none() {
         return Err(CompileError::Options("no target to compile for".into()));
     }
+    for (i, c) in opts.cpu.iter().enumerate() {
+        if opts.cpu[..i].iter().any(|d| d.cpu == c.cpu) {
+            return Err(CompileError::Options(format!(
+                "--cpu names `{}` twice",
+                c.cpu
+            )));
+        }
+    }
     let kernels = graph.kernels.as_slice();
-    let cpu_opts = opts.cpu.as_ref().map(|o| CpuOptions {
-        live_out: graph.outputs.clone(),
-        ..o.clone()
-    });
+    let cpu_opts: Vec<CpuOptions> = opts
+        .cpu
+        .iter()
+        .map(|o| CpuOptions {
+            live_out: graph.outputs.clone(),
+            ..o.clone()
+        })
+        .collect();
     let (cpu, cuda) = std::thread::scope(|s| {
         let cuda = opts
             .cuda
             .as_ref()
             .map(|o| s.spawn(move || cuda::lower(kernels, o)));
-        let cpu = cpu_opts.as_ref().map(|o| cpu::compile(kernels, o));
+        let cpu: Vec<_> = cpu_opts.iter().map(|o| cpu::compile(kernels, o)).collect();
         let cuda = cuda.map(|h| h.join());
         (cpu, cuda)
     });
-    let cpu = cpu.transpose()?;
+    let mut cpu = cpu
+        .into_iter()
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    // Widest vectors first; equal ISAs keep the command line's order.
+    cpu.sort_by_key(|c| std::cmp::Reverse(c.target.isa.lanes));
+    for (i, c) in cpu.iter().enumerate() {
+        if cpu[..i].iter().any(|d| d.target.cpu == c.target.cpu) {
+            return Err(CompileError::Options(format!(
+                "two --cpu entries resolve to the same CPU `{}`",
+                c.target.cpu
+            )));
+        }
+    }
     let mut cuda = match cuda {
         Some(Ok(r)) => Some(r?),
         Some(Err(_)) => {
@@ -95,8 +123,18 @@ impl CompiledTargets {
     /// optimisation), `cuda.ptx` and `cuda-launches.txt` (one line per
     /// launch: entry, grid, block, shared memory, arguments, plan).
     pub fn dump(&self, dir: &Path) -> Result<()> {
-        if let Some(c) = &self.cpu {
-            c.dump(dir)?;
+        for (i, c) in self.cpu.iter().enumerate() {
+            if i == 0 {
+                c.dump(dir)?;
+            } else {
+                // Further variants in a directory of their own, named for the CPU.
+                let sub = dir.join(format!("cpu-{}", c.target.cpu));
+                std::fs::create_dir_all(&sub).map_err(|source| CompileError::Write {
+                    path: sub.clone(),
+                    source,
+                })?;
+                c.dump(&sub)?;
+            }
         }
         if let Some(c) = &self.cuda {
             let write = |name: &str, text: &str| {
@@ -137,8 +175,19 @@ impl CompiledTargets {
     /// `N kernels` / `N kernels, M launches (cubin)` for the compile summary.
     pub fn summary(&self) -> String {
         let mut parts = Vec::new();
-        if let Some(c) = &self.cpu {
-            parts.push(format!("{} kernels", c.kernels.len()));
+        match self.cpu.as_slice() {
+            [] => {}
+            [c] => parts.push(format!("{} kernels", c.kernels.len())),
+            [c, ..] => parts.push(format!(
+                "{} kernels in {} CPU variants ({})",
+                c.kernels.len(),
+                self.cpu.len(),
+                self.cpu
+                    .iter()
+                    .map(|c| format!("{} {}", c.target.cpu, c.target.isa))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
         }
         if let Some(c) = &self.cuda {
             parts.push(format!(

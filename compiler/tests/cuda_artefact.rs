@@ -57,10 +57,13 @@ fn compile_in(cpu: bool, assemble: bool, precision: Precision) -> Built {
     let mut graph = build(&cfg, batch).expect("build");
     compiler::weights::randomize(&mut graph, 11);
     let opts = compiler::CompileOptions {
-        cpu: cpu.then(|| compiler::backend::cpu::CpuOptions {
-            cpu: "x86-64".into(),
-            ..Default::default()
-        }),
+        cpus: cpu
+            .then(|| compiler::backend::cpu::CpuOptions {
+                cpu: "x86-64".into(),
+                ..Default::default()
+            })
+            .into_iter()
+            .collect(),
         cuda: Some(Default::default()),
         precision,
         assemble_ptx: assemble,

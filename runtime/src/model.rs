@@ -18,24 +18,78 @@ use crate::error::{Error, Result};
 use crate::library::CpuLibrary;
 use crate::pool::{dnc_parallel_for, ThreadPool};
 
-/// Checks that the artefact's CPU code can run here, then loads it.
-fn load_cpu(artefact: &Artefact, target: &CpuTarget) -> Result<CpuLibrary> {
+/// The CPU code a model runs: one variant of the artefact's, loaded.
+#[derive(Debug)]
+struct LoadedCpu {
+    library: CpuLibrary,
+    /// The variant's LLVM CPU name.
+    cpu: String,
+    /// Where its weights start in the weights section.
+    weights_offset: usize,
+}
+
+/// Picks the CPU variant to run — `forced` by name, else the first (most demanding) whose
+/// features this CPU has — checks it can run here, then loads it.
+fn load_cpu(artefact: &Artefact, target: &CpuTarget, forced: Option<&str>) -> Result<LoadedCpu> {
     if target.abi_version != DNC_ABI_VERSION {
         return Err(Error::AbiVersion {
             found: target.abi_version,
             supported: DNC_ABI_VERSION,
         });
     }
-    let missing = cpu_features::missing(&target.cpu, &target.features);
-    if !missing.is_empty() {
-        return Err(Error::DeviceUnavailable(format!(
-            "CPU: the code was compiled for `{}` and needs {}, which this CPU lacks \
-             (recompile with --cpu native, or for an older CPU)",
-            target.cpu,
-            missing.join(", ")
-        )));
-    }
-    let library = CpuLibrary::load(artefact.require(SectionKind::CpuSharedObject)?)?;
+    let code = artefact.require(SectionKind::CpuSharedObject)?;
+    let weights_len = artefact
+        .section(SectionKind::Weights)
+        .map_or(0, <[u8]>::len);
+    let variants = target.variant_list(code.len() as u64, weights_len as u64);
+    let names = || {
+        variants
+            .iter()
+            .map(|v| v.cpu.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let chosen = match forced {
+        Some(name) => {
+            let v = variants.iter().find(|v| v.cpu == name).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "the artefact has no CPU code for `{name}` (it has: {})",
+                    names()
+                ))
+            })?;
+            let missing = cpu_features::missing(&v.cpu, &v.features);
+            if !missing.is_empty() {
+                return Err(Error::DeviceUnavailable(format!(
+                    "CPU: the code for `{}` needs {}, which this CPU lacks",
+                    v.cpu,
+                    missing.join(", ")
+                )));
+            }
+            v
+        }
+        None => match variants
+            .iter()
+            .find(|v| cpu_features::missing(&v.cpu, &v.features).is_empty())
+        {
+            Some(v) => v,
+            None => {
+                let v = &variants[variants.len() - 1];
+                return Err(Error::DeviceUnavailable(format!(
+                    "CPU: the code was compiled for {} and needs {}, which this CPU lacks \
+                     (recompile with --cpu native, or for an older CPU)",
+                    if variants.len() > 1 {
+                        format!("`{}` at least", v.cpu)
+                    } else {
+                        format!("`{}`", v.cpu)
+                    },
+                    cpu_features::missing(&v.cpu, &v.features).join(", ")
+                )));
+            }
+        },
+    };
+    // `validate_variants` checked the ranges against the sections when the artefact was read.
+    let range = |r: &crate::artefact::ByteRange| r.offset as usize..(r.offset + r.bytes) as usize;
+    let library = CpuLibrary::load(&code[range(&chosen.code)])?;
     let (listed, compiled) = (
         artefact.manifest().schedule.len(),
         library.kernel_tasks().len(),
@@ -45,7 +99,11 @@ fn load_cpu(artefact: &Artefact, target: &CpuTarget) -> Result<CpuLibrary> {
             "the code has {compiled} kernels but the manifest's schedule lists {listed}"
         )));
     }
-    Ok(library)
+    Ok(LoadedCpu {
+        library,
+        cpu: chosen.cpu.clone(),
+        weights_offset: chosen.weights.offset as usize,
+    })
 }
 
 /// Where a session runs.
@@ -87,7 +145,7 @@ pub struct Model {
 #[derive(Debug)]
 struct Inner {
     artefact: Artefact,
-    cpu: Option<CpuLibrary>,
+    cpu: Option<LoadedCpu>,
     /// The CUDA code and weights, loaded on a device by its first session there.
     cuda: Mutex<Vec<Arc<DeviceModel>>>,
 }
@@ -98,10 +156,28 @@ impl Model {
         Model::from_artefact(Artefact::open(path.as_ref())?)
     }
 
-    /// A model from an already validated artefact.
+    /// A model from an already validated artefact, running the best of its CPU variants that
+    /// this CPU supports.
     pub fn from_artefact(artefact: Artefact) -> Result<Model> {
+        Model::from_artefact_for_cpu(artefact, None)
+    }
+
+    /// [`Model::load`] running the CPU variant compiled for `cpu` (an LLVM CPU name the
+    /// artefact lists, see [`Model::cpu_variants`]); an error if there is none or this CPU
+    /// lacks its features. `None` picks the best supported variant.
+    pub fn load_for_cpu(path: impl AsRef<Path>, cpu: Option<&str>) -> Result<Model> {
+        Model::from_artefact_for_cpu(Artefact::open(path.as_ref())?, cpu)
+    }
+
+    /// [`Model::from_artefact`] with the CPU variant chosen as [`Model::load_for_cpu`] does.
+    pub fn from_artefact_for_cpu(artefact: Artefact, cpu: Option<&str>) -> Result<Model> {
         let cpu = match &artefact.manifest().cpu {
-            Some(target) => Some(load_cpu(&artefact, target)?),
+            Some(target) => Some(load_cpu(&artefact, target, cpu)?),
+            None if cpu.is_some() => {
+                return Err(Error::InvalidArgument(
+                    "the artefact has no CPU code to choose from".into(),
+                ))
+            }
             None => None,
         };
         Ok(Model {
@@ -121,6 +197,23 @@ impl Model {
     /// The manifest.
     pub fn manifest(&self) -> &Manifest {
         self.inner.artefact.manifest()
+    }
+
+    /// The LLVM CPU name of the CPU code variant this model runs (`None` without CPU code).
+    pub fn cpu_variant(&self) -> Option<&str> {
+        self.inner.cpu.as_ref().map(|c| c.cpu.as_str())
+    }
+
+    /// The LLVM CPU names of every CPU code variant in the artefact, most demanding first.
+    pub fn cpu_variants(&self) -> Vec<String> {
+        let a = self.artefact();
+        a.manifest().cpu.as_ref().map_or_else(Vec::new, |t| {
+            let len = |k| a.section(k).map_or(0, |s: &[u8]| s.len() as u64);
+            t.variant_list(len(SectionKind::CpuSharedObject), len(SectionKind::Weights))
+                .into_iter()
+                .map(|v| v.cpu)
+                .collect()
+        })
     }
 
     /// The input shape the model was compiled for (NCHW).
@@ -353,9 +446,10 @@ impl Session {
         let weights = model
             .artefact()
             .section(SectionKind::Weights)
+            .and_then(|w| w.get(cpu.weights_offset..))
             .map_or(std::ptr::null(), |w| w.as_ptr().cast::<f32>());
-        // The context follows the ABI (crate::abi): weights is the 64-byte-aligned weights
-        // section, kept alive by `model`; the arena has memory.arena_bytes bytes and is
+        // The context follows the ABI (crate::abi): weights is the variant's 64-byte-aligned
+        // range of the weights section, kept alive by `model`; the arena has memory.arena_bytes bytes and is
         // exclusively ours (&mut self); the pool is live and only this thread dispatches on it.
         // The code itself is trusted (see the crate docs).
         let ctx = DncContext {
@@ -364,7 +458,7 @@ impl Session {
             parallel_for: dnc_parallel_for,
             pool: pool.as_abi_ptr(),
         };
-        f(cpu, &ctx)?;
+        f(&cpu.library, &ctx)?;
         binding::copy_out(&m.output, arena.as_f32(), output);
         Ok(())
     }

@@ -51,10 +51,10 @@ fn check(arch: &str, o: ConfigOverrides, batch: usize, seed: u64) -> f64 {
     for (cpu, runs) in cpus() {
         let start = std::time::Instant::now();
         let opts = compiler::CompileOptions {
-            cpu: Some(compiler::backend::cpu::CpuOptions {
+            cpus: vec![compiler::backend::cpu::CpuOptions {
                 cpu: cpu.into(),
                 ..Default::default()
-            }),
+            }],
             ..Default::default()
         };
         let bytes = compiler::compile_graph(&cfg, g.clone(), &opts)

@@ -59,10 +59,10 @@ fn fixture() -> &'static Fixture {
         let labels: Vec<String> = (0..cfg.num_classes).map(|c| format!("label-{c}")).collect();
         // Both targets, so `--device cuda` reaches the driver (and runs where there is one).
         let opts = compiler::CompileOptions {
-            cpu: Some(compiler::backend::cpu::CpuOptions {
+            cpus: vec![compiler::backend::cpu::CpuOptions {
                 cpu: "x86-64-v3".into(),
                 ..Default::default()
-            }),
+            }],
             cuda: Some(Default::default()),
             labels: Some(labels.clone()),
             ..Default::default()

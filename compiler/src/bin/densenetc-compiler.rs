@@ -49,9 +49,17 @@ struct CompileArgs {
         value_name = "cpu|cuda|cpu,cuda"
     )]
     target: Vec<Target>,
-    /// LLVM CPU: native (the host), x86-64-v3, znver3, skylake, …
-    #[arg(long, default_value = "native")]
-    cpu: String,
+    /// LLVM CPU(s) of the CPU code: native (the host), x86-64-v3, x86-64-v4, znver5,
+    /// sapphirerapids, … A comma-separated list writes one code variant per CPU into the
+    /// artefact (e.g. x86-64-v3,x86-64-v4: AVX2 and AVX-512 kernels); the runtime runs the best
+    /// one the host supports (`run --cpu NAME` forces one).
+    #[arg(
+        long,
+        default_value = "native",
+        value_delimiter = ',',
+        value_name = "CPU[,CPU...]"
+    )]
+    cpu: Vec<String>,
     /// CUDA architecture of the PTX (and cubin): sm_80, sm_86, sm_89, sm_90, …
     #[arg(long, default_value = "sm_80")]
     cuda_arch: String,
@@ -389,8 +397,18 @@ fn compile(a: &CompileArgs) -> Result<()> {
     opts.verify = !a.no_verify;
     opts.dump_dir = a.dumps.dump_dir.clone();
     opts.labels = labels;
-    if let Some(cpu) = opts.cpu.as_mut() {
-        cpu.cpu = a.cpu.clone();
+    if !opts.cpus.is_empty() {
+        let base = opts.cpus.remove(0);
+        opts.cpus = a
+            .cpu
+            .iter()
+            .map(|name| compiler::backend::cpu::CpuOptions {
+                cpu: name.trim().to_owned(),
+                ..base.clone()
+            })
+            .collect();
+    }
+    for cpu in &mut opts.cpus {
         // Experiment knobs, not part of the command-line contract.
         if let Ok(v) = std::env::var("DNC_CODEGEN_THREADS") {
             cpu.codegen_threads = v.parse().context("DNC_CODEGEN_THREADS")?;
@@ -489,11 +507,37 @@ fn inspect_artefact(path: &std::path::Path, json: bool) -> Result<()> {
     let _ = writeln!(text, "naive bytes:   {}", m.memory.naive_bytes);
     let _ = writeln!(text, "lower bound:   {}", m.memory.lower_bound_bytes);
     if let Some(cpu) = &m.cpu {
-        let _ = writeln!(
-            text,
-            "cpu:           {} (abi {}) features {}",
-            cpu.cpu, cpu.abi_version, cpu.features
-        );
+        if cpu.variants.is_empty() {
+            let _ = writeln!(
+                text,
+                "cpu:           {} (abi {}) features {}",
+                cpu.cpu, cpu.abi_version, cpu.features
+            );
+        } else {
+            let _ = writeln!(
+                text,
+                "cpu:           {} variants (abi {}), the first this CPU supports runs:",
+                cpu.variants.len(),
+                cpu.abi_version
+            );
+            for v in &cpu.variants {
+                let _ = writeln!(
+                    text,
+                    "  {:<16} {:<7} code {:>9} bytes at {:>9}, weights {:>10} bytes at {:>10}{}",
+                    v.cpu,
+                    v.isa,
+                    v.code.bytes,
+                    v.code.offset,
+                    v.weights.bytes,
+                    v.weights.offset,
+                    if v.features.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", features {}", v.features)
+                    }
+                );
+            }
+        }
     }
     if let Some(cuda) = &m.cuda {
         let _ = writeln!(

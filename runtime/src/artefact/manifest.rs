@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::cuda::ByteRange;
 pub use super::cuda::CudaTarget;
 use super::format::SectionKind;
 use crate::error::ArtefactError;
@@ -180,6 +181,82 @@ pub struct CpuTarget {
     /// illegal instruction; record the full string whenever it is known.
     #[serde(default)]
     pub features: String,
+    /// The code variants of a multi-CPU artefact (`--cpu x86-64-v3,x86-64-v4`), most demanding
+    /// first; empty for one variant, whose code is the whole shared-object section and whose
+    /// weights start at offset 0 of the weights section. With variants, `cpu` and `features`
+    /// above repeat the first variant's, and the first variant's code and weights start at
+    /// offset 0 of their sections, so a runtime that predates variants runs the first one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<CpuVariant>,
+}
+
+/// One CPU code variant of a multi-CPU artefact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuVariant {
+    /// The LLVM CPU name (`x86-64-v4`, `znver5`, …).
+    pub cpu: String,
+    /// The LLVM target feature string whose `+` features the host must have (see
+    /// [`CpuTarget::features`]).
+    #[serde(default)]
+    pub features: String,
+    /// The kernels' vector ISA (`avx2`, `avx512`), for people.
+    #[serde(default)]
+    pub isa: String,
+    /// The variant's shared object: a byte range of the shared-object section.
+    pub code: ByteRange,
+    /// The variant's packed weights: a byte range of the weights section (variants whose
+    /// packing is byte-identical share one range).
+    pub weights: ByteRange,
+}
+
+impl CpuTarget {
+    /// The variants as a list, a one-variant artefact's included (its code the whole
+    /// `code_len`-byte section, its weights all of the first `weights_len` bytes).
+    pub fn variant_list(&self, code_len: u64, weights_len: u64) -> Vec<CpuVariant> {
+        if !self.variants.is_empty() {
+            return self.variants.clone();
+        }
+        vec![CpuVariant {
+            cpu: self.cpu.clone(),
+            features: self.features.clone(),
+            isa: String::new(),
+            code: ByteRange {
+                offset: 0,
+                bytes: code_len,
+            },
+            weights: ByteRange {
+                offset: 0,
+                bytes: weights_len,
+            },
+        }]
+    }
+
+    /// Checks that every variant's ranges lie inside their sections.
+    pub fn validate_variants(&self, code_len: u64, weights_len: u64) -> Result<(), ArtefactError> {
+        let inside =
+            |r: &ByteRange, len: u64| r.offset.checked_add(r.bytes).is_some_and(|e| e <= len);
+        for v in &self.variants {
+            if !inside(&v.code, code_len) || v.code.bytes == 0 {
+                return Err(invalid(format!(
+                    "CPU variant '{}': code range {}+{} is outside the {code_len}-byte shared-object section",
+                    v.cpu, v.code.offset, v.code.bytes
+                )));
+            }
+            if !inside(&v.weights, weights_len) {
+                return Err(invalid(format!(
+                    "CPU variant '{}': weights range {}+{} is outside the {weights_len}-byte weights section",
+                    v.cpu, v.weights.offset, v.weights.bytes
+                )));
+            }
+            if v.weights.offset % 64 != 0 || v.code.offset % 64 != 0 {
+                return Err(invalid(format!(
+                    "CPU variant '{}': its code and weights must start on 64-byte boundaries",
+                    v.cpu
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn invalid(msg: String) -> ArtefactError {

@@ -91,6 +91,10 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Parsed, ArtefactError> {
     };
     let weights_len = section(SectionKind::Weights).map_or(0, |w| w.len() as u64);
     manifest.validate_cuda(weights_len, section(SectionKind::Ptx))?;
+    if let Some(cpu) = &manifest.cpu {
+        let code_len = section(SectionKind::CpuSharedObject).map_or(0, |c| c.len() as u64);
+        cpu.validate_variants(code_len, weights_len)?;
+    }
     Ok(Parsed {
         version: header.version,
         sections,

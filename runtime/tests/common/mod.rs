@@ -106,6 +106,7 @@ pub fn toy_manifest() -> Manifest {
             abi_version: DNC_ABI_VERSION,
             cpu: "x86-64".into(),
             features: String::new(),
+            variants: Vec::new(),
         }),
         cuda: None,
         labels: Some(LABELS.iter().map(|s| s.to_string()).collect()),

@@ -31,6 +31,10 @@ pub struct RunArgs {
     /// cpu, cuda or cuda:ORDINAL.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Run the artefact's CPU code variant for this CPU (one of the names its `compile --cpu`
+    /// listed; `inspect` shows them) instead of the best one this CPU supports.
+    #[arg(long, value_name = "NAME")]
+    cpu: Option<String>,
     #[arg(long, default_value_t = 1)]
     threads: usize,
     /// Print the K highest-scoring classes of every image.
@@ -45,6 +49,10 @@ pub struct BenchArgs {
     /// cpu, cuda or cuda:ORDINAL.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Run the artefact's CPU code variant for this CPU (one of the names its `compile --cpu`
+    /// listed; `inspect` shows them) instead of the best one this CPU supports.
+    #[arg(long, value_name = "NAME")]
+    cpu: Option<String>,
     #[arg(long, default_value_t = 50)]
     iters: usize,
     #[arg(long, default_value_t = 5)]
@@ -69,9 +77,9 @@ pub fn emit(text: &str) -> Result<()> {
     }
 }
 
-fn load_model(path: &std::path::Path) -> Result<runtime::Model> {
+fn load_model(path: &std::path::Path, cpu: Option<&str>) -> Result<runtime::Model> {
     // The runtime's errors already name the file; keep the message one line.
-    runtime::Model::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+    runtime::Model::load_for_cpu(path, cpu).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 fn cpu_device(device: &str, threads: usize) -> Result<runtime::Device> {
@@ -80,7 +88,7 @@ fn cpu_device(device: &str, threads: usize) -> Result<runtime::Device> {
 
 pub fn run(a: &RunArgs) -> Result<()> {
     let device = cpu_device(&a.device, a.threads)?;
-    let model = load_model(&a.artefact)?;
+    let model = load_model(&a.artefact, a.cpu.as_deref())?;
     let input = match (&a.input, a.random_input) {
         (_, Some(seed)) => {
             ir::reference::Tensor::random_uniform(model.input_shape().to_vec(), seed, -1.0, 1.0)
@@ -133,7 +141,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     if a.iters == 0 {
         bail!("--iters must be at least 1");
     }
-    let model = load_model(&a.artefact)?;
+    let model = load_model(&a.artefact, a.cpu.as_deref())?;
     let input = ir::reference::Tensor::random_uniform(model.input_shape().to_vec(), 0, -1.0, 1.0);
     let mut out = vec![0.0f32; model.output_shape().iter().product()];
     let mut session = model.session(device)?;
@@ -168,6 +176,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             "threads": a.threads,
             "batch": batch,
             "device": a.device,
+            "cpu_variant": model.cpu_variant(),
             "images_per_s": if median > 0.0 { batch as f64 * 1e3 / median } else { 0.0 },
             "samples_ms": samples,
         });

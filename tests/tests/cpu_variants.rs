@@ -1,0 +1,157 @@
+//! One artefact for many CPUs (`compile --cpu x86-64-v3,x86-64-v4`): one code variant per
+//! CPU, the runtime running the best one the host supports, `--cpu NAME` forcing one. Every
+//! variant the host can run must match the reference executor within 1e-4; the others are
+//! compiled and their selection checked.
+
+use compiler::backend::cpu::CpuOptions;
+use compiler::builder::{build, ConfigOverrides, DenseNetConfig};
+use compiler::CompileOptions;
+use ir::reference::Tensor;
+use runtime::artefact::SectionKind;
+use runtime::{Artefact, Device, Error, Model};
+
+fn host_has_avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512dq")
+}
+
+struct Fixture {
+    graph: ir::Graph,
+    input: Tensor,
+    bytes: Vec<u8>,
+    single: Vec<u8>,
+}
+
+/// A small DenseNet-BC compiled for AVX2 and AVX-512 in one artefact (and for AVX2 alone).
+fn fixture() -> Fixture {
+    let o = ConfigOverrides {
+        block_config: Some(vec![3, 3]),
+        image_size: Some(16),
+        ..Default::default()
+    };
+    let cfg = DenseNetConfig::resolve(Some("densenet-bc-100"), &o).expect("config");
+    let mut graph = build(&cfg, 2).expect("build");
+    compiler::weights::randomize(&mut graph, 7);
+    let cpu = |name: &str| CpuOptions {
+        cpu: name.into(),
+        ..Default::default()
+    };
+    let compile = |cpus: Vec<CpuOptions>| {
+        let opts = CompileOptions {
+            cpus,
+            ..Default::default()
+        };
+        compiler::compile_graph(&cfg, graph.clone(), &opts)
+            .and_then(|c| c.to_bytes())
+            .expect("compile")
+    };
+    // The AVX2 variant named first: the compiler still writes the AVX-512 one first.
+    let bytes = compile(vec![cpu("x86-64-v3"), cpu("x86-64-v4")]);
+    let single = compile(vec![cpu("x86-64-v3")]);
+    let input = Tensor::random_uniform(vec![2, 3, 16, 16], 11, -1.0, 1.0);
+    Fixture {
+        graph,
+        input,
+        bytes,
+        single,
+    }
+}
+
+fn run(model: &Model, x: &Tensor) -> Tensor {
+    let mut s = model.session(Device::Cpu { threads: 2 }).expect("session");
+    let y = s.run(&x.data, &x.shape).expect("run");
+    Tensor::from_vec(model.output_shape().to_vec(), y).expect("output")
+}
+
+#[test]
+fn the_best_supported_variant_runs_and_each_matches_the_reference() {
+    let f = fixture();
+    let artefact = Artefact::read(&f.bytes).expect("artefact");
+    let cpu = artefact.manifest().cpu.clone().expect("cpu target");
+    let names: Vec<&str> = cpu.variants.iter().map(|v| v.cpu.as_str()).collect();
+    assert_eq!(names, ["x86-64-v4", "x86-64-v3"], "most demanding first");
+    assert_eq!(
+        cpu.cpu, "x86-64-v4",
+        "the top-level target repeats the first variant"
+    );
+    assert_eq!(
+        (cpu.variants[0].isa.as_str(), cpu.variants[1].isa.as_str()),
+        ("avx512", "avx2")
+    );
+    // The first variant sits at offset 0 of both sections (what an older runtime loads).
+    assert_eq!(cpu.variants[0].code.offset, 0);
+    assert_eq!(cpu.variants[0].weights.offset, 0);
+    // 16 and 8 lanes pack the weights differently: two copies.
+    assert_ne!(cpu.variants[0].weights, cpu.variants[1].weights);
+    let single = Artefact::read(&f.single).expect("single");
+    assert!(single
+        .manifest()
+        .cpu
+        .as_ref()
+        .expect("cpu")
+        .variants
+        .is_empty());
+    let len = |a: &Artefact, k| a.section(k).map_or(0, <[u8]>::len);
+    eprintln!(
+        "artefact bytes: AVX2 only {}, AVX2 + AVX-512 {} (weights {} vs {}, code {} vs {})",
+        f.single.len(),
+        f.bytes.len(),
+        len(&single, SectionKind::Weights),
+        len(&artefact, SectionKind::Weights),
+        len(&single, SectionKind::CpuSharedObject),
+        len(&artefact, SectionKind::CpuSharedObject),
+    );
+
+    let want = ir::reference::run(&f.graph, std::slice::from_ref(&f.input))
+        .expect("reference")
+        .remove(0);
+    let avx512 = host_has_avx512();
+    let best = Model::from_artefact(Artefact::read(&f.bytes).expect("artefact")).expect("load");
+    let expected_best = if avx512 { "x86-64-v4" } else { "x86-64-v3" };
+    assert_eq!(best.cpu_variant(), Some(expected_best));
+    assert_eq!(best.cpu_variants(), ["x86-64-v4", "x86-64-v3"]);
+    for name in ["x86-64-v3", "x86-64-v4"] {
+        let forced = Model::from_artefact_for_cpu(Artefact::read(&f.bytes).expect("a"), Some(name));
+        if name == "x86-64-v4" && !avx512 {
+            let e = forced.expect_err("no AVX-512 here").to_string();
+            assert!(e.contains("avx512f") && e.contains("lacks"), "{e}");
+            eprintln!("x86-64-v4: not run (the host has no AVX-512): {e}");
+            continue;
+        }
+        let model = forced.expect("load");
+        assert_eq!(model.cpu_variant(), Some(name));
+        let got = run(&model, &f.input);
+        let err = got.rel_error(&want).expect("shape");
+        eprintln!("{name}: relative error {err:.2e}");
+        assert!(err <= 1e-4, "{name}: relative error {err:e}");
+    }
+    let err = Model::from_artefact_for_cpu(Artefact::read(&f.bytes).expect("a"), Some("znver3"))
+        .expect_err("not in the artefact");
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    assert!(err.to_string().contains("x86-64-v4, x86-64-v3"), "{err}");
+}
+
+#[test]
+fn a_variant_range_outside_its_section_is_refused() {
+    let f = fixture();
+    let artefact = Artefact::read(&f.bytes).expect("artefact");
+    let mut manifest = artefact.manifest().clone();
+    let code_len = artefact
+        .section(SectionKind::CpuSharedObject)
+        .expect("code")
+        .len() as u64;
+    let cpu = manifest.cpu.as_mut().expect("cpu");
+    cpu.variants[1].code.bytes = code_len;
+    let e = cpu
+        .validate_variants(code_len, 1 << 40)
+        .expect_err("past the end");
+    assert!(e.to_string().contains("outside"), "{e}");
+    cpu.variants[1].code.bytes = 64;
+    cpu.variants[1].weights.offset = 3;
+    let e = cpu
+        .validate_variants(code_len, 1 << 40)
+        .expect_err("misaligned");
+    assert!(e.to_string().contains("64-byte"), "{e}");
+}
