@@ -198,7 +198,8 @@ def report(a, results: list[dict], command: str, started: str, golden: dict) -> 
         "",
         f"- command: `{command}`",
         f"- git commit: `{peers.git_commit()}`; started {started}",
-        f"- machine: {first['machine_before']['cpu']}, {first['machine_before']['cpus']} CPUs; "
+        f"- machine: {first['machine_before']['cpu']}, ISA {first['machine_before'].get('isa', 'unknown')}, "
+        f"{first['machine_before']['cpus']} CPUs; "
         f"{a.threads} threads per engine; f32; random weights seed {a.seed} (same file for all)",
         f"- engines: ONNX Runtime {v['ort']} (CPU EP, intra-op {a.threads}, inter-op 1, "
         f"sequential, all graph optimisations); OpenVINO {v['openvino']} (CPU, "

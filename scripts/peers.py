@@ -223,6 +223,24 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_isa() -> str:
+    """The vector ISA level of this CPU, from /proc/cpuinfo's flags: what decides which
+    kernels densenetc runs (`avx512` with AVX-512 F/VL/BW/DQ, else `avx2`) and whether
+    OpenVINO's default is bf16 (AVX512_BF16, AMX)."""
+    try:
+        flags: set[str] = set()
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        return "unknown"
+    level = ("x86-64-v4 (AVX-512)" if {"avx512f", "avx512vl", "avx512bw", "avx512dq"} <= flags
+             else "x86-64-v3 (AVX2)" if {"avx2", "fma"} <= flags else "below x86-64-v3")
+    extras = [f for f in ("avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile") if f in flags]
+    return level + (", " + ", ".join(extras) if extras else "")
+
+
 def cpu_busy_percent(interval: float = 1.0) -> float | None:
     """Share of all CPUs busy (not idle or iowait) over ``interval`` seconds,
     from /proc/stat, while this process sleeps: what other jobs take now.
@@ -242,7 +260,7 @@ def cpu_busy_percent(interval: float = 1.0) -> float | None:
 
 
 def machine() -> dict:
-    return {"cpu": cpu_name(), "cpus": os.cpu_count(), "loadavg": list(os.getloadavg()),
+    return {"cpu": cpu_name(), "isa": cpu_isa(), "cpus": os.cpu_count(), "loadavg": list(os.getloadavg()),
             "busy_percent": cpu_busy_percent(), "python": platform.python_version()}
 
 
