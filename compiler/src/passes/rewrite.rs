@@ -106,12 +106,56 @@ impl Patch {
 }
 
 /// Recompute the types of `touched` and of everything downstream whose
-/// operand types changed, in schedule order.
+/// operand types changed.
+///
+/// Most patches keep every type (a fusion, a fold): then only the touched
+/// nodes are retyped, a few at a time until they agree, without a schedule
+/// of the whole graph (one per patch made the passes cubic in the layers of
+/// a dense block, whose concatenations have quadratically many edges). Only
+/// when a type changes does the whole downstream graph get retyped, in
+/// schedule order.
 fn retype(g: &mut Graph, touched: &BTreeSet<NodeId>) -> Result<(), IrError> {
     if touched.is_empty() {
         return Ok(());
     }
-    let mut changed: BTreeSet<NodeId> = BTreeSet::new();
+    let before: Vec<(NodeId, ir::TensorType)> = touched
+        .iter()
+        .map(|&id| (id, g.node(id).ty.clone()))
+        .collect();
+    // Touched nodes may feed each other: repeat until a round changes nothing.
+    let mut error = None;
+    for _ in 0..=touched.len() {
+        error = None;
+        let mut moved = false;
+        for &id in touched {
+            let ty = g.node(id).ty.clone();
+            match g.retype(id) {
+                Ok(()) => moved |= g.node(id).ty != ty,
+                Err(e) => error = Some(e),
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+    let changed: BTreeSet<NodeId> = before
+        .iter()
+        .filter(|(id, ty)| g.node(*id).ty != *ty)
+        .map(|(id, _)| *id)
+        .collect();
+    if changed.is_empty() {
+        return error.map_or(Ok(()), Err);
+    }
+    retype_downstream(g, touched, changed)
+}
+
+/// [`retype`] over the whole graph in schedule order; `changed` holds the
+/// touched nodes whose type already changed.
+fn retype_downstream(
+    g: &mut Graph,
+    touched: &BTreeSet<NodeId>,
+    mut changed: BTreeSet<NodeId>,
+) -> Result<(), IrError> {
     for id in g.schedule()? {
         let stale = touched.contains(&id) || g.operands(id).iter().any(|o| changed.contains(o));
         if stale {
