@@ -8,9 +8,13 @@
  * `--device cuda` (device 0) or `cuda:N` runs on a GPU when the artefact has CUDA code and the
  * machine has a driver; otherwise the runtime's error is printed.
  *
- * Build against the runtime (cdylib or staticlib), e.g.:
- *   cc -I runtime/include examples/c/classify.c target/release/libruntime.a \
- *      -lpthread -ldl -lm -o classify
+ * Build against the runtime's C library, libdensenetc (`cargo build --release -p densenetc-capi`
+ * writes target/release/libdensenetc.so and libdensenetc.a), e.g.:
+ *   cc -I runtime/include examples/c/classify.c -L target/release -ldensenetc \
+ *      -Wl,-rpath,"$PWD/target/release" -o classify
+ * or statically (the system libraries are those of `rustc --print native-static-libs`):
+ *   cc -I runtime/include examples/c/classify.c target/release/libdensenetc.a \
+ *      -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc -o classify
  */
 #include <stdio.h>
 #include <stdlib.h>

@@ -10,6 +10,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+/* The densenetc runtime's C API. Link with -ldensenetc: libdensenetc.so or libdensenetc.a,
+ * built by `cargo build --release -p densenetc-capi` into target/release/ (a static link also
+ * needs -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc). Example: examples/c/classify.c. */
+
 /**
  * `device_kind` of `dnc_session_create`: the CPU (`threads_or_ordinal` = threads, 0 = all cores).
  */

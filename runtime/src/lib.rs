@@ -13,7 +13,10 @@
 //! * [`artefact`]: the file format, its reader ([`Artefact`]) and writer ([`ArtefactWriter`]).
 //! * [`Model`], [`Session`], [`Device`]: the Rust API.
 //! * [`abi`]: the contract with the generated code (context struct, parallel-for).
-//! * [`ffi`]: the C API (`include/densenetc.h`).
+//! * [`ffi`]: the C API (`include/densenetc.h`), which the `densenetc-capi` package (`capi/`)
+//!   builds into the C library `libdensenetc` (`-ldensenetc`).
+//! * [`cuda`]: the CUDA executor, the default-on `cuda` cargo feature (without it CUDA sessions
+//!   report [`Error::DeviceUnavailable`]: built without CUDA support).
 //! * [`preprocess`]: model inputs from files: `.npy` tensors ([`npy`]) and, with the default
 //!   `image` feature, PNG/JPEG images preprocessed as torchvision's ImageNet eval transform.
 //!
@@ -45,9 +48,11 @@ mod model;
 pub mod npy;
 mod pool;
 pub mod preprocess;
+mod profile;
 
 pub use aligned::ALIGN;
 pub use artefact::{Artefact, ArtefactWriter, Manifest, SectionKind};
 pub use error::{ArtefactError, Error, Result};
-pub use model::{Device, KernelTime, Model, Session};
+pub use model::{Device, Model, Session};
 pub use pool::MAX_THREADS;
+pub use profile::KernelTime;

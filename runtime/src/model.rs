@@ -17,6 +17,7 @@ use crate::cuda::{CudaSession, DeviceModel};
 use crate::error::{Error, Result};
 use crate::library::CpuLibrary;
 use crate::pool::{dnc_parallel_for, ThreadPool};
+use crate::profile::KernelTime;
 
 /// The CPU code a model runs: one variant of the artefact's, loaded.
 #[derive(Debug)]
@@ -262,17 +263,6 @@ impl Model {
         devices.push(d.clone());
         Ok(d)
     }
-}
-
-/// The time one kernel took in [`Session::run_profiled`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct KernelTime {
-    /// The kernel's index in the schedule (`manifest.schedule[index]` names it).
-    pub index: usize,
-    /// The tasks it was split into.
-    pub tasks: i64,
-    /// Wall time in seconds.
-    pub seconds: f64,
 }
 
 /// One execution context of a model: an arena and a thread pool (CPU), or a stream and a

@@ -1,7 +1,9 @@
-//! The C API from C, and both examples: `examples/c/classify.c` is compiled against the
-//! runtime's cdylib and against its staticlib, `tests/data/c_api_checks.c` checks every error
-//! status, and the C and Rust classifiers must print the same, correct lines for the toy
-//! artefact. Skipped, with a printed reason, where no C compiler is available.
+//! The C API from C, and both examples: the C library `libdensenetc` (package
+//! `densenetc-capi`, `capi/`) exports every function of the header, `examples/c/classify.c` is
+//! compiled against its cdylib (`-ldensenetc`) and against its staticlib,
+//! `tests/data/c_api_checks.c` checks every error status, and the C and Rust classifiers must
+//! print the same, correct lines for the toy artefact. Skipped, with a printed reason, where no
+//! C compiler is available.
 
 mod common;
 
@@ -11,9 +13,10 @@ use std::sync::OnceLock;
 
 use common::{runtime_dir, scratch_dir, toy_artefact, toy_expected, toy_input, CLASSES, LABELS};
 
-/// What `cargo build -p runtime --lib --example classify` produced. `cargo test` only builds
-/// the rlib it links the tests with, so the cdylib, the staticlib and the example are built
-/// here (a no-op when they are fresh); their paths come from cargo's JSON messages.
+/// What `cargo build -p runtime -p densenetc-capi --lib --example classify` produced. `cargo
+/// test -p runtime` only builds the rlib it links the tests with, so the C library (cdylib and
+/// staticlib) and the example are built here (a no-op when they are fresh); their paths come
+/// from cargo's JSON messages.
 struct Built {
     cdylib: PathBuf,
     staticlib: PathBuf,
@@ -29,6 +32,8 @@ fn built() -> &'static Built {
                 "build",
                 "-p",
                 "runtime",
+                "-p",
+                "densenetc-capi",
                 "--lib",
                 "--example",
                 "classify",
@@ -71,11 +76,11 @@ fn built() -> &'static Built {
         };
         Built {
             cdylib: find(
-                &|f| f.file_name().is_some_and(|n| n == "libruntime.so"),
+                &|f| f.file_name().is_some_and(|n| n == "libdensenetc.so"),
                 "cdylib",
             ),
             staticlib: find(
-                &|f| f.file_name().is_some_and(|n| n == "libruntime.a"),
+                &|f| f.file_name().is_some_and(|n| n == "libdensenetc.a"),
                 "staticlib",
             ),
             rust_example: find(
@@ -99,9 +104,47 @@ fn dynamic_link_flags() -> Vec<String> {
         .to_string();
     vec![
         format!("-L{dir}"),
-        "-lruntime".into(),
+        "-ldensenetc".into(),
         format!("-Wl,-rpath,{dir}"),
     ]
+}
+
+/// Every `dnc_*` function the header declares is exported by the cdylib (no C compiler needed).
+#[test]
+fn the_c_library_exports_every_function_of_the_header() {
+    let header = std::fs::read_to_string(runtime_dir().join("include/densenetc.h"))
+        .expect("read the header");
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    // Every `dnc_…(`: the declarations (and calls in the doc comments).
+    let mut names: Vec<&str> = header
+        .match_indices("dnc_")
+        .filter(|&(i, _)| !header[..i].ends_with(ident))
+        .filter_map(|(i, _)| {
+            let rest = &header[i..];
+            let end = rest.find(|c: char| !ident(c)).unwrap_or(rest.len());
+            rest[end..].starts_with('(').then(|| &rest[..end])
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(
+        names.len() >= 10 && names.contains(&"dnc_session_run"),
+        "{names:?}"
+    );
+    // SAFETY: loading the C library runs no initialiser but Rust's std's; only symbol
+    // addresses are looked up, nothing is called.
+    let lib = unsafe { libloading::Library::new(&built().cdylib) }.expect("dlopen libdensenetc");
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        // SAFETY: the symbol is only looked up, never called or read.
+        .filter(|name| unsafe { lib.get::<*const ()>(name.as_bytes()) }.is_err())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} does not export {missing:?}",
+        built().cdylib.display()
+    );
 }
 
 fn cc(source: &Path, out: &Path, link: &[&str]) {

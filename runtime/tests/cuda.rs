@@ -1,10 +1,12 @@
 //! The CUDA side of the runtime without a GPU: the launch table's checks (every tampering of a
 //! valid table is refused by the loader with a message naming it), and CUDA sessions that
-//! report a missing driver as a typed error instead of panicking.
+//! report a missing driver as a typed error instead of panicking (skipped where a driver is
+//! installed: there a toy launch table runs on the device instead), or, built without the
+//! `cuda` feature, the lack of CUDA support.
 //!
 //! The artefact is the toy model of `common` with a CUDA target: a small PTX module whose two
 //! launched entries take (weights, arena) pointers, and a third that also takes a `.u32`
-//! scalar. It is never launched here.
+//! scalar. It is launched only where there is a CUDA driver (the kernels return at once).
 
 mod common;
 
@@ -285,6 +287,7 @@ fn cuda_code_needs_its_ptx() {
     );
 }
 
+#[cfg(feature = "cuda")]
 fn driver_present() -> bool {
     runtime::cuda::driver::DRIVER_LIBRARIES.iter().any(|name| {
         // SAFETY: opening (and closing) the driver library, as the runtime's probe does.
@@ -292,6 +295,7 @@ fn driver_present() -> bool {
     })
 }
 
+#[cfg(feature = "cuda")]
 #[test]
 fn a_cuda_session_without_a_driver_is_a_typed_error() {
     let path = std::env::temp_dir().join(format!("dnc-cuda-toy-{}.dnc", std::process::id()));
@@ -319,6 +323,7 @@ fn a_cuda_session_without_a_driver_is_a_typed_error() {
     assert!(runtime::cuda::driver::probe().is_err());
 }
 
+#[cfg(feature = "cuda")]
 #[test]
 fn the_c_api_reports_a_missing_driver() {
     use runtime::ffi::*;
@@ -347,6 +352,110 @@ fn the_c_api_reports_a_missing_driver() {
         assert!(text.contains("no CUDA driver (libcuda.so.1"), "{text}");
         dnc_model_free(model);
     }
+}
+
+/// Where there is a CUDA driver this runs instead of the two no-driver tests above: the toy
+/// launch table (kernels that return at once) is loaded on device 0 (its PTX JIT-compiled by
+/// the driver), run plainly, captured into a CUDA graph at the second run and replayed, and
+/// profiled. The kernels write nothing, so the logits are those of the zeroed arena. Skipped
+/// only without a driver, or (with a printed reason) when the driver has no usable device.
+#[cfg(feature = "cuda")]
+#[test]
+fn a_cuda_session_runs_the_launch_table_where_there_is_a_driver() {
+    if !driver_present() {
+        eprintln!("skipped: no CUDA driver here (libcuda.so.1 or libcuda.so)");
+        return;
+    }
+    let path = std::env::temp_dir().join(format!("dnc-cuda-run-{}.dnc", std::process::id()));
+    std::fs::write(&path, cuda_artefact(cuda_manifest()).expect("valid")).expect("write");
+    let model = Model::load(&path).expect("load");
+    std::fs::remove_file(&path).ok();
+    let mut session = match model.session(Device::Cuda { ordinal: 0 }) {
+        Ok(s) => s,
+        // A driver but no device (or one older than sm_80): a typed error, not a failure here.
+        Err(
+            e @ (Error::DeviceUnavailable(_)
+            | Error::Cuda {
+                what: "counting devices",
+                ..
+            }),
+        ) => {
+            eprintln!("skipped: a CUDA driver but no usable device: {e}");
+            return;
+        }
+        Err(e) => panic!("a CUDA session on device 0: {e}"),
+    };
+    assert_eq!(session.device(), Device::Cuda { ordinal: 0 });
+    let zeros = vec![0.0f32; common::BATCH * common::CLASSES];
+    let input = common::toy_input(1);
+    for run in 0..3 {
+        let out = session
+            .run(&input, model.input_shape())
+            .unwrap_or_else(|e| panic!("run {run}: {e}"));
+        assert_eq!(out, zeros, "run {run}");
+    }
+    if std::env::var("DNC_CUDA_GRAPHS").map_or(true, |v| v != "0") {
+        assert!(session.cuda_graph_captured(), "{session:?}");
+    }
+    let mut out = vec![1.0f32; zeros.len()];
+    let times = session.run_profiled(&input, &mut out).expect("profile");
+    assert_eq!(out, zeros);
+    assert_eq!(
+        times.iter().map(|t| (t.index, t.tasks)).collect::<Vec<_>>(),
+        [(0, 2), (1, 2)]
+    );
+    // A second session shares the device model; a device that does not exist is refused.
+    let mut other = model
+        .session(Device::Cuda { ordinal: 0 })
+        .expect("second session");
+    assert_eq!(other.run(&input, model.input_shape()).expect("run"), zeros);
+    let e = model
+        .session(Device::Cuda { ordinal: 4096 })
+        .expect_err("no device 4096");
+    assert!(e.to_string().contains("device 4096 requested"), "{e}");
+}
+
+/// Built without the `cuda` feature (`cargo test -p runtime --no-default-features`), a CUDA
+/// session is the same typed error whether or not a driver is installed, from Rust and from C.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn without_the_cuda_feature_cuda_sessions_are_unavailable() {
+    use runtime::ffi::*;
+    use std::ffi::{CStr, CString};
+    const WANT: &str =
+        "device unavailable: CUDA: this runtime was built without CUDA support (rebuild it with \
+         its `cuda` cargo feature)";
+    let path = std::env::temp_dir().join(format!("dnc-cuda-stub-{}.dnc", std::process::id()));
+    std::fs::write(&path, cuda_artefact(cuda_manifest()).expect("valid")).expect("write");
+    let model = Model::load(&path).expect("a CUDA artefact loads without the CUDA executor");
+    for ordinal in [0, 1] {
+        let e = model
+            .session(Device::Cuda { ordinal })
+            .expect_err("no CUDA support");
+        assert!(matches!(e, Error::DeviceUnavailable(_)), "{e:?}");
+        assert_eq!(e.to_string(), WANT);
+    }
+    let e = runtime::cuda::driver::probe().expect_err("no CUDA support");
+    assert_eq!(e.to_string(), WANT);
+    let e = runtime::cuda::driver::guarded("testing", || Ok(())).expect_err("no CUDA support");
+    assert_eq!(e.to_string(), WANT);
+
+    let c_path = CString::new(path.to_str().expect("utf-8 path")).expect("no NUL");
+    let mut c_model = std::ptr::null_mut();
+    let mut session = std::ptr::null_mut();
+    // SAFETY: valid C string, out pointers and the model handle from dnc_model_load.
+    unsafe {
+        assert_eq!(dnc_model_load(c_path.as_ptr(), &mut c_model), DncStatus::Ok);
+        assert_eq!(
+            dnc_session_create(c_model, DNC_DEVICE_CUDA, 0, &mut session),
+            DncStatus::DeviceUnavailable
+        );
+        assert!(session.is_null());
+        let text = CStr::from_ptr(dnc_last_error()).to_string_lossy();
+        assert_eq!(text, WANT);
+        dnc_model_free(c_model);
+    }
+    std::fs::remove_file(&path).ok();
 }
 
 #[test]

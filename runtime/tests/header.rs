@@ -68,9 +68,20 @@ const ABI_NOTE: &str = "
 
 struct DncContext;";
 
+const C_API_NOTE: &str = "
+/* The densenetc runtime's C API. Link with -ldensenetc: libdensenetc.so or libdensenetc.a,
+ * built by `cargo build --release -p densenetc-capi` into target/release/ (a static link also
+ * needs -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc). Example: examples/c/classify.c. */";
+
 #[test]
 fn c_api_header_is_fresh() {
-    check("densenetc.h", "src/ffi.rs", "DENSENETC_H", &[], None);
+    check(
+        "densenetc.h",
+        "src/ffi.rs",
+        "DENSENETC_H",
+        &[],
+        Some(C_API_NOTE),
+    );
 }
 
 #[test]

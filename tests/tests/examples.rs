@@ -1,7 +1,7 @@
 //! The examples on a real DenseNet: `examples/rust/classify.rs` (built by cargo) and
-//! `examples/c/classify.c` (built with `cc` against the runtime's cdylib) classify inputs with a
-//! DenseNet-BC-100 artefact compiled here with random weights and labels, and their top-k
-//! lines must agree with `ir::reference` on the unoptimised graph — for an image
+//! `examples/c/classify.c` (built with `cc … -ldensenetc`, the runtime's C library) classify
+//! inputs with a DenseNet-BC-100 artefact compiled here with random weights and labels, and
+//! their top-k lines must agree with `ir::reference` on the unoptimised graph — for an image
 //! (preprocessed by `runtime::preprocess`), a `.npy` tensor, and the same tensor as raw `.f32`
 //! for the C program, which must print exactly what the Rust one prints.
 
@@ -80,7 +80,8 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-/// The runtime's cdylib and the Rust example, built by cargo (paths from its JSON messages).
+/// The runtime's C library (`libdensenetc.so`, package `densenetc-capi`) and the Rust example,
+/// built by cargo (paths from its JSON messages).
 struct Built {
     cdylib: PathBuf,
     rust_example: PathBuf,
@@ -95,6 +96,8 @@ fn built() -> &'static Built {
                 "build",
                 "-p",
                 "runtime",
+                "-p",
+                "densenetc-capi",
                 "--lib",
                 "--example",
                 "classify",
@@ -129,7 +132,7 @@ fn built() -> &'static Built {
         }
         let find = |pred: &dyn Fn(&Path) -> bool| files.iter().find(|f| pred(f)).cloned();
         Built {
-            cdylib: find(&|f| f.file_name().is_some_and(|n| n == "libruntime.so"))
+            cdylib: find(&|f| f.file_name().is_some_and(|n| n == "libdensenetc.so"))
                 .unwrap_or_else(|| panic!("no cdylib in {files:?}")),
             rust_example: find(&|f| {
                 f.parent().is_some_and(|d| d.ends_with("examples"))
@@ -152,7 +155,7 @@ fn c_example() -> PathBuf {
             .arg("-o")
             .arg(&out)
             .arg(format!("-L{}", dir.display()))
-            .arg("-lruntime")
+            .arg("-ldensenetc")
             .arg(format!("-Wl,-rpath,{}", dir.display()))
             .status()
             .expect("run cc");

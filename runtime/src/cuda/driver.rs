@@ -3,17 +3,38 @@
 //! (the names cudarc also tries, the versioned soname first) and caches the answer; every
 //! cudarc call additionally runs under [`guarded`], so a missing symbol (a driver older than
 //! the API cudarc was built for) is an error too, never a crash.
+//!
+//! Without the `cuda` cargo feature there is no cudarc: [`probe`] always fails with the error
+//! that says so, and the rest of the module's public API is the same.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
 
 /// The driver library names tried, in order.
 pub const DRIVER_LIBRARIES: [&str; 2] = ["libcuda.so.1", "libcuda.so"];
 
-/// Whether the CUDA driver library can be opened; the error says which names were tried.
+/// What [`probe`] reports when the runtime was built without the `cuda` feature.
+#[cfg(not(feature = "cuda"))]
+pub(crate) fn built_without_cuda() -> Error {
+    Error::DeviceUnavailable(
+        "CUDA: this runtime was built without CUDA support (rebuild it with its `cuda` cargo \
+         feature)"
+            .into(),
+    )
+}
+
+/// Whether CUDA can be used: always an error without the `cuda` feature.
+#[cfg(not(feature = "cuda"))]
 pub fn probe() -> Result<()> {
+    Err(built_without_cuda())
+}
+
+/// Whether the CUDA driver library can be opened; the error says which names were tried.
+#[cfg(feature = "cuda")]
+pub fn probe() -> Result<()> {
+    use std::sync::OnceLock;
+
     static PROBE: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     PROBE
         .get_or_init(|| {
@@ -60,7 +81,8 @@ pub fn guarded<T>(what: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T
 }
 
 /// Wraps a driver error.
-pub fn cuda_err(what: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
+#[cfg(feature = "cuda")]
+pub(crate) fn cuda_err(what: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
     move |e| Error::Cuda {
         what,
         message: e.to_string(),
