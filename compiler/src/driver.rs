@@ -89,8 +89,12 @@ impl fmt::Display for Target {
 /// Where the weights come from.
 #[derive(Debug, Clone)]
 pub enum Weights {
-    /// A checkpoint (safetensors or a `torch.save` file), recognised by its bytes.
+    /// A checkpoint (safetensors, a `torch.save` file in the zip or legacy format),
+    /// recognised by its bytes; the network is found in it automatically ([`weights::load`]).
     File(PathBuf),
+    /// A checkpoint whose network is where the [`weights::Choice`] says (`--weights-key`,
+    /// `--weights-prefix`).
+    FileChoice(PathBuf, weights::Choice),
     /// Deterministic random weights with non-trivial BatchNorm statistics.
     Random(u64),
 }
@@ -323,7 +327,10 @@ pub fn build(cfg: &DenseNetConfig, batch: usize, weights: &Weights) -> Result<Gr
     let mut g = builder::build(cfg, batch)?;
     match weights {
         Weights::File(path) => {
-            weights::bind(&mut g, weights::read_tensors(path)?)?;
+            weights::load(&mut g, path, &weights::Choice::default())?;
+        }
+        Weights::FileChoice(path, choice) => {
+            weights::load(&mut g, path, choice)?;
         }
         Weights::Random(seed) => weights::randomize(&mut g, *seed),
     }

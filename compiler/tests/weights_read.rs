@@ -112,11 +112,11 @@ fn other_dtypes_are_kept_by_name() {
 }
 
 #[test]
-fn legacy_format_is_refused_with_a_fix() {
-    let (e, msg) = read_err("legacy_format.pth");
-    assert!(matches!(e, WeightError::LegacyFormat { .. }), "{e:?}");
-    assert!(msg.contains("legacy_format.pth"), "{msg}");
-    assert!(msg.contains("_use_new_zipfile_serialization=True"), "{msg}");
+fn legacy_format_is_read() {
+    // torch.save(..., _use_new_zipfile_serialization=False): the pre-1.6 format.
+    let m = read("legacy_format.pth");
+    assert_eq!(values(&m, "w"), (vec![2], vec![1.0, 2.0]));
+    assert_eq!(m.len(), 1);
 }
 
 #[test]
@@ -130,25 +130,21 @@ fn compressed_archives_are_refused() {
 }
 
 #[test]
-fn a_whole_pickled_module_is_refused_with_a_hint() {
-    let (e, msg) = read_err("whole_module.pth");
-    assert!(matches!(e, WeightError::Unsupported { .. }), "{e:?}");
-    assert!(msg.contains("torch.nn.modules.linear.Linear"), "{msg}");
-    assert!(msg.contains("state_dict()"), "{msg}");
+fn a_whole_pickled_module_is_read_by_path() {
+    // torch.save(torch.nn.Linear(2, 1)): its module tree, as state_dict() names it.
+    let m = read("whole_module.pth");
+    assert_eq!(m.keys().collect::<Vec<_>>(), ["bias", "weight"]);
+    assert_eq!(m["weight"].shape, [1, 2]);
+    assert_eq!(m["bias"].shape, [1]);
 }
 
 #[test]
-fn wrapper_keys_must_hold_dicts() {
+fn a_state_dict_is_found_under_any_key() {
+    // `model` holds a string; the state dict is under `state_dict`.
     let m = read("wrapped_with_model_name.pth");
     assert_eq!(values(&m, "w"), (vec![2], vec![1.0, 2.0]));
-    let (e, msg) = read_err("unknown_wrapper.pth");
-    assert!(matches!(e, WeightError::Unsupported { .. }), "{e:?}");
-    assert!(msg.contains("unknown_wrapper.pth"), "{msg}");
-    assert!(msg.contains("keys `epoch`, `net`"), "{msg}");
-    assert!(
-        msg.contains("under `state_dict`, `model_state_dict`, `model`"),
-        "{msg}"
-    );
+    // A key densenetc has no name for (`net`).
+    assert_eq!(read("unknown_wrapper.pth"), m);
 }
 
 #[test]

@@ -129,9 +129,21 @@ struct ModelArgs {
     /// Batch size the model is compiled for.
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// Trained weights: a .safetensors file or a PyTorch .pth/.pt state dict.
+    /// Trained weights: a PyTorch checkpoint (torch.save, zip or legacy format: a state dict, a
+    /// training checkpoint holding one, or a whole pickled model) or a safetensors file,
+    /// recognised by its bytes whatever its extension. The network is found in it (inspect
+    /// --weights shows where).
     #[arg(long, conflicts_with = "random_weights")]
     weights: Option<PathBuf>,
+    /// Where the network is in the checkpoint, when several fit: the path of its state dict or
+    /// module, keys joined by `.` (`state_dict`, `ema_state_dict`, `model.ema`; `.` for the top
+    /// level), as `inspect --weights` prints it.
+    #[arg(long, value_name = "PATH", requires = "weights")]
+    weights_key: Option<String>,
+    /// The prefix to strip from the checkpoint's tensor names (`module.`, `model.`), when
+    /// several fit; tensors outside it are ignored.
+    #[arg(long, value_name = "P", requires = "weights")]
+    weights_prefix: Option<String>,
     /// Deterministic random weights (with non-trivial BatchNorm statistics).
     #[arg(long, value_name = "SEED")]
     random_weights: Option<u64>,
@@ -186,21 +198,40 @@ impl ModelArgs {
     /// The weights named on the command line, if any.
     fn weights(&self) -> Option<Weights> {
         match (&self.weights, self.random_weights) {
-            (Some(path), _) => Some(Weights::File(path.clone())),
+            (Some(path), _) => Some(match self.weights_choice() {
+                c if c == compiler::weights::Choice::default() => Weights::File(path.clone()),
+                c => Weights::FileChoice(path.clone(), c),
+            }),
             (None, Some(seed)) => Some(Weights::Random(seed)),
             (None, None) => None,
         }
     }
 
-    /// The graph, with the weights bound if any were given (`inspect` works on shapes alone).
-    fn graph(&self) -> Result<(DenseNetConfig, ir::Graph)> {
+    /// `--weights-key` and `--weights-prefix`.
+    fn weights_choice(&self) -> compiler::weights::Choice {
+        compiler::weights::Choice {
+            key: self.weights_key.clone(),
+            prefix: self.weights_prefix.clone(),
+        }
+    }
+
+    /// The graph, with the weights bound if any were given (`inspect` works on shapes alone),
+    /// and for `--weights FILE` what was found where in the file.
+    fn graph(&self) -> Result<(DenseNetConfig, ir::Graph, Option<compiler::weights::Loaded>)> {
         let cfg = self.config()?;
+        let building = || format!("building {}", cfg.name);
+        if let Some(path) = &self.weights {
+            let mut g = compiler::builder::build(&cfg, self.batch).with_context(building)?;
+            let loaded = compiler::weights::load(&mut g, path, &self.weights_choice())
+                .with_context(building)?;
+            return Ok((cfg, g, Some(loaded)));
+        }
         let g = match self.weights() {
             Some(w) => driver::build(&cfg, self.batch, &w),
             None => compiler::builder::build(&cfg, self.batch).map_err(Into::into),
         }
-        .with_context(|| format!("building {}", cfg.name))?;
-        Ok((cfg, g))
+        .with_context(building)?;
+        Ok((cfg, g, None))
     }
 }
 
@@ -279,7 +310,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn inspect(a: &InspectArgs) -> Result<()> {
-    let (cfg, g) = a.model.graph()?;
+    let (cfg, g, loaded) = a.model.graph()?;
     let s = ir::stats::stats(&g);
     // The full pipeline gives the optimised MACs and the memory plan; the
     // graph shown is the unoptimised one unless `--after` names a pass.
@@ -319,6 +350,9 @@ fn inspect(a: &InspectArgs) -> Result<()> {
             "macs_optimized": report.macs_optimized(),
             "passes": passes::PASSES,
         });
+        if let (Some(l), Some(o)) = (&loaded, out.as_object_mut()) {
+            o.insert("weights".into(), found_json(l));
+        }
         if a.memory {
             let m = serde_json::to_value(memory)?;
             if let (Some(o), Some(m)) = (out.as_object_mut(), m.as_object()) {
@@ -362,6 +396,28 @@ fn inspect(a: &InspectArgs) -> Result<()> {
             "none (shapes only)"
         }
     );
+    if let Some(l) = &loaded {
+        // What was found where in the weights file (`--weights`).
+        for line in l.found.to_string().lines() {
+            let _ = writeln!(text, "  {line}");
+        }
+        if !l.bind.ignored.is_empty() {
+            let _ = writeln!(
+                text,
+                "  ignored:  {} num_batches_tracked counters",
+                l.bind.ignored.len()
+            );
+        }
+        if !l.bind.renamed.is_empty() {
+            let _ = writeln!(
+                text,
+                "  renamed:  {} tensors (e.g. `{}` as `{}`)",
+                l.bind.renamed.len(),
+                l.bind.renamed[0].0,
+                l.bind.renamed[0].1
+            );
+        }
+    }
     if a.memory {
         let _ = writeln!(text, "arena bytes:   {}", memory.arena_bytes);
         let _ = writeln!(text, "lower bound:   {}", memory.lower_bound_bytes);
@@ -369,6 +425,32 @@ fn inspect(a: &InspectArgs) -> Result<()> {
         let _ = writeln!(text, "concat copies: {}", memory.concat_copies);
     }
     emit(&text)
+}
+
+/// `inspect --weights --json`: what was found where in the weights file.
+fn found_json(l: &compiler::weights::Loaded) -> serde_json::Value {
+    use compiler::weights::SourceKind;
+    let f = &l.found;
+    let (kind, class) = match &f.kind {
+        SourceKind::StateDict => ("state_dict", None),
+        SourceKind::Module { class } => ("module", Some(class.clone())),
+        SourceKind::Flat => ("flat", None),
+    };
+    serde_json::json!({
+        "format": f.format.to_string(),
+        "path": f.path,
+        "kind": kind,
+        "class": class,
+        "prefix": f.prefix,
+        "tensors": f.tensors,
+        "bound": l.bind.bound,
+        "matched": f.matched,
+        "ignored": f.ignored.iter().map(|i| serde_json::json!({
+            "path": i.path, "tensors": i.tensors, "reason": i.reason,
+        })).collect::<Vec<_>>(),
+        "num_batches_tracked_ignored": l.bind.ignored.len(),
+        "renamed": l.bind.renamed.len(),
+    })
 }
 
 fn compile(a: &CompileArgs) -> Result<()> {

@@ -1,6 +1,7 @@
 //! Binding tensors to the constants of a graph.
 //!
-//! Names are normalised first ([`normalize_name`]); `num_batches_tracked`
+//! Names are normalised first ([`normalize_name`]; finding the network and
+//! stripping its wrapper prefix happened before, in `find`); `num_batches_tracked`
 //! buffers are ignored; then every constant of the graph must receive a
 //! float32 tensor of exactly its shape, and every tensor must name a
 //! constant. All problems are collected and reported together, and the
@@ -31,16 +32,22 @@ pub struct BindReport {
 ///   `relu.1`, `conv.1`, `norm.2`, `relu.2`, `conv.2`) become `norm1`, ...,
 ///   as torchvision's own loader rewrites them;
 /// - `features.norm_final.*` (the memory-efficient CIFAR implementation)
-///   becomes `features.norm5.*`.
+///   becomes `features.norm5.*`;
+/// - `classifier.0.weight`/`bias`, the Linear that starts a `Sequential`
+///   classifier (CheXNet's `Sequential(Linear, Sigmoid)`), becomes
+///   `classifier.weight`/`bias`.
 pub fn normalize_name(name: &str) -> String {
     let mut n = name;
     while let Some(rest) = n.strip_prefix("module.") {
         n = rest;
     }
     let n = legacy_dense_layer(n).unwrap_or_else(|| n.to_owned());
-    match n.strip_prefix("features.norm_final.") {
-        Some(rest) => format!("features.norm5.{rest}"),
-        None => n,
+    if let Some(rest) = n.strip_prefix("features.norm_final.") {
+        return format!("features.norm5.{rest}");
+    }
+    match n.strip_prefix("classifier.0.") {
+        Some(rest @ ("weight" | "bias")) => format!("classifier.{rest}"),
+        _ => n,
     }
 }
 
@@ -210,6 +217,10 @@ mod tests {
                 "features.norm5.running_mean",
             ),
             ("norm_final.weight", "norm_final.weight"),
+            ("classifier.0.weight", "classifier.weight"),
+            ("module.classifier.0.bias", "classifier.bias"),
+            ("classifier.1.weight", "classifier.1.weight"),
+            ("classifier.0.running_mean", "classifier.0.running_mean"),
         ];
         for (from, to) in cases {
             assert_eq!(normalize_name(from), to, "{from}");

@@ -25,20 +25,47 @@ pub enum WeightError {
     #[error("weights file `{}`: {message}", path.display())]
     Unsupported { path: PathBuf, message: String },
     #[error(
-        "weights file `{}` uses PyTorch's legacy (pre-1.6, non-zip) serialization format, \
-         which densenetc does not read; re-save it with \
-         torch.save(torch.load(path), new_path, _use_new_zipfile_serialization=True)",
+        "weights file `{}` uses PyTorch's oldest (tar-based, before 0.4) serialization \
+         format, which densenetc does not read; re-save it with \
+         torch.save(torch.load(path), new_path)",
         path.display()
     )]
     LegacyFormat { path: PathBuf },
     #[error(
-        "weights file `{}` is neither a PyTorch checkpoint (a torch.save zip archive) \
-         nor a valid safetensors file ({detail})",
+        "weights file `{}` is not a format densenetc reads (a PyTorch checkpoint, zip or \
+         legacy, or safetensors): {detail}",
         path.display()
     )]
     UnknownFormat { path: PathBuf, detail: String },
+    /// The file holds no state dict or module (or none where `--weights-key`
+    /// / `--weights-prefix` point).
+    #[error("no network found in weights file `{}`: {message}", path.display())]
+    NotFound { path: PathBuf, message: String },
+    /// Several different networks fit the graph equally well.
+    #[error("weights file `{}` is ambiguous: {message}", path.display())]
+    Ambiguous { path: PathBuf, message: String },
+    /// [`WeightError::Mismatch`] for the tensors found in a file, saying
+    /// where they were found.
+    #[error("weights file `{}`, {found}: {}", path.display(), MismatchList(.problems))]
+    FileMismatch {
+        path: PathBuf,
+        found: String,
+        problems: Vec<BindProblem>,
+    },
     #[error("{}", MismatchList(.problems))]
     Mismatch { problems: Vec<BindProblem> },
+}
+
+impl WeightError {
+    /// The binding problems, if this is a mismatch.
+    pub fn problems(&self) -> Option<&[BindProblem]> {
+        match self {
+            WeightError::Mismatch { problems } | WeightError::FileMismatch { problems, .. } => {
+                Some(problems)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// One difference between the tensors of a weights file and the constants

@@ -1,32 +1,46 @@
-//! Weight import: reading checkpoints, binding them to a graph, and
-//! deterministic random weights.
+//! Weight import: reading checkpoints, finding the network in them, binding
+//! it to a graph, and deterministic random weights.
 //!
 //! ```text
-//! .pth / .pt (torch.save zip) ──pth (zip + pickle VM)──┐
-//!                                                       ├─▶ TensorMap ──bind──▶ Graph constants
-//! .safetensors ──────────────────safetensors crate─────┘
-//!                                             randomize(seed) ──────────────▶ Graph constants
+//!                       sniff (first bytes, never the file name)
+//! torch.save zip ───────zip + pickle VM──────┐
+//! torch.save legacy ────legacy + pickle VM───┼─▶ object ──find──▶ TensorMap ──bind──▶ constants
+//! .safetensors ─────────safetensors crate────┘   (state dicts,     + Found
+//!                                                 module trees)
+//!                                      randomize(seed) ──────────────────────▶ constants
 //! ```
 //!
 //! Reading is pure Rust (no Python) and defensive: a truncated or corrupt
 //! file is an error, never a panic, and nothing is allocated in proportion
-//! to a size the file merely declares. [`read_tensors`] returns the tensors
-//! as the file names them; [`bind`] normalises the names (DataParallel
-//! `module.` prefixes, old torchvision spellings) and checks every tensor
-//! against the graph.
+//! to a size the file merely declares. The finder (`find.rs`) looks for the
+//! network wherever the checkpoint keeps it (a state dict at the top or
+//! under any key, a whole pickled module's tree), strips a wrapper prefix
+//! (`module.`, `module.densenet121.`) and reports what it found where
+//! ([`Found`]). [`bind`] normalises the remaining names (DataParallel
+//! `module.`, old torchvision spellings, `norm_final`, `classifier.0`) and
+//! checks every tensor against the graph. [`load`] does all three.
 
 mod bind;
 mod error;
+mod find;
+mod legacy;
 mod pickle;
 mod pth;
 mod random;
 mod safetensors;
+mod sniff;
 mod zip;
 
 pub use bind::{bind, normalize_name, BindReport};
 pub use error::{BindProblem, WeightError};
+pub use find::{Choice, Found, Ignored, SourceKind};
 pub use random::randomize;
+pub use sniff::Format;
 
+use error::ParseError;
+use find::Object;
+use ir::Graph;
+use sniff::Sniffed;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -80,45 +94,94 @@ impl Tensor {
     }
 }
 
-/// The pickled magic number that starts PyTorch's legacy (non-zip) format.
-const LEGACY_MAGIC: &[u8] = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19";
-
-/// Read every tensor of a weights file, choosing the format by content:
-/// a zip archive is a `torch.save` checkpoint (`.pth`, `.pt`), anything
-/// else must be safetensors. PyTorch's legacy non-zip format is refused
-/// with a message saying how to re-save the file.
+/// Read every tensor of the network in a weights file, named as the file
+/// names them (no prefix stripped), without a graph to compare with: the
+/// state dict or module holding the most tensors (see [`read_checkpoint`]).
 pub fn read_tensors(path: &Path) -> Result<TensorMap, WeightError> {
-    let bytes = std::fs::read(path).map_err(|source| WeightError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    parse_tensors(&bytes, path)
+    read_checkpoint(path, None, &Choice::default()).map(|(t, _)| t)
 }
 
 /// [`read_tensors`] on a file already in memory; `path` only names the
 /// source in error messages.
 pub fn parse_tensors(bytes: &[u8], path: &Path) -> Result<TensorMap, WeightError> {
-    if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
-        return pth::parse(bytes).map_err(|e| e.at(path));
-    }
-    let is_tar = bytes.get(257..262) == Some(b"ustar");
-    if bytes.starts_with(LEGACY_MAGIC) || is_tar {
-        return Err(WeightError::LegacyFormat {
-            path: path.to_owned(),
-        });
-    }
-    safetensors::parse(bytes).map_err(|e| {
-        // A raw pickle (`\x80` PROTO n, then an opcode, never 0) is most
-        // likely the legacy format saved with another pickle protocol.
-        if matches!(bytes, [0x80, 1..=5, op, ..] if *op != 0) {
-            WeightError::LegacyFormat {
-                path: path.to_owned(),
-            }
-        } else {
-            WeightError::UnknownFormat {
-                path: path.to_owned(),
-                detail: format!("safetensors: {e}"),
-            }
+    parse_checkpoint(bytes, path, None, &Choice::default()).map(|(t, _)| t)
+}
+
+/// Read a weights file and find its network: the format from the bytes,
+/// then the state dict or module (and prefix) that best fits `graph`'s
+/// constants, or the largest one without a graph, as `choice` allows. The
+/// tensors come back with the prefix stripped, names otherwise as in the
+/// file ([`bind`] normalises them), with where they were found.
+pub fn read_checkpoint(
+    path: &Path,
+    graph: Option<&Graph>,
+    choice: &Choice,
+) -> Result<(TensorMap, Found), WeightError> {
+    let bytes = std::fs::read(path).map_err(|source| WeightError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_checkpoint(&bytes, path, graph, choice)
+}
+
+/// [`read_checkpoint`] on a file already in memory; `path` only names the
+/// source in error messages.
+pub fn parse_checkpoint(
+    bytes: &[u8],
+    path: &Path,
+    graph: Option<&Graph>,
+    choice: &Choice,
+) -> Result<(TensorMap, Found), WeightError> {
+    let at = |e: ParseError| e.at(path);
+    let (object, format) = match sniff::sniff(bytes) {
+        Sniffed::Format(f @ Format::TorchZip) => {
+            (Object::Pickle(pth::parse_zip(bytes).map_err(at)?), f)
         }
-    })
+        Sniffed::Format(f @ Format::TorchLegacy) => {
+            (Object::Pickle(legacy::parse(bytes).map_err(at)?), f)
+        }
+        Sniffed::Format(f @ Format::Safetensors) => {
+            let map = safetensors::parse(bytes).map_err(|e| WeightError::Corrupt {
+                path: path.to_owned(),
+                message: format!("safetensors: {e}"),
+            })?;
+            (Object::Flat(map), f)
+        }
+        Sniffed::TorchTar => {
+            return Err(WeightError::LegacyFormat {
+                path: path.to_owned(),
+            })
+        }
+        Sniffed::Unknown(detail) => {
+            return Err(WeightError::UnknownFormat {
+                path: path.to_owned(),
+                detail,
+            })
+        }
+    };
+    find::select(object, format, graph, choice, path)
+}
+
+/// What [`load`] did: where the tensors were found and how they bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    pub found: Found,
+    pub bind: BindReport,
+}
+
+/// Read a weights file, find the network that fits `graph` in it and bind
+/// it ([`read_checkpoint`], then [`bind`]). A mismatch is reported with
+/// where the tensors were found ([`WeightError::FileMismatch`]); the graph
+/// is changed only on success.
+pub fn load(graph: &mut Graph, path: &Path, choice: &Choice) -> Result<Loaded, WeightError> {
+    let (tensors, found) = read_checkpoint(path, Some(graph), choice)?;
+    match bind(graph, tensors) {
+        Ok(bind) => Ok(Loaded { found, bind }),
+        Err(WeightError::Mismatch { problems }) => Err(WeightError::FileMismatch {
+            path: path.to_owned(),
+            found: found.summary(),
+            problems,
+        }),
+        Err(e) => Err(e),
+    }
 }

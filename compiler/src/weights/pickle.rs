@@ -2,9 +2,15 @@
 //!
 //! It never executes anything: a global is a name, and calling it (`REDUCE`,
 //! `NEWOBJ`) records a [`Obj::Call`] that the caller interprets if and when
-//! it needs it. Only `collections.OrderedDict()` is evaluated (to a dict),
+//! it needs it; `BUILD` records the object's state (its `__dict__`: how a
+//! pickled `nn.Module` holds `_modules`, `_parameters` and `_buffers`) on
+//! that call. Only `collections.OrderedDict()` is evaluated (to a dict),
 //! because later opcodes fill it in place. Persistent ids are recorded as
-//! [`Obj::PersistentId`].
+//! [`Obj::PersistentId`]. Python 2 strings (`BINSTRING`, `SHORT_BINSTRING`)
+//! are strings, as Python 3 reads them; `BINBYTES` are bytes.
+//!
+//! [`load_prefix`] runs one pickle of several written back to back (the
+//! legacy `torch.save` format) and says where it ended.
 //!
 //! Containers live in an arena ([`Heap`]) and values refer to them by index,
 //! so mutation through the memo works as in Python and no value is
@@ -58,10 +64,12 @@ pub(crate) enum Obj {
         module: Rc<str>,
         name: Rc<str>,
     },
-    /// `func(*args)` (or `cls.__new__(cls, *args)`), not evaluated.
+    /// `func(*args)` (or `cls.__new__(cls, *args)`), not evaluated, with
+    /// the state a later `BUILD` gave it (the last one, if several).
     Call {
         func: Value,
         args: Value,
+        state: Option<Value>,
     },
     PersistentId(Value),
 }
@@ -100,11 +108,9 @@ impl Heap {
                 Some(Obj::Dict(_)) => "a dict".into(),
                 Some(Obj::Set(_)) => "a set".into(),
                 Some(Obj::Global { module, name }) => format!("the global `{module}.{name}`"),
-                Some(Obj::Call { func, .. }) => match self.get(func) {
-                    Some(Obj::Global { module, name }) => {
-                        format!("a pickled `{module}.{name}` object")
-                    }
-                    _ => "a pickled object".into(),
+                Some(Obj::Call { func, .. }) => match self.class_name(func) {
+                    Some(class) => format!("a pickled `{class}` object"),
+                    None => "a pickled object".into(),
                 },
                 Some(Obj::PersistentId(_)) => "a storage".into(),
                 None => "an invalid reference".into(),
@@ -119,6 +125,52 @@ impl Heap {
             _ => None,
         }
     }
+
+    /// The dotted name of a class: a global, or the persistent id
+    /// `('module', cls, source_file, source)` that the legacy `torch.save`
+    /// writes for `nn.Module` classes.
+    pub(crate) fn class_name(&self, v: &Value) -> Option<String> {
+        let v = match self.get(v) {
+            Some(Obj::PersistentId(pid)) => match self.get(pid) {
+                Some(Obj::Tuple(t)) if t.first().is_some_and(|k| is_str(k, "module")) => {
+                    t.get(1)?
+                }
+                _ => return None,
+            },
+            _ => v,
+        };
+        self.global(v).map(|(m, n)| format!("{m}.{n}"))
+    }
+
+    /// The value of string key `key` in dict `v` (the last one, as Python
+    /// reads a repeated key).
+    pub(crate) fn dict_get(&self, v: &Value, key: &str) -> Option<&Value> {
+        match self.get(v) {
+            Some(Obj::Dict(items)) => items
+                .iter()
+                .rev()
+                .find(|(k, _)| is_str(k, key))
+                .map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// Number of objects, a bound on the size of any walk over them.
+    pub(crate) fn len(&self) -> usize {
+        self.objs.len()
+    }
+
+    /// Every object with the value that refers to it, in creation order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (Value, &Obj)> {
+        self.objs
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (Value::Obj(i), o))
+    }
+}
+
+fn is_str(v: &Value, s: &str) -> bool {
+    matches!(v, Value::Str(x) if &**x == s)
 }
 
 fn corrupt(pos: usize, message: impl Into<String>) -> ParseError {
@@ -322,11 +374,15 @@ impl<'a> Vm<'a> {
         if empty_args && self.heap.global(&func) == Some(("collections", "OrderedDict")) {
             self.alloc_push(Obj::Dict(Vec::new()));
         } else {
-            self.alloc_push(Obj::Call { func, args });
+            self.alloc_push(Obj::Call {
+                func,
+                args,
+                state: None,
+            });
         }
     }
 
-    fn run(mut self) -> ParseResult<(Heap, Value)> {
+    fn run(mut self) -> ParseResult<(Heap, Value, usize)> {
         for _ in 0..MAX_OPS {
             self.op_pos = self.pos;
             let op = self.take_u8()?;
@@ -342,7 +398,7 @@ impl<'a> Vm<'a> {
                 }
                 b'.' => {
                     let v = self.pop()?;
-                    return Ok((self.heap, v));
+                    return Ok((self.heap, v, self.pos));
                 }
                 b'(' => self.marks.push(self.stack.len()),
                 b'0' => {
@@ -394,12 +450,21 @@ impl<'a> Vm<'a> {
                     let v = self.string(8)?;
                     self.push(v);
                 }
-                b'B' | b'T' => {
+                b'B' => {
                     let v = self.bytes(4)?;
                     self.push(v);
                 }
-                b'C' | b'U' => {
+                b'C' => {
                     let v = self.bytes(1)?;
+                    self.push(v);
+                }
+                // Python 2 `str`: a string to Python 3 (keys of old state dicts).
+                b'T' => {
+                    let v = self.string(4)?;
+                    self.push(v);
+                }
+                b'U' => {
+                    let v = self.string(1)?;
                     self.push(v);
                 }
                 0x8e => {
@@ -483,10 +548,16 @@ impl<'a> Vm<'a> {
                     self.call(cls, args);
                 }
                 b'b' => {
-                    // The state of an object: attributes we do not need
-                    // (e.g. a state dict's `_metadata`).
-                    self.pop()?;
-                    self.top_mut()?;
+                    // The state of an object: a module's `__dict__` is kept
+                    // on its call; others (e.g. a state dict's `_metadata`)
+                    // are dropped.
+                    let state = self.pop()?;
+                    let target = self.top_mut()?.clone();
+                    if let Value::Obj(i) = target {
+                        if let Some(Obj::Call { state: s, .. }) = self.heap.objs.get_mut(i) {
+                            *s = Some(state);
+                        }
+                    }
                 }
                 b'Q' => {
                     let pid = self.pop()?;
@@ -532,6 +603,12 @@ impl<'a> Vm<'a> {
 
 /// Run a pickle to its `STOP` and return the heap and the result.
 pub(crate) fn load(input: &[u8]) -> ParseResult<(Heap, Value)> {
+    load_prefix(input).map(|(heap, v, _)| (heap, v))
+}
+
+/// Run the pickle that starts `input` to its `STOP`; also return the number
+/// of bytes it took (where the next pickle or data starts).
+pub(crate) fn load_prefix(input: &[u8]) -> ParseResult<(Heap, Value, usize)> {
     Vm {
         input,
         pos: 0,

@@ -1,6 +1,8 @@
-//! PyTorch checkpoints as `torch.save` writes them (PyTorch >= 1.6).
+//! PyTorch checkpoints: the objects `torch.save` pickles and the storages
+//! their tensors live in, whichever container holds them.
 //!
-//! The file is a zip archive (see [`super::zip`]) whose entries share one
+//! Two containers exist (see [`super::legacy`] for the pre-1.6 one). The
+//! zip archive `torch.save` writes since PyTorch 1.6 has entries sharing one
 //! top-level folder `<archive>/`:
 //! - `data.pkl`: the pickled object (see [`super::pickle`]); tensors are
 //!   `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)`
@@ -9,23 +11,80 @@
 //! - `data/<key>`: the raw bytes of each storage;
 //! - `byteorder`: `little` or `big` (absent in old files: little).
 //!
-//! The object is a state dict, or a dict that wraps one under `state_dict`,
-//! `model_state_dict` or `model`. Tensors may be any strided view of their
-//! storage (offset, non-contiguous strides); they are copied out in
-//! row-major order. Only float32 values are decoded; other dtypes are
-//! checked for bounds and kept as [`TensorData::Other`].
+//! Both containers give a [`Pickled`]: the object's heap, its root, and the
+//! storages by key. Where the network is inside the object is
+//! [`super::find`]'s business; this module interprets tensor values
+//! ([`tensor_view`]) and copies them out of their storage ([`Pickled::materialise`]).
+//! Tensors may be any strided view of their storage (offset, non-contiguous
+//! strides); they are copied out in row-major order. Only float32 values are
+//! decoded; other dtypes are checked for bounds and kept as
+//! [`TensorData::Other`].
 
 use super::error::{ParseError, ParseResult};
 use super::pickle::{self, Heap, Obj, Value};
 use super::zip::Archive;
-use super::{Tensor, TensorData, TensorMap};
+use super::{Tensor, TensorData};
 use std::collections::HashMap;
 
-/// Keys under which a training checkpoint commonly wraps its state dict.
-const WRAPPER_KEYS: [&str; 3] = ["state_dict", "model_state_dict", "model"];
+/// A pickled checkpoint: the object and where its storages' bytes are.
+pub(crate) struct Pickled<'a> {
+    pub heap: Heap,
+    pub root: Value,
+    storages: StorageData<'a>,
+    big_endian: bool,
+}
+
+enum StorageData<'a> {
+    /// `data/<key>` entries of a zip archive, read (and CRC-checked) once.
+    Zip {
+        zip: Archive<'a>,
+        prefix: String,
+        cache: HashMap<String, &'a [u8]>,
+    },
+    /// The storages of a legacy file, already located and size-checked.
+    Legacy(HashMap<String, &'a [u8]>),
+}
+
+impl<'a> Pickled<'a> {
+    pub(crate) fn legacy(heap: Heap, root: Value, storages: HashMap<String, &'a [u8]>) -> Self {
+        Pickled {
+            heap,
+            root,
+            storages: StorageData::Legacy(storages),
+            big_endian: false,
+        }
+    }
+
+    fn bytes(&mut self, key: &str) -> ParseResult<&'a [u8]> {
+        match &mut self.storages {
+            StorageData::Zip { zip, prefix, cache } => {
+                if let Some(b) = cache.get(key) {
+                    return Ok(b);
+                }
+                let b = zip.read(&format!("{prefix}data/{key}"))?.ok_or_else(|| {
+                    ParseError::corrupt(format!("storage `data/{key}` is missing"))
+                })?;
+                cache.insert(key.to_owned(), b);
+                Ok(b)
+            }
+            StorageData::Legacy(map) => map.get(key).copied().ok_or_else(|| {
+                ParseError::corrupt(format!(
+                    "storage `{key}` is not among the file's stored storages"
+                ))
+            }),
+        }
+    }
+
+    /// The tensor that pickled value `v` describes, copied out of its storage.
+    pub(crate) fn materialise(&mut self, v: &Value) -> ParseResult<Tensor> {
+        let view = tensor_view(&self.heap, v)?;
+        let bytes = self.bytes(&view.storage.key)?;
+        materialise(&view, bytes, self.big_endian)
+    }
+}
 
 /// Parse a torch.save zip checkpoint held in memory.
-pub(crate) fn parse(bytes: &[u8]) -> ParseResult<TensorMap> {
+pub(crate) fn parse_zip(bytes: &[u8]) -> ParseResult<Pickled<'_>> {
     let zip = Archive::parse(bytes)?;
     let prefix = archive_prefix(&zip)?;
     let pkl = zip
@@ -42,28 +101,16 @@ pub(crate) fn parse(bytes: &[u8]) -> ParseResult<TensorMap> {
         }
     };
     let (heap, root) = pickle::load(pkl)?;
-    let entries = state_dict_entries(&heap, &root)?;
-    let mut storages = Storages {
-        zip: &zip,
-        prefix: &prefix,
-        cache: HashMap::new(),
-    };
-    let mut out = TensorMap::new();
-    for (name, value) in entries {
-        let view = tensor_view(&heap, value).map_err(|e| in_tensor(&name, e))?;
-        let tensor = storages
-            .materialise(&view, big_endian)
-            .map_err(|e| in_tensor(&name, e))?;
-        out.insert(name, tensor);
-    }
-    Ok(out)
-}
-
-fn in_tensor(name: &str, e: ParseError) -> ParseError {
-    match e {
-        ParseError::Corrupt(m) => ParseError::Corrupt(format!("tensor `{name}`: {m}")),
-        ParseError::Unsupported(m) => ParseError::Unsupported(format!("tensor `{name}`: {m}")),
-    }
+    Ok(Pickled {
+        heap,
+        root,
+        storages: StorageData::Zip {
+            zip,
+            prefix,
+            cache: HashMap::new(),
+        },
+        big_endian,
+    })
 }
 
 /// The `<archive>/` folder holding `data.pkl`, with its trailing slash.
@@ -95,90 +142,31 @@ fn archive_prefix(zip: &Archive<'_>) -> ParseResult<String> {
     Ok(prefix.to_owned())
 }
 
-fn str_key(v: &Value) -> Option<&str> {
+pub(crate) fn str_key(v: &Value) -> Option<&str> {
     match v {
         Value::Str(s) => Some(s),
         _ => None,
     }
 }
 
-/// The `(name, tensor value)` items of the state dict in the pickle.
-fn state_dict_entries(heap: &Heap, root: &Value) -> ParseResult<Vec<(String, Value)>> {
-    let mut current = root.clone();
-    let mut path = String::from("the checkpoint");
-    // A dict may wrap the state dict, possibly twice ({'model': {'state_dict': ..}}).
-    for _ in 0..4 {
-        let Some(Obj::Dict(items)) = heap.get(&current) else {
-            let hint = match heap.get(&current) {
-                Some(Obj::Call { .. }) => {
-                    "; it looks like a whole pickled model (torch.save(model)): \
-                     save model.state_dict() instead"
-                }
-                _ => "",
-            };
-            return Err(ParseError::unsupported(format!(
-                "{path} holds {}, not a dict of tensors{hint}",
-                heap.type_name(&current)
-            )));
-        };
-        // Only a dict (or a pickled object, refused with a hint) can be a
-        // wrapped state dict: `{'model': 'densenet121', 'state_dict': ..}`.
-        let wrapped = WRAPPER_KEYS.iter().find_map(|&key| {
-            items
-                .iter()
-                .rev()
-                .find(|(k, _)| str_key(k) == Some(key))
-                .filter(|(_, v)| matches!(heap.get(v), Some(Obj::Dict(_) | Obj::Call { .. })))
-                .map(|(_, v)| (key, v))
-        });
-        match wrapped {
-            Some((key, v)) => {
-                path = format!("entry `{key}` of the checkpoint");
-                current = v.clone();
-            }
-            None if items
-                .iter()
-                .any(|(_, v)| matches!(heap.get(v), Some(Obj::Dict(_)))) =>
-            {
-                let keys: Vec<String> = items
-                    .iter()
-                    .take(10)
-                    .map(|(k, _)| match str_key(k) {
-                        Some(k) => format!("`{k}`"),
-                        None => heap.type_name(k),
-                    })
-                    .collect();
-                return Err(ParseError::unsupported(format!(
-                    "{path} is a dict (keys {}) that is not a state dict; densenetc \
-                     looks for the state dict at the top level or under `{}`",
-                    keys.join(", "),
-                    WRAPPER_KEYS.join("`, `")
-                )));
-            }
-            None => {
-                return items
-                    .iter()
-                    .map(|(k, v)| match str_key(k) {
-                        Some(k) => Ok((k.to_owned(), v.clone())),
-                        None => Err(ParseError::unsupported(format!(
-                            "{path} has a key that is {}, not a tensor name",
-                            heap.type_name(k)
-                        ))),
-                    })
-                    .collect();
-            }
-        }
+/// Whether pickled value `v` is a tensor or parameter (of any kind, even one
+/// [`tensor_view`] then refuses): a call of one of torch's rebuild functions.
+pub(crate) fn is_tensor(heap: &Heap, v: &Value) -> bool {
+    let Some(Obj::Call { func, .. }) = heap.get(v) else {
+        return false;
+    };
+    match heap.global(func) {
+        Some(("torch._utils", name)) => name.starts_with("_rebuild_"),
+        Some(("torch.nn.parameter", "Parameter")) => true,
+        _ => false,
     }
-    Err(ParseError::unsupported(
-        "the checkpoint nests `state_dict`/`model` entries too deeply",
-    ))
 }
 
 /// An element type of a storage.
-#[derive(Debug, Clone, Copy)]
-struct StorageType {
-    dtype: &'static str,
-    size: usize,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StorageType {
+    pub dtype: &'static str,
+    pub size: usize,
 }
 
 fn storage_type(name: &str) -> Option<StorageType> {
@@ -200,16 +188,25 @@ fn storage_type(name: &str) -> Option<StorageType> {
     Some(StorageType { dtype, size })
 }
 
+/// A storage as a persistent id declares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StorageId {
+    pub key: String,
+    pub ty: StorageType,
+    /// Elements of the (root) storage, as declared.
+    pub numel: usize,
+    /// A legacy storage view `(offset, size)` into the root storage, in
+    /// elements (PyTorch < 0.4 wrote these; later versions write `None`).
+    pub view: Option<(usize, usize)>,
+}
+
 /// A tensor as the pickle describes it: a strided view of a storage.
-#[derive(Debug)]
-struct View {
-    key: String,
-    ty: StorageType,
-    /// Elements in the storage, as declared.
-    numel: usize,
-    offset: usize,
-    size: Vec<usize>,
-    stride: Vec<usize>,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct View {
+    pub storage: StorageId,
+    pub offset: usize,
+    pub size: Vec<usize>,
+    pub stride: Vec<usize>,
 }
 
 fn index(v: &Value, what: &str) -> ParseResult<usize> {
@@ -234,38 +231,56 @@ fn tuple<'h>(heap: &'h Heap, v: &Value, what: &str) -> ParseResult<&'h [Value]> 
     }
 }
 
-/// Interpret a state dict value as a tensor: a `_rebuild_tensor_v2` call,
-/// possibly wrapped in a `_rebuild_parameter` call.
-fn tensor_view(heap: &Heap, value: Value) -> ParseResult<View> {
-    let mut value = value;
-    // Parameters wrap a tensor; two levels is more than torch ever writes.
-    for _ in 0..3 {
-        let Some(Obj::Call { func, args }) = heap.get(&value) else {
-            break;
-        };
-        let func = heap.global(func).unwrap_or(("?", "?"));
-        let args = tuple(heap, args, "the arguments of a tensor")?;
-        match func {
-            ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => {
-                value = args
+/// Interpret a pickled value as a tensor: a `_rebuild_tensor_v2` call (or
+/// PyTorch 0.3's `_rebuild_tensor`), possibly wrapped in a parameter
+/// (`_rebuild_parameter[_with_state]`, PyTorch 0.4's `Parameter(data, ..)`)
+/// or a tensor subclass (`_rebuild_from_type_v2`).
+pub(crate) fn tensor_view(heap: &Heap, value: &Value) -> ParseResult<View> {
+    let Some(Obj::Call { func, args, .. }) = heap.get(value) else {
+        return Err(ParseError::unsupported(format!(
+            "the value is {}, not a tensor",
+            heap.type_name(value)
+        )));
+    };
+    let (mut func, mut args) = (func, args);
+    // Wrappers nest a level or two; more is not something torch writes.
+    for _ in 0..4 {
+        let name = heap.global(func).unwrap_or(("?", "?"));
+        let items = tuple(heap, args, "the arguments of a tensor")?;
+        let inner = match name {
+            ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state")
+            | ("torch.nn.parameter", "Parameter") => {
+                let data = items
                     .first()
-                    .ok_or_else(|| ParseError::corrupt("parameter without data"))?
-                    .clone();
+                    .ok_or_else(|| ParseError::corrupt("parameter without data"))?;
+                match heap.get(data) {
+                    Some(Obj::Call { func, args, .. }) => (func, args),
+                    _ => {
+                        return Err(ParseError::corrupt(format!(
+                            "a parameter's data is {}, not a tensor",
+                            heap.type_name(data)
+                        )))
+                    }
+                }
             }
-            ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor") => {
-                let [storage, offset, size, stride, ..] = args else {
+            ("torch._utils", "_rebuild_from_type_v2") => {
+                let [f, _ty, a, ..] = items else {
                     return Err(ParseError::corrupt("too few arguments to rebuild a tensor"));
                 };
-                let (key, ty, numel) = storage_id(heap, storage)?;
+                (f, a)
+            }
+            ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor") => {
+                let [storage, offset, size, stride, ..] = items else {
+                    return Err(ParseError::corrupt("too few arguments to rebuild a tensor"));
+                };
+                let storage = storage_id(heap, storage)?;
                 let size = index_tuple(heap, size, "the size")?;
                 let stride = index_tuple(heap, stride, "the stride")?;
                 if size.len() != stride.len() {
                     return Err(ParseError::corrupt("size and stride differ in length"));
                 }
                 return Ok(View {
-                    key,
-                    ty,
-                    numel,
+                    storage,
                     offset: index(offset, "the storage offset")?,
                     size,
                     stride,
@@ -276,21 +291,21 @@ fn tensor_view(heap: &Heap, value: Value) -> ParseResult<View> {
                     "`{module}.{name}` tensors are not supported (only dense CPU/GPU tensors)"
                 )))
             }
-        }
+        };
+        (func, args) = inner;
     }
-    Err(ParseError::unsupported(format!(
-        "the value is {}, not a tensor",
-        heap.type_name(&value)
-    )))
+    Err(ParseError::unsupported(
+        "the tensor is wrapped more deeply than torch.save writes",
+    ))
 }
 
-/// `('storage', torch.FloatStorage, key, location, numel)`.
-fn storage_id(heap: &Heap, v: &Value) -> ParseResult<(String, StorageType, usize)> {
+/// `('storage', torch.FloatStorage, key, location, numel[, view_metadata])`.
+pub(crate) fn storage_id(heap: &Heap, v: &Value) -> ParseResult<StorageId> {
     let Some(Obj::PersistentId(pid)) = heap.get(v) else {
         return Err(ParseError::corrupt("a tensor's storage is not a storage"));
     };
     let pid = tuple(heap, pid, "a storage id")?;
-    let [tag, ty, key, _location, numel, ..] = pid else {
+    let [tag, ty, key, _location, numel, rest @ ..] = pid else {
         return Err(ParseError::corrupt("a storage id has too few fields"));
     };
     if str_key(tag) != Some("storage") {
@@ -299,145 +314,160 @@ fn storage_id(heap: &Heap, v: &Value) -> ParseResult<(String, StorageType, usize
     let (module, name) = heap
         .global(ty)
         .ok_or_else(|| ParseError::corrupt("a storage type is not a global"))?;
+    // Legacy files from GPU training name `torch.cuda.FloatStorage`.
     let ty = storage_type(name)
-        .filter(|_| module == "torch")
+        .filter(|_| module == "torch" || module == "torch.cuda")
         .ok_or_else(|| {
             ParseError::unsupported(format!("storage type `{module}.{name}` is not supported"))
         })?;
     let key = str_key(key)
         .ok_or_else(|| ParseError::corrupt("a storage key is not a string"))?
         .to_owned();
-    Ok((key, ty, index(numel, "a storage size")?))
-}
-
-struct Storages<'z, 'a> {
-    zip: &'z Archive<'a>,
-    prefix: &'z str,
-    cache: HashMap<String, &'a [u8]>,
-}
-
-impl<'a> Storages<'_, 'a> {
-    fn bytes(&mut self, key: &str) -> ParseResult<&'a [u8]> {
-        if let Some(b) = self.cache.get(key) {
-            return Ok(b);
+    let view = match rest.first() {
+        None | Some(Value::None) => None,
+        Some(meta) => {
+            let [_view_key, offset, size] = tuple(heap, meta, "a storage view")? else {
+                return Err(ParseError::corrupt("a storage view has the wrong length"));
+            };
+            Some((
+                index(offset, "a storage view offset")?,
+                index(size, "a storage view size")?,
+            ))
         }
-        let b = self
-            .zip
-            .read(&format!("{}data/{key}", self.prefix))?
-            .ok_or_else(|| ParseError::corrupt(format!("storage `data/{key}` is missing")))?;
-        self.cache.insert(key.to_owned(), b);
-        Ok(b)
-    }
+    };
+    Ok(StorageId {
+        key,
+        ty,
+        numel: index(numel, "a storage size")?,
+        view,
+    })
+}
 
-    /// Copy a view out of its storage in row-major order.
-    fn materialise(&mut self, v: &View, big_endian: bool) -> ParseResult<Tensor> {
-        let bytes = self.bytes(&v.key)?;
-        let storage_bytes = v
-            .numel
-            .checked_mul(v.ty.size)
-            .filter(|&n| n <= bytes.len())
-            .ok_or_else(|| {
-                ParseError::corrupt(format!(
-                    "storage `data/{}` holds {} bytes, less than {} {} values",
-                    v.key,
-                    bytes.len(),
-                    v.numel,
-                    v.ty.dtype
-                ))
-            })?;
-        let bytes = &bytes[..storage_bytes];
-        let numel = v
+/// Copy view `v` out of `bytes`, the bytes stored for its (root) storage,
+/// in row-major order.
+fn materialise(v: &View, bytes: &[u8], big_endian: bool) -> ParseResult<Tensor> {
+    let s = &v.storage;
+    let storage_bytes = s
+        .numel
+        .checked_mul(s.ty.size)
+        .filter(|&n| n <= bytes.len())
+        .ok_or_else(|| {
+            ParseError::corrupt(format!(
+                "storage `{}` holds {} bytes, less than {} {} values",
+                s.key,
+                bytes.len(),
+                s.numel,
+                s.ty.dtype
+            ))
+        })?;
+    let bytes = &bytes[..storage_bytes];
+    // A legacy storage view: the tensor's storage is a slice of the root.
+    let (bytes, storage_numel) = match s.view {
+        None => (bytes, s.numel),
+        Some((offset, size)) => {
+            let range = offset
+                .checked_add(size)
+                .filter(|&end| end <= s.numel)
+                .map(|end| offset * s.ty.size..end * s.ty.size)
+                .ok_or_else(|| {
+                    ParseError::corrupt(format!(
+                        "storage view ({offset}, {size}) reaches past storage `{}` of {} values",
+                        s.key, s.numel
+                    ))
+                })?;
+            (&bytes[range], size)
+        }
+    };
+    let numel = v
+        .size
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| ParseError::corrupt("the tensor size overflows"))?;
+    if numel > 0 {
+        let last = v
             .size
             .iter()
-            .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .ok_or_else(|| ParseError::corrupt("the tensor size overflows"))?;
-        if numel > 0 {
-            let last = v
-                .size
-                .iter()
-                .zip(&v.stride)
-                .try_fold(v.offset, |a, (&d, &s)| {
-                    (d - 1).checked_mul(s).and_then(|x| x.checked_add(a))
-                });
-            if last.is_none_or(|l| l >= v.numel) {
-                return Err(ParseError::corrupt(format!(
-                    "the view (offset {}, size {:?}, stride {:?}) reaches past its \
-                     storage of {} values",
-                    v.offset, v.size, v.stride, v.numel
-                )));
-            }
-            // A view with more elements than its storage overlaps itself
-            // (an expand()); refusing it bounds the copy by the file size.
-            if numel > v.numel {
-                return Err(ParseError::unsupported(format!(
-                    "the tensor is an overlapping view ({numel} elements over a storage \
-                     of {}); save a .clone() of it",
-                    v.numel
-                )));
-            }
-        }
-        let shape = v.size.clone();
-        if v.ty.dtype != "float32" {
-            return Ok(Tensor {
-                shape,
-                data: TensorData::Other {
-                    dtype: v.ty.dtype.to_owned(),
-                },
+            .zip(&v.stride)
+            .try_fold(v.offset, |a, (&d, &s)| {
+                (d - 1).checked_mul(s).and_then(|x| x.checked_add(a))
             });
+        if last.is_none_or(|l| l >= storage_numel) {
+            return Err(ParseError::corrupt(format!(
+                "the view (offset {}, size {:?}, stride {:?}) reaches past its \
+                 storage of {} values",
+                v.offset, v.size, v.stride, storage_numel
+            )));
         }
-        let read = |i: usize| -> f32 {
-            let b = [
-                bytes[4 * i],
-                bytes[4 * i + 1],
-                bytes[4 * i + 2],
-                bytes[4 * i + 3],
-            ];
+        // A view with more elements than its storage overlaps itself
+        // (an expand()); refusing it bounds the copy by the file size.
+        if numel > storage_numel {
+            return Err(ParseError::unsupported(format!(
+                "the tensor is an overlapping view ({numel} elements over a storage \
+                 of {storage_numel}); save a .clone() of it"
+            )));
+        }
+    }
+    let shape = v.size.clone();
+    if s.ty.dtype != "float32" {
+        return Ok(Tensor {
+            shape,
+            data: TensorData::Other {
+                dtype: s.ty.dtype.to_owned(),
+            },
+        });
+    }
+    let read = |i: usize| -> f32 {
+        let b = [
+            bytes[4 * i],
+            bytes[4 * i + 1],
+            bytes[4 * i + 2],
+            bytes[4 * i + 3],
+        ];
+        if big_endian {
+            f32::from_be_bytes(b)
+        } else {
+            f32::from_le_bytes(b)
+        }
+    };
+    // The stride of a size-1 dimension is arbitrary (and may be huge): zero it.
+    let stride: Vec<usize> = v
+        .size
+        .iter()
+        .zip(&v.stride)
+        .map(|(&d, &s)| if d == 1 { 0 } else { s })
+        .collect();
+    let mut data = Vec::with_capacity(numel);
+    if numel > 0 && is_contiguous(&v.size, &stride) {
+        let run = &bytes[4 * v.offset..4 * (v.offset + numel)];
+        data.extend(run.chunks_exact(4).map(|b| {
+            let b = [b[0], b[1], b[2], b[3]];
             if big_endian {
                 f32::from_be_bytes(b)
             } else {
                 f32::from_le_bytes(b)
             }
-        };
-        // The stride of a size-1 dimension is arbitrary (and may be huge): zero it.
-        let stride: Vec<usize> = v
-            .size
-            .iter()
-            .zip(&v.stride)
-            .map(|(&d, &s)| if d == 1 { 0 } else { s })
-            .collect();
-        let mut data = Vec::with_capacity(numel);
-        if numel > 0 && is_contiguous(&v.size, &stride) {
-            let run = &bytes[4 * v.offset..4 * (v.offset + numel)];
-            data.extend(run.chunks_exact(4).map(|b| {
-                let b = [b[0], b[1], b[2], b[3]];
-                if big_endian {
-                    f32::from_be_bytes(b)
-                } else {
-                    f32::from_le_bytes(b)
+        }));
+    } else if numel > 0 {
+        // Odometer over the multi-index; `at` is the storage index.
+        let mut idx = vec![0usize; v.size.len()];
+        let mut at = v.offset;
+        for _ in 0..numel {
+            data.push(read(at));
+            for d in (0..idx.len()).rev() {
+                idx[d] += 1;
+                at += stride[d];
+                if idx[d] < v.size[d] {
+                    break;
                 }
-            }));
-        } else if numel > 0 {
-            // Odometer over the multi-index; `at` is the storage index.
-            let mut idx = vec![0usize; v.size.len()];
-            let mut at = v.offset;
-            for _ in 0..numel {
-                data.push(read(at));
-                for d in (0..idx.len()).rev() {
-                    idx[d] += 1;
-                    at += stride[d];
-                    if idx[d] < v.size[d] {
-                        break;
-                    }
-                    at -= stride[d] * v.size[d];
-                    idx[d] = 0;
-                }
+                at -= stride[d] * v.size[d];
+                idx[d] = 0;
             }
         }
-        Ok(Tensor {
-            shape,
-            data: TensorData::F32(data),
-        })
     }
+    Ok(Tensor {
+        shape,
+        data: TensorData::F32(data),
+    })
 }
 
 /// Row-major contiguity, ignoring the strides of size-1 dimensions.
