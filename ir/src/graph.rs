@@ -10,6 +10,7 @@
 //! concatenation of a dense block), and once memory is planned every buffer
 //! has a byte offset in one arena of [`Graph::arena_bytes`] bytes.
 
+pub use crate::constant::Constant;
 use crate::error::{IrError, Result};
 use crate::ops::Op;
 use crate::types::TensorType;
@@ -84,34 +85,6 @@ impl Buffer {
         [n, c, h, w, self.ty.dtype.size_bytes()]
             .into_iter()
             .try_fold(1usize, |a, d| a.checked_mul(d))
-    }
-}
-
-/// A named f32 constant (a weight). `data` is `None` while the graph is only
-/// a shape-level description (e.g. `densenetc inspect --arch`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Constant {
-    pub shape: Vec<usize>,
-    pub data: Option<Arc<Vec<f32>>>,
-}
-
-impl Constant {
-    pub fn unbound(shape: impl Into<Vec<usize>>) -> Self {
-        Constant {
-            shape: shape.into(),
-            data: None,
-        }
-    }
-
-    pub fn with_data(shape: impl Into<Vec<usize>>, data: Vec<f32>) -> Self {
-        Constant {
-            shape: shape.into(),
-            data: Some(Arc::new(data)),
-        }
-    }
-
-    pub fn num_elements(&self) -> usize {
-        self.shape.iter().product()
     }
 }
 

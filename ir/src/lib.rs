@@ -7,6 +7,7 @@
 //! verifier, the deterministic text form and the reference executor that
 //! every pass and backend is checked against.
 
+pub mod constant;
 pub mod error;
 pub mod graph;
 pub mod ops;
@@ -16,7 +17,8 @@ pub mod text;
 pub mod types;
 pub mod verify;
 
+pub use constant::Constant;
 pub use error::IrError;
-pub use graph::{Buffer, Constant, Graph, Node, NodeId, Placement};
+pub use graph::{Buffer, Graph, Node, NodeId, Placement};
 pub use ops::{Conv2d, Linear, Op, Pool2d, Prologue};
 pub use types::{DType, TensorType};

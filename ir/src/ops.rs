@@ -4,7 +4,7 @@
 //! Semantics are PyTorch's (`torch.nn.functional`), on logical NCHW tensors:
 //! the reference executor (`crate::reference`) is the executable definition.
 
-use crate::graph::Constant;
+use crate::constant::Constant;
 use crate::types::TensorType;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

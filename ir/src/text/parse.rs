@@ -3,8 +3,9 @@
 
 use super::attrs::{build_op, int, Attrs, Value};
 use super::lex::{lex_line, Tok};
+use crate::constant::Constant;
 use crate::error::IrError;
-use crate::graph::{Buffer, Constant, Graph, NodeId, Placement};
+use crate::graph::{Buffer, Graph, NodeId, Placement};
 use crate::ops::Op;
 use crate::types::{DType, TensorType};
 use std::collections::HashMap;

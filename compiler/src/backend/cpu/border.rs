@@ -7,7 +7,7 @@
 //! per image) after the op's own.
 
 use super::codegen::{Cg, Result};
-use super::lower::{group_base, Env};
+use super::env::{group_base, Env};
 use crate::backend::kernel::View;
 use inkwell::values::{IntValue, PointerValue};
 

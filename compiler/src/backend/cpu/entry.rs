@@ -11,8 +11,9 @@
 //! kernels of a handful of shapes). The call costs once per task range.
 
 use super::codegen::{Cg, Result};
-use super::lower::{Bindings, Env, KArgs, Plan, Shape};
+use super::env::{Env, KArgs};
 use super::microkernel::Microkernels;
+use super::plan::{Bindings, Plan, Shape};
 use super::schedule::Segment;
 use crate::backend::BackendError;
 use inkwell::module::Linkage;
@@ -38,7 +39,7 @@ struct Abi<'ctx> {
     /// `void body(const float* weights, float* input, float* output,
     /// i64 image0, i64 begin, i64 end, i64 k, i64 bias, i64 scale,
     /// i64 shift)`: the weights and arena shifted by the kernel's
-    /// [`Bindings`], then its run-time K (`lower::KBind`, 0 where none).
+    /// [`Bindings`], then its run-time K (`env::KBind`, 0 where none).
     body_ty: FunctionType<'ctx>,
 }
 

@@ -54,12 +54,13 @@ mod border;
 mod codegen;
 mod conv;
 mod entry;
+mod env;
 pub mod isa;
 mod link;
-mod lower;
 mod microkernel;
 mod pack;
-mod pool;
+mod plan;
+mod pooling;
 pub mod schedule;
 mod target;
 
@@ -74,8 +75,8 @@ use codegen::Cg;
 use inkwell::context::Context;
 use inkwell::passes::PassBuilderOptions;
 use inkwell::targets::FileType;
-use lower::Plan;
 use pack::WeightsBuilder;
+use plan::Plan;
 use std::path::PathBuf;
 
 /// Upper bound of the stack scratch one task call uses.
@@ -135,7 +136,7 @@ pub struct CompiledKernel {
     /// The task function's symbol (local to the shared object).
     pub symbol: String,
     /// The task body the task function calls, shared by every kernel of
-    /// the same shape (`lower::Shape`).
+    /// the same shape (`plan::Shape`).
     pub body: String,
     /// Tasks handed to `parallel_for`.
     pub tasks: usize,
@@ -245,7 +246,7 @@ fn module_parts(
         if users[b].is_empty() {
             cost[b] += plan.codegen_cost();
         }
-        cost[b] += lower::WRAPPER_COST;
+        cost[b] += plan::WRAPPER_COST;
         users[b].push(i);
     }
     let mut order: Vec<usize> = (0..n_bodies).collect();

@@ -8,7 +8,7 @@
 //! images [g·c, (g+1)·c) } }`. Every kernel is per-image (convs, pools,
 //! affines, the global pool, and linear as a 1x1 conv over `N` pixels), so
 //! each kernel is planned for `c` images and shifted to group `g` by
-//! `g·c·image_stride` of each view (`lower::group_base`).
+//! `g·c·image_stride` of each view (`env::group_base`).
 //!
 //! The reordering is only valid where the memory plan's reuse of arena bytes
 //! (planned for kernel order over the whole batch) cannot be observed:

@@ -3,7 +3,7 @@
 
 use super::{ConvPlan, Mode};
 use crate::backend::cpu::codegen::{Cg, Result};
-use crate::backend::cpu::lower::{in_base, out_base, pixel_at, pixel_ptr, split_last, Env, KBind};
+use crate::backend::cpu::env::{in_base, out_base, pixel_at, pixel_ptr, split_last, Env, KBind};
 use crate::backend::cpu::microkernel::{Microkernels, UkSpec};
 use crate::backend::BackendError;
 use inkwell::values::{IntValue, PointerValue};

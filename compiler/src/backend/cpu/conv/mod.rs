@@ -26,7 +26,7 @@ mod winograd;
 pub(crate) use winograd::WinogradPlan;
 
 use super::codegen::VectorIsa;
-use super::lower::{AffineRef, TARGET_TASKS};
+use super::env::{AffineRef, TARGET_TASKS};
 use super::pack::{pack_bias, pack_conv_weight, OcBlocking, WeightsBuilder};
 use crate::backend::kernel::{ConvKernel, LinearKernel, View};
 

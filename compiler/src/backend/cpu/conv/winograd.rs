@@ -33,7 +33,7 @@
 
 use super::{choose_mr, choose_nv, round_up, KC_MAX};
 use crate::backend::cpu::codegen::{Cg, Result, VectorIsa};
-use crate::backend::cpu::lower::{in_base, out_base, pixel_at, AffineRef, Env, TARGET_TASKS};
+use crate::backend::cpu::env::{in_base, out_base, pixel_at, AffineRef, Env, TARGET_TASKS};
 use crate::backend::cpu::microkernel::{Microkernels, UkSpec};
 use crate::backend::cpu::pack::{pack_conv_weight, pad_to_vectors, OcBlocking, WeightsBuilder};
 use crate::backend::kernel::{ConvKernel, View};

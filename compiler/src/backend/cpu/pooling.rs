@@ -5,7 +5,7 @@
 //! (with the divisor counting them) zero padding for average.
 
 use super::codegen::{Cg, Result, VectorIsa};
-use super::lower::{
+use super::env::{
     in_base, out_base, pixel_at, pixel_ptr, split_last, AffineRef, Env, TARGET_TASKS,
 };
 use super::pack::WeightsBuilder;

@@ -22,104 +22,14 @@
 use super::border::BorderPlan;
 use super::codegen::{Cg, Result, VectorIsa};
 use super::conv::{ConvPlan, Mode, WinogradPlan};
+use super::env::{Env, KBind};
 use super::microkernel::Microkernels;
-use super::pack::{pad_to_vectors, WeightsBuilder};
-use super::pool::{AffinePlan, GapPlan, PoolPlan};
-use crate::backend::kernel::{Affine, KernelDesc, KernelOp, View};
+use super::pack::WeightsBuilder;
+use super::pooling::{AffinePlan, GapPlan, PoolPlan};
+use crate::backend::kernel::{KernelDesc, KernelOp, View};
 use crate::backend::view::ELEM_BYTES;
-use inkwell::values::{IntValue, PointerValue, VectorValue};
+use inkwell::values::IntValue;
 use inkwell::IntPredicate;
-
-/// Tasks a kernel is split into when its shape allows: enough for a few
-/// threads to balance, few enough that per-task overheads stay small.
-pub(crate) const TARGET_TASKS: usize = 16;
-
-/// The values every task body can use.
-pub(crate) struct Env<'ctx> {
-    /// The kernel's first packed constant (`const float*`): the weights
-    /// section plus [`Bindings::weights`].
-    pub weights: PointerValue<'ctx>,
-    /// The arena shifted by [`Bindings::input`] and [`Bindings::output`]:
-    /// where the normalised input and output views' buffers start.
-    pub input: PointerValue<'ctx>,
-    pub output: PointerValue<'ctx>,
-    /// Per-call scratch (a stack array of `scratch_floats()`), if any.
-    pub scratch: Option<PointerValue<'ctx>>,
-    /// First image of the group a batch-tiled kernel runs on (`None`: the
-    /// kernel was planned for the whole batch). See `schedule.rs`.
-    pub image0: Option<IntValue<'ctx>>,
-    /// A GEMM conv's run-time K ([`KBind`]), if its shape has one.
-    pub k: Option<KArgs<'ctx>>,
-}
-
-/// The bindings of a GEMM conv whose input channel count is run-time
-/// (`ConvPlan::runtime_k`): K and the offsets, in the kernel's constants,
-/// of those packed after the weights (bias, prologue scale and shift).
-/// Zero for other kernels.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct KBind {
-    pub ic: usize,
-    pub bias: usize,
-    pub scale: usize,
-    pub shift: usize,
-}
-
-/// [`KBind`] as the body's arguments, and the lanes of K's last vector
-/// (part of the shape; 0 for whole vectors).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct KArgs<'ctx> {
-    pub ic: IntValue<'ctx>,
-    pub bias: IntValue<'ctx>,
-    pub scale: IntValue<'ctx>,
-    pub shift: IntValue<'ctx>,
-    pub tail: usize,
-}
-
-/// A packed per-channel affine: element offsets of its vectors in the
-/// kernel's constants (each zero-padded to whole SIMD vectors).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct AffineRef {
-    pub scale: usize,
-    pub shift: usize,
-    pub relu: bool,
-}
-
-impl AffineRef {
-    pub fn pack(a: &Affine, isa: VectorIsa, wb: &mut WeightsBuilder) -> AffineRef {
-        AffineRef {
-            scale: wb.push(&pad_to_vectors(&a.scale, isa.lanes)),
-            shift: wb.push(&pad_to_vectors(&a.shift, isa.lanes)),
-            relu: a.relu,
-        }
-    }
-
-    /// `x * scale[c..c+L] + shift[c..c+L]` (`L` lanes), then ReLU if asked. `c`
-    /// is a multiple of `L` below the padded length. In a body with a run-time K
-    /// ([`Env::k`], a GEMM conv's), the offsets are that binding's.
-    pub fn apply<'ctx>(
-        &self,
-        cg: &Cg<'ctx>,
-        env: &Env<'ctx>,
-        x: VectorValue<'ctx>,
-        c: IntValue<'ctx>,
-    ) -> Result<VectorValue<'ctx>> {
-        let (scale, shift) = match &env.k {
-            Some(k) => (cg.gep(env.weights, k.scale)?, cg.gep(env.weights, k.shift)?),
-            None => (
-                cg.gepc(env.weights, self.scale)?,
-                cg.gepc(env.weights, self.shift)?,
-            ),
-        };
-        let s = cg.load_v(cg.gep(scale, c)?, cg.lanes)?;
-        let t = cg.load_v(cg.gep(shift, c)?, cg.lanes)?;
-        let y = cg.fma(x, s, t)?;
-        if self.relu {
-            cg.relu(y)
-        } else {
-            Ok(y)
-        }
-    }
-}
 
 /// LLVM work of a kernel's task function when its body is shared, in the
 /// units of [`Plan::codegen_cost`]: a few loads and a call (an estimate).
@@ -336,89 +246,4 @@ impl Shape {
             }
         }
     }
-}
-
-/// Pointer to channel 0 of the (normalised) input view's pixel `(0, 0, 0)`
-/// of the task's image group (see [`Env::image0`]).
-pub(crate) fn in_base<'ctx>(
-    cg: &Cg<'ctx>,
-    env: &Env<'ctx>,
-    v: &View,
-) -> Result<PointerValue<'ctx>> {
-    cg.gepc(group_base(cg, env, env.input, v)?, v.first_element())
-}
-
-/// [`in_base`] of the output view.
-pub(crate) fn out_base<'ctx>(
-    cg: &Cg<'ctx>,
-    env: &Env<'ctx>,
-    v: &View,
-) -> Result<PointerValue<'ctx>> {
-    cg.gepc(group_base(cg, env, env.output, v)?, v.first_element())
-}
-
-/// `buffer` (the arena shifted to a view's buffer) shifted to the first
-/// image of the task's group in the view `v` (itself outside batch tiling).
-pub(crate) fn group_base<'ctx>(
-    cg: &Cg<'ctx>,
-    env: &Env<'ctx>,
-    buffer: PointerValue<'ctx>,
-    v: &View,
-) -> Result<PointerValue<'ctx>> {
-    match env.image0 {
-        Some(n0) => cg.gep2(buffer, n0, v.image_stride()),
-        None => Ok(buffer),
-    }
-}
-
-/// Pointer to pixel `p` of the view (row-major over n, h, w), from
-/// `base = in_base(v)` or `out_base(v)`.
-pub(crate) fn pixel_ptr<'ctx>(
-    cg: &Cg<'ctx>,
-    base: PointerValue<'ctx>,
-    v: &View,
-    p: IntValue<'ctx>,
-) -> Result<PointerValue<'ctx>> {
-    if v.is_flat() {
-        return cg.gep2(base, p, v.pixel_stride);
-    }
-    let (n, r) = cg.divrem(p, v.h * v.w)?;
-    let (h, w) = cg.divrem(r, v.w)?;
-    pixel_at(cg, base, v, [n, h, w])
-}
-
-/// Pointer to pixel `(n, h, w)` of the view, from `base = in_base(v)` or `out_base(v)`.
-pub(crate) fn pixel_at<'ctx>(
-    cg: &Cg<'ctx>,
-    base: PointerValue<'ctx>,
-    v: &View,
-    [n, h, w]: [IntValue<'ctx>; 3],
-) -> Result<PointerValue<'ctx>> {
-    let off = cg.add(
-        cg.add(cg.mulc(n, v.image_stride())?, cg.mulc(h, v.row_stride())?)?,
-        cg.mulc(w, v.pixel_stride)?,
-    )?;
-    cg.gep(base, off)
-}
-
-/// Emit `body(count)` with the constant `count` of items in block `blk`:
-/// `last` for the final block of `blocks`, `full` for the others.
-pub(crate) fn split_last<'ctx>(
-    cg: &Cg<'ctx>,
-    blk: IntValue<'ctx>,
-    blocks: usize,
-    full: usize,
-    last: usize,
-    mut body: impl FnMut(usize) -> Result<()>,
-) -> Result<()> {
-    if last == full || blocks == 1 {
-        return body(if blocks == 1 { last } else { full });
-    }
-    let is_last = cg.eqc(blk, blocks - 1)?;
-    let body = std::cell::RefCell::new(&mut body);
-    cg.if_else(
-        is_last,
-        || (body.borrow_mut())(last),
-        || (body.borrow_mut())(full),
-    )
 }
