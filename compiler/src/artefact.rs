@@ -10,6 +10,7 @@
 use crate::backend::cuda::{ptxas::PtxasReport, CompiledCuda, KernelParam};
 use crate::backend::graph::GraphKernels;
 use crate::backend::kernel::View;
+pub use crate::error::ArtefactBuildError;
 use crate::memory::MemoryReport;
 use crate::targets::CompiledTargets;
 use runtime::artefact::{
@@ -17,19 +18,6 @@ use runtime::artefact::{
     KernelInfo, Manifest, MemoryPlan, SectionKind, TensorSpec, CUDA_LAUNCH_VERSION,
     CUDA_WEIGHTS_ALIGN, DTYPE_F32,
 };
-use thiserror::Error;
-
-/// Why an artefact could not be assembled: the parts disagree (a bug upstream) or the
-/// runtime's writer refused them.
-#[derive(Debug, Error)]
-pub enum ArtefactBuildError {
-    #[error("inconsistent artefact parts: {0}")]
-    Inconsistent(String),
-    #[error(transparent)]
-    Format(#[from] runtime::ArtefactError),
-    #[error("manifest JSON: {0}")]
-    Json(#[from] serde_json::Error),
-}
 
 type Result<T> = std::result::Result<T, ArtefactBuildError>;
 

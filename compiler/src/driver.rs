@@ -15,47 +15,21 @@
 //! DenseNet-201 it costs about 2 ms of a 1.1 s compile (the optimize stage takes 80 ms verified,
 //! 78 ms not; medians of 8 interleaved `compile --timings` runs).
 
-use crate::artefact::{build_artefact, ArtefactBuildError, ArtefactParts};
+use crate::artefact::{build_artefact, ArtefactParts};
 use crate::backend::cpu::CpuOptions;
 use crate::backend::cuda::{CudaOptions, Precision};
 use crate::backend::graph::{kernels_of, GraphKernels};
-use crate::backend::BackendError;
-use crate::builder::{self, BuildError, DenseNetConfig};
-use crate::passes::{self, PassError, PipelineOptions, PipelineReport};
+use crate::builder::{self, DenseNetConfig};
+pub use crate::error::{ArtefactBuildError, CompileError};
+use crate::passes::{self, PipelineOptions, PipelineReport};
 use crate::targets::{self, CompiledTargets, TargetOptions};
-use crate::weights::{self, WeightError};
+use crate::weights;
 use ir::Graph;
 use runtime::artefact::ArtefactWriter;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
-use thiserror::Error;
-
-/// Why a compile failed.
-#[derive(Debug, Error)]
-pub enum CompileError {
-    /// The options contradict each other (e.g. `--precision tf32` without a CUDA target).
-    #[error("{0}")]
-    Options(String),
-    #[error(transparent)]
-    Build(#[from] BuildError),
-    #[error(transparent)]
-    Weights(#[from] WeightError),
-    #[error(transparent)]
-    Pass(#[from] PassError),
-    #[error(transparent)]
-    Backend(#[from] BackendError),
-    #[error(transparent)]
-    Artefact(#[from] ArtefactBuildError),
-    /// Writing a dump or the artefact.
-    #[error("writing {}: {source}", path.display())]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
 
 /// A code generation target (`--target cpu`, `cuda`, `cpu,cuda`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

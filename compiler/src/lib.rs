@@ -8,6 +8,7 @@ pub mod backend;
 pub mod builder;
 pub mod dot;
 pub mod driver;
+pub mod error;
 pub mod memory;
 pub mod passes;
 pub mod plan_exec;

@@ -9,7 +9,7 @@ use crate::backend::cpu::{self, CompiledCpu, CpuOptions};
 use crate::backend::cuda::{self, ptxas, CompiledCuda, CudaOptions};
 use crate::backend::graph::GraphKernels;
 use crate::backend::BackendError;
-use crate::driver::CompileError;
+use crate::error::CompileError;
 use std::path::Path;
 
 type Result<T> = std::result::Result<T, CompileError>;

@@ -21,28 +21,11 @@
 use super::error::{ParseError, ParseResult};
 use super::pickle::{self, Obj, Value};
 use super::pth::{self, Pickled, StorageType};
+use super::sniff::legacy_magic_len as magic_len;
 use std::collections::HashMap;
 
-/// The magic number as the pickle's `LONG1` payload (little-endian).
-const MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
+/// The protocol version the legacy format records after its magic number.
 const PROTOCOL_VERSION: i64 = 1001;
-
-/// The length of the magic-number pickle that starts `bytes`, if it does:
-/// `PROTO n` (2-5), an optional `FRAME`, `LONG1` with the magic, `STOP`.
-pub(crate) fn magic_len(bytes: &[u8]) -> Option<usize> {
-    let mut p = match bytes {
-        [0x80, 2..=5, ..] => 2,
-        _ => return None,
-    };
-    if bytes.get(p) == Some(&0x95) {
-        p += 9;
-    }
-    if bytes.get(p..p + 2)? != [0x8a, 0x0a] || bytes.get(p + 2..p + 12)? != MAGIC {
-        return None;
-    }
-    p += 12;
-    (bytes.get(p) == Some(&b'.')).then_some(p + 1)
-}
 
 fn corrupt(message: impl Into<String>) -> ParseError {
     ParseError::corrupt(format!("legacy checkpoint: {}", message.into()))

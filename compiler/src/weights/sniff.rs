@@ -3,7 +3,6 @@
 //! all hold the same few formats. Anything else is described as well as the
 //! bytes allow, so the error says what the file looks like.
 
-use super::legacy;
 use std::fmt;
 
 /// A weights file format densenetc reads.
@@ -42,7 +41,7 @@ pub(crate) fn sniff(bytes: &[u8]) -> Sniffed {
     if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
         return Sniffed::Format(Format::TorchZip);
     }
-    if legacy::magic_len(bytes).is_some() {
+    if legacy_magic_len(bytes).is_some() {
         return Sniffed::Format(Format::TorchLegacy);
     }
     if bytes.get(257..262) == Some(b"ustar") {
@@ -121,6 +120,27 @@ fn describe(bytes: &[u8]) -> String {
         "unrecognised binary data".into()
     };
     format!("its first bytes ({hex}) look like {what}")
+}
+
+/// The magic number of PyTorch's legacy (pre-1.6) format, as the pickle's `LONG1` payload
+/// (little-endian).
+const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
+
+/// The length of the magic-number pickle that starts `bytes`, if it does:
+/// `PROTO n` (2-5), an optional `FRAME`, `LONG1` with the magic, `STOP`.
+pub(crate) fn legacy_magic_len(bytes: &[u8]) -> Option<usize> {
+    let mut p = match bytes {
+        [0x80, 2..=5, ..] => 2,
+        _ => return None,
+    };
+    if bytes.get(p) == Some(&0x95) {
+        p += 9;
+    }
+    if bytes.get(p..p + 2)? != [0x8a, 0x0a] || bytes.get(p + 2..p + 12)? != LEGACY_MAGIC {
+        return None;
+    }
+    p += 12;
+    (bytes.get(p) == Some(&b'.')).then_some(p + 1)
 }
 
 #[cfg(test)]
