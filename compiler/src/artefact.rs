@@ -68,7 +68,10 @@ pub struct ArtefactParts<'a> {
     /// The memory figures of the pipeline, if it planned memory.
     pub memory: Option<&'a MemoryReport>,
     /// The code of every target, compiled from `kernels.kernels`.
-    pub code: &'a CompiledTargets,
+    /// The code of every target, compiled from `kernels.kernels`. The CPU variants' packed
+    /// weights are moved into the artefact (left empty), so a large model's weights are not
+    /// held twice.
+    pub code: &'a mut CompiledTargets,
     /// Class names, one per output class.
     pub labels: Option<Vec<String>>,
 }
@@ -94,6 +97,33 @@ pub fn build_artefact(p: ArtefactParts<'_>) -> Result<ArtefactWriter> {
     let Some(&batch) = in_shape.first() else {
         bail!("the input has rank 0");
     };
+    if p.code.cpu.is_empty() && p.code.cuda.is_none() {
+        bail!("an artefact needs at least one target");
+    }
+    let schedule = schedule(&p)?;
+    // Variants whose packing agrees byte for byte (the same vector ISA) share one copy.
+    let shared: Vec<Option<usize>> = (0..p.code.cpu.len())
+        .map(|i| (0..i).find(|&j| p.code.cpu[j].packed_weights == p.code.cpu[i].packed_weights))
+        .collect();
+    let mut weights = Vec::new();
+    let mut weight_ranges: Vec<ByteRange> = Vec::new();
+    for (i, c) in p.code.cpu.iter_mut().enumerate() {
+        let range = match shared[i] {
+            Some(j) => weight_ranges[j],
+            None if weights.is_empty() => {
+                weights = std::mem::take(&mut c.packed_weights);
+                ByteRange {
+                    offset: 0,
+                    bytes: weights.len() as u64,
+                }
+            }
+            None => append_aligned(&mut weights, &c.packed_weights),
+        };
+        weight_ranges.push(range);
+    }
+    for c in &mut p.code.cpu {
+        c.packed_weights = Vec::new();
+    }
     let (cpus, cuda) = (&p.code.cpu, p.code.cuda.as_ref());
     let cpu = cpus.first();
     let ptxas = p
@@ -101,10 +131,6 @@ pub fn build_artefact(p: ArtefactParts<'_>) -> Result<ArtefactWriter> {
         .ptxas
         .as_ref()
         .map(|r| r.as_ref().map_err(Clone::clone));
-    if cpu.is_none() && cuda.is_none() {
-        bail!("an artefact needs at least one target");
-    }
-    let schedule = schedule(&p)?;
     let arena = [
         p.kernels.arena_bytes,
         cpu.map_or(0, |c| c.arena_bytes),
@@ -113,19 +139,9 @@ pub fn build_artefact(p: ArtefactParts<'_>) -> Result<ArtefactWriter> {
     .into_iter()
     .max()
     .unwrap_or(0);
-    let mut weights = Vec::new();
     let mut code = Vec::new();
     let mut variants = Vec::new();
-    for (i, c) in cpus.iter().enumerate() {
-        // Variants whose packing agrees byte for byte (the same vector ISA) share one copy.
-        let shared = (0..i).find(|&j| cpus[j].packed_weights == c.packed_weights);
-        let weights_range = match shared {
-            Some(j) => variants
-                .get(j)
-                .map(|v: &CpuVariant| v.weights)
-                .unwrap_or_default(),
-            None => append_aligned(&mut weights, &c.packed_weights),
-        };
+    for (c, &weights_range) in cpus.iter().zip(&weight_ranges) {
         variants.push(CpuVariant {
             cpu: c.target.cpu.clone(),
             features: required_features(c),

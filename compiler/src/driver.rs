@@ -243,6 +243,7 @@ pub struct Compiled {
     pub graph: Graph,
     pub report: PipelineReport,
     pub kernels: GraphKernels,
+    /// Each target's code; the CPU variants' packed weights have moved into the artefact.
     pub code: CompiledTargets,
     /// Wall time of each stage, in order.
     pub timings: Vec<(Stage, Duration)>,
@@ -256,13 +257,22 @@ impl Compiled {
     }
 
     /// Writes the artefact to `path`; returns its size in bytes.
+    /// Writes the artefact to `path`, streamed through a temporary file renamed into place;
+    /// returns its size in bytes.
     pub fn write(&self, path: &Path) -> Result<usize, CompileError> {
-        let bytes = self.to_bytes()?;
-        std::fs::write(path, &bytes).map_err(|source| CompileError::Write {
+        self.artefact.write(path).map_err(|e| match e {
+            runtime::Error::Io { path, source } => CompileError::Write { path, source },
+            runtime::Error::Artefact(e) => ArtefactBuildError::Format(e).into(),
+            other => CompileError::Write {
+                path: path.to_owned(),
+                source: std::io::Error::other(other.to_string()),
+            },
+        })?;
+        let len = std::fs::metadata(path).map_err(|source| CompileError::Write {
             path: path.to_owned(),
             source,
         })?;
-        Ok(bytes.len())
+        Ok(len.len() as usize)
     }
 
     /// The artefact's manifest.
@@ -358,7 +368,7 @@ pub fn compile_graph(
             targets.describe()
         ),
     );
-    let code = targets::compile(&kernels, &targets)?;
+    let mut code = targets::compile(&kernels, &targets)?;
     if let Some(dir) = &opts.dump_dir {
         code.dump(dir)?;
     }
@@ -370,7 +380,7 @@ pub fn compile_graph(
         graph: &graph,
         kernels: &kernels,
         memory: report.memory.as_ref(),
-        code: &code,
+        code: &mut code,
         labels: opts.labels.clone(),
     })?;
     lap(Stage::Artefact, &mut timings);

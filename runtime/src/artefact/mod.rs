@@ -32,7 +32,7 @@ pub use manifest::{
     DTYPE_F32,
 };
 pub use reader::SectionInfo;
-pub use writer::ArtefactWriter;
+pub use writer::{ArtefactWriter, WriteError};
 
 use crate::aligned::AlignedBuf;
 use crate::error::{ArtefactError, Error, Result};

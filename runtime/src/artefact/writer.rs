@@ -7,13 +7,17 @@ use std::path::Path;
 
 use super::format::{
     align_up, Entry, Header, SectionKind, ENTRY_LEN, FORMAT_VERSION, HEADER_LEN, MAX_SECTIONS,
+    SECTION_ALIGN,
 };
 use super::manifest::Manifest;
 use crate::error::{ArtefactError, Error, Result};
 use crate::hash::xxh64;
 
+/// The most padding before a section.
+const SECTION_PAD_MAX: usize = SECTION_ALIGN as usize;
+
 /// Builds an artefact: `ArtefactWriter::new(manifest)`, `add_section` for each payload, then
-/// `to_bytes` or `write`.
+/// `to_bytes`, `write_to` or `write`.
 #[derive(Debug, Clone)]
 pub struct ArtefactWriter {
     manifest: Manifest,
@@ -55,7 +59,8 @@ impl ArtefactWriter {
     }
 
     /// The artefact's bytes.
-    pub fn to_bytes(&self) -> Result<Vec<u8>, ArtefactError> {
+    /// Writes the artefact to `out`, section by section; returns its length in bytes.
+    pub fn write_to(&self, out: &mut impl std::io::Write) -> Result<u64, WriteError> {
         let mut kinds = vec![SectionKind::Manifest];
         kinds.extend(self.sections.iter().map(|(k, _)| *k));
         self.manifest.validate(&kinds)?;
@@ -72,9 +77,9 @@ impl ArtefactWriter {
         let mut payloads: Vec<(SectionKind, &[u8])> = vec![(SectionKind::Manifest, &manifest)];
         payloads.extend(self.sections.iter().map(|(k, b)| (*k, b.as_slice())));
         if payloads.len() > MAX_SECTIONS as usize {
-            return Err(ArtefactError::Malformed(format!(
-                "more than {MAX_SECTIONS} sections"
-            )));
+            return Err(
+                ArtefactError::Malformed(format!("more than {MAX_SECTIONS} sections")).into(),
+            );
         }
 
         let too_big = || ArtefactError::Malformed("artefact larger than 2^64 bytes".into());
@@ -95,14 +100,13 @@ impl ArtefactWriter {
         }
         let file_len = usize::try_from(cursor).map_err(|_| too_big())?;
 
-        let mut out = vec![0u8; file_len];
-        for (i, (e, (_, bytes))) in entries.iter().zip(&payloads).enumerate() {
-            let at = HEADER_LEN + i * ENTRY_LEN;
-            out[at..at + ENTRY_LEN].copy_from_slice(&e.encode());
-            let start = e.offset as usize;
-            out[start..start + bytes.len()].copy_from_slice(bytes);
-        }
-        let table_checksum = xxh64(&out[HEADER_LEN..table_end as usize]);
+        let table_checksum = {
+            let mut table = Vec::with_capacity(entries.len() * ENTRY_LEN);
+            for e in &entries {
+                table.extend_from_slice(&e.encode());
+            }
+            xxh64(&table)
+        };
         let header = Header {
             version: FORMAT_VERSION,
             file_len: cursor,
@@ -110,14 +114,36 @@ impl ArtefactWriter {
             section_count: entries.len() as u32,
             table_checksum,
         };
-        out[..HEADER_LEN].copy_from_slice(&header.encode());
+        // Streamed: the sections are not copied into one buffer first (a large model's
+        // weights would otherwise be held twice).
+        out.write_all(&header.encode())?;
+        for e in &entries {
+            out.write_all(&e.encode())?;
+        }
+        let mut written = table_end;
+        let zeros = [0u8; SECTION_PAD_MAX];
+        for (e, (_, bytes)) in entries.iter().zip(&payloads) {
+            out.write_all(&zeros[..(e.offset - written) as usize])?;
+            out.write_all(bytes)?;
+            written = e.offset + bytes.len() as u64;
+        }
+        debug_assert_eq!(written as usize, file_len);
+        Ok(written)
+    }
+
+    /// The artefact's bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, ArtefactError> {
+        let mut out = Vec::new();
+        self.write_to(&mut out).map_err(|e| match e {
+            WriteError::Format(e) => e,
+            WriteError::Io(e) => ArtefactError::Malformed(format!("writing to memory: {e}")),
+        })?;
         Ok(out)
     }
 
     /// Writes the artefact to `path` (through a temporary file in the same directory, renamed
     /// into place, so a reader never sees a half-written artefact).
     pub fn write(&self, path: &Path) -> Result<()> {
-        let bytes = self.to_bytes()?;
         let io = |source| Error::Io {
             path: path.to_owned(),
             source,
@@ -126,9 +152,23 @@ impl ArtefactWriter {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-        std::io::Write::write_all(&mut tmp, &bytes).map_err(io)?;
+        let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+        let mut buffered = std::io::BufWriter::new(tmp);
+        self.write_to(&mut buffered).map_err(|e| match e {
+            WriteError::Format(e) => Error::Artefact(e),
+            WriteError::Io(e) => io(e),
+        })?;
+        let tmp = buffered.into_inner().map_err(|e| io(e.into_error()))?;
         tmp.persist(path).map_err(|e| io(e.error))?;
         Ok(())
     }
+}
+
+/// Why [`ArtefactWriter::write_to`] failed: the parts are invalid, or the output refused bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Format(#[from] ArtefactError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
 }
