@@ -1,0 +1,71 @@
+// FMA peak of this CPU (scripts/fma-peak.sh): per thread, 12 independent FMA chains on ymm or
+// zmm registers, so the FMA units, not their latency, bound the rate. The figure the CPU
+// kernels are compared with ("% of peak" in bench --profile notes).
+#define _GNU_SOURCE
+#include <immintrin.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static long iters = 200000000;
+static int zmm = 0;
+
+__attribute__((target("avx2,fma"))) static float run_ymm(long n) {
+    __m256 a0 = _mm256_set1_ps(1.0f + 0 * 0.001f), a1 = _mm256_set1_ps(1.0f + 1 * 0.001f), a2 = _mm256_set1_ps(1.0f + 2 * 0.001f), a3 = _mm256_set1_ps(1.0f + 3 * 0.001f), a4 = _mm256_set1_ps(1.0f + 4 * 0.001f), a5 = _mm256_set1_ps(1.0f + 5 * 0.001f), a6 = _mm256_set1_ps(1.0f + 6 * 0.001f), a7 = _mm256_set1_ps(1.0f + 7 * 0.001f), a8 = _mm256_set1_ps(1.0f + 8 * 0.001f), a9 = _mm256_set1_ps(1.0f + 9 * 0.001f), a10 = _mm256_set1_ps(1.0f + 10 * 0.001f), a11 = _mm256_set1_ps(1.0f + 11 * 0.001f);
+    const __m256 b = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
+    for (long i = 0; i < n; i++) {
+#define F(x) x = _mm256_fmadd_ps(x, b, c)
+        F(a0); F(a1); F(a2); F(a3); F(a4); F(a5); F(a6); F(a7); F(a8); F(a9); F(a10); F(a11);
+#undef F
+        __asm__ volatile("" : "+x"(a0), "+x"(a1), "+x"(a2), "+x"(a3), "+x"(a4), "+x"(a5));
+        __asm__ volatile("" : "+x"(a6), "+x"(a7), "+x"(a8), "+x"(a9), "+x"(a10), "+x"(a11));
+    }
+    __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
+                             _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)));
+    s = _mm256_add_ps(s, _mm256_add_ps(_mm256_add_ps(a8, a9), _mm256_add_ps(a10, a11)));
+    float out[8];
+    _mm256_storeu_ps(out, s);
+    return out[0];
+}
+
+__attribute__((target("avx512f"))) static float run_zmm(long n) {
+    __m512 a0 = _mm512_set1_ps(1.0f + 0 * 0.001f), a1 = _mm512_set1_ps(1.0f + 1 * 0.001f), a2 = _mm512_set1_ps(1.0f + 2 * 0.001f), a3 = _mm512_set1_ps(1.0f + 3 * 0.001f), a4 = _mm512_set1_ps(1.0f + 4 * 0.001f), a5 = _mm512_set1_ps(1.0f + 5 * 0.001f), a6 = _mm512_set1_ps(1.0f + 6 * 0.001f), a7 = _mm512_set1_ps(1.0f + 7 * 0.001f), a8 = _mm512_set1_ps(1.0f + 8 * 0.001f), a9 = _mm512_set1_ps(1.0f + 9 * 0.001f), a10 = _mm512_set1_ps(1.0f + 10 * 0.001f), a11 = _mm512_set1_ps(1.0f + 11 * 0.001f);
+    const __m512 b = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
+    for (long i = 0; i < n; i++) {
+#define F(x) x = _mm512_fmadd_ps(x, b, c)
+        F(a0); F(a1); F(a2); F(a3); F(a4); F(a5); F(a6); F(a7); F(a8); F(a9); F(a10); F(a11);
+#undef F
+        __asm__ volatile("" : "+v"(a0), "+v"(a1), "+v"(a2), "+v"(a3), "+v"(a4), "+v"(a5));
+        __asm__ volatile("" : "+v"(a6), "+v"(a7), "+v"(a8), "+v"(a9), "+v"(a10), "+v"(a11));
+    }
+    __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
+                             _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
+    s = _mm512_add_ps(s, _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)));
+    return _mm512_reduce_add_ps(s);
+}
+
+static void *worker(void *p) {
+    float r = zmm ? run_zmm(iters) : run_ymm(iters);
+    *(float *)p = r;
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    int threads = argc > 1 ? atoi(argv[1]) : 2;
+    zmm = argc > 2 && strcmp(argv[2], "zmm") == 0;
+    if (argc > 3) iters = atol(argv[3]);
+    pthread_t t[64];
+    float r[64];
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    for (int i = 0; i < threads; i++) pthread_create(&t[i], NULL, worker, &r[i]);
+    for (int i = 0; i < threads; i++) pthread_join(t[i], NULL);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    double s = (b.tv_sec - a.tv_sec) + 1e-9 * (b.tv_nsec - a.tv_nsec);
+    double flops = 2.0 * 12 * (zmm ? 16 : 8) * (double)iters * threads;
+    printf("%s %d threads: %.1f GFLOP/s (%.3f s, checksum %g)\n", zmm ? "zmm" : "ymm", threads,
+           flops / s / 1e9, s, (double)r[0]);
+    return 0;
+}
