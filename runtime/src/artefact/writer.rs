@@ -159,6 +159,14 @@ impl ArtefactWriter {
             WriteError::Io(e) => io(e),
         })?;
         let tmp = buffered.into_inner().map_err(|e| io(e.into_error()))?;
+        // A temporary file is created private (0600); an artefact is as readable as any file.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o644))
+                .map_err(io)?;
+        }
         tmp.persist(path).map_err(|e| io(e.error))?;
         Ok(())
     }
