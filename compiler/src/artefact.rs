@@ -175,7 +175,19 @@ pub fn build_artefact(p: ArtefactParts<'_>) -> Result<ArtefactWriter> {
         config: p.config,
         batch,
         input: tensor("input", in_shape, in_view)?,
-        output: tensor("logits", out_shape, out_view)?,
+        output: tensor(
+            match crate::head::of_graph(g).map(|h| h.0) {
+                Some(crate::head::HeadKind::Features) => "features",
+                Some(
+                    crate::head::HeadKind::Softmax
+                    | crate::head::HeadKind::Sigmoid
+                    | crate::head::HeadKind::OpNorm,
+                ) => "probabilities",
+                _ => "logits",
+            },
+            out_shape,
+            out_view,
+        )?,
         schedule,
         memory: MemoryPlan {
             arena_bytes: arena as u64,
@@ -194,6 +206,10 @@ pub fn build_artefact(p: ArtefactParts<'_>) -> Result<ArtefactWriter> {
         }),
         cuda: cuda_manifest,
         labels: p.labels,
+        head: crate::head::of_graph(g).map(|(kind, classes)| runtime::artefact::HeadInfo {
+            kind: kind.name().to_owned(),
+            classes,
+        }),
     };
     let mut w = ArtefactWriter::new(manifest);
     w.add_section(SectionKind::Weights, weights)?;

@@ -21,6 +21,7 @@ use crate::backend::cuda::{CudaOptions, Precision};
 use crate::backend::graph::{kernels_of, GraphKernels};
 use crate::builder::{self, DenseNetConfig};
 pub use crate::error::{ArtefactBuildError, CompileError};
+pub use crate::head::HeadKind;
 use crate::passes::{self, PipelineOptions, PipelineReport};
 use crate::targets::{self, CompiledTargets, TargetOptions};
 use crate::weights;
@@ -154,6 +155,15 @@ pub struct CompileOptions<'a> {
     pub dump_dir: Option<PathBuf>,
     /// Class names stored in the artefact.
     pub labels: Option<Vec<String>>,
+    /// Refuse NaN and infinite weights, naming the tensor and the first bad index (default: on;
+    /// `--allow-nonfinite` turns it off).
+    pub check_finite_weights: bool,
+    /// What the model outputs (`--head`); `None`: the checkpoint's own forward (sigmoid +
+    /// operating-point normalisation when it carries torchxrayvision's `op_threshs` or
+    /// [`CompileOptions::op_threshs`] is given), else the logits.
+    pub head: Option<HeadKind>,
+    /// Operating-point thresholds for checkpoints that do not carry them (`--op-threshs`).
+    pub op_threshs: Option<Vec<f32>>,
     pub progress: Option<ProgressFn<'a>>,
 }
 
@@ -168,6 +178,9 @@ impl Default for CompileOptions<'_> {
             verify: true,
             dump_dir: None,
             labels: None,
+            check_finite_weights: true,
+            head: None,
+            op_threshs: None,
             progress: None,
         }
     }
@@ -184,6 +197,9 @@ impl fmt::Debug for CompileOptions<'_> {
             .field("verify", &self.verify)
             .field("dump_dir", &self.dump_dir)
             .field("labels", &self.labels.as_ref().map(Vec::len))
+            .field("check_finite_weights", &self.check_finite_weights)
+            .field("head", &self.head)
+            .field("op_threshs", &self.op_threshs.as_ref().map(Vec::len))
             .field("progress", &self.progress.is_some())
             .finish()
     }
@@ -299,26 +315,95 @@ pub fn compile(
         Stage::Build,
         &format!("building {}", cfg.name),
     );
-    let graph = build(cfg, opts.batch, weights)?;
+    let (mut graph, carried) = build_carrying(cfg, opts.batch, weights)?;
+    let chosen_by_checkpoint =
+        opts.head.is_none() && opts.op_threshs.is_none() && carried.is_some();
+    apply_head(&mut graph, opts.head, opts.op_threshs.clone(), carried)?;
+    if opts.cuda.is_some() {
+        if let Some((kind @ (HeadKind::Softmax | HeadKind::Sigmoid | HeadKind::OpNorm), _)) =
+            crate::head::of_graph(&graph)
+        {
+            let why = if chosen_by_checkpoint {
+                " (chosen because the checkpoint carries torchxrayvision's `op_threshs`)"
+            } else {
+                ""
+            };
+            return Err(CompileError::Options(format!(
+                "the {kind} head{why} has no CUDA kernel yet: compile it with --target cpu, or \
+                 use --head logits (or features) for CUDA"
+            )));
+        }
+    }
     let built = start.elapsed();
     let mut compiled = compile_graph(cfg, graph, opts)?;
     compiled.timings.insert(0, (Stage::Build, built));
     Ok(compiled)
 }
 
-/// Builds the graph of `cfg` for `batch` images and binds `weights` to it.
+/// Builds the graph of `cfg` for `batch` images and binds `weights` to it. What exceeds a
+/// limit of [`crate::limits`] is refused first, before anything is allocated.
 pub fn build(cfg: &DenseNetConfig, batch: usize, weights: &Weights) -> Result<Graph, CompileError> {
+    Ok(build_carrying(cfg, batch, weights)?.0)
+}
+
+/// [`build`], also returning the operating-point thresholds (torchxrayvision's `op_threshs`
+/// buffer) the checkpoint carries beside the network, if any.
+pub fn build_carrying(
+    cfg: &DenseNetConfig,
+    batch: usize,
+    weights: &Weights,
+) -> Result<(Graph, Option<Vec<f32>>), CompileError> {
+    check_limits(cfg, batch)?;
     let mut g = builder::build(cfg, batch)?;
-    match weights {
-        Weights::File(path) => {
-            weights::load(&mut g, path, &weights::Choice::default())?;
+    let (path, choice) = match weights {
+        Weights::File(path) => (path, weights::Choice::default()),
+        Weights::FileChoice(path, choice) => (path, choice.clone()),
+        Weights::Random(seed) => {
+            weights::randomize(&mut g, *seed);
+            return Ok((g, None));
         }
-        Weights::FileChoice(path, choice) => {
-            weights::load(&mut g, path, choice)?;
-        }
-        Weights::Random(seed) => weights::randomize(&mut g, *seed),
-    }
-    Ok(g)
+    };
+    let loaded = weights::load(&mut g, path, &choice)?;
+    let carries = loaded
+        .found
+        .ignored
+        .iter()
+        .any(|i| i.path == crate::head::THRESHOLDS || i.path.ends_with(".op_threshs"));
+    let thresholds = if carries {
+        // Read again without a graph: the extras are then kept as tensors.
+        let (tensors, _) = weights::read_checkpoint(path, None, &choice)?;
+        tensors
+            .iter()
+            .find(|(k, _)| *k == crate::head::THRESHOLDS || k.ends_with(".op_threshs"))
+            .and_then(|(_, t)| match &t.data {
+                weights::TensorData::F32(v) => Some(v.clone()),
+                weights::TensorData::Other { .. } => None,
+            })
+    } else {
+        None
+    };
+    Ok((g, thresholds))
+}
+
+/// Puts the output head on a graph [`build_carrying`] made: `head` if given, else sigmoid +
+/// operating-point normalisation when thresholds are `given` (`--op-threshs`) or `carried` by
+/// the checkpoint, else the logits. Given thresholds win over carried ones.
+pub fn apply_head(
+    g: &mut Graph,
+    head: Option<HeadKind>,
+    given: Option<Vec<f32>>,
+    carried: Option<Vec<f32>>,
+) -> Result<(), CompileError> {
+    let kind = head.unwrap_or(if given.is_some() || carried.is_some() {
+        HeadKind::OpNorm
+    } else {
+        HeadKind::Logits
+    });
+    let thresholds = match kind {
+        HeadKind::OpNorm => given.or(carried),
+        _ => given,
+    };
+    crate::head::apply(g, kind, thresholds)
 }
 
 /// Compiles a graph whose weights are bound (as [`builder::build`] makes it, bound by
@@ -330,6 +415,9 @@ pub fn compile_graph(
     opts: &CompileOptions<'_>,
 ) -> Result<Compiled, CompileError> {
     opts.check()?;
+    if opts.check_finite_weights {
+        check_finite(&graph)?;
+    }
     let mut timings = Vec::new();
     let mut clock = Instant::now();
     let mut lap = |stage: Stage, timings: &mut Vec<(Stage, Duration)>| {
@@ -433,6 +521,32 @@ pub fn optimize(g: &mut Graph, opts: &OptimizeOptions<'_>) -> Result<PipelineRep
         Some(e) => Err(e),
         None => Ok(pipeline_report),
     }
+}
+
+/// Refuses `cfg` at `batch` if its estimate exceeds a limit of [`crate::limits`] (this
+/// machine's memory included); what [`build`] checks first.
+pub fn check_limits(cfg: &DenseNetConfig, batch: usize) -> Result<(), CompileError> {
+    crate::limits::estimate(cfg, batch)?.check(runtime::system::physical_memory_bytes())
+}
+
+/// The first NaN or infinite value of a bound weight, as [`CompileError::NonFinite`].
+pub fn check_finite(g: &Graph) -> Result<(), CompileError> {
+    let nan_allowed = crate::head::nan_allowed(g);
+    for (name, c) in &g.constants {
+        if nan_allowed.contains(name) {
+            continue;
+        }
+        let Some(data) = &c.data else { continue };
+        if let Some(index) = data.iter().position(|v| !v.is_finite()) {
+            return Err(CompileError::NonFinite {
+                tensor: name.clone(),
+                index,
+                len: data.len(),
+                value: data[index],
+            });
+        }
+    }
+    Ok(())
 }
 
 fn notify(progress: Option<ProgressFn<'_>>, stage: Stage, message: &str) {

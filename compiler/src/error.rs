@@ -26,6 +26,21 @@ pub enum CompileError {
     Backend(#[from] BackendError),
     #[error(transparent)]
     Artefact(#[from] ArtefactBuildError),
+    /// The configuration exceeds a limit of [`crate::limits`] (the message gives the estimate,
+    /// the limit and why).
+    #[error("{0}")]
+    Limit(String),
+    /// A weight is NaN or infinite ([`crate::driver::CompileOptions::check_finite_weights`]).
+    #[error(
+        "weight `{tensor}` holds {value} at index {index} (of {len} values): NaN and infinite \
+         weights are refused (--allow-nonfinite compiles them anyway)"
+    )]
+    NonFinite {
+        tensor: String,
+        index: usize,
+        len: usize,
+        value: f32,
+    },
     /// Writing a dump or the artefact.
     #[error("writing {}: {source}", path.display())]
     Write {

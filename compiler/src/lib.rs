@@ -9,6 +9,8 @@ pub mod builder;
 pub mod dot;
 pub mod driver;
 pub mod error;
+pub mod head;
+pub mod limits;
 pub mod memory;
 pub mod passes;
 pub mod plan_exec;

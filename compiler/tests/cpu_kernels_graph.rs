@@ -275,6 +275,10 @@ fn signature(k: &KernelDesc) -> Signature {
         KernelOp::GlobalAvgPool { prologue } => (vec![], aff(prologue).to_vec()),
         KernelOp::Linear(l) => (vec![l.out_features], vec![l.bias.is_some(), l.relu]),
         KernelOp::Affine(a) => (vec![], vec![a.relu]),
+        KernelOp::Head(h) => (
+            vec![],
+            vec![matches!(h, compiler::backend::kernel::HeadKernel::Softmax)],
+        ),
     };
     let place = |v: &View| View {
         offset: 0,

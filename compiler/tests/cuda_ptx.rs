@@ -192,6 +192,7 @@ fn shape(d: &KernelDesc) -> KernelDesc {
         KernelOp::MaxPool(p) | KernelOp::AvgPool(p) => strip(&mut p.prologue),
         KernelOp::GlobalAvgPool { prologue } => strip(prologue),
         KernelOp::Affine(a) => (a.scale, a.shift) = (none(), none()),
+        KernelOp::Head(_) => {}
     }
     d
 }

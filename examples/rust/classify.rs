@@ -59,20 +59,27 @@ fn parse_args() -> Result<Args, String> {
     })
 }
 
-/// The synthetic input shared with the C example.
-fn synthetic(len: usize) -> Vec<f32> {
-    (0..len)
-        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
-        .collect()
+/// The synthetic input shared with the C example. Its length comes from the artefact: a failed
+/// allocation is an error, not an abort.
+fn synthetic(len: usize) -> Result<Vec<f32>, String> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| {
+        format!(
+            "cannot allocate {} bytes for the input",
+            len.saturating_mul(4)
+        )
+    })?;
+    v.extend((0..len).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5));
+    Ok(v)
 }
 
 fn read_input(path: &str, len: usize) -> Result<Vec<f32>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
-    if bytes.len() != len * 4 {
+    if Some(bytes.len()) != len.checked_mul(4) {
         return Err(format!(
             "{path}: {} bytes, the model's input needs {}",
             bytes.len(),
-            len * 4
+            len.saturating_mul(4)
         ));
     }
     Ok(bytes
@@ -86,6 +93,10 @@ fn run() -> Result<(), String> {
     let model = Model::load(&args.model).map_err(|e| format!("{}: {e}", args.model))?;
     let shape = model.input_shape().to_vec();
     let len: usize = shape.iter().product();
+    // The session (its arena) first: an artefact too large for this machine fails here, before
+    // an input of the same batch is built.
+    let device = Device::parse(&args.device, args.threads).map_err(|e| e.to_string())?;
+    let mut session = model.session(device).map_err(|e| e.to_string())?;
     let (input, shape) = match &args.input {
         Some(path) if path.ends_with(".f32") => (read_input(path, len)?, shape),
         // An image or a .npy tensor, told apart by their first bytes; the session checks the
@@ -94,10 +105,8 @@ fn run() -> Result<(), String> {
             let x = runtime::preprocess::load_input(path, &model).map_err(|e| e.to_string())?;
             (x.data, x.shape)
         }
-        None => (synthetic(len), shape),
+        None => (synthetic(len)?, shape),
     };
-    let device = Device::parse(&args.device, args.threads).map_err(|e| e.to_string())?;
-    let mut session = model.session(device).map_err(|e| e.to_string())?;
     let logits = session.run(&input, &shape).map_err(|e| e.to_string())?;
 
     let classes = model.output_shape().last().copied().unwrap_or(1);

@@ -20,5 +20,5 @@ pub mod verify;
 pub use constant::Constant;
 pub use error::IrError;
 pub use graph::{Buffer, Graph, Node, NodeId, Placement};
-pub use ops::{Conv2d, Linear, Op, Pool2d, Prologue};
+pub use ops::{Conv2d, Head, Linear, Op, Pool2d, Prologue};
 pub use types::{DType, TensorType};

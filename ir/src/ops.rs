@@ -68,6 +68,57 @@ pub struct Linear {
     pub out_features: usize,
 }
 
+/// A classifier head on `[N, C]` logits (`--head`), applied row by row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Head {
+    /// `1 / (1 + exp(-x))`, elementwise.
+    Sigmoid,
+    /// `softmax(x, dim=1)`: `exp(x - max) / sum(exp(x - max))` per row.
+    Softmax,
+    /// torchxrayvision's forward: sigmoid, then `op_norm` with per-class
+    /// thresholds `t` (constant `[C]`): `y < t ? y / (2t) : 1 - (1 - y) / (2(1 - t))`;
+    /// a NaN threshold gives 0.5.
+    SigmoidOpNorm { thresholds: String },
+}
+
+impl Head {
+    /// Apply the head to one row of logits, in f64 (the reference).
+    pub fn apply_row(&self, row: &mut [f64], thresholds: Option<&[f32]>) {
+        let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
+        match self {
+            Head::Sigmoid => row.iter_mut().for_each(|x| *x = sigmoid(*x)),
+            Head::Softmax => {
+                let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let mut sum = 0.0;
+                for x in row.iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                row.iter_mut().for_each(|x| *x /= sum);
+            }
+            Head::SigmoidOpNorm { .. } => {
+                let t = thresholds.unwrap_or(&[]);
+                for (c, x) in row.iter_mut().enumerate() {
+                    let y = sigmoid(*x);
+                    let t = t.get(c).map_or(f64::NAN, |&t| f64::from(t));
+                    *x = op_norm(y, t);
+                }
+            }
+        }
+    }
+}
+
+/// torchxrayvision's `op_norm` for one sigmoid output `y` and threshold `t`.
+pub fn op_norm(y: f64, t: f64) -> f64 {
+    if t.is_nan() {
+        0.5
+    } else if y < t {
+        y / (t * 2.0)
+    } else {
+        1.0 - (1.0 - y) / ((1.0 - t) * 2.0)
+    }
+}
+
 /// Backwards-compatible name for the prologue type.
 pub type Prologue = ChannelAffine;
 
@@ -93,6 +144,8 @@ pub enum Op {
     /// `[N, ...] -> [N, prod(...)]`.
     Flatten,
     Linear(Linear),
+    /// A classifier head on `[N, C]`: same shape out.
+    Head(Head),
 }
 
 impl Op {
@@ -110,6 +163,9 @@ impl Op {
             Op::GlobalAvgPool { .. } => "global_avg_pool",
             Op::Flatten => "flatten",
             Op::Linear(_) => "linear",
+            Op::Head(Head::Sigmoid) => "sigmoid",
+            Op::Head(Head::Softmax) => "softmax",
+            Op::Head(Head::SigmoidOpNorm { .. }) => "sigmoid_op_norm",
         }
     }
 
@@ -161,10 +217,12 @@ impl Op {
                     out.push(b.as_str());
                 }
             }
+            Op::Head(Head::SigmoidOpNorm { thresholds }) => out.push(thresholds.as_str()),
             Op::Input
             | Op::Relu
             | Op::Concat
             | Op::Flatten
+            | Op::Head(_)
             | Op::GlobalAvgPool { prologue: None } => {}
         }
         out
@@ -211,10 +269,12 @@ impl Op {
                     re(b);
                 }
             }
+            Op::Head(Head::SigmoidOpNorm { thresholds }) => re(thresholds),
             Op::Input
             | Op::Relu
             | Op::Concat
             | Op::Flatten
+            | Op::Head(_)
             | Op::GlobalAvgPool { prologue: None } => {}
         }
     }
@@ -394,6 +454,23 @@ impl Op {
                     dtype: t.dtype,
                     shape: vec![n, l.out_features],
                 })
+            }
+            Op::Head(h) => {
+                expect_arity(1)?;
+                let t = inputs[0];
+                let &[_, c] = t.shape.as_slice() else {
+                    return Err(format!(
+                        "{} expects rank-2 [N, C] logits, found {t}",
+                        self.mnemonic()
+                    ));
+                };
+                if c == 0 {
+                    return Err(format!("{} over zero classes", self.mnemonic()));
+                }
+                if let Head::SigmoidOpNorm { thresholds } = h {
+                    check_const(thresholds, &[c])?;
+                }
+                Ok(t.clone())
             }
         }
     }

@@ -49,6 +49,7 @@ pub mod npy;
 mod pool;
 pub mod preprocess;
 mod profile;
+pub mod system;
 
 pub use aligned::ALIGN;
 pub use artefact::{Artefact, ArtefactWriter, Manifest, SectionKind};

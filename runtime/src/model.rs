@@ -358,7 +358,8 @@ impl Session {
                 found: shape.to_vec(),
             });
         }
-        let mut output = vec![0f32; self.model.manifest().output.elements()];
+        let mut output =
+            crate::system::try_zeroed(self.model.manifest().output.elements(), "output")?;
         self.run_into(input, &mut output)?;
         Ok(output)
     }

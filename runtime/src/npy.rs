@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-pub use npy::{from_bytes, Array};
+pub use npy::{from_bytes, to_bytes, Array};
 
 /// Reads a `.npy` file.
 pub fn read(path: impl AsRef<Path>) -> crate::Result<Array> {

@@ -108,7 +108,13 @@ fn image_input(path: &Path, bytes: &[u8], shape: &[usize]) -> Result<Array> {
         ));
     }
     let one = imagenet_sized(&img, h, w);
-    let mut data = Vec::with_capacity(n * one.len());
+    // The batch comes from the artefact: a failed allocation is an error, not an abort.
+    let mut data = Vec::new();
+    data.try_reserve_exact(n.saturating_mul(one.len()))
+        .map_err(|_| Error::OutOfMemory {
+            what: "input batch",
+            bytes: n.saturating_mul(one.len()).saturating_mul(4),
+        })?;
     for _ in 0..n {
         data.extend_from_slice(&one);
     }

@@ -66,3 +66,51 @@ pub fn golden_config(case: &str) -> Result<(DenseNetConfig, usize)> {
     cfg.validate()?;
     Ok((cfg, uint("batch")?))
 }
+
+/// The command-line executables `densenetc` and `densenetc-compiler`, built by cargo (once per
+/// test binary; the paths come from cargo's JSON messages, so they are the build's own).
+pub fn cli_binaries() -> &'static (PathBuf, PathBuf) {
+    static BINS: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    BINS.get_or_init(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("the workspace root")
+            .to_owned();
+        let out = std::process::Command::new(cargo)
+            .args([
+                "build",
+                "-p",
+                "compiler",
+                "--bins",
+                "--message-format=json-render-diagnostics",
+            ])
+            .current_dir(&repo)
+            .output()
+            .expect("run cargo build");
+        assert!(
+            out.status.success(),
+            "cargo build failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut front = None;
+        let mut back = None;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if let Some(exe) = msg["executable"].as_str() {
+                let exe = PathBuf::from(exe);
+                match exe.file_stem().and_then(|s| s.to_str()) {
+                    Some("densenetc") => front = Some(exe),
+                    Some("densenetc-compiler") => back = Some(exe),
+                    _ => {}
+                }
+            }
+        }
+        (
+            front.expect("cargo built densenetc"),
+            back.expect("cargo built densenetc-compiler"),
+        )
+    })
+}

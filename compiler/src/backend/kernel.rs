@@ -60,6 +60,15 @@ pub struct LinearKernel {
     pub relu: bool,
 }
 
+/// A classifier head on `[N, 1, 1, C]` logits, row by row (`ir::Head`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeadKernel {
+    Sigmoid,
+    Softmax,
+    /// Sigmoid, then torchxrayvision's `op_norm` with these `[C]` thresholds.
+    SigmoidOpNorm(Arc<Vec<f32>>),
+}
+
 /// The op a kernel computes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum KernelOp {
@@ -74,6 +83,8 @@ pub enum KernelOp {
     /// Standalone affine (+ReLU); output view has the input's shape and may
     /// be the very same view (in place).
     Affine(Affine),
+    /// Output head over each image's `[1, 1, C]` row; the output view may be the input's.
+    Head(HeadKernel),
 }
 
 impl KernelOp {
@@ -85,6 +96,7 @@ impl KernelOp {
             KernelOp::GlobalAvgPool { .. } => "gavgpool",
             KernelOp::Linear(_) => "linear",
             KernelOp::Affine(_) => "affine",
+            KernelOp::Head(_) => "head",
         }
     }
 
@@ -132,7 +144,7 @@ impl KernelDesc {
             KernelOp::Conv(c) => out.saturating_mul(prod(&[i.channels, c.kernel[0], c.kernel[1]])),
             KernelOp::Linear(_) => out.saturating_mul(i.channels as u64),
             KernelOp::MaxPool(p) | KernelOp::AvgPool(p) => out.saturating_mul(prod(&p.kernel)),
-            KernelOp::GlobalAvgPool { .. } | KernelOp::Affine(_) => {
+            KernelOp::GlobalAvgPool { .. } | KernelOp::Affine(_) | KernelOp::Head(_) => {
                 prod(&[i.n, i.h, i.w, i.channels])
             }
         }
@@ -216,6 +228,18 @@ impl KernelDesc {
                     return Ok(());
                 }
             }
+            KernelOp::Head(h) => {
+                if (i.h, i.w) != (1, 1) {
+                    return Err(format!("head input must be [N,1,1,C], found {i:?}"));
+                }
+                if let HeadKernel::SigmoidOpNorm(t) = h {
+                    check_len("op_norm thresholds", t, i.channels)?;
+                }
+                want("head", got, [1, 1, i.channels])?;
+                if i == o {
+                    return Ok(());
+                }
+            }
         }
         if i.overlaps(o) {
             return Err(format!("output view {o:?} overlaps input view {i:?}"));
@@ -280,6 +304,13 @@ impl KernelDesc {
                 relu: false,
             }),
             Op::ChannelAffine(a) => KernelOp::Affine(affine(a)?),
+            Op::Head(h) => KernelOp::Head(match h {
+                ir::Head::Sigmoid => HeadKernel::Sigmoid,
+                ir::Head::Softmax => HeadKernel::Softmax,
+                ir::Head::SigmoidOpNorm { thresholds } => {
+                    HeadKernel::SigmoidOpNorm(get(thresholds)?)
+                }
+            }),
             Op::Relu => KernelOp::Affine(Affine {
                 scale: Arc::new(vec![1.0; input.channels]),
                 shift: Arc::new(vec![0.0; input.channels]),

@@ -82,9 +82,26 @@ struct CompileArgs {
     /// Print the wall time of each compile stage (build, optimize, lower, codegen, artefact).
     #[arg(long)]
     timings: bool,
+    /// Compile weights that hold NaN or infinite values (refused by default, naming the tensor
+    /// and the first bad index).
+    #[arg(long)]
+    allow_nonfinite: bool,
     /// Class names, one per line, stored in the artefact.
     #[arg(long, value_name = "FILE")]
     labels: Option<PathBuf>,
+    /// What the model outputs: logits (the classifier's output, the default), softmax, sigmoid
+    /// (probabilities, fused after the classifier) or features (the pooled feature vector
+    /// [N, C] before the classifier, for a backbone or embeddings). A checkpoint carrying
+    /// torchxrayvision's `op_threshs` gets that model's own forward unless --head says
+    /// otherwise: sigmoid, then each class rescaled so its threshold maps to 0.5 (`op-norm`).
+    /// CUDA code has no softmax/sigmoid head yet (use --target cpu).
+    #[arg(long, value_name = "logits|softmax|sigmoid|features")]
+    head: Option<compiler::head::HeadKind>,
+    /// Operating-point thresholds, one per class, for checkpoints that do not carry
+    /// torchxrayvision's `op_threshs`: a .npy file or v1,v2,… (nan: that class outputs 0.5).
+    /// Selects the op-norm head (sigmoid + operating-point normalisation).
+    #[arg(long, value_name = "FILE.npy|v1,v2,...")]
+    op_threshs: Option<String>,
     /// The artefact to write.
     #[arg(short = 'o', long = "output", value_name = "OUT.dnc")]
     output: PathBuf,
@@ -96,17 +113,20 @@ struct CompileArgs {
 #[derive(Args, Debug)]
 struct ModelArgs {
     /// A preset: densenet121|161|169|201, densenet-bc-100|250|190, densenet-40.
-    #[arg(long, conflicts_with = "config")]
+    #[arg(long, conflicts_with = "config", value_name = "NAME")]
     arch: Option<String>,
     /// A TOML configuration file (an `arch` key plus overrides, see README).
-    #[arg(long)]
+    #[arg(long, value_name = "FILE.toml")]
     config: Option<PathBuf>,
-    #[arg(long)]
+    /// k: the channels each dense layer adds (32 for densenet121).
+    #[arg(long, value_name = "K")]
     growth_rate: Option<usize>,
     /// Layers per dense block, e.g. 6,12,24,16.
     #[arg(long, value_delimiter = ',')]
     block_config: Option<Vec<usize>>,
-    #[arg(long)]
+    /// Channels out of the stem, into the first dense block (`num_init_features` in TOML;
+    /// `init_features` is accepted there too).
+    #[arg(long, value_name = "N")]
     init_features: Option<usize>,
     /// Bottleneck factor; 0 = plain BN-ReLU-3x3 layers.
     #[arg(long)]
@@ -114,11 +134,15 @@ struct ModelArgs {
     /// θ in (0, 1]: a transition outputs floor(C·θ) channels.
     #[arg(long)]
     compression: Option<f64>,
-    #[arg(long)]
+    /// Outputs of the classifier (1000 for the ImageNet presets, 10 for CIFAR).
+    #[arg(long, value_name = "N")]
     num_classes: Option<usize>,
-    #[arg(long)]
+    /// Channels of the input image (3 for RGB; anything else takes only .npy inputs).
+    #[arg(long, value_name = "N")]
     in_channels: Option<usize>,
-    #[arg(long)]
+    /// The layers before the first dense block: imagenet (7x7/2 conv, BN, ReLU, 3x3/2 max
+    /// pool, as torchvision) or cifar (one 3x3/1 conv, as the paper's CIFAR models).
+    #[arg(long, value_name = "imagenet|cifar")]
     stem: Option<Stem>,
     /// Every conv carries a bias.
     #[arg(long)]
@@ -126,8 +150,9 @@ struct ModelArgs {
     /// Input height and width.
     #[arg(long)]
     image_size: Option<usize>,
-    /// Batch size the model is compiled for.
-    #[arg(long, default_value_t = 1)]
+    /// Batch size the model is compiled for (the arena grows with it; a batch whose arena
+    /// exceeds this machine's memory is a warning at compile time and an error at run time).
+    #[arg(long, default_value_t = 1, value_name = "N")]
     batch: usize,
     /// Trained weights: a PyTorch checkpoint (torch.save, zip or legacy format: a state dict, a
     /// training checkpoint holding one, or a whole pickled model) or a safetensors file,
@@ -155,9 +180,17 @@ impl ModelArgs {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading config file {}", path.display()))?;
-                let o: ConfigOverrides = toml::from_str(&text)
-                    .with_context(|| format!("parsing config file {}", path.display()))?;
-                o
+                // One line: the TOML crate's own message draws the source over several.
+                toml::from_str::<ConfigOverrides>(&text).map_err(|e| {
+                    let line = e.span().map_or(0, |r| {
+                        text[..r.start.min(text.len())].lines().count().max(1)
+                    });
+                    anyhow::anyhow!(
+                        "config file {}, line {line}: {}",
+                        path.display(),
+                        e.message().trim()
+                    )
+                })?
             }
             None => ConfigOverrides::default(),
         };
@@ -221,6 +254,7 @@ impl ModelArgs {
         let cfg = self.config()?;
         let building = || format!("building {}", cfg.name);
         if let Some(path) = &self.weights {
+            driver::check_limits(&cfg, self.batch).with_context(building)?;
             let mut g = compiler::builder::build(&cfg, self.batch).with_context(building)?;
             let loaded = compiler::weights::load(&mut g, path, &self.weights_choice())
                 .with_context(building)?;
@@ -248,16 +282,19 @@ struct InspectArgs {
     /// Print only the summary, not the IR.
     #[arg(long)]
     summary: bool,
-    /// Print the IR after this pass instead of the unoptimised IR.
+    /// Print the IR after this pass instead of the unoptimised IR. Needs a model.
     #[arg(long, value_name = "PASS")]
     after: Option<String>,
-    /// Report the memory plan: arena, naive and lower-bound bytes, concat copies.
+    /// Report the memory plan: arena (activations only: the input is the caller's, so an
+    /// artefact's arena, which holds it too, is larger), naive and lower-bound bytes, concat
+    /// copies.
     #[arg(long)]
     memory: bool,
-    /// Draw the memory plan (time × offset) as SVG.
+    /// Draw the memory plan as SVG: one rectangle per tensor, schedule steps across, arena
+    /// offset up, with a legend and ticks on both axes. Needs a model (--arch or --config).
     #[arg(long, value_name = "FILE")]
     memory_svg: Option<PathBuf>,
-    /// Write the graph (after `--after`, else unoptimised) for Graphviz.
+    /// Write the graph (after `--after`, else unoptimised) for Graphviz. Needs a model.
     #[arg(long, value_name = "FILE")]
     dot: Option<PathBuf>,
     #[command(flatten)]
@@ -267,7 +304,9 @@ struct InspectArgs {
 /// Where to write the IR after every pass.
 #[derive(Args, Debug)]
 struct DumpArgs {
-    /// Write `NN-after-<pass>.ir` for every pass into DIR.
+    /// Write into DIR (created if need be) `00-input.ir` and `NN-after-<pass>.ir` after every
+    /// pass; `compile` also writes `cpu-before-opt.ll`, `cpu-after-opt.ll` and
+    /// `cpu-kernels.txt`, and with a CUDA target `cuda.ll`, `cuda.ptx` and `cuda-launches.txt`.
     #[arg(long, value_name = "DIR")]
     dump_dir: Option<PathBuf>,
 }
@@ -293,7 +332,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(a) => match &a.artefact {
-            Some(path) => inspect_artefact(path, a.json),
+            Some(path) => graph_only_flags(&a).and_then(|()| inspect_artefact(path, a.json)),
             None => inspect(&a),
         },
         Command::Compile(a) => compile(&a),
@@ -303,10 +342,48 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", exec::one_line(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `inspect OUT.dnc` with a flag that needs the model's graph, which an artefact does not keep:
+/// an error naming the flags, rather than a silent success.
+fn graph_only_flags(a: &InspectArgs) -> Result<()> {
+    let m = &a.model;
+    let given: Vec<&str> = [
+        ("--memory-svg", a.memory_svg.is_some()),
+        ("--dot", a.dot.is_some()),
+        ("--after", a.after.is_some()),
+        ("--summary", a.summary),
+        ("--dump-dir", a.dumps.dump_dir.is_some()),
+        ("--weights", m.weights.is_some()),
+        ("--random-weights", m.random_weights.is_some()),
+        ("--growth-rate", m.growth_rate.is_some()),
+        ("--block-config", m.block_config.is_some()),
+        ("--init-features", m.init_features.is_some()),
+        ("--bn-size", m.bn_size.is_some()),
+        ("--compression", m.compression.is_some()),
+        ("--num-classes", m.num_classes.is_some()),
+        ("--in-channels", m.in_channels.is_some()),
+        ("--stem", m.stem.is_some()),
+        ("--conv-bias", m.conv_bias),
+        ("--image-size", m.image_size.is_some()),
+        ("--batch", m.batch != 1),
+    ]
+    .into_iter()
+    .filter_map(|(flag, on)| on.then_some(flag))
+    .collect();
+    if !given.is_empty() {
+        bail!(
+            "{} need{} a model (--arch NAME or --config FILE), not an artefact: an artefact keeps \
+             no graph (`inspect OUT.dnc` prints its manifest, memory plan included)",
+            given.join(", "),
+            if given.len() == 1 { "s" } else { "" }
+        );
+    }
+    Ok(())
 }
 
 fn inspect(a: &InspectArgs) -> Result<()> {
@@ -419,7 +496,11 @@ fn inspect(a: &InspectArgs) -> Result<()> {
         }
     }
     if a.memory {
-        let _ = writeln!(text, "arena bytes:   {}", memory.arena_bytes);
+        let _ = writeln!(
+            text,
+            "arena bytes:   {} (activations only; an artefact's arena also holds the input)",
+            memory.arena_bytes
+        );
         let _ = writeln!(text, "lower bound:   {}", memory.lower_bound_bytes);
         let _ = writeln!(text, "naive bytes:   {}", memory.naive_bytes);
         let _ = writeln!(text, "concat copies: {}", memory.concat_copies);
@@ -477,8 +558,17 @@ fn compile(a: &CompileArgs) -> Result<()> {
     opts.batch = a.model.batch;
     opts.precision = a.precision;
     opts.verify = !a.no_verify;
+    opts.check_finite_weights = !a.allow_nonfinite;
     opts.dump_dir = a.dumps.dump_dir.clone();
+    if labels.is_some() && a.head == Some(compiler::head::HeadKind::Features) {
+        bail!("--labels names classes, but --head features outputs feature channels");
+    }
     opts.labels = labels;
+    opts.head = a.head;
+    opts.op_threshs = match &a.op_threshs {
+        Some(spec) => Some(compiler::head::parse_thresholds(spec).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     if !opts.cpus.is_empty() {
         let base = opts.cpus.remove(0);
         opts.cpus = a
@@ -532,9 +622,16 @@ fn compile(a: &CompileArgs) -> Result<()> {
             eprintln!("densenetc: {stage:<9} {:8.3} s", t.as_secs_f64());
         }
     }
-    let bytes = compiled
-        .write(&a.output)
-        .with_context(|| format!("writing {}", a.output.display()))?;
+    // The compiler's error names the file already.
+    let bytes = compiled.write(&a.output)?;
+    let arena = compiled.manifest().memory.arena_bytes;
+    if let Some(mem) = runtime::system::physical_memory_bytes().filter(|&m| arena > m) {
+        eprintln!(
+            "warning: the arena of {arena} bytes (batch {}) exceeds this machine's {mem} bytes of \
+             memory: `densenetc run` will refuse it here; use a smaller --batch to run it on this machine",
+            a.model.batch
+        );
+    }
     emit(&format!(
         "compiled {} (batch {}, {}) to {}: {}, {} bytes, arena {} bytes, {:.2} s\n",
         cfg.name,
@@ -543,13 +640,13 @@ fn compile(a: &CompileArgs) -> Result<()> {
         a.output.display(),
         compiled.summary(),
         bytes,
-        compiled.manifest().memory.arena_bytes,
+        arena,
         start.elapsed().as_secs_f64()
     ))
 }
 
 fn inspect_artefact(path: &std::path::Path, json: bool) -> Result<()> {
-    let a = runtime::Artefact::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let a = runtime::Artefact::open(path).map_err(|e| exec::naming(path, &e))?;
     let m = a.manifest();
     if json {
         let mut v = serde_json::to_value(m)?;
@@ -585,7 +682,11 @@ fn inspect_artefact(path: &std::path::Path, json: bool) -> Result<()> {
         "output:        {} {:?} {}",
         m.output.name, m.output.shape, m.output.dtype
     );
-    let _ = writeln!(text, "arena bytes:   {}", m.memory.arena_bytes);
+    let _ = writeln!(
+        text,
+        "arena bytes:   {} (input and activations; `inspect --memory` counts activations only)",
+        m.memory.arena_bytes
+    );
     let _ = writeln!(text, "naive bytes:   {}", m.memory.naive_bytes);
     let _ = writeln!(text, "lower bound:   {}", m.memory.lower_bound_bytes);
     if let Some(cpu) = &m.cpu {
@@ -631,6 +732,20 @@ fn inspect_artefact(path: &std::path::Path, json: bool) -> Result<()> {
             cuda.launch_version
         );
     }
+    let _ = writeln!(
+        text,
+        "head:          {}",
+        m.head.as_ref().map_or("logits".to_owned(), |h| format!(
+            "{} ({} {})",
+            h.kind,
+            h.classes,
+            if h.kind == "features" {
+                "features"
+            } else {
+                "classes"
+            }
+        ))
+    );
     let _ = writeln!(
         text,
         "labels:        {}",

@@ -46,7 +46,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", exec::one_line(&e));
             ExitCode::FAILURE
         }
     }

@@ -74,6 +74,8 @@ pub struct ConfigOverrides {
     pub name: Option<String>,
     pub growth_rate: Option<usize>,
     pub block_config: Option<Vec<usize>>,
+    /// `init_features` (the command line's spelling) is accepted too.
+    #[serde(alias = "init_features")]
     pub num_init_features: Option<usize>,
     pub bn_size: Option<usize>,
     pub compression: Option<f64>,

@@ -8,7 +8,7 @@
 use super::tensor::{checked_numel, Tensor};
 use crate::error::{IrError, Result};
 use crate::graph::{Graph, Node};
-use crate::ops::{BatchNorm, ChannelAffine, Conv2d, Linear, Op, Pool2d};
+use crate::ops::{BatchNorm, ChannelAffine, Conv2d, Head, Linear, Op, Pool2d};
 
 /// Evaluate `node` over its operand values.
 pub(crate) fn eval(g: &Graph, node: &Node, args: &[&Tensor], threads: usize) -> Result<Tensor> {
@@ -47,6 +47,7 @@ pub(crate) fn eval(g: &Graph, node: &Node, args: &[&Tensor], threads: usize) -> 
             })
         }
         Op::Linear(l) => k.linear(one()?, l),
+        Op::Head(h) => k.head(one()?, h),
     }
 }
 
@@ -327,6 +328,32 @@ impl Kernel<'_> {
         }
         Ok(Tensor {
             shape: vec![n, channels, h, w],
+            data,
+        })
+    }
+
+    fn head(&self, x: &Tensor, h: &Head) -> Result<Tensor> {
+        let &[n, c] = x.shape.as_slice() else {
+            return Err(self.err(format!("expects a rank-2 operand, found {:?}", x.shape)));
+        };
+        if x.data.len() != checked_numel(&x.shape)? {
+            return Err(self.err("operand data does not match its shape"));
+        }
+        let thresholds = match h {
+            Head::SigmoidOpNorm { thresholds } => Some(self.constant(thresholds, &[c])?),
+            _ => None,
+        };
+        let mut data = Vec::with_capacity(x.data.len());
+        let mut row = vec![0.0f64; c];
+        for b in 0..n {
+            for (r, &v) in row.iter_mut().zip(&x.data[b * c..][..c]) {
+                *r = f64::from(v);
+            }
+            h.apply_row(&mut row, thresholds);
+            data.extend(row.iter().map(|&v| v as f32));
+        }
+        Ok(Tensor {
+            shape: x.shape.clone(),
             data,
         })
     }

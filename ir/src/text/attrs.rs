@@ -1,6 +1,6 @@
 //! Attribute values and the ops built from them.
 
-use crate::ops::{BatchNorm, ChannelAffine, Conv2d, Linear, Op, Pool2d};
+use crate::ops::{BatchNorm, ChannelAffine, Conv2d, Head, Linear, Op, Pool2d};
 use std::collections::BTreeMap;
 
 /// The largest integer the text form accepts (dimensions, kernel sizes,
@@ -180,6 +180,11 @@ fn op_from(mnemonic: &str, a: &mut Attrs) -> Result<Option<Op>, String> {
             weight: a.constant("weight")?,
             bias: a.opt_constant("bias")?,
             out_features: a.usize("out_features")?,
+        }),
+        "sigmoid" => Op::Head(Head::Sigmoid),
+        "softmax" => Op::Head(Head::Softmax),
+        "sigmoid_op_norm" => Op::Head(Head::SigmoidOpNorm {
+            thresholds: a.constant("thresholds")?,
         }),
         _ => return Ok(None),
     }))

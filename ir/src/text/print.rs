@@ -293,6 +293,12 @@ fn pool(p: &Pool2d) -> Vec<(&'static str, String)> {
 fn attributes(op: &Op) -> Vec<(&'static str, String)> {
     match op {
         Op::Input | Op::Relu | Op::Concat | Op::Flatten => Vec::new(),
+        Op::Head(ir_head) => match ir_head {
+            crate::ops::Head::SigmoidOpNorm { thresholds } => {
+                vec![("thresholds", const_ref(thresholds))]
+            }
+            _ => Vec::new(),
+        },
         Op::Conv2d(c) => {
             let mut attrs = vec![
                 ("weight", const_ref(&c.weight)),

@@ -44,6 +44,31 @@ pub struct Manifest {
     /// Class names, one per output class, when the compiler was given them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<Vec<String>>,
+    /// What the output is (`--head`); absent (older artefacts too): the classifier's logits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<HeadInfo>,
+}
+
+/// The output head an artefact was compiled with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadInfo {
+    /// `logits`, `softmax`, `sigmoid`, `op-norm` (sigmoid + torchxrayvision's operating-point
+    /// normalisation: 0.5 is each class's threshold) or `features` (the pooled feature vector).
+    pub kind: String,
+    /// Output width: classes, or feature channels for `features`.
+    pub classes: usize,
+}
+
+impl HeadInfo {
+    /// Whether the outputs are probabilities (`softmax`, `sigmoid`, `op-norm`).
+    pub fn is_probability(&self) -> bool {
+        matches!(self.kind.as_str(), "softmax" | "sigmoid" | "op-norm")
+    }
+
+    /// Whether each class is an independent probability thresholded at 0.5 (multi-label).
+    pub fn is_multi_label(&self) -> bool {
+        matches!(self.kind.as_str(), "sigmoid" | "op-norm")
+    }
 }
 
 /// A tensor crossing the runtime boundary.

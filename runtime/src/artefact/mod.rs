@@ -28,8 +28,8 @@ pub use cuda::{
 };
 pub use format::{SectionKind, FORMAT_VERSION, MAGIC};
 pub use manifest::{
-    ArenaView, CpuTarget, CpuVariant, CudaTarget, KernelInfo, Manifest, MemoryPlan, TensorSpec,
-    DTYPE_F32,
+    ArenaView, CpuTarget, CpuVariant, CudaTarget, HeadInfo, KernelInfo, Manifest, MemoryPlan,
+    TensorSpec, DTYPE_F32,
 };
 pub use reader::SectionInfo;
 pub use writer::{ArtefactWriter, WriteError};

@@ -303,7 +303,8 @@ impl CudaSession {
             kernels: target.launches.iter().map(|l| l.kernel).collect(),
             input: input.clone(),
             output: output.clone(),
-            staging: vec![0.0; (i1 - i0).max(o1 - o0)],
+            // Sized by the manifest: an error, not an abort, when the host cannot hold it.
+            staging: crate::system::try_zeroed((i1 - i0).max(o1 - o0), "CUDA staging buffer")?,
             graph: if graphs_enabled_by_env() {
                 GraphState::Pending { plain_runs: 0 }
             } else {

@@ -110,6 +110,7 @@ pub fn toy_manifest() -> Manifest {
         }),
         cuda: None,
         labels: Some(LABELS.iter().map(|s| s.to_string()).collect()),
+        head: None,
     }
 }
 

@@ -55,6 +55,7 @@ mod codegen;
 mod conv;
 mod entry;
 mod env;
+mod head;
 pub mod isa;
 mod link;
 mod microkernel;

@@ -23,6 +23,7 @@ use super::border::BorderPlan;
 use super::codegen::{Cg, Result, VectorIsa};
 use super::conv::{ConvPlan, Mode, WinogradPlan};
 use super::env::{Env, KBind};
+use super::head::HeadPlan;
 use super::microkernel::Microkernels;
 use super::pack::WeightsBuilder;
 use super::pooling::{AffinePlan, GapPlan, PoolPlan};
@@ -73,6 +74,7 @@ enum OpPlan {
     Pool(PoolPlan),
     Gap(GapPlan),
     Affine(AffinePlan),
+    Head(HeadPlan),
 }
 
 /// The view's geometry at arena offset 0 and channel offset 0, and the
@@ -115,7 +117,7 @@ impl Plan {
         match &self.shape.op {
             OpPlan::Winograd(_) => 32,
             OpPlan::Conv(_) => 16,
-            OpPlan::Pool(_) | OpPlan::Gap(_) | OpPlan::Affine(_) => 8,
+            OpPlan::Pool(_) | OpPlan::Gap(_) | OpPlan::Affine(_) | OpPlan::Head(_) => 8,
         }
     }
 
@@ -128,6 +130,7 @@ impl Plan {
             OpPlan::Pool(_) => "pool",
             OpPlan::Gap(_) => "gap",
             OpPlan::Affine(_) => "affine",
+            OpPlan::Head(_) => "head",
         }
     }
 
@@ -150,6 +153,7 @@ impl Plan {
                 OpPlan::Gap(GapPlan::new(prologue.as_ref(), i, o, isa, wl))
             }
             KernelOp::Affine(a) => OpPlan::Affine(AffinePlan::new(a, i, o, isa, wl)),
+            KernelOp::Head(h) => OpPlan::Head(HeadPlan::new(h, i, o, wl)),
         };
         let (runtime_k, k) = match &mut op {
             OpPlan::Conv(p) => p
@@ -191,6 +195,7 @@ impl Shape {
             OpPlan::Pool(p) => p.tasks(),
             OpPlan::Gap(p) => p.tasks(),
             OpPlan::Affine(p) => p.tasks(),
+            OpPlan::Head(p) => p.tasks(),
         }
     }
 
@@ -231,6 +236,7 @@ impl Shape {
             OpPlan::Pool(p) => p.emit_task(cg, env, t),
             OpPlan::Gap(p) => p.emit_task(cg, env, t),
             OpPlan::Affine(p) => p.emit_task(cg, env, t),
+            OpPlan::Head(p) => p.emit_task(cg, env, t),
         };
         match &self.border {
             None => op(t),

@@ -357,6 +357,13 @@ impl KernelPlan {
                 output: go,
                 prologue: prologue.as_ref().map(|a| at.affine(a, wb)),
             }),
+            KernelOp::Head(_) => {
+                return Err(
+                    "output heads (--head softmax|sigmoid, op-norm) have no CUDA kernel yet: \
+                     compile with --target cpu, or --head logits|features for CUDA"
+                        .into(),
+                )
+            }
             KernelOp::Affine(a) => KernelPlan::Affine(AffinePlan {
                 input: gi,
                 output: go,

@@ -8,6 +8,11 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
+#[command(group(
+    clap::ArgGroup::new("source")
+        .required(true)
+        .args(["input", "random_input"])
+))]
 pub struct RunArgs {
     /// The artefact.
     artefact: PathBuf,
@@ -16,29 +21,30 @@ pub struct RunArgs {
     /// antialiased, as Pillow), CenterCrop(224), /255, Normalize(ImageNet mean, std). For an
     /// artefact compiled at image size S: Resize(round(S·256/224)), CenterCrop(S). The image fills
     /// every item of the batch; models with in_channels ≠ 3 take only .npy.
-    #[arg(
-        long,
-        required_unless_present = "random_input",
-        value_name = "X.npy|IMAGE"
-    )]
+    #[arg(long, value_name = "X.npy|IMAGE")]
     input: Option<PathBuf>,
-    /// Use a deterministic uniform [-1, 1) random input instead of --input.
-    #[arg(long, value_name = "SEED", conflicts_with = "input")]
+    /// Use a deterministic uniform [-1, 1) random input instead of --input (one of the two is
+    /// required).
+    #[arg(long, value_name = "SEED")]
     random_input: Option<u64>,
-    /// Write the logits here (.npy).
-    #[arg(long)]
+    /// Write the logits here (.npy, float32 [N, classes]).
+    #[arg(long, value_name = "Y.npy")]
     output: Option<PathBuf>,
-    /// cpu, cuda or cuda:ORDINAL.
-    #[arg(long, default_value = "cpu")]
+    /// Where to run: cpu, cuda or cuda:ORDINAL (CUDA needs an artefact compiled with --target
+    /// cuda or cpu,cuda and the NVIDIA driver).
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
     device: String,
     /// Run the artefact's CPU code variant for this CPU (one of the names its `compile --cpu`
     /// listed; `inspect` shows them) instead of the best one this CPU supports.
     #[arg(long, value_name = "NAME")]
     cpu: Option<String>,
-    #[arg(long, default_value_t = 1)]
+    /// CPU worker threads, the calling thread included; 0 means one per core of this machine.
+    #[arg(long, default_value_t = 1, value_name = "N")]
     threads: usize,
-    /// Print the K highest-scoring classes of every image.
-    #[arg(long, default_value_t = 5)]
+    /// Print the K highest-scoring classes of every image (NaN scores are not ranked). Artefacts
+    /// compiled with a softmax/sigmoid head print probabilities; a sigmoid (multi-label) head
+    /// also prints every class above 0.5.
+    #[arg(long, default_value_t = 5, value_name = "K")]
     top: usize,
 }
 
@@ -46,18 +52,22 @@ pub struct RunArgs {
 pub struct BenchArgs {
     /// The artefact.
     artefact: PathBuf,
-    /// cpu, cuda or cuda:ORDINAL.
-    #[arg(long, default_value = "cpu")]
+    /// Where to run: cpu, cuda or cuda:ORDINAL (CUDA needs an artefact compiled with --target
+    /// cuda or cpu,cuda and the NVIDIA driver).
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
     device: String,
     /// Run the artefact's CPU code variant for this CPU (one of the names its `compile --cpu`
     /// listed; `inspect` shows them) instead of the best one this CPU supports.
     #[arg(long, value_name = "NAME")]
     cpu: Option<String>,
-    #[arg(long, default_value_t = 50)]
+    /// Timed runs (at least 1); the median, p90 and min are reported.
+    #[arg(long, default_value_t = 50, value_name = "N")]
     iters: usize,
-    #[arg(long, default_value_t = 5)]
+    /// Untimed runs before the timed ones (caches, page faults, thread start-up).
+    #[arg(long, default_value_t = 5, value_name = "N")]
     warmup: usize,
-    #[arg(long, default_value_t = 1)]
+    /// CPU worker threads, the calling thread included; 0 means one per core of this machine.
+    #[arg(long, default_value_t = 1, value_name = "N")]
     threads: usize,
     /// Print one JSON object.
     #[arg(long)]
@@ -78,8 +88,19 @@ pub fn emit(text: &str) -> Result<()> {
 }
 
 fn load_model(path: &std::path::Path, cpu: Option<&str>) -> Result<runtime::Model> {
-    // The runtime's errors already name the file; keep the message one line.
-    runtime::Model::load_for_cpu(path, cpu).map_err(|e| anyhow::anyhow!("{e}"))
+    runtime::Model::load_for_cpu(path, cpu).map_err(|e| naming(path, &e))
+}
+
+/// A runtime error about `path` as one line that names the file once (some of the runtime's
+/// errors name it, a malformed artefact's do not).
+pub fn naming(path: &std::path::Path, e: &runtime::Error) -> anyhow::Error {
+    let text = e.to_string();
+    let shown = path.display().to_string();
+    if text.contains(&shown) {
+        anyhow::anyhow!("{text}")
+    } else {
+        anyhow::anyhow!("{shown}: {text}")
+    }
 }
 
 fn cpu_device(device: &str, threads: usize) -> Result<runtime::Device> {
@@ -89,43 +110,182 @@ fn cpu_device(device: &str, threads: usize) -> Result<runtime::Device> {
 pub fn run(a: &RunArgs) -> Result<()> {
     let device = cpu_device(&a.device, a.threads)?;
     let model = load_model(&a.artefact, a.cpu.as_deref())?;
+    // The arena first: a batch too large for this machine is refused before any input is built.
+    check_memory(&model, device)?;
+    let mut session = model.session(device).map_err(flat)?;
+    let shape = model.input_shape().to_vec();
     let input = match (&a.input, a.random_input) {
-        (_, Some(seed)) => {
-            ir::reference::Tensor::random_uniform(model.input_shape().to_vec(), seed, -1.0, 1.0)
-        }
+        (_, Some(seed)) => random_input(&shape, seed)?,
         (Some(path), None) => {
-            let x = runtime::preprocess::load_input(path, &model).context("reading the input")?;
-            ir::reference::Tensor::from_vec(x.shape, x.data)?
+            let x = runtime::preprocess::load_input(path, &model).map_err(flat)?;
+            if x.shape != shape {
+                bail!(
+                    "{}: the input has shape {:?}, the artefact takes {shape:?}",
+                    path.display(),
+                    x.shape
+                );
+            }
+            x.data
         }
         (None, None) => bail!("no input: pass --input X.npy or --random-input SEED"),
     };
-    let mut session = model.session(device)?;
-    let logits = session.run(&input.data, &input.shape)?;
+    if let Some((count, first)) = non_finite(&input) {
+        eprintln!(
+            "warning: the input has {count} NaN or infinite values (the first at index {first}); \
+             the logits will not mean anything"
+        );
+    }
+    let logits = session.run(&input, &shape).map_err(flat)?;
+    drop(input);
+    if let Some((count, first)) = non_finite(&logits) {
+        eprintln!(
+            "warning: {count} of the {} logits are NaN or infinite (the first at index {first}); \
+             NaN scores are not ranked",
+            logits.len()
+        );
+    }
     let out_shape = model.output_shape().to_vec();
     if let Some(path) = &a.output {
-        let t = ir::reference::Tensor::from_vec(out_shape.clone(), logits.clone())?;
-        ir::reference::npy::write(path, &t)
-            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, runtime::npy::to_bytes(&out_shape, &logits))
+            .with_context(|| format!("writing the logits to {}", path.display()))?;
     }
     let classes = out_shape.last().copied().unwrap_or(1).max(1);
     let labels = model.labels();
+    let head = model.manifest().head.clone();
     let mut text = String::new();
+    let line = |text: &mut String, c: usize, v: f32| match labels.and_then(|l| l.get(c)) {
+        Some(name) => {
+            let _ = writeln!(text, "  {c:6} {v:12.6}  {name}");
+        }
+        None => {
+            let _ = writeln!(text, "  {c:6} {v:12.6}");
+        }
+    };
     for (n, row) in logits.chunks(classes).enumerate() {
-        let mut idx: Vec<usize> = (0..row.len()).collect();
+        // NaN is not a score: it is left out of the ranking (and said so).
+        let mut idx: Vec<usize> = (0..row.len()).filter(|&c| !row[c].is_nan()).collect();
         idx.sort_by(|&x, &y| row[y].total_cmp(&row[x]));
-        let _ = writeln!(text, "image {n}:");
-        for &c in idx.iter().take(a.top) {
-            match labels.and_then(|l| l.get(c)) {
-                Some(name) => {
-                    let _ = writeln!(text, "  {c:6} {:12.6}  {name}", row[c]);
-                }
-                None => {
-                    let _ = writeln!(text, "  {c:6} {:12.6}", row[c]);
-                }
+        match &head {
+            Some(h) if h.is_probability() => {
+                let _ = writeln!(text, "image {n} ({} probabilities):", h.kind);
             }
+            _ => {
+                let _ = writeln!(text, "image {n}:");
+            }
+        }
+        for &c in idx.iter().take(a.top) {
+            line(&mut text, c, row[c]);
+        }
+        // Multi-label outputs: each class has its own threshold (0.5), so every class above
+        // it is a finding, whatever its rank.
+        if head.as_ref().is_some_and(|h| h.is_multi_label()) {
+            let above: Vec<usize> = idx.iter().copied().filter(|&c| row[c] > 0.5).collect();
+            let _ = writeln!(
+                text,
+                "  above 0.5: {} of {} classes{}",
+                above.len(),
+                row.len(),
+                if above.is_empty() { "" } else { ":" }
+            );
+            for &c in &above {
+                line(&mut text, c, row[c]);
+            }
+        }
+        let nans = row.len() - idx.len();
+        if nans > 0 && a.top > 0 {
+            let _ = writeln!(text, "  ({nans} NaN scores not ranked)");
         }
     }
     emit(&text)
+}
+
+/// A runtime error as one line (the runtime's errors already name the file).
+fn flat(e: runtime::Error) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}
+
+/// How many of `values` are NaN or infinite and the index of the first, if any are.
+pub fn non_finite(values: &[f32]) -> Option<(usize, usize)> {
+    let first = values.iter().position(|v| !v.is_finite())?;
+    let count = values[first..].iter().filter(|v| !v.is_finite()).count();
+    Some((count, first))
+}
+
+/// `densenetc run --random-input SEED`: uniform in [-1, 1), the values of
+/// `ir::reference::Tensor::random_uniform(shape, seed, -1.0, 1.0)`, allocated fallibly.
+fn random_input(shape: &[usize], seed: u64) -> Result<Vec<f32>> {
+    let n = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .context("the input shape overflows")?;
+    let mut data: Vec<f32> = Vec::new();
+    data.try_reserve_exact(n).map_err(|_| {
+        anyhow::anyhow!(
+            "cannot allocate {} bytes for the input {shape:?}",
+            n.saturating_mul(4)
+        )
+    })?;
+    let (lo, hi) = (-1.0f64, 1.0f64);
+    data.extend((0..n).map(|i| {
+        let u = splitmix64(seed ^ splitmix64(i as u64)) >> 11;
+        let unit = u as f64 / (1u64 << 53) as f64;
+        (lo + (hi - lo) * unit) as f32
+    }));
+    Ok(data)
+}
+
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Refuses, before allocating anything, an artefact whose CPU arena, input and output together
+/// exceed this machine's physical memory (the arena is sized by the compiled `--batch`).
+fn check_memory(model: &runtime::Model, device: runtime::Device) -> Result<()> {
+    let m = model.manifest();
+    let Some(physical) = runtime::system::physical_memory_bytes() else {
+        return Ok(());
+    };
+    let arena = match device {
+        runtime::Device::Cpu { .. } => m.memory.arena_bytes,
+        runtime::Device::Cuda { .. } => 0,
+    };
+    let io = (m.input.elements() as u64)
+        .saturating_add(m.output.elements() as u64)
+        .saturating_mul(4);
+    let need = arena.saturating_add(io);
+    if need > physical {
+        bail!(
+            "the artefact needs {need} bytes ({arena} of arena and {io} of input and output, \
+             batch {}) but this machine has {physical} bytes of memory: compile it with a smaller --batch",
+            m.batch
+        );
+    }
+    Ok(())
+}
+
+/// An error and its causes as one line, each cause once: a cause already contained in the text
+/// so far is left out, and a context that the next message restates is dropped.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let parts: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    let mut kept: Vec<&str> = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        let p = p.trim();
+        if p.is_empty() || kept.iter().any(|k| k.contains(p)) {
+            continue;
+        }
+        // `writing X` followed by `writing X: why`: the second says it all.
+        if parts
+            .get(i + 1)
+            .is_some_and(|next| next.trim().starts_with(p))
+        {
+            continue;
+        }
+        kept.push(p);
+    }
+    kept.join(": ")
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -142,16 +302,23 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         bail!("--iters must be at least 1");
     }
     let model = load_model(&a.artefact, a.cpu.as_deref())?;
-    let input = ir::reference::Tensor::random_uniform(model.input_shape().to_vec(), 0, -1.0, 1.0);
-    let mut out = vec![0.0f32; model.output_shape().iter().product()];
-    let mut session = model.session(device)?;
+    check_memory(&model, device)?;
+    let mut session = model.session(device).map_err(flat)?;
+    // `--threads 0` is one per core: report the count the pool started.
+    let threads = match session.device() {
+        runtime::Device::Cpu { threads } => threads,
+        runtime::Device::Cuda { .. } => a.threads,
+    };
+    let input = random_input(model.input_shape(), 0)?;
+    let mut out = runtime::system::try_zeroed::<f32>(model.manifest().output.elements(), "output")
+        .map_err(flat)?;
     for _ in 0..a.warmup {
-        session.run_into(&input.data, &mut out)?;
+        session.run_into(&input, &mut out)?;
     }
     let mut samples = Vec::with_capacity(a.iters);
     for _ in 0..a.iters {
         let t = std::time::Instant::now();
-        session.run_into(&input.data, &mut out)?;
+        session.run_into(&input, &mut out)?;
         samples.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let mut sorted = samples.clone();
@@ -161,7 +328,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     let min = sorted[0];
     let batch = model.manifest().batch;
     let profile = if a.profile {
-        profile_kernels(&mut session, &model, &input.data, &mut out, a.iters)?
+        profile_kernels(&mut session, &model, &input, &mut out, a.iters)?
     } else {
         Vec::new()
     };
@@ -173,7 +340,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             "min_ms": min,
             "iters": a.iters,
             "warmup": a.warmup,
-            "threads": a.threads,
+            "threads": threads,
             "batch": batch,
             "device": a.device,
             "cpu_variant": model.cpu_variant(),
@@ -199,7 +366,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     let mut text = format!(
         "{}: batch {batch}, {} threads, {} iters: median {median:.3} ms, p90 {p90:.3} ms, min {min:.3} ms ({:.1} images/s)\n",
         a.artefact.display(),
-        a.threads,
+        threads,
         a.iters,
         if median > 0.0 { batch as f64 * 1e3 / median } else { 0.0 }
     );
