@@ -15,7 +15,7 @@
 //! before run time. The logits are within [`Precision::rel_bound`] of the
 //! f32 reference executor: 5e-3 for TF32 and FP16, 3e-2 for BF16; the f32
 //! kernels stay within 1e-4. Measured through the emulator
-//! (`compiler/tests/cuda_mma.rs`), random weights and BN statistics, image
+//! (`compiler/tests/cuda/mma.rs`), random weights and BN statistics, image
 //! 32 (ImageNet stem) or 12 (CIFAR), seeds 11 / 12:
 //!
 //! ```text
