@@ -1,38 +1,10 @@
 //! `densenetc compile | run | bench | inspect OUT.dnc`, run as a user runs them,
 //! checked against the reference executor and the PyTorch golden fixture.
 
+use super::{fails_with, ok};
 use compiler::builder::{self, ConfigOverrides, DenseNetConfig};
 use ir::reference::{npy, Tensor};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn densenetc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_densenetc"))
-        .args(args)
-        .output()
-        .expect("densenetc runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = densenetc(args);
-    assert!(
-        out.status.success(),
-        "densenetc {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fails_with(args: &[&str], needle: &str) {
-    let out = densenetc(args);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "densenetc {args:?} should fail");
-    assert!(
-        err.contains(needle),
-        "stderr of {args:?} lacks `{needle}`: {err}"
-    );
-    assert!(!err.contains("panicked"), "{err}");
-}
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("densenetc-cli-{name}-{}", std::process::id()));

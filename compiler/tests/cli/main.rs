@@ -14,14 +14,19 @@ fn densenetc(args: &[&str]) -> Output {
         .expect("densenetc runs")
 }
 
-fn json(args: &[&str]) -> serde_json::Value {
+/// Runs `densenetc ARGS`, which must succeed; its standard output.
+fn ok(args: &[&str]) -> String {
     let out = densenetc(args);
     assert!(
         out.status.success(),
         "densenetc {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("valid JSON")
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json(args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&ok(args)).expect("valid JSON")
 }
 
 fn fails_with(args: &[&str], needle: &str) {
