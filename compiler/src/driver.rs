@@ -72,6 +72,9 @@ pub enum Weights {
     FileChoice(PathBuf, weights::Choice),
     /// Deterministic random weights with non-trivial BatchNorm statistics.
     Random(u64),
+    /// Tensors already in memory (e.g. handed over from a `torch.nn.Module` by the Python
+    /// package), named as in a state dict; bound by [`weights::bind`].
+    Tensors(weights::TensorMap),
 }
 
 /// A stage of a compile, as reported to [`CompileOptions::progress`] and timed in
@@ -360,6 +363,10 @@ pub fn build_carrying(
         Weights::FileChoice(path, choice) => (path, choice.clone()),
         Weights::Random(seed) => {
             weights::randomize(&mut g, *seed);
+            return Ok((g, None));
+        }
+        Weights::Tensors(tensors) => {
+            weights::bind(&mut g, tensors.clone())?;
             return Ok((g, None));
         }
     };

@@ -11,14 +11,14 @@
 //! * The input is borrowed from the NumPy array (`as_slice`, no copy): the runtime reads the
 //!   array's own buffer. `last_input_address` records the address the runtime was given, so
 //!   tests can check that it is the array's data pointer.
-//! * [`compile`] binds a name → (shape, f32 buffer) map with `compiler::weights::bind` and
-//!   compiles through `compiler::compile_graph`; [`compile_checkpoint`] goes through
-//!   `compiler::compile` with `Weights::File`.
+//! * [`compile`] hands a name → (shape, f32 buffer) map to `compiler::compile` as
+//!   `Weights::Tensors`; [`compile_checkpoint`] goes through `compiler::compile` with
+//!   `Weights::File`: both take the library's one compile sequence.
 
 use compiler::backend::cpu::CpuOptions;
 use compiler::builder::{ConfigOverrides, DenseNetConfig};
 use compiler::driver::{self, CompileOptions, HeadKind, Progress, Target};
-use compiler::weights::{self, Tensor, TensorMap};
+use compiler::weights::{Tensor, TensorMap};
 use numpy::{PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyNotImplementedError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -336,12 +336,13 @@ fn compile(
         labels,
     };
     let compiled = with_progress(py, progress, |p| -> PyResult<driver::Compiled> {
-        let opts = options(&o, p)?;
-        driver::check_limits(&cfg, batch).map_err(compile_err)?;
-        let mut graph = compiler::builder::build(&cfg, batch).map_err(compile_err)?;
-        weights::bind(&mut graph, map).map_err(|e| PyValueError::new_err(e.to_string()))?;
-        driver::apply_head(&mut graph, opts.head, op_threshs, None).map_err(compile_err)?;
-        driver::compile_graph(&cfg, graph, &opts).map_err(compile_err)
+        let mut opts = options(&o, p)?;
+        opts.op_threshs = op_threshs;
+        compiler::compile(&cfg, &compiler::Weights::Tensors(map), &opts).map_err(|e| match e {
+            // The tensors do not fit the configuration read from the module: the caller's input.
+            compiler::CompileError::Weights(e) => PyValueError::new_err(e.to_string()),
+            e => compile_err(e),
+        })
     })?;
     finish(py, compiled, device, threads)
 }
