@@ -1,6 +1,7 @@
 //! A thin layer over inkwell's builder: the types, intrinsics and idioms the
-//! kernel lowerings share (counted loops, 8-wide vector loads and stores with
-//! constant tail masks, FMA, ReLU), so each lowering reads like its loop nest.
+//! kernel lowerings share (counted loops, vector loads and stores of the
+//! target's width (`VectorIsa`) with constant tail masks, FMA, ReLU), so each
+//! lowering reads like its loop nest.
 
 use crate::backend::BackendError;
 use inkwell::attributes::{Attribute, AttributeLoc};
