@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Measures this CPU's f32 FMA peak with 1 and 2 threads, in ymm (AVX2) and, where the CPU has
-# AVX-512, zmm registers: the denominators of the "% of peak" figures of the CPU kernels.
+# AVX-512, zmm registers, and its vdpbf16ps peak where it has AVX512_BF16: the denominators of
+# the "% of peak" figures of the CPU kernels (f32 and --precision bf16).
 #
 #   scripts/fma-peak.sh [ITERATIONS]      (default 200000000 per thread; ~0.3 s a run)
 set -euo pipefail
@@ -14,5 +15,8 @@ for threads in 1 2; do
     "$out/fma_peak" "$threads" ymm "$iters"
     if grep -qw avx512f /proc/cpuinfo; then
         "$out/fma_peak" "$threads" zmm "$iters"
+    fi
+    if grep -qw avx512_bf16 /proc/cpuinfo; then
+        "$out/fma_peak" "$threads" bf16 "$iters"
     fi
 done

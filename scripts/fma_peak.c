@@ -1,6 +1,8 @@
 // FMA peak of this CPU (scripts/fma-peak.sh): per thread, 12 independent FMA chains on ymm or
 // zmm registers, so the FMA units, not their latency, bound the rate. The figure the CPU
-// kernels are compared with ("% of peak" in bench --profile notes).
+// kernels are compared with ("% of peak" in bench --profile notes). Mode `bf16` runs
+// `vdpbf16ps` on zmm (AVX512_BF16): each instruction is 16 lanes x 2 products, counted as 64
+// flops, the peak of the `--precision bf16` CPU kernels.
 #define _GNU_SOURCE
 #include <immintrin.h>
 #include <pthread.h>
@@ -46,8 +48,27 @@ __attribute__((target("avx512f"))) static float run_zmm(long n) {
     return _mm512_reduce_add_ps(s);
 }
 
+__attribute__((target("avx512f,avx512bf16"))) static float run_bf16(long n) {
+    __m512 a0 = _mm512_set1_ps(0), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0,
+           a8 = a0, a9 = a0, a10 = a0, a11 = a0;
+    const __m512bh b = (__m512bh)_mm512_set1_epi16(0x3f80), c = (__m512bh)_mm512_set1_epi16(0x3380);
+    for (long i = 0; i < n; i++) {
+#define F(x) x = _mm512_dpbf16_ps(x, b, c)
+        F(a0); F(a1); F(a2); F(a3); F(a4); F(a5); F(a6); F(a7); F(a8); F(a9); F(a10); F(a11);
+#undef F
+        __asm__ volatile("" : "+v"(a0), "+v"(a1), "+v"(a2), "+v"(a3), "+v"(a4), "+v"(a5));
+        __asm__ volatile("" : "+v"(a6), "+v"(a7), "+v"(a8), "+v"(a9), "+v"(a10), "+v"(a11));
+    }
+    __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
+                             _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
+    s = _mm512_add_ps(s, _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)));
+    return _mm512_reduce_add_ps(s);
+}
+
+static int bf16 = 0;
+
 static void *worker(void *p) {
-    float r = zmm ? run_zmm(iters) : run_ymm(iters);
+    float r = bf16 ? run_bf16(iters) : zmm ? run_zmm(iters) : run_ymm(iters);
     *(float *)p = r;
     return NULL;
 }
@@ -55,6 +76,7 @@ static void *worker(void *p) {
 int main(int argc, char **argv) {
     int threads = argc > 1 ? atoi(argv[1]) : 2;
     zmm = argc > 2 && strcmp(argv[2], "zmm") == 0;
+    bf16 = argc > 2 && strcmp(argv[2], "bf16") == 0;
     if (argc > 3) iters = atol(argv[3]);
     pthread_t t[64];
     float r[64];
@@ -64,8 +86,9 @@ int main(int argc, char **argv) {
     for (int i = 0; i < threads; i++) pthread_join(t[i], NULL);
     clock_gettime(CLOCK_MONOTONIC, &b);
     double s = (b.tv_sec - a.tv_sec) + 1e-9 * (b.tv_nsec - a.tv_nsec);
-    double flops = 2.0 * 12 * (zmm ? 16 : 8) * (double)iters * threads;
-    printf("%s %d threads: %.1f GFLOP/s (%.3f s, checksum %g)\n", zmm ? "zmm" : "ymm", threads,
+    double flops = 2.0 * 12 * (bf16 ? 32 : zmm ? 16 : 8) * (double)iters * threads;
+    printf("%s %d threads: %.1f GFLOP/s (%.3f s, checksum %g)\n",
+           bf16 ? "bf16 zmm" : zmm ? "zmm" : "ymm", threads,
            flops / s / 1e9, s, (double)r[0]);
     return 0;
 }

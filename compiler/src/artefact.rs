@@ -203,6 +203,7 @@ pub fn build_artefact(p: ArtefactParts<'_>) -> Result<ArtefactWriter> {
             } else {
                 Vec::new()
             },
+            precision: if c.target.isa.bf16 { "bf16" } else { "fp32" }.into(),
         }),
         cuda: cuda_manifest,
         labels: p.labels,
@@ -300,14 +301,20 @@ fn append_aligned(section: &mut Vec<u8>, bytes: &[u8]) -> ByteRange {
 /// variant on a CPU without them. `x86-64-vN` names carry their level themselves.
 fn required_features(c: &crate::backend::cpu::CompiledCpu) -> String {
     let t = &c.target;
-    if !t.features.is_empty() || t.cpu.starts_with("x86-64") {
-        return t.features.clone();
-    }
-    if t.isa == crate::backend::cpu::VectorIsa::AVX512 {
+    let mut features = if !t.features.is_empty() || t.cpu.starts_with("x86-64") {
+        t.features.clone()
+    } else if t.isa.registers > 16 {
         "+avx2,+fma,+avx512f,+avx512bw,+avx512cd,+avx512dq,+avx512vl".into()
     } else {
         String::new()
+    };
+    if t.isa.bf16 && !features.split(',').any(|f| f == "+avx512bf16") {
+        if !features.is_empty() {
+            features.push(',');
+        }
+        features.push_str("+avx512bf16");
     }
+    features
 }
 
 /// The manifest's CUDA target: the launch table of `c`, its weights at

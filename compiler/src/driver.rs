@@ -148,7 +148,8 @@ pub struct CompileOptions<'a> {
     pub cpus: Vec<CpuOptions>,
     /// The CUDA target and its options, if CUDA is a target.
     pub cuda: Option<CudaOptions>,
-    /// Arithmetic of the GEMM kernels. Anything but fp32 applies to CUDA code only.
+    /// Arithmetic of the convolution and linear kernels, on every target: fp32, bf16 (CUDA, and
+    /// CPUs with AVX512_BF16), tf32 and fp16 (CUDA only). Overrides each `cpus` entry's own.
     pub precision: Precision,
     /// Assemble the PTX with ptxas when one is found.
     pub assemble_ptx: bool,
@@ -230,7 +231,14 @@ impl CompileOptions<'_> {
 
     fn target_options(&self) -> TargetOptions {
         TargetOptions {
-            cpu: self.cpus.clone(),
+            cpu: self
+                .cpus
+                .iter()
+                .map(|c| CpuOptions {
+                    precision: self.precision,
+                    ..c.clone()
+                })
+                .collect(),
             cuda: self.cuda.clone().map(|c| CudaOptions {
                 precision: self.precision,
                 ..c
@@ -243,10 +251,10 @@ impl CompileOptions<'_> {
         if self.cpus.is_empty() && self.cuda.is_none() {
             return Err(CompileError::Options("no target to compile for".into()));
         }
-        if self.cuda.is_none() && self.precision != Precision::Fp32 {
+        if !self.cpus.is_empty() && !self.precision.on_cpu() {
             return Err(CompileError::Options(format!(
-                "--precision {} applies to CUDA code only (the CPU code is f32): \
-                 use --target cuda or cpu,cuda",
+                "--precision {} has no CPU kernels (the CPU computes fp32, or bf16 on CPUs with \
+                 AVX512_BF16): use --target cuda",
                 self.precision
             )));
         }

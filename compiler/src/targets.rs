@@ -30,7 +30,16 @@ impl TargetOptions {
         let mut parts = Vec::new();
         if !self.cpu.is_empty() {
             let names: Vec<&str> = self.cpu.iter().map(|c| c.cpu.as_str()).collect();
-            parts.push(format!("cpu {}", names.join(",")));
+            let mut cpu = format!("cpu {}", names.join(","));
+            if let Some(p) = self
+                .cpu
+                .iter()
+                .map(|c| c.precision)
+                .find(|p| *p != cuda::Precision::Fp32)
+            {
+                cpu.push_str(&format!(" {p}"));
+            }
+            parts.push(cpu);
         }
         if let Some(c) = &self.cuda {
             parts.push(match c.precision {

@@ -9,21 +9,60 @@
 //! that keep every layer valid or close to it (ImageNet stem: 32 → 1×1 after the last
 //! transition; odd sizes 29, 33, 35 round differently in the stem and every pool), batches of
 //! 1 to 3. Each test prints `preset ... relative error ...` (run with `--nocapture`).
+//!
+//! The bf16 kernels (`--precision bf16`) are checked the same way against the f32 reference,
+//! within `CPU_BF16_REL_BOUND`.
 
+use compiler::backend::precision::Precision;
 use compiler::builder::{build, ConfigOverrides, DenseNetConfig, Stem};
 use ir::reference::Tensor;
 use runtime::{Artefact, Device, Model};
 
 const BOUND: f64 = 1e-4;
 
+/// One CPU code variant every preset is checked on.
+struct Variant {
+    cpu: &'static str,
+    precision: Precision,
+    /// Whether this host runs it (else it is only compiled).
+    runs: bool,
+    /// Why not, when it does not.
+    why_not: &'static str,
+    /// The relative error bound of its logits.
+    bound: f64,
+}
+
 /// The CPU targets every preset is checked on: the AVX2 kernels (x86-64-v3, which every CI
-/// machine runs) and the AVX-512 kernels (x86-64-v4), run where the host has AVX-512 and
-/// compiled only elsewhere.
-fn cpus() -> Vec<(&'static str, bool)> {
+/// machine runs), the AVX-512 kernels (x86-64-v4), run where the host has AVX-512 and
+/// compiled only elsewhere, and the bf16 kernels (x86-64-v4 + AVX512_BF16, `--precision
+/// bf16`) within their bound, run where the host has AVX512_BF16.
+fn cpus() -> Vec<Variant> {
     let avx512 = ["avx512f", "avx512vl", "avx512bw", "avx512dq"]
         .iter()
         .all(|f| host_has(f));
-    vec![("x86-64-v3", true), ("x86-64-v4", avx512)]
+    vec![
+        Variant {
+            cpu: "x86-64-v3",
+            precision: Precision::Fp32,
+            runs: true,
+            why_not: "",
+            bound: BOUND,
+        },
+        Variant {
+            cpu: "x86-64-v4",
+            precision: Precision::Fp32,
+            runs: avx512,
+            why_not: "the host has no AVX-512",
+            bound: BOUND,
+        },
+        Variant {
+            cpu: "x86-64-v4",
+            precision: Precision::Bf16,
+            runs: avx512 && host_has("avx512bf16"),
+            why_not: "the host has no AVX512_BF16",
+            bound: f64::from(compiler::backend::cpu::CPU_BF16_REL_BOUND),
+        },
+    ]
 }
 
 fn host_has(feature: &str) -> bool {
@@ -32,6 +71,7 @@ fn host_has(feature: &str) -> bool {
         "avx512vl" => std::arch::is_x86_feature_detected!("avx512vl"),
         "avx512bw" => std::arch::is_x86_feature_detected!("avx512bw"),
         "avx512dq" => std::arch::is_x86_feature_detected!("avx512dq"),
+        "avx512bf16" => std::arch::is_x86_feature_detected!("avx512bf16"),
         _ => false,
     }
 }
@@ -48,21 +88,26 @@ fn check(arch: &str, o: ConfigOverrides, batch: usize, seed: u64) -> f64 {
         .expect("reference")
         .remove(0);
     let mut worst: f64 = 0.0;
-    for (cpu, runs) in cpus() {
+    for v in cpus() {
+        let (cpu, precision) = (v.cpu, v.precision);
         let start = std::time::Instant::now();
         let opts = compiler::CompileOptions {
             cpus: vec![compiler::backend::cpu::CpuOptions {
                 cpu: cpu.into(),
                 ..Default::default()
             }],
+            precision,
             ..Default::default()
         };
         let bytes = compiler::compile_graph(&cfg, g.clone(), &opts)
             .and_then(|c| c.to_bytes())
             .expect("compile");
         let compile_s = start.elapsed().as_secs_f64();
-        if !runs {
-            eprintln!("preset {arch} {cpu}: compiled; not run (the host has no AVX-512)");
+        if !v.runs {
+            eprintln!(
+                "preset {arch} {cpu} {precision}: compiled; not run ({})",
+                v.why_not
+            );
             continue;
         }
         let model = Model::from_artefact(Artefact::read(&bytes).expect("artefact")).expect("load");
@@ -72,19 +117,21 @@ fn check(arch: &str, o: ConfigOverrides, batch: usize, seed: u64) -> f64 {
         let got = Tensor::from_vec(model.output_shape().to_vec(), got).expect("output");
         let rel = got.rel_error(&want).expect("same shape");
         eprintln!(
-            "preset {arch:<16} {:<28} {cpu:<9} image {:>3} batch {batch}: relative error {rel:.3e} (compile {compile_s:.1} s)",
+            "preset {arch:<16} {:<28} {cpu:<9} {precision} image {:>3} batch {batch}: relative error {rel:.3e} (compile {compile_s:.1} s)",
             cfg.name, cfg.image_size
         );
         assert!(
-            rel <= BOUND,
-            "{arch} ({}) {cpu} image {} batch {batch}: relative error {rel:e}",
+            rel <= v.bound,
+            "{arch} ({}) {cpu} {precision} image {} batch {batch}: relative error {rel:e}",
             cfg.name,
             cfg.image_size
         );
         // A second run in the same session gives the same logits (no state leaks between runs).
         let again = session.run(&x.data, &x.shape).expect("run again");
         assert_eq!(again, got.data, "{arch} {cpu}: second run differs");
-        worst = worst.max(rel);
+        if precision == Precision::Fp32 {
+            worst = worst.max(rel);
+        }
     }
     worst
 }

@@ -11,6 +11,7 @@ pub mod cuda;
 mod error;
 pub mod graph;
 pub mod kernel;
+pub mod precision;
 mod view;
 pub(crate) mod weights;
 

@@ -63,12 +63,12 @@ struct CompileArgs {
     /// CUDA architecture of the PTX (and cubin): sm_80, sm_86, sm_89, sm_90, …
     #[arg(long, default_value = "sm_80")]
     cuda_arch: String,
-    /// Arithmetic of the CUDA conv and linear kernels: fp32 (f32 FMA, within 1e-4 of the f32
-    /// reference), or the tensor cores (mma.sync m16n8k8, f32 accumulation, activations and
-    /// weights stored in f32) with operands rounded to tf32 (logits within 5e-3 relative), fp16
-    /// (5e-3; weights beyond ±65504 are refused, activations beyond it overflow) or bf16
-    /// (3e-2). Applies to the CUDA code only: the CPU code is always f32, so anything but fp32
-    /// needs --target cuda or cpu,cuda.
+    /// Arithmetic of the conv and linear kernels, on every target: fp32 (f32 FMA, within 1e-4
+    /// of the f32 reference) or bf16 (operands rounded to bf16, f32 sums and activations;
+    /// logits within 3e-2 relative): on CUDA the tensor cores (mma.sync m16n8k8), on the CPU
+    /// vdpbf16ps, which needs a CPU with AVX512_BF16 (Zen 4/5, Sapphire Rapids, …). CUDA also
+    /// has tf32 (5e-3) and fp16 (5e-3; weights beyond ±65504 are refused, activations beyond
+    /// it overflow), which need --target cuda.
     #[arg(long, default_value = "fp32", value_name = "fp32|tf32|fp16|bf16")]
     precision: compiler::backend::cuda::Precision,
     /// Stop the pass pipeline after this pass: the IR dumps are written (with --dump-dir), no
@@ -693,14 +693,15 @@ fn inspect_artefact(path: &std::path::Path, json: bool) -> Result<()> {
         if cpu.variants.is_empty() {
             let _ = writeln!(
                 text,
-                "cpu:           {} (abi {}) features {}",
-                cpu.cpu, cpu.abi_version, cpu.features
+                "cpu:           {} {} (abi {}) features {}",
+                cpu.cpu, cpu.precision, cpu.abi_version, cpu.features
             );
         } else {
             let _ = writeln!(
                 text,
-                "cpu:           {} variants (abi {}), the first this CPU supports runs:",
+                "cpu:           {} variants, {} (abi {}), the first this CPU supports runs:",
                 cpu.variants.len(),
+                cpu.precision,
                 cpu.abi_version
             );
             for v in &cpu.variants {

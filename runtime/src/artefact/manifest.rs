@@ -213,6 +213,19 @@ pub struct CpuTarget {
     /// offset 0 of their sections, so a runtime that predates variants runs the first one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub variants: Vec<CpuVariant>,
+    /// Arithmetic of the conv and linear kernels: `fp32`, or `bf16` (`vdpbf16ps`: operands
+    /// rounded to bf16, f32 sums; the code then requires `+avx512bf16`, which `features`
+    /// lists). Informative; absent (an fp32 artefact, or one that predates it) means `fp32`.
+    #[serde(default = "fp32", skip_serializing_if = "is_fp32")]
+    pub precision: String,
+}
+
+fn fp32() -> String {
+    "fp32".into()
+}
+
+fn is_fp32(p: &String) -> bool {
+    p == "fp32"
 }
 
 /// One CPU code variant of a multi-CPU artefact.

@@ -107,6 +107,7 @@ pub fn toy_manifest() -> Manifest {
             cpu: "x86-64".into(),
             features: String::new(),
             variants: Vec::new(),
+            precision: "fp32".into(),
         }),
         cuda: None,
         labels: Some(LABELS.iter().map(|s| s.to_string()).collect()),

@@ -39,7 +39,19 @@ pub(crate) struct Cg<'ctx> {
     fmuladd_v: FunctionValue<'ctx>,
     masked_load: FunctionValue<'ctx>,
     masked_store: FunctionValue<'ctx>,
+    /// `vdpbf16ps` and `vcvtneps2bf16` of the vector width, for [`VectorIsa::bf16`].
+    bf16: Option<Bf16Intrinsics<'ctx>>,
     fn_attrs: Vec<Attribute>,
+}
+
+/// The AVX512_BF16 intrinsics of one vector width.
+struct Bf16Intrinsics<'ctx> {
+    /// `<L x float> dpbf16ps(<L x float> acc, <2L x bfloat> a, <2L x bfloat> b)`.
+    dot: FunctionValue<'ctx>,
+    /// `<L x bfloat> cvtneps2bf16(<L x float>)`, to nearest even.
+    convert: FunctionValue<'ctx>,
+    /// `<2L x bfloat>`: a vector's bits as bf16 pairs.
+    pairs: VectorType<'ctx>,
 }
 
 fn intrinsic<'ctx>(
@@ -80,6 +92,32 @@ impl<'ctx> Cg<'ctx> {
             fn_attrs.push(ctx.create_string_attribute("min-legal-vector-width", &bits));
             fn_attrs.push(ctx.create_string_attribute("prefer-vector-width", &bits));
         }
+        let bf16 = if isa.bf16 {
+            let width = match isa.lanes {
+                16 => "512",
+                8 => "256",
+                lanes => {
+                    return Err(BackendError::Codegen(format!(
+                        "no bf16 dot product of {lanes} lanes"
+                    )))
+                }
+            };
+            Some(Bf16Intrinsics {
+                dot: intrinsic(
+                    &module,
+                    &format!("llvm.x86.avx512bf16.dpbf16ps.{width}"),
+                    &[],
+                )?,
+                convert: intrinsic(
+                    &module,
+                    &format!("llvm.x86.avx512bf16.cvtneps2bf16.{width}"),
+                    &[],
+                )?,
+                pairs: ctx.bf16_type().vec_type(2 * isa.lanes as u32),
+            })
+        } else {
+            None
+        };
         let nounwind = Attribute::get_named_enum_kind_id("nounwind");
         fn_attrs.push(ctx.create_enum_attribute(nounwind, 0));
         Ok(Cg {
@@ -96,6 +134,7 @@ impl<'ctx> Cg<'ctx> {
             fmuladd_v,
             masked_load,
             masked_store,
+            bf16,
             fn_attrs,
             module,
         })
@@ -367,6 +406,37 @@ impl<'ctx> Cg<'ctx> {
     ) -> Result<VectorValue<'ctx>> {
         self.call(self.fmuladd_v, &[a.into(), b.into(), c.into()])
             .map(|v| v.into_vector_value())
+    }
+
+    fn bf16_intrinsics(&self) -> Result<&Bf16Intrinsics<'ctx>> {
+        self.bf16
+            .as_ref()
+            .ok_or_else(|| BackendError::Codegen("bf16 arithmetic on a non-bf16 target".into()))
+    }
+
+    /// `acc + a·b` over bf16 pairs (`vdpbf16ps`): lane `l` adds `a[2l]·b[2l] + a[2l+1]·b[2l+1]`,
+    /// where `a` and `b` are f32 vectors whose bits are read as `2·lanes` bf16 values.
+    pub fn dot_bf16(
+        &self,
+        acc: VectorValue<'ctx>,
+        a: VectorValue<'ctx>,
+        b: VectorValue<'ctx>,
+    ) -> Result<VectorValue<'ctx>> {
+        let i = self.bf16_intrinsics()?;
+        let a = self.b.build_bit_cast(a, i.pairs, "")?;
+        let b = self.b.build_bit_cast(b, i.pairs, "")?;
+        self.call(i.dot, &[acc.into(), a.into(), b.into()])
+            .map(|v| v.into_vector_value())
+    }
+
+    /// Store `v` rounded to bf16 (to nearest even, `vcvtneps2bf16`) at `p`: `lanes` bf16
+    /// values, half a vector's bytes.
+    pub fn store_bf16(&self, v: VectorValue<'ctx>, p: PointerValue<'ctx>) -> Result<()> {
+        let i = self.bf16_intrinsics()?;
+        let h = self.call(i.convert, &[v.into()])?;
+        let st = self.b.build_store(p, h)?;
+        st.set_alignment(4)
+            .map_err(|e| BackendError::Codegen(e.to_string()))
     }
 
     pub fn fadd(&self, a: VectorValue<'ctx>, b: VectorValue<'ctx>) -> Result<VectorValue<'ctx>> {

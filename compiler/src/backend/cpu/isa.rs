@@ -1,17 +1,41 @@
 //! The vector instruction set the CPU kernels are written for: the SIMD width every kernel's
-//! vectors have and the number of vector registers the register blocking may fill. Plans
-//! (tiling, packing) and code generation read the same [`VectorIsa`], so the packed weights
-//! match the code that reads them.
+//! vectors have, the number of vector registers the register blocking may fill, and the
+//! multiply of the convolutions (f32 FMA, or bf16 pair dot products). Plans (tiling, packing)
+//! and code generation read the same [`VectorIsa`], so the packed weights match the code that
+//! reads them.
+//!
+//! # bf16 (`--precision bf16`)
+//!
+//! With [`VectorIsa::bf16`] the convolution and linear micro-kernels multiply with
+//! `vdpbf16ps` (AVX512_BF16): each instruction takes two bf16 values per f32 lane from each
+//! operand and adds both products to the f32 accumulator, twice the multiplies of an f32 FMA.
+//! Weights are rounded to bf16 (to nearest even) at compile time and packed as pairs of
+//! consecutive input channels, one 32-bit word per (pair, output channel): block `j` of a
+//! convolution is `[KH][KW][ceil(I/2)][NR]` words, an odd last channel paired with a zero.
+//! Activations stay f32 in the arena; the panel every task packs (prologue applied) stores
+//! them as bf16 (`vcvtneps2bf16`, to nearest even), so each pixel's channel pair is one word
+//! the kernel broadcasts. Sums, biases, pooling, the transitions' averages and the heads stay
+//! f32. The Winograd convolutions stay f32 (their transforms would amplify bf16 rounding);
+//! the accuracy of the result is [`CPU_BF16_REL_BOUND`] (measured: `compiler/tests/cpu/bf16.rs`).
 
 use std::fmt;
 
-/// SIMD width and register file of the target.
+/// Relative error bound (max norm) of the logits of a `--precision bf16` CPU network against
+/// the f32 reference, asserted by the tests on every preset. Each product carries the
+/// rounding of two bf16 operands (at most 2^-9 relative each); the measured table is in
+/// `compiler/tests/cpu/bf16.rs`.
+pub const CPU_BF16_REL_BOUND: f32 = 3e-2;
+
+/// SIMD width, register file and multiply of the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct VectorIsa {
     /// f32 lanes of one vector: 8 (ymm) or 16 (zmm).
     pub lanes: usize,
     /// Architectural vector registers: 16 (AVX2) or 32 (AVX-512).
     pub registers: usize,
+    /// Convolutions multiply bf16 pairs with `vdpbf16ps` (AVX512_BF16, module docs) instead
+    /// of f32 FMAs.
+    pub bf16: bool,
 }
 
 impl VectorIsa {
@@ -19,25 +43,49 @@ impl VectorIsa {
     pub const AVX2: VectorIsa = VectorIsa {
         lanes: 8,
         registers: 16,
+        bf16: false,
     };
     /// AVX-512 (F, VL, BW, DQ): 32 zmm registers of 16 f32, mask registers.
     pub const AVX512: VectorIsa = VectorIsa {
         lanes: 16,
         registers: 32,
+        bf16: false,
     };
 
     /// The vector width in bits.
     pub fn bits(&self) -> usize {
         self.lanes * 32
     }
+
+    /// The same vectors, convolutions in bf16 dot products.
+    pub fn with_bf16(self) -> VectorIsa {
+        VectorIsa { bf16: true, ..self }
+    }
+
+    /// Elements of a convolution's reduction (input channels) one multiply step consumes:
+    /// 2 for bf16 pairs, else 1.
+    pub fn k_step(&self) -> usize {
+        if self.bf16 {
+            2
+        } else {
+            1
+        }
+    }
 }
 
 impl fmt::Display for VectorIsa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            VectorIsa::AVX2 => f.write_str("avx2"),
-            VectorIsa::AVX512 => f.write_str("avx512"),
-            VectorIsa { lanes, registers } => write!(f, "{lanes}x{registers}"),
+        let VectorIsa {
+            lanes, registers, ..
+        } = *self;
+        match (lanes, registers) {
+            (8, 16) => f.write_str("avx2")?,
+            (16, 32) => f.write_str("avx512")?,
+            _ => write!(f, "{lanes}x{registers}")?,
         }
+        if self.bf16 {
+            f.write_str("+bf16")?;
+        }
+        Ok(())
     }
 }

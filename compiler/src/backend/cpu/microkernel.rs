@@ -14,6 +14,10 @@
 //!   c[i][col + 8v ..] = acc[i][v]         (the last vector masked to VALID)
 //! ```
 //!
+//! With [`UkSpec::dot`] (bf16, `isa.rs`) `a` and `b` hold 32-bit words, each a pair of bf16
+//! input channels, every stride counts words, and one `vdpbf16ps` per (pixel, vector) adds
+//! the products of a channel pair: the reduction loop runs over `ceil(kc / 2)` pairs.
+//!
 //! Every stride is a compile-time constant of the [`UkSpec`]; identical specs
 //! share one function. The output pixels come as an array of `MR` pointers
 //! (a table the task fills once per pixel block), so a tile may span rows of
@@ -46,6 +50,8 @@ pub(crate) struct UkSpec {
     pub a_col: usize,
     /// B elements per tap (input channels × block width).
     pub b_tap: usize,
+    /// bf16 pair dot products (`vdpbf16ps`) on 32-bit words of A and B instead of f32 FMAs.
+    pub dot: bool,
 }
 
 /// Micro-kernels emitted so far, by spec.
@@ -63,7 +69,8 @@ impl<'ctx> Microkernels<'ctx> {
         }
         let here = cg.b.get_insert_block();
         let id = self.cache.borrow().len();
-        let name = format!("dnc_uk{id}_{}x{}", spec.mr, spec.nv * cg.lanes);
+        let kind = if spec.dot { "_bf16" } else { "" };
+        let name = format!("dnc_uk{id}_{}x{}{kind}", spec.mr, spec.nv * cg.lanes);
         let f = emit(cg, &spec, &name)?;
         if let Some(bb) = here {
             cg.b.position_at_end(bb);
@@ -109,6 +116,12 @@ fn emit<'ctx>(cg: &Cg<'ctx>, s: &UkSpec, name: &str) -> Result<FunctionValue<'ct
         c.push(cg.gep(pixel, col)?);
     }
     let kc = cg.param_int(f, 5)?;
+    // Reduction steps: input channels, or their pairs.
+    let steps = if s.dot {
+        cg.b.build_right_shift(cg.addc(kc, 1)?, cg.c64(1), false, "")?
+    } else {
+        kc
+    };
     let accumulate = cg.param_int(f, 6)?;
     let relu = cg.param_int(f, 7)?;
     let nr = s.nv * cg.lanes;
@@ -157,22 +170,27 @@ fn emit<'ctx>(cg: &Cg<'ctx>, s: &UkSpec, name: &str) -> Result<FunctionValue<'ct
                 }
                 let pai = cg.gep(pa, ic)?;
                 for i in 0..s.mr {
+                    // One pixel's input channel (or bf16 channel pair) in every lane.
                     let x = cg.splat(cg.load_f32(cg.gepc(pai, i * s.a_step)?)?)?;
                     for (v, bv) in bv.iter().enumerate() {
                         let slot = acc[i * s.nv + v];
-                        let sum = cg.fma(x, *bv, cg.load_slot(slot)?)?;
+                        let sum = if s.dot {
+                            cg.dot_bf16(cg.load_slot(slot)?, x, *bv)?
+                        } else {
+                            cg.fma(x, *bv, cg.load_slot(slot)?)?
+                        };
                         cg.store_slot(slot, sum)?;
                     }
                 }
                 Ok(())
             };
-            let even = cg.b.build_and(kc, cg.c64(!1), "")?;
+            let even = cg.b.build_and(steps, cg.c64(!1), "")?;
             cg.for_range(cg.c64(0), even, 2, |ic| {
                 step(ic)?;
                 step(cg.addc(ic, 1)?)
             })?;
             cg.if_then(
-                cg.b.build_int_compare(IntPredicate::NE, even, kc, "")?,
+                cg.b.build_int_compare(IntPredicate::NE, even, steps, "")?,
                 || step(even),
             )
         })

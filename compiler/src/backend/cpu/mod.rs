@@ -65,8 +65,9 @@ mod pooling;
 pub mod schedule;
 mod target;
 
+use crate::backend::precision::Precision;
 pub use entry::{symbols, ABI_VERSION};
-pub use isa::VectorIsa;
+pub use isa::{VectorIsa, CPU_BF16_REL_BOUND};
 pub use pack::WEIGHT_ALIGN;
 pub use target::TargetInfo;
 
@@ -108,6 +109,9 @@ pub struct CpuOptions {
     /// The kernels' vector width in bits: `None` for the widest the CPU has (512 with AVX-512,
     /// else 256), `Some(256)` for the AVX2 kernels on an AVX-512 CPU.
     pub vector_bits: Option<usize>,
+    /// The convolutions' arithmetic: fp32, or bf16 dot products on CPUs with AVX512_BF16
+    /// (`isa.rs`).
+    pub precision: Precision,
     /// Keep the LLVM IR before and after optimisation as text
     /// ([`CompiledCpu::llvm_ir_before`], for `--dump-dir`); printing a
     /// whole network's IR takes a noticeable share of compile time.
@@ -125,6 +129,7 @@ impl Default for CpuOptions {
             live_out: Vec::new(),
             codegen_threads: 0,
             vector_bits: None,
+            precision: Precision::Fp32,
             keep_ir: false,
         }
     }
@@ -369,6 +374,7 @@ pub fn compile(kernels: &[KernelDesc], opts: &CpuOptions) -> Result<CompiledCpu,
             )))
         }
     }
+    target::set_precision(&mut target, opts.precision)?;
     // Fail early (and once) if LLVM cannot target it; each module thread makes its own.
     target::machine(&target, opts.opt_level)?;
 

@@ -7,6 +7,7 @@
 //! The last block may be narrower (fewer vectors) and is zero-padded to a
 //! whole vector; biases are stored per block the same way.
 
+use crate::backend::precision::bf16_bits;
 pub(crate) use crate::backend::weights::WeightsBuilder;
 pub use crate::backend::weights::WEIGHT_ALIGN;
 
@@ -90,6 +91,41 @@ pub(crate) fn pack_conv_weight(
     out
 }
 
+/// Pack a `[O, I, KH, KW]` weight for the bf16 dot-product kernels (`isa.rs`): blocks of
+/// `[KH][KW][ceil(I/2)][NR]` 32-bit words, each word the bf16 pair (input channel `2p` in the
+/// low half, `2p + 1` in the high half) of one output channel, rounded to nearest even; an odd
+/// last channel is paired with zero. The words are returned as the f32 values with their bits,
+/// so they go into the same weights section.
+pub(crate) fn pack_conv_weight_bf16(
+    w: &[f32],
+    ic: usize,
+    [kh, kw]: [usize; 2],
+    blocking: &OcBlocking,
+) -> Vec<f32> {
+    let pairs = ic.div_ceil(2);
+    let mut out = Vec::new();
+    for (oc0, nv, valid) in blocking.iter() {
+        let nr = nv * blocking.lanes;
+        for y in 0..kh {
+            for x in 0..kw {
+                for p in 0..pairs {
+                    for j in 0..nr {
+                        let half = |i: usize| -> u32 {
+                            if j < valid && i < ic {
+                                u32::from(bf16_bits(w[(((oc0 + j) * ic + i) * kh + y) * kw + x]))
+                            } else {
+                                0
+                            }
+                        };
+                        out.push(f32::from_bits(half(2 * p) | half(2 * p + 1) << 16));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Pack a bias (or zeros) per block, each zero-padded to its block width.
 pub(crate) fn pack_bias(bias: Option<&[f32]>, blocking: &OcBlocking) -> Vec<f32> {
     let mut out = Vec::new();
@@ -144,6 +180,25 @@ mod tests {
         // Tap x=1, input 0: W[o][0][0][1] = o*4 + 1.
         assert_eq!(&p[16..19], &[1.0, 5.0, 9.0]);
         assert_eq!(p[19], 0.0);
+    }
+
+    #[test]
+    fn bf16_weights_are_pairs_of_input_channels() {
+        // O=2, I=3, 1x1: W[o][i] = 10o + i + 1; one block of 8 output channels.
+        let w: Vec<f32> = (0..2)
+            .flat_map(|o| (0..3).map(move |i| (10 * o + i + 1) as f32))
+            .collect();
+        let b = OcBlocking::new(2, 1, 8);
+        let p = pack_conv_weight_bf16(&w, 3, [1, 1], &b);
+        // Two pairs (channels 0-1, then 2 and a zero) of 8 words each.
+        assert_eq!(p.len(), 2 * 8);
+        let halves = |x: f32| (x.to_bits() as u16, (x.to_bits() >> 16) as u16);
+        let bits = |x: f32| (x.to_bits() >> 16) as u16;
+        assert_eq!(halves(p[0]), (bits(1.0), bits(2.0)));
+        assert_eq!(halves(p[1]), (bits(11.0), bits(12.0)));
+        assert_eq!(halves(p[8]), (bits(3.0), 0));
+        assert_eq!(halves(p[9]), (bits(13.0), 0));
+        assert_eq!(p[2].to_bits(), 0, "padding output channels are zero");
     }
 
     #[test]

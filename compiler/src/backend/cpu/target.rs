@@ -2,6 +2,7 @@
 //! CPU, PIC, optimisation level O3 by default.
 
 use super::isa::VectorIsa;
+use crate::backend::precision::Precision;
 use crate::backend::BackendError;
 use inkwell::targets::{
     CodeModel, InitializationConfig, RelocMode, Target, TargetMachine, TargetTriple,
@@ -167,6 +168,18 @@ const AVX512_CPUS: &[&str] = &[
     "znver5",
 ];
 
+/// The named CPUs with AVX512_BF16 (`vdpbf16ps`), for `--precision bf16`.
+const BF16_CPUS: &[&str] = &[
+    "cooperlake",
+    "sapphirerapids",
+    "emeraldrapids",
+    "graniterapids",
+    "graniterapids-d",
+    "graniterapids_d",
+    "znver4",
+    "znver5",
+];
+
 /// A resolved code-generation target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetInfo {
@@ -237,6 +250,43 @@ pub fn resolve(cpu: &str) -> Result<TargetInfo, BackendError> {
         features: String::new(),
         isa: isa_of(cpu, ""),
     })
+}
+
+/// Makes `info` compute its convolutions in `precision`: bf16 needs AVX512_BF16, which the
+/// host (for `native`) or the named CPU must have; `x86-64-v4` gets it added (the artefact
+/// then requires it, and the runtime checks it before loading the code).
+pub fn set_precision(info: &mut TargetInfo, precision: Precision) -> Result<(), BackendError> {
+    match precision {
+        Precision::Fp32 => return Ok(()),
+        Precision::Bf16 => {}
+        other => {
+            return Err(BackendError::Target(format!(
+                "--precision {other} has no CPU kernels (the CPU computes fp32, or bf16 on CPUs                  with AVX512_BF16)"
+            )))
+        }
+    }
+    let has = if info.features.is_empty() {
+        BF16_CPUS.contains(&info.cpu.as_str()) || info.cpu == "x86-64-v4"
+    } else {
+        has_feature(&info.features, "avx512bf16")
+    };
+    if !has {
+        let which = if info.features.is_empty() {
+            format!("CPU `{}`", info.cpu)
+        } else {
+            format!("this host (`{}`)", info.cpu)
+        };
+        return Err(BackendError::Target(format!(
+            "--precision bf16 needs AVX512_BF16 (vdpbf16ps), which {which} lacks: compile for              a CPU that has it (--cpu znver4, znver5, sapphirerapids, x86-64-v4, …) or use              --precision fp32"
+        )));
+    }
+    if info.cpu == "x86-64-v4" {
+        // The level does not include AVX512_BF16: LLVM must be told (the other named CPUs
+        // imply it; the artefact records it for the runtime's check either way).
+        info.features = "+avx512bf16".into();
+    }
+    info.isa = info.isa.with_bf16();
+    Ok(())
 }
 
 fn init() -> Result<(), BackendError> {

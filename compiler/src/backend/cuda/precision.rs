@@ -57,41 +57,13 @@ pub const BF16_REL_BOUND: f32 = 3e-2;
 /// The f32 kernels' bound (ARCHITECTURE.md, Targets: f32 within 1e-4 of the reference).
 pub const FP32_REL_BOUND: f32 = 1e-4;
 
-/// Arithmetic of the GEMM kernels.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub enum Precision {
-    /// f32 FMA on the SIMT cores (within 1e-4 of the reference).
-    #[default]
-    Fp32,
-    /// TF32 tensor cores (`mma.sync` m16n8k8), f32 accumulation.
-    Tf32,
-    /// FP16 tensor cores (`mma.sync` m16n8k8), f32 accumulation and storage.
-    Fp16,
-    /// BF16 tensor cores (`mma.sync` m16n8k8), f32 accumulation and storage.
-    Bf16,
-}
+pub use crate::backend::precision::Precision;
+pub(crate) use crate::backend::precision::{bf16, round_bits};
 
 impl Precision {
-    /// Every precision, in `--precision`'s order.
-    pub const ALL: [Precision; 4] = [
-        Precision::Fp32,
-        Precision::Tf32,
-        Precision::Fp16,
-        Precision::Bf16,
-    ];
-
-    /// `fp32`, `tf32`, `fp16` or `bf16`, as `--precision` spells it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::Fp32 => "fp32",
-            Precision::Tf32 => "tf32",
-            Precision::Fp16 => "fp16",
-            Precision::Bf16 => "bf16",
-        }
-    }
-
     /// The documented and tested relative error bound (max norm) of a
-    /// network's logits against the f32 reference.
+    /// network's logits from the CUDA kernels against the f32 reference (the CPU's bf16
+    /// bound: `backend::cpu::CPU_BF16_REL_BOUND`).
     pub fn rel_bound(self) -> f32 {
         match self {
             Precision::Fp32 => FP32_REL_BOUND,
@@ -158,27 +130,6 @@ impl Operand {
     }
 }
 
-impl std::fmt::Display for Precision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Precision {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "fp32" => Ok(Precision::Fp32),
-            "tf32" => Ok(Precision::Tf32),
-            "fp16" => Ok(Precision::Fp16),
-            "bf16" => Ok(Precision::Bf16),
-            _ => Err(format!(
-                "unknown precision `{s}`: expected fp32, tf32, fp16 or bf16"
-            )),
-        }
-    }
-}
-
 // The operand types' conversions from f32, as values held in an f32 (module docs).
 
 /// `cvt.rna.tf32.f32`: round to 10 explicit mantissa bits, to nearest,
@@ -215,24 +166,6 @@ pub(crate) fn f16(x: f32) -> f32 {
         return ((a * 2f32.powi(24)).round_ties_even() * 2f32.powi(-24)).copysign(x);
     }
     round_bits(x, 13)
-}
-
-/// `cvt.rn.bf16.f32` and back: 7 explicit mantissa bits, to nearest even,
-/// f32's exponent range (subnormals included, overflow to infinity).
-pub(crate) fn bf16(x: f32) -> f32 {
-    if x.is_nan() || x.is_infinite() {
-        return x;
-    }
-    round_bits(x, 16)
-}
-
-/// Finite `x` with its low `drop` mantissa bits rounded off to nearest
-/// even; a carry into the exponent is the right result (including the
-/// overflow to infinity).
-fn round_bits(x: f32, drop: u32) -> f32 {
-    let bits = x.to_bits();
-    let half = (1u32 << (drop - 1)) - 1 + ((bits >> drop) & 1);
-    f32::from_bits((bits + half) & !((1u32 << drop) - 1))
 }
 
 /// `x` rounded to `op`, as the conversion instruction does.

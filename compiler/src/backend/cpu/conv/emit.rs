@@ -117,10 +117,10 @@ impl ConvPlan {
                 let panel = scratch(env)?;
                 cg.for_n(count, |i| {
                     let src = cg.gep(pixel_ptr(cg, in_base, iv, cg.add(p0, i)?)?, c0)?;
-                    let dst = cg.gep2(panel, i, self.kcp)?;
+                    let dst = cg.gep2(panel, i, self.kcp_words())?;
                     self.copy_channels_kc(cg, env, src, dst, c0, kc)
                 })?;
-                (panel, self.kcp)
+                (panel, self.kcp_words())
             } else {
                 // Only for a flat input (see `ConvPlan::new`).
                 (
@@ -138,8 +138,9 @@ impl ConvPlan {
                     a_row: 0,
                     a_col: 0,
                     b_tap: 0,
+                    dot: self.dot(),
                 };
-                let b = cg.gep(w, cg.mulc(c0, nv * cg.lanes)?)?;
+                let b = cg.gep(w, cg.mulc(self.words(cg, c0)?, nv * cg.lanes)?)?;
                 self.for_tiles(
                     cg,
                     uks,
@@ -189,11 +190,11 @@ impl ConvPlan {
             cg.for_n(kh, |y| {
                 let ih = cg.add(ih0, y)?;
                 let row_ok = cg.in_range(ih, 0, self.h)?;
-                let dst_row = cg.gep2(panel, y, span_max * self.kcp)?;
+                let dst_row = cg.gep2(panel, y, span_max * self.kcp_words())?;
                 cg.for_n(span, |x| {
                     let iw = cg.add(iw0, x)?;
                     let ok = cg.b.build_and(row_ok, cg.in_range(iw, 0, self.w)?, "")?;
-                    let dst = cg.gep2(dst_row, x, self.kcp)?;
+                    let dst = cg.gep2(dst_row, x, self.kcp_words())?;
                     cg.if_else(
                         ok,
                         || {
@@ -202,11 +203,14 @@ impl ConvPlan {
                             self.copy_channels(cg, env, src, dst, c0, kc)
                         },
                         || {
-                            for v in 0..kc.div_ceil(cg.lanes) {
+                            // The words `copy_channels` would write: whole vectors of
+                            // channels (half as many words for bf16 pairs).
+                            let words = kc.div_ceil(cg.lanes) * cg.lanes / self.k_step;
+                            for w0 in (0..words).step_by(cg.lanes) {
                                 cg.store_v(
                                     cg.vf.const_zero(),
-                                    cg.gepc(dst, v * cg.lanes)?,
-                                    cg.lanes,
+                                    cg.gepc(dst, w0)?,
+                                    (words - w0).min(cg.lanes),
                                 )?;
                             }
                             Ok(())
@@ -216,17 +220,19 @@ impl ConvPlan {
             })?;
             self.for_blocks(cg, env, og, |w, bias, col, nv, valid| {
                 let nr = nv * cg.lanes;
+                let kcp = self.kcp_words();
                 let spec = UkSpec {
                     mr: self.mr,
                     nv,
                     valid,
-                    a_step: sw * self.kcp,
+                    a_step: sw * kcp,
                     taps: self.k,
-                    a_row: span_max * self.kcp,
-                    a_col: self.kcp,
-                    b_tap: self.ic * nr,
+                    a_row: span_max * kcp,
+                    a_col: kcp,
+                    b_tap: self.ic_words() * nr,
+                    dot: self.dot(),
                 };
-                let b = cg.gep(w, cg.mulc(c0, nr)?)?;
+                let b = cg.gep(w, cg.mulc(self.words(cg, c0)?, nr)?)?;
                 self.for_tiles(
                     cg,
                     uks,
@@ -275,7 +281,21 @@ impl ConvPlan {
             Some(a) => a.apply(cg, env, x, cg.add(c0, c)?)?,
             None => x,
         };
+        if self.dot() {
+            // `lanes` bf16 channels: half a vector of words at word `c / 2`.
+            return cg.store_bf16(y, cg.gep(dst, self.words(cg, c)?)?);
+        }
         cg.store_v(y, cg.gep(dst, c)?, cg.lanes)
+    }
+
+    /// The words of A or B that `channels` (even where it is a chunk or vector start)
+    /// input channels take: `channels`, or half as many bf16 pairs.
+    fn words<'ctx>(&self, cg: &Cg<'ctx>, channels: IntValue<'ctx>) -> Result<IntValue<'ctx>> {
+        if self.dot() {
+            Ok(cg.b.build_right_shift(channels, cg.c64(1), false, "")?)
+        } else {
+            Ok(channels)
+        }
     }
 
     /// [`Self::copy_channels`] of a constant or run-time `kc` (all whole
@@ -384,8 +404,15 @@ impl ConvPlan {
         let nr = bk.nr();
         // Elements of one block's packed weights.
         let block_elems = match &env.k {
-            Some(k) => cg.mulc(k.ic, self.k[0] * self.k[1] * nr)?,
-            None => cg.c64(self.k[0] * self.k[1] * self.ic * nr),
+            Some(k) => {
+                let ic = if self.dot() {
+                    self.words(cg, cg.addc(k.ic, 1)?)?
+                } else {
+                    k.ic
+                };
+                cg.mulc(ic, self.k[0] * self.k[1] * nr)?
+            }
+            None => cg.c64(self.k[0] * self.k[1] * self.ic_words() * nr),
         };
         let w = cg.gepc(env.weights, self.weight_off)?;
         let bias = match &env.k {

@@ -16,6 +16,10 @@
 //!   applied to real pixels and zeros written for the padding, so the
 //!   micro-kernel runs without bounds checks and pad taps contribute 0.
 //!
+//! With bf16 dot products ([`VectorIsa::bf16`]) every conv packs its input into a panel (the
+//! prologue and the rounding to bf16 happen there), the panel and the weights hold 32-bit
+//! words of two bf16 input channels, and every A and B stride counts those words.
+//!
 //! Input channels are processed in chunks of at most `KC_MAX`: the first
 //! chunk starts from the bias, later ones accumulate onto the output, and the
 //! ReLU epilogue runs with the last.
@@ -27,7 +31,7 @@ pub(crate) use winograd::WinogradPlan;
 
 use super::codegen::VectorIsa;
 use super::env::{AffineRef, TARGET_TASKS};
-use super::pack::{pack_bias, pack_conv_weight, OcBlocking, WeightsBuilder};
+use super::pack::{pack_bias, pack_conv_weight, pack_conv_weight_bf16, OcBlocking, WeightsBuilder};
 use crate::backend::kernel::{ConvKernel, LinearKernel, View};
 
 /// Input channels per chunk (the K blocking of the GEMM).
@@ -87,6 +91,8 @@ pub(crate) struct ConvPlan {
     pub mode: Mode,
     pub groups: usize,
     pub bpg: usize,
+    /// Input channels per A/B word: 2 for bf16 pairs ([`VectorIsa::bf16`]), else 1.
+    k_step: usize,
 }
 
 /// Vectors per output-channel block: whole output when it fits three
@@ -159,7 +165,12 @@ impl ConvPlan {
         let nv = choose_nv(c.out_channels, isa);
         let blocking = OcBlocking::new(c.out_channels, nv, lanes);
         let mut mr = choose_mr(nv, isa);
-        let weight_off = wb.push(&pack_conv_weight(&c.weight, ic, c.kernel, &blocking));
+        let packed = if isa.bf16 {
+            pack_conv_weight_bf16(&c.weight, ic, c.kernel, &blocking)
+        } else {
+            pack_conv_weight(&c.weight, ic, c.kernel, &blocking)
+        };
+        let weight_off = wb.push(&packed);
         let bias_off = wb.push(&pack_bias(c.bias.as_deref().map(Vec::as_slice), &blocking));
         let prologue = c.prologue.as_ref().map(|a| AffineRef::pack(a, isa, wb));
         let gemm = c.kernel == [1, 1] && c.stride == [1, 1] && c.padding == [0, 0];
@@ -173,8 +184,9 @@ impl ConvPlan {
             }
             let mblocks = m.div_ceil(mc);
             // The micro-kernel reads A at a constant pixel stride: a
-            // prologue or a bordered input goes through a packed panel.
-            let pack = prologue.is_some() || !i.is_flat();
+            // prologue or a bordered input goes through a packed panel, and so does
+            // every input of the bf16 kernels (rounded to bf16 there).
+            let pack = prologue.is_some() || !i.is_flat() || isa.bf16;
             (
                 Mode::Gemm {
                     m,
@@ -244,6 +256,7 @@ impl ConvPlan {
             mode,
             groups,
             bpg,
+            k_step: isa.k_step(),
         }
     }
 
@@ -291,10 +304,26 @@ impl ConvPlan {
 
     pub fn scratch_floats(&self) -> usize {
         match self.mode {
-            Mode::Gemm { pack: true, mc, .. } => mc * self.kcp,
+            Mode::Gemm { pack: true, mc, .. } => mc * self.kcp_words(),
             Mode::Gemm { pack: false, .. } => 0,
-            Mode::Direct { span, .. } => self.k[0] * span * self.kcp,
+            Mode::Direct { span, .. } => self.k[0] * span * self.kcp_words(),
         }
+    }
+
+    /// Whether the micro-kernels multiply bf16 pairs.
+    pub(crate) fn dot(&self) -> bool {
+        self.k_step == 2
+    }
+
+    /// 32-bit words of one pixel's row of the panel: `kcp` f32 channels, or `kcp` bf16
+    /// channels in pairs (`kcp` is a whole number of vectors, so even).
+    pub(crate) fn kcp_words(&self) -> usize {
+        self.kcp / self.k_step
+    }
+
+    /// Words of packed weights per tap and output channel: input channels, or their pairs.
+    pub(crate) fn ic_words(&self) -> usize {
+        self.ic.div_ceil(self.k_step)
     }
 }
 

@@ -528,6 +528,7 @@ impl WinogradPlan {
                     a_row: 0,
                     a_col: 0,
                     b_tap: 0,
+                    dot: false,
                 };
                 let f = uks.get(cg, spec)?;
                 cg.for_range(cg.c64(0), mtiles, 1, |tile| {
