@@ -13,6 +13,10 @@ case (DenseNet-121 b1 and b8 at 224, DenseNet-BC-100 b1 and b64 at 32):
    densenetc via `densenetc run X.dnc` (if it has `run`); all through
    scripts/maxrss.py. densenetc's output is checked against ONNX Runtime's.
 
+With bf16 (``--bf16 on``, or ``auto`` on a CPU with AVX512_BF16) the same rounds also time
+``densenetc compile --precision bf16`` and OpenVINO forced to bf16 (its default on such CPUs),
+reported in a second table; their outputs are compared with ONNX Runtime's f32.
+
 Prints a markdown report (command, commit, machine, load, versions, tables)
 and writes every number to target/bench-cpu/results.json.
 """
@@ -71,9 +75,12 @@ class Densenetc:
     def has(self, cmd: str) -> bool:
         return cmd in self.commands
 
-    def compile(self, arch: str, weights: Path, batch: int, size: int, out: Path) -> float:
+    def compile(self, arch: str, weights: Path, batch: int, size: int, out: Path,
+                precision: str = "fp32") -> float:
         cmd = [str(self.exe), "compile", "--arch", arch, "--weights", str(weights),
                "--batch", str(batch), "--image-size", str(size), "-o", str(out)]
+        if precision != "fp32":
+            cmd += ["--precision", precision]
         log("$ " + shlex.join(cmd))
         t = time.perf_counter()
         r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -142,7 +149,9 @@ def run_case(a, dnc: Densenetc | None, arch: str, batch: int, size: int, iters: 
     extra, notes = {}, []
     dnc_state = "n/a (densenetc not built)"
     artefact = work / f"{tag}.dnc"
+    artefact_bf16 = work / f"{tag}.bf16.dnc"
     compile_s = None
+    engines = list(peers.ENGINES) + (["openvino-bf16"] if a.bf16 else [])
     if dnc is not None:
         if not dnc.has("compile"):
             dnc_state = "n/a (compile not available)"
@@ -157,7 +166,13 @@ def run_case(a, dnc: Densenetc | None, arch: str, batch: int, size: int, iters: 
             except RuntimeError as e:
                 dnc_state = "n/a (compile failed)"
                 notes.append(str(e))
-    opts = SimpleNamespace(engines=peers.ENGINES, threads=a.threads, iters=iters,
+            if a.bf16 and dnc_state == "ok":
+                try:
+                    dnc.compile(arch, weights_file, batch, size, artefact_bf16, "bf16")
+                    extra["densenetc-bf16"] = DensenetcBench(dnc, artefact_bf16, a.threads)
+                except RuntimeError as e:
+                    notes.append(f"densenetc bf16: {e}")
+    opts = SimpleNamespace(engines=engines, threads=a.threads, iters=iters,
                            warmup=a.warmup, rounds=a.rounds, rss=True, batch=batch)
     try:
         r = peers.bench(opts, cfg, f"random seed {a.seed} ({weights_file.name})", model,
@@ -172,14 +187,17 @@ def run_case(a, dnc: Densenetc | None, arch: str, batch: int, size: int, iters: 
     r["densenetc_state"] = dnc_state
     r["densenetc_compile_s"] = compile_s
     if dnc is not None and dnc_state == "ok" and dnc.has("run"):
-        try:
-            rss = densenetc_rss(dnc, artefact, x_path, work / f"{tag}.densenetc.npy", a.threads)
-            y = rss.pop("output")
-            ref = np.load(work / "ort.out.npy")
-            rss["rel_error_vs_ort"] = peers.rel_error(y, ref)
-            r["engines"]["densenetc"].update(rss)
-        except (RuntimeError, ValueError, OSError) as e:
-            notes.append(f"densenetc run: {e}")
+        for name, path in (("densenetc", artefact), ("densenetc-bf16", artefact_bf16)):
+            if name not in r["engines"]:
+                continue
+            try:
+                rss = densenetc_rss(dnc, path, x_path, work / f"{tag}.{name}.npy", a.threads)
+                y = rss.pop("output")
+                ref = np.load(work / "ort.out.npy")
+                rss["rel_error_vs_ort"] = peers.rel_error(y, ref)
+                r["engines"][name].update(rss)
+            except (RuntimeError, ValueError, OSError) as e:
+                notes.append(f"{name} run: {e}")
     r["notes"] = notes
     for n in notes:
         log("note: " + n)
@@ -233,6 +251,29 @@ def report(a, results: list[dict], command: str, started: str, golden: dict) -> 
     if warn:
         lines += ["", "**Warning: the machine was not quiet; the latencies above are inflated "
                   "(ONNX Runtime's spinning thread pool suffers most).** " + "; ".join(warn) + "."]
+    if any("openvino-bf16" in r["engines"] for r in results):
+        lines += [
+            "",
+            "bf16, same rounds: densenetc `--precision bf16` (vdpbf16ps, f32 sums) against "
+            "OpenVINO with INFERENCE_PRECISION_HINT bf16 (its default on this CPU); relative "
+            "error of the logits against ONNX Runtime f32.",
+            "",
+            "| model | batch | OpenVINO bf16 | densenetc bf16 | OpenVINO bf16 / densenetc bf16 "
+            "| densenetc f32 / densenetc bf16 | error OpenVINO bf16 | error densenetc bf16 |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in results:
+            e = r["engines"]
+            ov, d, d32 = e.get("openvino-bf16"), e.get("densenetc-bf16"), e.get("densenetc")
+            if not ov or not d or "median_ms" not in d:
+                continue
+            ratio = f"{ov['median_ms'] / d['median_ms']:.2f}x"
+            own = (f"{d32['median_ms'] / d['median_ms']:.2f}x"
+                   if d32 and "median_ms" in d32 else "n/a")
+            err = lambda x: (f"{x['rel_error_vs_ort']:.1e}"  # noqa: E731
+                             if "rel_error_vs_ort" in x else "n/a")
+            lines.append(f"| {r['model']} {r['image_size']}x{r['image_size']} | {r['batch']} | "
+                         f"{fmt_ms(ov)} | {fmt_ms(d)} | {ratio} | {own} | {err(ov)} | {err(d)} |")
     lines += [
         "",
         "Peak RSS in MiB (ru_maxrss via scripts/maxrss.py). *once*: a process that loads the "
@@ -288,8 +329,12 @@ def main() -> int:
     ap.add_argument("--work-dir", type=Path, default=REPO / "target/bench-cpu")
     ap.add_argument("--skip-golden", action="store_true",
                     help="skip checking the ONNX graph against the golden fixtures first")
+    ap.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
+                    help="also time densenetc --precision bf16 and OpenVINO bf16 (auto: where "
+                         "the CPU has AVX512_BF16)")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args()
+    a.bf16 = a.bf16 == "on" or (a.bf16 == "auto" and "avx512_bf16" in peers.cpu_flags())
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     # bench-cpu.sh passes the command the user typed.
     command = shlex.join([os.environ.get("BENCH_CPU_COMMAND") or sys.argv[0], *sys.argv[1:]])

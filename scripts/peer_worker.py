@@ -2,7 +2,7 @@
 
     python peer_worker.py ENGINE MODEL.onnx INPUT.npy --threads N
 
-ENGINE is ``ort`` (ONNX Runtime) or ``openvino``. The process imports only
+ENGINE is ``ort`` (ONNX Runtime), ``openvino`` (f32) or ``openvino-bf16``. The process imports only
 numpy and that engine (not onnx, not the other engine), so its peak RSS is
 the engine's. It loads the model, then answers JSON commands read one per
 line on stdin with one JSON line each:
@@ -66,6 +66,11 @@ class Ort:
 
 
 class OpenVino:
+    """OpenVINO forced to ``precision``: f32 (never a silent bf16/f16 downgrade), or bf16
+    (its default on CPUs with AVX512_BF16 or AMX), checked against what it really runs."""
+
+    precision = "f32"
+
     def __init__(self, model: str, threads: int):
         import openvino as ov
 
@@ -73,8 +78,7 @@ class OpenVino:
         config = {
             "INFERENCE_NUM_THREADS": threads,
             "PERFORMANCE_HINT": "LATENCY",
-            # f32 everywhere: never a silent bf16/f16 downgrade.
-            "INFERENCE_PRECISION_HINT": "f32",
+            "INFERENCE_PRECISION_HINT": self.precision,
         }
         self.compiled = core.compile_model(core.read_model(model), "CPU", config)
         self.req = self.compiled.create_infer_request()
@@ -84,12 +88,15 @@ class OpenVino:
             "INFERENCE_NUM_THREADS", "PERFORMANCE_HINT", "INFERENCE_PRECISION_HINT",
             "EXECUTION_MODE_HINT", "NUM_STREAMS", "ENABLE_CPU_PINNING")}
         self.settings["runtime_precisions"] = self.runtime_precisions()
-        if self.settings["INFERENCE_PRECISION_HINT"] != "f32":
+        if self.settings["INFERENCE_PRECISION_HINT"] != self.precision:
             raise RuntimeError(f"OpenVINO compiled with precision "
-                               f"{self.settings['INFERENCE_PRECISION_HINT']}, not f32")
+                               f"{self.settings['INFERENCE_PRECISION_HINT']}, not {self.precision}")
         low = [p for p in self.settings["runtime_precisions"] if p in ("bf16", "f16")]
-        if low:
+        if self.precision == "f32" and low:
             raise RuntimeError(f"OpenVINO runs layers in {low}: {self.settings['runtime_precisions']}")
+        if self.precision == "bf16" and "bf16" not in low:
+            raise RuntimeError("OpenVINO runs no layer in bf16 (the CPU lacks AVX512_BF16?): "
+                               f"{self.settings['runtime_precisions']}")
 
     def _prop(self, key: str) -> str:
         v = self.compiled.get_property(key)
@@ -116,7 +123,11 @@ class OpenVino:
         return self.req.get_output_tensor(0).data
 
 
-ENGINES = {"ort": Ort, "openvino": OpenVino}
+class OpenVinoBf16(OpenVino):
+    precision = "bf16"
+
+
+ENGINES = {"ort": Ort, "openvino": OpenVino, "openvino-bf16": OpenVinoBf16}
 
 
 def main() -> int:

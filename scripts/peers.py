@@ -53,7 +53,7 @@ import densenet_onnx as dn  # noqa: E402
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 ENGINES = ["ort", "openvino"]
-ENGINE_NAMES = {"ort": "ONNX Runtime", "openvino": "OpenVINO"}
+ENGINE_NAMES = {"ort": "ONNX Runtime", "openvino": "OpenVINO", "openvino-bf16": "OpenVINO bf16"}
 RSS_METHOD = ("ru_maxrss (wait4, via scripts/maxrss.py) of a process that imports numpy "
               "and the engine only, loads the ONNX file, runs one inference and exits")
 
@@ -223,6 +223,17 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's flags from /proc/cpuinfo (empty if unreadable)."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def cpu_isa() -> str:
     """The vector ISA level of this CPU, from /proc/cpuinfo's flags: what decides which
     kernels densenetc runs (`avx512` with AVX-512 F/VL/BW/DQ, else `avx2`) and whether
@@ -375,7 +386,7 @@ def run_golden(a, work: Path) -> int:
 def engine_versions(engines) -> dict:
     import importlib.metadata as md
 
-    dist = {"ort": "onnxruntime", "openvino": "openvino"}
+    dist = {"ort": "onnxruntime", "openvino": "openvino", "openvino-bf16": "openvino"}
     return {e: md.version(dist[e]) for e in engines}
 
 
@@ -475,7 +486,7 @@ def parse_args(argv=None):
     r = ap.add_argument_group("running")
     r.add_argument("--engines", default="ort,openvino",
                    type=lambda s: [e.strip() for e in s.split(",") if e.strip()],
-                   help="comma-separated: ort, openvino (default both)")
+                   help="comma-separated: ort, openvino (f32), openvino-bf16 (default: ort,openvino)")
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--iters", type=int, default=30, help="timed runs per engine")
     r.add_argument("--warmup", type=int, default=5, help="untimed runs per engine first")
@@ -493,9 +504,9 @@ def parse_args(argv=None):
     r.add_argument("--json", action="store_true", help="print one JSON object")
     r.add_argument("-v", "--verbose", action="store_true", help="log each round to stderr")
     a = ap.parse_args(argv)
-    bad = [e for e in a.engines if e not in ENGINES]
+    bad = [e for e in a.engines if e not in ENGINE_NAMES]
     if bad or not a.engines:
-        ap.error(f"unknown engine(s) {bad}; choose from {', '.join(ENGINES)}")
+        ap.error(f"unknown engine(s) {bad}; choose from {', '.join(ENGINE_NAMES)}")
     if min(a.threads, a.iters, a.rounds, a.batch) < 1 or a.warmup < 0:
         ap.error("--threads, --iters, --rounds and --batch must be >= 1, --warmup >= 0")
     return a
