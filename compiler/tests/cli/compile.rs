@@ -186,12 +186,36 @@ fn compile_errors_are_clear() {
         "--random-weights",
         "1",
     ];
-    for p in ["tf32", "fp16", "bf16"] {
+    for p in ["tf32", "fp16"] {
         fails_with(
             &[&tf32[..], &["--precision", p, "-o", s(&out)]].concat(),
-            &format!("--precision {p} applies to CUDA code only (the CPU code is f32)"),
+            &format!("--precision {p} has no CPU kernels"),
         );
     }
+    // bf16 needs AVX512_BF16: a CPU without it is an error naming it.
+    fails_with(
+        &[
+            &tf32[..],
+            &["--precision", "bf16", "--cpu", "x86-64-v3", "-o", s(&out)],
+        ]
+        .concat(),
+        "--precision bf16 needs AVX512_BF16 (vdpbf16ps), which CPU `x86-64-v3` lacks",
+    );
+    fails_with(
+        &[
+            &tf32[..],
+            &[
+                "--precision",
+                "bf16",
+                "--cpu",
+                "skylake-avx512",
+                "-o",
+                s(&out),
+            ],
+        ]
+        .concat(),
+        "which CPU `skylake-avx512` lacks",
+    );
     fails_with(
         &[&tf32[..], &["--precision", "fp8", "-o", s(&out)]].concat(),
         "unknown precision `fp8`: expected fp32, tf32, fp16 or bf16",
@@ -200,13 +224,14 @@ fn compile_errors_are_clear() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `--precision tf32|fp16|bf16` reaches the CUDA code and the manifest;
-/// the CPU code of a cpu,cuda artefact stays f32 and runs.
+/// `--precision tf32|fp16|bf16` reaches the CUDA code and the manifest. tf32 and fp16 are
+/// CUDA-only; bf16 applies to both targets (the CPU code of a cpu,cuda artefact is bf16 too,
+/// compiled for a CPU with AVX512_BF16 and run where the host has it).
 #[test]
 fn tensor_core_precisions_are_compiled_recorded_and_shown() {
     let help = ok(&["compile", "--help"]);
     assert!(
-        help.contains("fp32|tf32|fp16|bf16") && help.contains("CUDA code only"),
+        help.contains("fp32|tf32|fp16|bf16") && help.contains("AVX512_BF16"),
         "{help}"
     );
     let dir = temp_dir("precision");
@@ -214,12 +239,32 @@ fn tensor_core_precisions_are_compiled_recorded_and_shown() {
         let dnc = dir.join(format!("{p}.dnc"));
         let mut args = vec!["compile"];
         args.extend(SMALL);
-        args.extend(["--target", "cpu,cuda", "--precision", p, "-o", s(&dnc)]);
+        let (target, cpu) = if p == "bf16" {
+            ("cpu,cuda", "znver4")
+        } else {
+            ("cuda", "native")
+        };
+        args.extend([
+            "--target",
+            target,
+            "--cpu",
+            cpu,
+            "--precision",
+            p,
+            "-o",
+            s(&dnc),
+        ]);
         let text = ok(&args);
-        assert!(
-            text.contains(&format!("cpu native + cuda sm_80 {p}")),
-            "{text}"
-        );
+        let want = if p == "bf16" {
+            "cpu znver4 bf16 + cuda sm_80 bf16".to_string()
+        } else {
+            format!("cuda sm_80 {p}")
+        };
+        assert!(text.contains(&want), "{text}");
+        if p == "bf16" {
+            let text = ok(&["inspect", s(&dnc)]);
+            assert!(text.contains("cpu:           znver4 bf16"), "{text}");
+        }
         let text = ok(&["inspect", s(&dnc)]);
         assert!(
             text.contains(&format!("cuda:          sm_80 {p}")),
@@ -228,7 +273,20 @@ fn tensor_core_precisions_are_compiled_recorded_and_shown() {
         let json: serde_json::Value =
             serde_json::from_str(&ok(&["inspect", s(&dnc), "--json"])).expect("json");
         assert_eq!(json["cuda"]["precision"], p, "{json}");
-        ok(&["run", s(&dnc), "--random-input", "1"]);
+        if p == "bf16" {
+            assert_eq!(json["cpu"]["precision"], "bf16", "{json}");
+            assert!(
+                json["cpu"]["features"]
+                    .as_str()
+                    .is_some_and(|f| f.contains("+avx512bf16")),
+                "{json}"
+            );
+            if std::arch::is_x86_feature_detected!("avx512bf16") {
+                ok(&["run", s(&dnc), "--random-input", "1", "--device", "cpu"]);
+            } else {
+                eprintln!("note: the host has no AVX512_BF16: the bf16 CPU code is not run");
+            }
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

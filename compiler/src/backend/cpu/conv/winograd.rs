@@ -35,7 +35,9 @@ use super::{choose_mr, choose_nv, round_up, KC_MAX};
 use crate::backend::cpu::codegen::{Cg, Result, VectorIsa};
 use crate::backend::cpu::env::{in_base, out_base, pixel_at, AffineRef, Env, TARGET_TASKS};
 use crate::backend::cpu::microkernel::{Microkernels, UkSpec};
-use crate::backend::cpu::pack::{pack_conv_weight, pad_to_vectors, OcBlocking, WeightsBuilder};
+use crate::backend::cpu::pack::{
+    pack_conv_weight, pack_conv_weight_bf16, pad_to_vectors, OcBlocking, WeightsBuilder,
+};
 use crate::backend::kernel::{ConvKernel, View};
 use crate::backend::BackendError;
 use inkwell::values::{IntValue, PointerValue, VectorValue};
@@ -116,7 +118,15 @@ const F4_MIN_TILES: usize = 48;
 /// pair) where F(2x2) does 4 and the direct conv 9, but needs enough 4x4
 /// tiles to split (measured on DenseNet-BC-100 at batch 1: F(4x4) ahead at
 /// 32x32, even at 16x16, behind at 8x8).
+///
+/// With bf16 GEMMs ([`VectorIsa::bf16`]) always F(2x2): F(4x4)'s transforms amplify the bf16
+/// rounding of the transformed tiles to several percent of a conv's output (4e-2 on a
+/// 128-channel conv, against 3e-3 for F(2x2)), and F(2x2) with bf16 GEMMs is faster than
+/// F(4x4) with f32 GEMMs anyway (DenseNet-121 b1 on a Zen 4: 12.0 against 13.0 ms).
 fn choose_m(o: &View, isa: VectorIsa) -> usize {
+    if isa.bf16 {
+        return 2;
+    }
     if o.n * o.h.div_ceil(4) * o.w.div_ceil(4) >= F4_MIN_TILES && fits(4, o.channels, isa) {
         4
     } else {
@@ -183,7 +193,11 @@ pub(crate) struct WinogradPlan {
     rows: usize,
     pub tblocks: usize,
     pub kc: usize,
+    /// 32-bit words of one panel row: `kc` rounded up to whole vectors, in f32 channels or,
+    /// with bf16 GEMMs, in bf16 channel pairs (half as many).
     kcp: usize,
+    /// Input channels per word of `V` and `U`: 2 with bf16 GEMMs ([`VectorIsa::bf16`]), else 1.
+    k_step: usize,
     u_off: usize,
     /// Elements of one component's packed `U`.
     u_xi: usize,
@@ -255,8 +269,16 @@ impl WinogradPlan {
             }
         }
         let mut packed = Vec::new();
+        // bf16 GEMMs only for F(2x2): F(4x4)'s transforms (coefficients up to 8, with
+        // cancellation) amplify the bf16 rounding of the transformed tiles to several percent
+        // of a single conv's output, so it keeps f32 GEMMs.
+        let k_step = if isa.bf16 && m == 2 { 2 } else { 1 };
         for w in &per_xi {
-            packed.extend(pack_conv_weight(w, ic, [1, 1], &blocking));
+            packed.extend(if k_step == 2 {
+                pack_conv_weight_bf16(w, ic, [1, 1], &blocking)
+            } else {
+                pack_conv_weight(w, ic, [1, 1], &blocking)
+            });
         }
         let u_xi = packed.len() / xi;
         let u_off = wb.push(&packed);
@@ -306,7 +328,8 @@ impl WinogradPlan {
             rows: round_up(tb, mr),
             tblocks,
             kc,
-            kcp: round_up(kc, lanes),
+            kcp: round_up(kc, lanes) / k_step,
+            k_step,
             u_off,
             u_xi,
             zero_off,
@@ -386,9 +409,11 @@ impl WinogradPlan {
                     v,
                     cg.add(cg.mulc(xi, self.rows * self.kcp)?, cg.mulc(i, self.kcp)?)?,
                 )?;
-                cg.for_n(self.kcp / cg.lanes, |k| {
-                    cg.store_v(cg.vf.const_zero(), cg.gep2(row, k, cg.lanes)?, cg.lanes)
-                })
+                for w0 in (0..self.kcp).step_by(cg.lanes) {
+                    let count = (self.kcp - w0).min(cg.lanes);
+                    cg.store_v(cg.vf.const_zero(), cg.gepc(row, w0)?, count)?;
+                }
+                Ok(())
             })
         })?;
         let chunks = self.ic.div_ceil(self.kc);
@@ -483,8 +508,14 @@ impl WinogradPlan {
                 }
                 let v = sandwich(cg, transforms(self.m).bt, &d, self.t)?;
                 for (xi, x) in v.into_iter().enumerate() {
-                    let at = cg.gep(cg.gepc(dst, xi * self.rows * self.kcp)?, c)?;
-                    cg.store_v(x, at, cg.lanes)?;
+                    let row = cg.gepc(dst, xi * self.rows * self.kcp)?;
+                    if self.k_step == 2 {
+                        // bf16 pairs: channel `c` is word `c / 2`.
+                        let word = cg.b.build_right_shift(c, cg.c64(1), false, "")?;
+                        cg.store_bf16(x, cg.gep(row, word)?)?;
+                    } else {
+                        cg.store_v(x, cg.gep(row, c)?, cg.lanes)?;
+                    }
                 }
                 Ok(())
             })
@@ -517,7 +548,14 @@ impl WinogradPlan {
             let u = cg.gep2(u, xi, self.u_xi)?;
             for (j, (oc0, nv, _)) in bk.iter().enumerate() {
                 let nr = nv * cg.lanes;
-                let b = cg.gep(cg.gepc(u, j * self.ic * bk.nr())?, cg.mulc(c0, nr)?)?;
+                // Words of U before block `j`, and before channel `c0` inside it.
+                let block = j * self.ic.div_ceil(self.k_step) * bk.nr();
+                let c0w = if self.k_step == 2 {
+                    cg.b.build_right_shift(c0, cg.c64(1), false, "")?
+                } else {
+                    c0
+                };
+                let b = cg.gep(cg.gepc(u, block)?, cg.mulc(c0w, nr)?)?;
                 let col = cg.addc(cg.mulc(xi, self.ocp)?, oc0)?;
                 let spec = UkSpec {
                     mr: self.mr,
@@ -528,7 +566,7 @@ impl WinogradPlan {
                     a_row: 0,
                     a_col: 0,
                     b_tap: 0,
-                    dot: false,
+                    dot: self.k_step == 2,
                 };
                 let f = uks.get(cg, spec)?;
                 cg.for_range(cg.c64(0), mtiles, 1, |tile| {

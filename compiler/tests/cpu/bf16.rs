@@ -1,0 +1,236 @@
+//! The bf16 kernels (`--precision bf16`, `vdpbf16ps`), kernel by kernel.
+//!
+//! The GEMM and direct convolutions round exactly two things to bf16: the weights (at compile
+//! time) and the input after the prologue (when the task packs its panel); products and sums
+//! are f32. So they are checked against an *emulation* of that rounding, computed here in f64
+//! with a bf16 conversion of its own (to nearest even): any pairing, packing or striding slip
+//! (a channel dropped, a pair swapped with the wrong weight, an odd last channel mishandled)
+//! shows up far above the f32 summation noise of the bound, [`EMULATED_BOUND`]. Winograd
+//! convolutions round the *transformed* tiles instead, so they are checked against the exact
+//! f64 reference within [`WINOGRAD_BOUND`]. Every case also runs under the three
+//! parallel-fors and must not write outside its output view (`kernels::check_against`).
+//!
+//! The bf16 kernels need AVX512_BF16: on other hosts they are compiled (for `x86-64-v4`
+//! with the feature added) and not run, with the reason printed.
+
+use crate::kernels::{check_against, conv_case, Case};
+use crate::support::TestIsa;
+use compiler::backend::cpu::CpuOptions;
+use compiler::backend::precision::Precision;
+use ir::ops::Op;
+use ir::reference::Tensor;
+
+/// Relative error of the GEMM and direct kernels against the emulated rounding: f32 sums of
+/// up to a few thousand products, in another order.
+const EMULATED_BOUND: f64 = 2e-5;
+/// Relative error of the Winograd kernels with bf16 GEMMs against the exact f64 reference
+/// (measured below 4e-3 on these cases; bf16 rounding of the transformed tiles).
+const WINOGRAD_BOUND: f64 = 1.5e-2;
+
+fn host_has_bf16() -> bool {
+    crate::support::host_has_avx512() && std::arch::is_x86_feature_detected!("avx512bf16")
+}
+
+/// The bf16 kernels of both vector widths (zmm, and ymm through AVX512VL).
+fn bf16_isas() -> Vec<TestIsa> {
+    static SKIP_NOTE: std::sync::Once = std::sync::Once::new();
+    let runs = host_has_bf16();
+    if !runs {
+        SKIP_NOTE.call_once(|| {
+            eprintln!("note: the host has no AVX512_BF16: the bf16 kernels are compiled, not run");
+        });
+    }
+    [("bf16-zmm", None), ("bf16-ymm", Some(256))]
+        .into_iter()
+        .map(|(name, vector_bits)| TestIsa {
+            name,
+            opts: CpuOptions {
+                cpu: "x86-64-v4".into(),
+                precision: Precision::Bf16,
+                vector_bits,
+                ..CpuOptions::default()
+            },
+            runs,
+        })
+        .collect()
+}
+
+/// `x` rounded to bf16, to nearest even (written independently of the compiler's).
+fn bf16(x: f32) -> f32 {
+    let b = x.to_bits();
+    f32::from_bits((b + 0x7fff + ((b >> 16) & 1)) & 0xffff_0000)
+}
+
+/// The convolution of `case` in f64 with the operands the bf16 kernels multiply: weights and
+/// prologue outputs rounded to bf16 (padding stays 0, as the panels hold it).
+fn emulated_reference(case: &Case) -> Tensor {
+    let Op::Conv2d(c) = &case.op else {
+        panic!("{}: not a convolution", case.name)
+    };
+    let data = |name: &str| case.graph.constant_data(name).expect("constant").clone();
+    let w = data(&c.weight);
+    let bias = c.bias.as_deref().map(data);
+    let prologue = c
+        .prologue
+        .as_ref()
+        .map(|p| (data(&p.scale), data(&p.shift), p.relu));
+    let [n, ic, h, wd] = <[usize; 4]>::try_from(case.input.shape.as_slice()).expect("NCHW");
+    let (oc, [kh, kw], [sh, sw], [ph, pw]) = (c.out_channels, c.kernel, c.stride, c.padding);
+    let oh = (h + 2 * ph - kh) / sh + 1;
+    let ow = (wd + 2 * pw - kw) / sw + 1;
+    // The input as the panels hold it: prologue applied, rounded to bf16.
+    let x: Vec<f64> = case
+        .input
+        .data
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let ch = (i / (h * wd)) % ic;
+            let y = match &prologue {
+                Some((scale, shift, relu)) => {
+                    let y = v * scale[ch] + shift[ch];
+                    if *relu {
+                        y.max(0.0)
+                    } else {
+                        y
+                    }
+                }
+                None => v,
+            };
+            f64::from(bf16(y))
+        })
+        .collect();
+    let w: Vec<f64> = w.iter().map(|&v| f64::from(bf16(v))).collect();
+    let mut out = vec![0.0f32; n * oc * oh * ow];
+    for b in 0..n {
+        for o in 0..oc {
+            for y in 0..oh {
+                for xo in 0..ow {
+                    let mut s = bias.as_ref().map_or(0.0, |bv| f64::from(bv[o]));
+                    for i in 0..ic {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let (iy, ix) = (
+                                    (y * sh + ky) as isize - ph as isize,
+                                    (xo * sw + kx) as isize - pw as isize,
+                                );
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
+                                    continue;
+                                }
+                                let xv = x[((b * ic + i) * h + iy as usize) * wd + ix as usize];
+                                s += xv * w[((o * ic + i) * kh + ky) * kw + kx];
+                            }
+                        }
+                    }
+                    if c.relu {
+                        s = s.max(0.0);
+                    }
+                    out[((b * oc + o) * oh + y) * ow + xo] = s as f32;
+                }
+            }
+        }
+    }
+    Tensor::from_vec(vec![n, oc, oh, ow], out).expect("shape")
+}
+
+/// Checks `spec` on both bf16 widths against the emulated rounding; returns the plans.
+fn check_emulated(name: &str, seed: u64, spec: &str) -> Vec<String> {
+    let case = conv_case(name, seed, spec);
+    let want = emulated_reference(&case);
+    let mut plans = Vec::new();
+    for isa in bf16_isas() {
+        if let Some((plan, err)) = check_against(&case, &isa, &want, EMULATED_BOUND) {
+            println!(
+                "{name} ({}): {err:.2e} against the emulated rounding",
+                isa.name
+            );
+            plans.push(plan);
+        }
+    }
+    plans
+}
+
+#[test]
+fn gemm_and_direct_match_the_emulated_rounding() {
+    let cases = [
+        // 1x1 GEMMs: prologue, odd channel counts (a last pair with a zero), chunks of
+        // 256 channels, strided and block views, bias and ReLU.
+        ("bottleneck", "n2 c20 5x7 oc12 pro relu block"),
+        ("odd_channels", "c37 6x6 oc40 bias relu strided"),
+        ("chunked_rem", "c301 3x5 oc24 pro bias relu"),
+        ("three_chunks_block", "c600 2x2 oc8 pro relu block"),
+        ("one_channel", "c1 4x4 oc16 pro"),
+        ("wide_oc", "c64 3x3 oc200 bn bias relu bordered"),
+        // Direct: the ImageNet stem (3 channels, 7x7 stride 2), odd channels, padding with
+        // a positive prologue shift (padding must stay 0), transitions' strides.
+        ("stem", "n2 c3 23x19 oc64 k7 s2 p3"),
+        ("direct_odd", "c15 8x8 oc12 k3 p1 pro relu"),
+        ("direct_s2", "c33 9x9 oc20 k3 s2 p1 bn bias strided"),
+        ("direct_bordered", "n2 c9 6x7 oc32 k3 p1 pro relu bordered"),
+        ("direct_no_pad", "c16 8x8 oc12 k3"),
+    ];
+    for (seed, (name, spec)) in cases.iter().enumerate() {
+        for plan in check_emulated(name, 700 + seed as u64, spec) {
+            assert!(!plan.contains("Winograd"), "{name}: {plan}");
+        }
+    }
+}
+
+#[test]
+fn winograd_with_bf16_gemms_stays_within_its_bound() {
+    for (seed, (name, spec, m)) in [
+        ("f2_k12", "n2 c48 9x13 oc12 k3 p1 pro bias relu strided", 2),
+        ("f2_k32_bordered", "n2 c128 7x7 oc32 k3 p1 relu bordered", 2),
+        (
+            "f2_odd_channels",
+            "n5 c33 9x1 oc32 k3 p1 bn relu strided",
+            2,
+        ),
+        // Sizes where f32 takes F(4x4): bf16 keeps F(2x2) (`winograd.rs`, `choose_m`).
+        ("f4_size_k32", "c128 28x28 oc32 k3 p1 pro relu block", 2),
+        (
+            "f4_size_k12_chunked",
+            "c300 29x26 oc12 k3 p1 bias relu dense",
+            2,
+        ),
+        (
+            "densenet121_block1",
+            "c128 56x56 oc32 k3 p1 bn relu block",
+            2,
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let case = conv_case(name, 800 + seed as u64, spec);
+        let exact = ir::reference::run(&case.graph, std::slice::from_ref(&case.input))
+            .expect("reference")
+            .remove(0);
+        for isa in bf16_isas() {
+            if let Some((plan, err)) = check_against(&case, &isa, &exact, WINOGRAD_BOUND) {
+                println!("{name} ({}): {err:.2e} against f64", isa.name);
+                assert!(
+                    plan.contains("Winograd") && plan.contains(&format!("m: {m},")),
+                    "{name}: {plan}"
+                );
+                // bf16 operands are visibly rounded: an f32 GEMM would be 1e-6.
+                assert!(err > 1e-5, "{name} ({}): {err:e}, not bf16", isa.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_emulation_tells_bf16_from_f32() {
+    // The emulated reference differs from the exact one by far more than EMULATED_BOUND, so
+    // the check above would catch f32 operands (or operands rounded elsewhere).
+    let case = conv_case("odd_channels", 700, "c37 6x6 oc40 bias relu strided");
+    let exact = ir::reference::run(&case.graph, std::slice::from_ref(&case.input))
+        .expect("reference")
+        .remove(0);
+    let emulated = emulated_reference(&case);
+    let gap = emulated.rel_error(&exact).expect("shape");
+    assert!(gap > 50.0 * EMULATED_BOUND, "emulation vs exact: {gap:e}");
+    assert_eq!(bf16(1.0 + 2f32.powi(-8)), 1.0, "ties to even");
+    assert_eq!(bf16(1.0 + 3.0 * 2f32.powi(-8)), 1.0 + 2f32.powi(-6));
+}
