@@ -38,6 +38,9 @@ impl TargetOptions {
                 .find(|p| *p != cuda::Precision::Fp32)
             {
                 cpu.push_str(&format!(" {p}"));
+                if self.cpu.len() > 1 {
+                    cpu.push_str(" (where the CPU has it, else fp32)");
+                }
             }
             parts.push(cpu);
         }
@@ -78,7 +81,7 @@ pub fn compile(graph: &GraphKernels, opts: &TargetOptions) -> Result<CompiledTar
         }
     }
     let kernels = graph.kernels.as_slice();
-    let cpu_opts: Vec<CpuOptions> = opts
+    let mut cpu_opts: Vec<CpuOptions> = opts
         .cpu
         .iter()
         .map(|o| CpuOptions {
@@ -86,6 +89,7 @@ pub fn compile(graph: &GraphKernels, opts: &TargetOptions) -> Result<CompiledTar
             ..o.clone()
         })
         .collect();
+    reduced_precision_fallback(&mut cpu_opts)?;
     let (cpu, cuda) = std::thread::scope(|s| {
         let cuda = opts
             .cuda
@@ -98,8 +102,9 @@ pub fn compile(graph: &GraphKernels, opts: &TargetOptions) -> Result<CompiledTar
     let mut cpu = cpu
         .into_iter()
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    // Widest vectors first; equal ISAs keep the command line's order.
-    cpu.sort_by_key(|c| std::cmp::Reverse(c.target.isa.lanes));
+    // Widest vectors first, bf16 before f32 of the same width; equal ISAs keep the command
+    // line's order.
+    cpu.sort_by_key(|c| std::cmp::Reverse((c.target.isa.lanes, c.target.isa.bf16)));
     for (i, c) in cpu.iter().enumerate() {
         if cpu[..i].iter().any(|d| d.target.cpu == c.target.cpu) {
             return Err(CompileError::Options(format!(
@@ -124,6 +129,31 @@ pub fn compile(graph: &GraphKernels, opts: &TargetOptions) -> Result<CompiledTar
         None => None,
     };
     Ok(CompiledTargets { cpu, cuda, ptxas })
+}
+
+/// A multi-CPU artefact (`--cpu x86-64-v3,znver4 --precision bf16`) computes in the reduced
+/// precision on the variants whose CPU has it and in fp32 on the others (the runtime runs
+/// the first variant the host supports, bf16 ones first), so one artefact still serves every
+/// server. With one variant, or when no variant has it, the precision is an error instead.
+fn reduced_precision_fallback(cpu: &mut [CpuOptions]) -> Result<()> {
+    if cpu.len() < 2 {
+        return Ok(());
+    }
+    let mut checks: Vec<_> = cpu
+        .iter()
+        .map(|c| cpu::check_precision(&c.cpu, c.precision))
+        .collect();
+    if checks.iter().all(|r| r.is_err()) {
+        if let Err(e) = checks.swap_remove(0) {
+            return Err(e.into());
+        }
+    }
+    for (c, check) in cpu.iter_mut().zip(&checks) {
+        if check.is_err() {
+            c.precision = cuda::Precision::Fp32;
+        }
+    }
+    Ok(())
 }
 
 impl CompiledTargets {

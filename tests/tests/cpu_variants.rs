@@ -155,3 +155,82 @@ fn a_variant_range_outside_its_section_is_refused() {
         .expect_err("misaligned");
     assert!(e.to_string().contains("64-byte"), "{e}");
 }
+
+/// `--cpu x86-64-v3,x86-64-v4 --precision bf16`: bf16 where the CPU has AVX512_BF16 (the
+/// x86-64-v4 variant, with the feature added and required), fp32 on the AVX2 variant; the
+/// bf16 variant is preferred where the host has it, the fp32 one runs elsewhere. A single
+/// CPU without AVX512_BF16 is an error.
+#[test]
+fn bf16_variants_fall_back_to_fp32_where_the_cpu_lacks_it() {
+    let o = ConfigOverrides {
+        block_config: Some(vec![2, 2]),
+        image_size: Some(12),
+        ..Default::default()
+    };
+    let cfg = DenseNetConfig::resolve(Some("densenet-bc-100"), &o).expect("config");
+    let mut graph = build(&cfg, 1).expect("build");
+    compiler::weights::randomize(&mut graph, 21);
+    let cpu = |name: &str| CpuOptions {
+        cpu: name.into(),
+        ..Default::default()
+    };
+    let opts = |cpus| CompileOptions {
+        cpus,
+        precision: compiler::backend::precision::Precision::Bf16,
+        ..Default::default()
+    };
+    let bytes = compiler::compile_graph(
+        &cfg,
+        graph.clone(),
+        &opts(vec![cpu("x86-64-v3"), cpu("x86-64-v4")]),
+    )
+    .and_then(|c| c.to_bytes())
+    .expect("compile");
+    let artefact = Artefact::read(&bytes).expect("artefact");
+    let target = artefact.manifest().cpu.clone().expect("cpu");
+    let isas: Vec<(&str, &str, &str)> = target
+        .variants
+        .iter()
+        .map(|v| (v.cpu.as_str(), v.isa.as_str(), v.features.as_str()))
+        .collect();
+    assert_eq!(
+        isas,
+        [
+            ("x86-64-v4", "avx512+bf16", "+avx512bf16"),
+            ("x86-64-v3", "avx2", "")
+        ]
+    );
+    assert_eq!(target.precision, "bf16", "the first variant's");
+
+    let err = compiler::compile_graph(&cfg, graph.clone(), &opts(vec![cpu("x86-64-v3")]))
+        .expect_err("no AVX512_BF16 in x86-64-v3")
+        .to_string();
+    assert!(err.contains("needs AVX512_BF16"), "{err}");
+
+    let want = ir::reference::run(
+        &graph,
+        std::slice::from_ref(&Tensor::random_uniform(vec![1, 3, 12, 12], 5, -1.0, 1.0)),
+    )
+    .expect("reference")
+    .remove(0);
+    let x = Tensor::random_uniform(vec![1, 3, 12, 12], 5, -1.0, 1.0);
+    let bf16 = host_has_avx512() && std::arch::is_x86_feature_detected!("avx512bf16");
+    let model = Model::from_artefact(Artefact::read(&bytes).expect("a")).expect("load");
+    let (variant, bound) = if bf16 {
+        (
+            "x86-64-v4",
+            f64::from(compiler::backend::cpu::CPU_BF16_REL_BOUND),
+        )
+    } else {
+        eprintln!("note: the host has no AVX512_BF16: the fp32 variant runs");
+        ("x86-64-v3", 1e-4)
+    };
+    assert_eq!(model.cpu_variant(), Some(variant));
+    let err = run(&model, &x).rel_error(&want).expect("shape");
+    eprintln!("{variant}: relative error {err:.2e}");
+    assert!(err <= bound, "{variant}: {err:e}");
+    let fp32 = Model::from_artefact_for_cpu(Artefact::read(&bytes).expect("a"), Some("x86-64-v3"))
+        .expect("the AVX2 variant runs everywhere");
+    let err = run(&fp32, &x).rel_error(&want).expect("shape");
+    assert!(err <= 1e-4, "fp32 fallback: {err:e}");
+}

@@ -216,6 +216,8 @@ pub struct CpuTarget {
     /// Arithmetic of the conv and linear kernels: `fp32`, or `bf16` (`vdpbf16ps`: operands
     /// rounded to bf16, f32 sums; the code then requires `+avx512bf16`, which `features`
     /// lists). Informative; absent (an fp32 artefact, or one that predates it) means `fp32`.
+    /// With variants it is the first variant's: `--precision bf16` falls back to fp32 on the
+    /// variants whose CPU lacks AVX512_BF16, whose `isa` then lacks the `+bf16` suffix.
     #[serde(default = "fp32", skip_serializing_if = "is_fp32")]
     pub precision: String,
 }

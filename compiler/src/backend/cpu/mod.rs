@@ -352,6 +352,14 @@ fn pass_options() -> PassBuilderOptions {
     o
 }
 
+/// Whether code for `cpu` (`native` or an LLVM CPU name) can compute in `precision`: `Ok`,
+/// or the error [`compile`] would give (bf16 on a CPU without AVX512_BF16, a CUDA-only
+/// precision, an unknown CPU).
+pub fn check_precision(cpu: &str, precision: Precision) -> Result<(), BackendError> {
+    let mut target = target::resolve(cpu)?;
+    target::set_precision(&mut target, precision)
+}
+
 /// Compile `kernels` (run in order by `dnc_run`) for the CPU.
 pub fn compile(kernels: &[KernelDesc], opts: &CpuOptions) -> Result<CompiledCpu, BackendError> {
     for (index, k) in kernels.iter().enumerate() {
