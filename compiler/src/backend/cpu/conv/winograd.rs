@@ -409,9 +409,14 @@ impl WinogradPlan {
                     v,
                     cg.add(cg.mulc(xi, self.rows * self.kcp)?, cg.mulc(i, self.kcp)?)?,
                 )?;
-                for w0 in (0..self.kcp).step_by(cg.lanes) {
-                    let count = (self.kcp - w0).min(cg.lanes);
-                    cg.store_v(cg.vf.const_zero(), cg.gepc(row, w0)?, count)?;
+                let full = self.kcp / cg.lanes;
+                cg.for_n(full, |k| {
+                    cg.store_v(cg.vf.const_zero(), cg.gep2(row, k, cg.lanes)?, cg.lanes)
+                })?;
+                // bf16 pairs: a row of half a vector.
+                let rest = self.kcp % cg.lanes;
+                if rest > 0 {
+                    cg.store_v(cg.vf.const_zero(), cg.gepc(row, full * cg.lanes)?, rest)?;
                 }
                 Ok(())
             })
