@@ -419,7 +419,10 @@ def compile(
     ``head``: one of ``HEADS`` (default: the model's own, else the logits).
     ``image_size``: the input's height and width (default: 224 for the ImageNet stem, 32 for
     the CIFAR one). ``cpu``: ``native`` or an LLVM CPU name (``x86-64-v3``), comma-separated
-    for a multi-variant artefact. ``threads``: worker threads per session at run time.
+    for a multi-variant artefact. ``precision``: ``fp32``, or ``bf16`` (on the CPU: needs
+    AVX512_BF16, logits within 3e-2 of fp32; in a multi-variant artefact the CPUs without it
+    stay fp32), ``tf32`` or ``fp16`` (CUDA only). ``threads``: worker threads per session at
+    run time.
     ``progress``: ``True`` prints the compiler's stages to stderr; a callable receives
     ``(stage, message)``.
     """
@@ -514,6 +517,7 @@ def compile_random(
     batch: int = 1,
     image_size: Optional[int] = None,
     target: str = "cpu",
+    precision: str = "fp32",
     cpu: str = "native",
     head: Optional[str] = None,
     threads: Optional[int] = None,
@@ -521,7 +525,7 @@ def compile_random(
 ) -> Model:
     """Compiles ``arch`` (a preset name or a dict of configuration keys) with deterministic
     random weights (non-trivial BatchNorm statistics), as ``densenetc compile --random``:
-    for benchmarks and tests that have no checkpoint."""
+    for benchmarks and tests that have no checkpoint. The other arguments are ``compile``'s."""
     if head is not None and head not in HEADS:
         raise NotImplementedError(
             f"densenetc.compile_random: head {head!r} is not implemented (expected one of {HEADS})"
@@ -531,7 +535,7 @@ def compile_random(
         o["image_size"] = int(image_size)
     return Model(
         _densenetc.compile_checkpoint(
-            base, json.dumps(o), None, batch=int(batch), target=target, precision="fp32", cpu=cpu,
+            base, json.dumps(o), None, batch=int(batch), target=target, precision=precision, cpu=cpu,
             head=head, labels=None, progress=_progress_fn(progress), device="cpu",
             threads=int(threads or 0), seed=int(seed),
         )

@@ -56,6 +56,7 @@ def compile_random(
     batch: int = 1,
     image_size: Optional[int] = None,
     target: str = "cpu",
+    precision: str = "fp32",
     cpu: str = "native",
     head: Optional[str] = None,
     threads: Optional[int] = None,

@@ -228,11 +228,16 @@ fn options<'a>(o: &Opts, progress: Option<driver::ProgressFn<'a>>) -> PyResult<C
     }
     let mut opts = CompileOptions::for_targets(&targets);
     opts.batch = o.batch;
-    for c in &mut opts.cpus {
-        *c = CpuOptions {
-            cpu: o.cpu.clone(),
-            ..CpuOptions::default()
-        };
+    if !opts.cpus.is_empty() {
+        // `x86-64-v3,znver4`: one code variant per CPU, as the CLI's `--cpu`.
+        opts.cpus = o
+            .cpu
+            .split(',')
+            .map(|name| CpuOptions {
+                cpu: name.trim().to_owned(),
+                ..CpuOptions::default()
+            })
+            .collect();
     }
     opts.precision = o
         .precision

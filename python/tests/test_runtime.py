@@ -147,3 +147,29 @@ def test_gil_released_while_running():
         if m.sessions >= 2:
             break
     assert m.sessions >= 2
+
+
+def _host_has_avx512_bf16():
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return False
+    return {"avx512f", "avx512vl", "avx512bw", "avx512dq", "avx512_bf16"} <= set(flags)
+
+
+def test_multi_cpu_and_bf16(model):
+    # One variant per CPU, the best the host supports running; bf16 where the CPU has
+    # AVX512_BF16 (x86-64-v4 gets it added), fp32 on x86-64-v3.
+    both = densenetc.compile_random(SMALL, seed=7, batch=2, threads=1,
+                                    cpu="x86-64-v3,x86-64-v4", precision="bf16")
+    x = _input(model)
+    want = model(x)
+    rel = lambda y: np.abs(y - want).max() / np.abs(want).max()  # noqa: E731
+    if _host_has_avx512_bf16():
+        assert both.cpu_variant == "x86-64-v4"
+        assert 1e-6 < rel(both(x)) <= 3e-2, rel(both(x))
+    else:
+        assert both.cpu_variant == "x86-64-v3"
+        assert rel(both(x)) <= 1e-4
+    with pytest.raises(RuntimeError, match="AVX512_BF16"):
+        densenetc.compile_random(SMALL, cpu="x86-64-v3", precision="bf16")
