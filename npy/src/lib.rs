@@ -7,6 +7,8 @@
 //! Reads format versions 1.0, 2.0 and 3.0 with dtype `<f4` (little-endian
 //! float32) in C order, what `numpy.save` writes for a float32 array;
 //! writes version 1.0. Anything else is an error naming what was found.
+//! [`parse`] gives any C-order array's dtype, shape and raw payload (test
+//! fixtures keep images as `|u1` and labels as `<i8`).
 
 const MAGIC: &[u8] = b"\x93NUMPY";
 
@@ -17,8 +19,54 @@ pub struct Array {
     pub data: Vec<f32>,
 }
 
+/// A C-order array of any dtype, undecoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawArray<'a> {
+    /// The dtype as NumPy writes it: `<f4`, `|u1`, `<i8`, …
+    pub descr: String,
+    pub shape: Vec<usize>,
+    /// The values' bytes, in C order.
+    pub payload: &'a [u8],
+}
+
+impl RawArray<'_> {
+    /// Elements: the product of the shape.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Parses the bytes of a `.npy` file; the error says what is wrong with them.
 pub fn from_bytes(bytes: &[u8]) -> Result<Array, String> {
+    let raw = parse(bytes)?;
+    if raw.descr != "<f4" {
+        return Err(format!(
+            "dtype `{}` is not supported, expected float32 (`<f4`)",
+            raw.descr
+        ));
+    }
+    let (shape, payload) = (raw.shape, raw.payload);
+    let n = shape.iter().product::<usize>();
+    if Some(payload.len()) != n.checked_mul(4) {
+        return Err(format!(
+            "shape {shape:?} needs {n} float32 values, the file holds {} bytes of data",
+            payload.len()
+        ));
+    }
+    let data = payload
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Ok(Array { shape, data })
+}
+
+/// Parses the header of a C-order `.npy` file of any dtype; the payload is what follows it
+/// (its length is the caller's to check against the dtype's item size).
+pub fn parse(bytes: &[u8]) -> Result<RawArray<'_>, String> {
     if bytes.len() < 10 || !bytes.starts_with(MAGIC) {
         return Err("not a .npy file (bad magic)".into());
     }
@@ -43,12 +91,8 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Array, String> {
     let descr = descr
         .strip_prefix(['\'', '"'])
         .and_then(|rest| rest.split(['\'', '"']).next())
-        .ok_or("cannot read the .npy dtype")?;
-    if descr != "<f4" {
-        return Err(format!(
-            "dtype `{descr}` is not supported, expected float32 (`<f4`)"
-        ));
-    }
+        .ok_or("cannot read the .npy dtype")?
+        .to_owned();
     if !dict_value(header, "fortran_order")?
         .trim()
         .starts_with("False")
@@ -70,22 +114,16 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Array, String> {
                 .map_err(|_| format!("bad dimension `{s}`"))
         })
         .collect::<Result<Vec<usize>, String>>()?;
-    let n = shape
+    shape
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| format!("shape {shape:?} overflows"))?;
     let payload = &bytes[data_start.min(bytes.len())..];
-    if Some(payload.len()) != n.checked_mul(4) {
-        return Err(format!(
-            "shape {shape:?} needs {n} float32 values, the file holds {} bytes of data",
-            payload.len()
-        ));
-    }
-    let data = payload
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    Ok(Array { shape, data })
+    Ok(RawArray {
+        descr,
+        shape,
+        payload,
+    })
 }
 
 /// The text after `'key':` in a header dict, up to the end of the header.
@@ -130,6 +168,21 @@ pub fn to_bytes(shape: &[usize], data: &[f32]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_dtype_parses_raw() {
+        let header = "{'descr': '|u1', 'fortran_order': False, 'shape': (2, 3), }";
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(&[1, 2, 3, 4, 5, 6]);
+        let raw = parse(&bytes).expect("parses");
+        assert_eq!(raw.descr, "|u1");
+        assert_eq!((raw.shape.as_slice(), raw.len()), (&[2, 3][..], 6));
+        assert_eq!(raw.payload, &[1, 2, 3, 4, 5, 6]);
+        let e = from_bytes(&bytes).expect_err("not float32");
+        assert!(e.contains("`|u1` is not supported"), "{e}");
+    }
 
     #[test]
     fn what_it_writes_it_reads() {
