@@ -374,21 +374,32 @@ impl Graph {
     /// A deterministic topological order of all nodes (Kahn's algorithm,
     /// lowest node index first among the ready nodes). Errors on a cycle.
     pub fn schedule(&self) -> Result<Vec<NodeId>> {
-        let mut indeg: BTreeMap<NodeId, usize> = BTreeMap::new();
+        // In-degrees by node index (a vector, not a map: this runs after every pass, over
+        // edges that grow with the square of a dense block's layers).
+        let bound = self
+            .dag
+            .node_indices()
+            .map(|n| n.index() + 1)
+            .max()
+            .unwrap_or(0);
+        let mut indeg = vec![0usize; bound];
+        let mut nodes = 0;
         for n in self.dag.node_indices() {
-            indeg.insert(n, self.dag.edges_directed(n, Direction::Incoming).count());
+            indeg[n.index()] = self.dag.edges_directed(n, Direction::Incoming).count();
+            nodes += 1;
         }
-        let mut ready: BinaryHeap<Reverse<NodeId>> = indeg
-            .iter()
-            .filter(|(_, &d)| d == 0)
-            .map(|(&n, _)| Reverse(n))
+        let mut ready: BinaryHeap<Reverse<NodeId>> = self
+            .dag
+            .node_indices()
+            .filter(|n| indeg[n.index()] == 0)
+            .map(Reverse)
             .collect();
-        let mut order = Vec::with_capacity(indeg.len());
+        let mut order = Vec::with_capacity(nodes);
         while let Some(Reverse(n)) = ready.pop() {
             order.push(n);
             for e in self.dag.edges_directed(n, Direction::Outgoing) {
                 let d = indeg
-                    .get_mut(&e.target())
+                    .get_mut(e.target().index())
                     .ok_or_else(|| IrError::Graph("edge to a missing node".into()))?;
                 *d -= 1;
                 if *d == 0 {
@@ -396,7 +407,7 @@ impl Graph {
                 }
             }
         }
-        if order.len() != indeg.len() {
+        if order.len() != nodes {
             return Err(IrError::Graph("the graph has a cycle".into()));
         }
         Ok(order)
