@@ -327,24 +327,7 @@ pub fn compile(
         &format!("building {}", cfg.name),
     );
     let (mut graph, carried) = build_carrying(cfg, opts.batch, weights)?;
-    let chosen_by_checkpoint =
-        opts.head.is_none() && opts.op_threshs.is_none() && carried.is_some();
     apply_head(&mut graph, opts.head, opts.op_threshs.clone(), carried)?;
-    if opts.cuda.is_some() {
-        if let Some((kind @ (HeadKind::Softmax | HeadKind::Sigmoid | HeadKind::OpNorm), _)) =
-            crate::head::of_graph(&graph)
-        {
-            let why = if chosen_by_checkpoint {
-                " (chosen because the checkpoint carries torchxrayvision's `op_threshs`)"
-            } else {
-                ""
-            };
-            return Err(CompileError::Options(format!(
-                "the {kind} head{why} has no CUDA kernel yet: compile it with --target cpu, or \
-                 use --head logits (or features) for CUDA"
-            )));
-        }
-    }
     let built = start.elapsed();
     let mut compiled = compile_graph(cfg, graph, opts)?;
     compiled.timings.insert(0, (Stage::Build, built));

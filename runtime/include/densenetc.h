@@ -146,6 +146,17 @@ enum DncStatus dnc_model_output_shape(const struct DncModel *model,
 const char *dnc_model_label(const struct DncModel *model, size_t index);
 
 /**
+ * What the model outputs (its `--head`): "logits" (the classifier's output, also for
+ * artefacts that record no head), "softmax", "sigmoid", "op-norm" (sigmoid + operating-point
+ * normalisation: 0.5 is each class's threshold) or "features" (the pooled feature vector);
+ * NULL when `model` is NULL. The string lives as long as the model.
+ *
+ * # Safety
+ * `model` is NULL or live.
+ */
+const char *dnc_model_head(const struct DncModel *model);
+
+/**
  * Creates a session of `model` on a device: `DNC_DEVICE_CPU` with `threads_or_ordinal`
  * threads (0 = one per core), or `DNC_DEVICE_CUDA` with that device ordinal. Stores it in
  * `*out_session` (NULL on failure).

@@ -58,6 +58,8 @@ pub const DNC_DEVICE_CUDA: i32 = 1;
 pub struct DncModel {
     model: Model,
     labels: Vec<CString>,
+    /// The manifest's head kind (`logits` when it records none).
+    head: CString,
 }
 
 /// A session (opaque): one model on one device with its own memory. Free with
@@ -174,7 +176,18 @@ pub unsafe extern "C" fn dnc_model_load(
                     .map_err(|_| Failure::new(DncStatus::InvalidArtefact, "label with a NUL byte"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let raw = Box::into_raw(Box::new(DncModel { model, labels }));
+        let kind = model
+            .manifest()
+            .head
+            .as_ref()
+            .map_or("logits", |h| h.kind.as_str());
+        let head = CString::new(kind)
+            .map_err(|_| Failure::new(DncStatus::InvalidArtefact, "head kind with a NUL byte"))?;
+        let raw = Box::into_raw(Box::new(DncModel {
+            model,
+            labels,
+            head,
+        }));
         // SAFETY: checked non-null above; writable (caller's contract).
         unsafe { out_model.write(raw) };
         Ok(())
@@ -291,6 +304,22 @@ pub unsafe extern "C" fn dnc_model_label(model: *const DncModel, index: usize) -
     // SAFETY: model is NULL or live (caller's contract).
     match unsafe { model.as_ref() } {
         Some(m) => m.labels.get(index).map_or(std::ptr::null(), |l| l.as_ptr()),
+        None => std::ptr::null(),
+    }
+}
+
+/// What the model outputs (its `--head`): "logits" (the classifier's output, also for
+/// artefacts that record no head), "softmax", "sigmoid", "op-norm" (sigmoid + operating-point
+/// normalisation: 0.5 is each class's threshold) or "features" (the pooled feature vector);
+/// NULL when `model` is NULL. The string lives as long as the model.
+///
+/// # Safety
+/// `model` is NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn dnc_model_head(model: *const DncModel) -> *const c_char {
+    // SAFETY: model is NULL or live (caller's contract).
+    match unsafe { model.as_ref() } {
+        Some(m) => m.head.as_ptr(),
         None => std::ptr::null(),
     }
 }

@@ -331,3 +331,50 @@ fn every_c_api_error_status_from_c() {
     let out = stdout_of(&exe, &[artefact.as_os_str()]);
     assert!(out.starts_with("c api checks: "), "{out}");
 }
+
+/// `dnc_model_head` names the manifest's head: `logits` when it records none (the toy model),
+/// else its kind; NULL for a NULL model.
+#[test]
+fn model_head_names_the_output_head() {
+    use runtime::artefact::HeadInfo;
+    use runtime::ffi::{dnc_model_free, dnc_model_head, dnc_model_load, DncModel, DncStatus};
+    use std::ffi::{CStr, CString};
+
+    let Some(so) = common::toy_so() else {
+        eprintln!("model_head_names_the_output_head: skipped: no C compiler");
+        return;
+    };
+    let head_of = |head: Option<HeadInfo>| -> String {
+        let mut manifest = common::toy_manifest();
+        manifest.head = head;
+        let mut w = runtime::ArtefactWriter::new(manifest);
+        w.add_section(runtime::SectionKind::Weights, common::weights_bytes())
+            .expect("weights");
+        w.add_section(runtime::SectionKind::CpuSharedObject, so.to_vec())
+            .expect("so");
+        let path = scratch_dir().join("toy-head.dnc");
+        std::fs::write(&path, w.to_bytes().expect("bytes")).expect("write");
+        let c_path = CString::new(path.to_str().expect("utf-8 path")).expect("no NUL");
+        let mut model: *mut DncModel = std::ptr::null_mut();
+        // SAFETY: a valid C string and out pointer; the model is live until freed below.
+        unsafe {
+            assert_eq!(dnc_model_load(c_path.as_ptr(), &mut model), DncStatus::Ok);
+            let kind = CStr::from_ptr(dnc_model_head(model))
+                .to_str()
+                .expect("utf-8")
+                .to_owned();
+            dnc_model_free(model);
+            kind
+        }
+    };
+    assert_eq!(head_of(None), "logits");
+    for kind in ["softmax", "sigmoid", "op-norm"] {
+        let head = HeadInfo {
+            kind: kind.into(),
+            classes: CLASSES,
+        };
+        assert_eq!(head_of(Some(head)), kind);
+    }
+    // SAFETY: NULL is allowed.
+    assert!(unsafe { dnc_model_head(std::ptr::null()) }.is_null());
+}

@@ -2,7 +2,8 @@
 //! torchxrayvision's `op_threshs` carried by a checkpoint): every head compiled for the CPU
 //! (x86-64-v3, and x86-64-v4 where the host has AVX-512) against the reference executor within
 //! 1e-4; the torchxrayvision fixtures against their PyTorch forward (`output` of the golden
-//! file); `features` shape and values; heads that do not fit are clear errors.
+//! file); `features` shape and values; heads that do not fit are clear errors; a head compiles
+//! for CUDA too (its numerics are checked by the emulator in `compiler/tests/cuda/heads.rs`).
 
 use compiler::builder::{build, ConfigOverrides, DenseNetConfig};
 use compiler::driver::{apply_head, HeadKind, Weights};
@@ -316,7 +317,8 @@ fn heads_that_do_not_fit_are_errors() {
     // unknown names
     let e = "bogus".parse::<HeadKind>().expect_err("unknown");
     assert!(e.contains("logits, softmax, sigmoid"), "{e}");
-    // CUDA has no head kernel yet: a clear error, not wrong code
+    // CUDA has a head kernel (its numerics: compiler/tests/cuda/heads.rs): the head is the
+    // last launch of the table, and the manifest records it.
     let mut g = base;
     apply_head(&mut g, Some(HeadKind::Softmax), None, None).expect("softmax");
     let o = CompileOptions {
@@ -325,10 +327,12 @@ fn heads_that_do_not_fit_are_errors() {
         assemble_ptx: false,
         ..Default::default()
     };
-    let e = compiler::compile_graph(&cfg, g, &o)
-        .expect_err("no CUDA head")
-        .to_string();
-    assert!(e.contains("no CUDA kernel yet"), "{e}");
+    let compiled = compiler::compile_graph(&cfg, g, &o).expect("a CUDA softmax head");
+    let cuda = compiled.manifest().cuda.as_ref().expect("cuda target");
+    let last = cuda.launches.last().expect("launches");
+    assert!(last.entry.ends_with("_softmax"), "{}", last.entry);
+    let head = compiled.manifest().head.as_ref().expect("head");
+    assert_eq!(head.kind, "softmax");
 }
 
 #[test]
@@ -428,5 +432,37 @@ fn head_ops_print_parse_and_verify() {
             "{head}: {}",
             out.op.mnemonic()
         );
+    }
+}
+
+/// `compiler::compile` (the CLI's path) keeps every head on CUDA too: random weights with a
+/// sigmoid head and with a softmax head compile for `--target cuda`, the head the last launch.
+#[test]
+fn the_compile_driver_accepts_heads_for_cuda() {
+    let o = ConfigOverrides {
+        block_config: Some(vec![2, 2]),
+        image_size: Some(12),
+        ..Default::default()
+    };
+    let cfg = DenseNetConfig::resolve(Some("densenet-bc-100"), &o).expect("config");
+    for kind in [HeadKind::Sigmoid, HeadKind::Softmax] {
+        let opts = CompileOptions {
+            cpus: Vec::new(),
+            cuda: Some(Default::default()),
+            assemble_ptx: false,
+            head: Some(kind),
+            ..Default::default()
+        };
+        let compiled = compiler::compile(&cfg, &Weights::Random(3), &opts).expect("compile");
+        let cuda = compiled.manifest().cuda.as_ref().expect("cuda target");
+        let last = cuda.launches.last().expect("launches");
+        let name = compiled
+            .manifest()
+            .head
+            .as_ref()
+            .expect("head")
+            .kind
+            .clone();
+        assert!(last.entry.ends_with(&format!("_{name}")), "{}", last.entry);
     }
 }

@@ -94,7 +94,7 @@ struct CompileArgs {
     /// [N, C] before the classifier, for a backbone or embeddings). A checkpoint carrying
     /// torchxrayvision's `op_threshs` gets that model's own forward unless --head says
     /// otherwise: sigmoid, then each class rescaled so its threshold maps to 0.5 (`op-norm`).
-    /// CUDA code has no softmax/sigmoid head yet (use --target cpu).
+    /// Every head works for both targets.
     #[arg(long, value_name = "logits|softmax|sigmoid|features")]
     head: Option<compiler::head::HeadKind>,
     /// Operating-point thresholds, one per class, for checkpoints that do not carry

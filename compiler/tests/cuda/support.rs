@@ -6,14 +6,15 @@ use crate::cpu_support::{constant, Rng};
 use compiler::backend::cuda::ptxas;
 use compiler::backend::kernel::{KernelDesc, View};
 use ir::graph::Graph;
-use ir::ops::{ChannelAffine, Conv2d, Linear, Op, Pool2d};
+use ir::ops::{ChannelAffine, Conv2d, Head, Linear, Op, Pool2d};
 use ir::reference::Tensor;
 use ir::types::TensorType;
 use std::path::PathBuf;
 
 /// One case per kernel kind and edge the CUDA lowering handles (see [`case`] for the
 /// spec syntax): GEMM convs (1x1, 3x3, 7x7/2, strided, remainders, slices, borders), pools,
-/// global pools, linear layers, affines.
+/// global pools, linear layers, affines, output heads (rows shorter and longer than a block,
+/// strided, in place).
 pub const KERNEL_CASES: &[&str] = &[
     "conv n2 c20 5x7 oc12 pro relu block",
     "conv c37 6x6 oc40 bias relu strided",
@@ -45,7 +46,30 @@ pub const KERNEL_CASES: &[&str] = &[
     "affine n2 c13 3x5 pro inplace",
     "affine c6 4x3 neg strided",
     "affine n2 c4 3x3 pro bordered",
+    "softmax n3 c10",
+    "softmax n2 c1000 strided",
+    "softmax c300 inplace",
+    "sigmoid n2 c37 strided",
+    "sigmoid c600 inplace",
+    "opnorm n3 c18",
+    "opnorm n2 c300 strided",
+    "opnorm c14 inplace",
 ];
+
+/// Operating-point thresholds for `classes` classes: in `[0.05, 0.95]`, every seventh NaN
+/// (outputs 0.5).
+pub fn thresholds(rng: &mut Rng, classes: usize) -> Vec<f32> {
+    (0..classes)
+        .map(|c| {
+            let t = rng.f32(0.05, 0.95);
+            if c % 7 == 3 {
+                f32::NAN
+            } else {
+                t
+            }
+        })
+        .collect()
+}
 
 /// `ptxas`, or `None` after printing why the caller skips.
 pub fn ptxas_or_skip(test: &str) -> Option<PathBuf> {
@@ -196,7 +220,8 @@ fn views(layout: Layout, i: [usize; 4], o: [usize; 4]) -> (View, View) {
 /// A case in one line, e.g. `conv n2 c20 5x7 oc12 k3 s2 p1 pro bias relu block`
 /// (layouts: dense by default, `strided`, `block` (bordered), `bordered`,
 /// `inplace`).
-/// Op: `conv`, `max`, `avg`, `gap`, `linear` (input `cI`, `ocO`), `affine`.
+/// Op: `conv`, `max`, `avg`, `gap`, `linear` (input `cI`, `ocO`), `affine`, and the heads
+/// `softmax`, `sigmoid`, `opnorm` (input `[N, C]`, thresholds from [`thresholds`]).
 /// Prologue: `pro` (positive shifts, ReLU: wrongly affine padding shows),
 /// `neg` (all negative, no ReLU: zero instead of -inf padding shows).
 pub fn case(seed: u64, spec: &str) -> Case {
@@ -293,9 +318,19 @@ pub fn case(seed: u64, spec: &str) -> Case {
             prologue: pool.prologue,
         },
         "affine" => Op::ChannelAffine(pool.prologue.expect("affine needs pro or neg")),
+        "softmax" => Op::Head(Head::Softmax),
+        "sigmoid" => Op::Head(Head::Sigmoid),
+        "opnorm" => {
+            let t = thresholds(&mut rng, c);
+            constant(&mut g, "t", vec![c], t);
+            Op::Head(Head::SigmoidOpNorm {
+                thresholds: "t".into(),
+            })
+        }
         other => panic!("unknown op `{other}`"),
     };
-    let in_shape = if op == "linear" {
+    let row = matches!(op, "linear" | "softmax" | "sigmoid" | "opnorm");
+    let in_shape = if row {
         vec![shape[0], c]
     } else {
         shape.to_vec()
@@ -312,7 +347,9 @@ pub fn case(seed: u64, spec: &str) -> Case {
         _ => panic!("unexpected rank {s:?}"),
     };
     let (iv, ov) = views(layout, as4(&in_shape), as4(&out_shape));
-    let input = Tensor::random_uniform(in_shape, seed ^ 0x5eed, -1.0, 1.0);
+    // Heads see logits of a few units, enough for softmax to be far from uniform.
+    let spread = if row && op != "linear" { 6.0 } else { 1.0 };
+    let input = Tensor::random_uniform(in_shape, seed ^ 0x5eed, -spread, spread);
     let reference = ir::reference::run(&g, std::slice::from_ref(&input))
         .expect("reference")
         .remove(0);

@@ -43,6 +43,8 @@ int main(int argc, char **argv) {
     CHECK(dims[0] == 2 && dims[1] == 5);
     CHECK(dnc_model_label(model, 4) != NULL && strcmp(dnc_model_label(model, 4), "four") == 0);
     CHECK(dnc_model_label(model, 5) == NULL);
+    CHECK(dnc_model_head(NULL) == NULL);
+    CHECK(dnc_model_head(model) != NULL && strcmp(dnc_model_head(model), "logits") == 0);
 
     DncSession *session = (DncSession *)1;
     CHECK(dnc_session_create(model, 42, 1, &session) == DNC_STATUS_INVALID_ARGUMENT && session == NULL);

@@ -26,7 +26,8 @@
 //! `banks.rs`).
 //!
 //! Float results match the GPU's up to the order of operations, which is
-//! the same (`fma` is fused on both).
+//! the same (`fma` is fused on both), except `ex2.approx.f32` (the output
+//! heads' exponential): correctly rounded here, within 2 ulp on the GPU.
 //!
 //! Only in a build with the `emulator` feature (the crate's tests turn it
 //! on): it is for checking the backend, not part of what users link.
@@ -671,6 +672,27 @@ impl Kb for Sim<'_> {
     fn fmax(&mut self, a: SF, b: SF) -> Result<SF> {
         Ok(self.float_op(a, b, f32::max))
     }
+    /// `div.rn.f32` is IEEE division: Rust's `/` on f32 exactly.
+    fn fdiv(&mut self, a: SF, b: SF) -> Result<SF> {
+        Ok(self.float_op(a, b, |x, y| x / y))
+    }
+    /// `2^x` in f64 rounded to f32: the correctly rounded value (but for
+    /// rare double roundings), where the GPU's `ex2.approx.f32` is within
+    /// 2 ulp of the exact one; same special values (`2^-inf = 0`,
+    /// `2^inf = inf`, NaN stays NaN; subnormal results kept).
+    fn ex2(&mut self, x: SF) -> Result<SF> {
+        let v = self.floats[x.0]
+            .iter()
+            .map(|&x| f64::from(x).exp2() as f32)
+            .collect();
+        Ok(self.new_f(v))
+    }
+    fn flt(&mut self, a: SF, b: SF) -> Result<SB> {
+        let v = (0..self.threads)
+            .map(|t| self.floats[a.0][t] < self.floats[b.0][t])
+            .collect();
+        Ok(self.new_b(v))
+    }
     fn select(&mut self, c: SB, a: SF, b: SF) -> Result<SF> {
         let v = (0..self.threads)
             .map(|t| {
@@ -958,6 +980,63 @@ mod tests {
                 .is_some_and(|m| m.starts_with("thread 0: Output[99] out of bounds")),
             "{f:?}"
         );
+    }
+
+    /// `ex2`, `fdiv` and `flt` per lane, with their special values.
+    #[test]
+    fn head_instructions_have_their_ptx_semantics() {
+        let xs = [
+            0.0f32,
+            -0.0,
+            1.0,
+            -1.0,
+            0.5,
+            127.5,
+            128.0,
+            -149.0,
+            -150.5,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+        ];
+        let mut arena = [0.0f32; 1];
+        let mut writes = [0u8; 1];
+        let mut sim = Sim::bare(xs.len(), &mut arena, &mut writes);
+        let x = sim.new_f(xs.to_vec());
+        let e = sim.ex2(x).expect("ex2");
+        let got = sim.floats[e.0].clone();
+        let want = [
+            1.0,
+            1.0,
+            2.0,
+            0.5,
+            std::f32::consts::SQRT_2,
+            2f32.powi(127) * std::f32::consts::SQRT_2, // exact: a power of two times √2
+            f32::INFINITY,                             // 2^128 > f32::MAX
+            f32::from_bits(1),                         // the smallest subnormal: kept, not flushed
+            0.0,
+            f32::INFINITY,
+            0.0,
+            f32::NAN,
+        ];
+        for ((x, g), w) in xs.iter().zip(&got).zip(&want) {
+            assert!(
+                g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                "2^{x}: {g} (want {w})"
+            );
+        }
+        let one = sim.cf(1.0);
+        let q = sim.fdiv(one, x).expect("fdiv");
+        assert_eq!(sim.floats[q.0][0], f32::INFINITY);
+        assert_eq!(sim.floats[q.0][1], f32::NEG_INFINITY);
+        assert_eq!(sim.floats[q.0][4], 2.0);
+        assert!(sim.floats[q.0][11].is_nan());
+        let half = sim.cf(0.5);
+        let lt = sim.flt(x, half).expect("flt");
+        let lt = &sim.bools[lt.0];
+        assert!(lt[0] && lt[3] && !lt[4] && !lt[2] && lt[10] && !lt[9]);
+        assert!(!lt[11], "NaN compares false");
+        assert_eq!(sim.fault, None);
     }
 
     #[test]

@@ -27,6 +27,7 @@
 //! mma        the tensor-core step of the GEMM (warp tiles, fragments)
 //! gemm       the implicit-GEMM kernel (convs, linear)
 //! eltwise    pools, global average pool, affine
+//! head       output heads: sigmoid, softmax, op-norm (one block per image)
 //! nvptx      Kb → LLVM IR for NVPTX
 //! ptxas      the optional offline assembler
 //! (this)     lower: plans, dedup, emit, PTX; the PTX ABI types
@@ -47,12 +48,13 @@
 //! ```c
 //! __global__ void e(const float *matrix, const float *bias, /* GEMMs: packed B, bias    */
 //!                   const float *scale, const float *shift, /* when there is an affine  */
+//!                   const float *head_params,               /* op-norm heads only       */
 //!                   const float *input,
 //!                   float *output,
 //!                   unsigned k);  /* 1x1 GEMMs only: input channels, 1..=2^30-1 */
 //! ```
 //!
-//! `weights + offset` for the first four (pieces of
+//! `weights + offset` for the first five (pieces of
 //! [`CompiledCuda::weights`], uploaded once; offsets are multiples of 64
 //! bytes and `weights` must be 16-byte aligned, as cuMemAlloc's 256 are),
 //! `arena + offset` for the views (the view's first channel at its
@@ -81,6 +83,7 @@ mod eltwise;
 #[cfg(feature = "emulator")]
 pub mod emulate;
 mod gemm;
+mod head;
 mod mma;
 mod nvptx;
 mod pack;
@@ -270,6 +273,7 @@ fn emit<K: Kb>(k: &mut K, plan: &KernelPlan) -> simt::Result<()> {
         KernelPlan::Pool(p) => eltwise::emit_pool(k, p),
         KernelPlan::Gap(p) => eltwise::emit_gap(k, p),
         KernelPlan::Affine(p) => eltwise::emit_affine(k, p),
+        KernelPlan::Head(p) => head::emit(k, p),
     }
 }
 

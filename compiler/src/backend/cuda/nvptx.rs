@@ -21,7 +21,7 @@ use inkwell::values::{
     BasicMetadataValueEnum, BasicValue, BasicValueEnum, FloatValue, FunctionValue, IntValue,
     PointerValue, VectorValue,
 };
-use inkwell::{AddressSpace, IntPredicate};
+use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
 
 /// LLVM's `ptx_kernel` calling convention.
 const PTX_KERNEL_CC: u32 = 71;
@@ -256,6 +256,15 @@ impl<'ctx> Kb for Nvptx<'_, 'ctx> {
     }
     fn fmax(&mut self, a: Self::F, b: Self::F) -> Result<Self::F> {
         self.call_f32("llvm.maxnum", &[a, b])
+    }
+    fn fdiv(&mut self, a: Self::F, b: Self::F) -> Result<Self::F> {
+        self.call_f32("llvm.nvvm.div.rn.f", &[a, b])
+    }
+    fn ex2(&mut self, x: Self::F) -> Result<Self::F> {
+        self.call_f32("llvm.nvvm.ex2.approx.f", &[x])
+    }
+    fn flt(&mut self, a: Self::F, b: Self::F) -> Result<Self::B> {
+        Ok(self.b.build_float_compare(FloatPredicate::OLT, a, b, "")?)
     }
     fn select(&mut self, c: Self::B, a: Self::F, b: Self::F) -> Result<Self::F> {
         Ok(self.b.build_select(c, a, b, "")?.into_float_value())

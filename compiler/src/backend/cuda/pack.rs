@@ -8,9 +8,39 @@
 //! whole number of `BK` tiles and columns to a whole number of `BN` tiles,
 //! so the kernel loads `B` tiles without bounds checks. Biases are padded
 //! to `N_pad` the same way (zeros when the conv has none).
+//!
+//! An op-norm head's thresholds become [`OP_NORM_FLOATS`] floats a class
+//! ([`pack_op_norm`]).
 
 pub(crate) use crate::backend::weights::WeightsBuilder;
 pub use crate::backend::weights::WEIGHT_ALIGN;
+
+/// Floats per class of a packed op-norm head: `t, 1/(2t), -1/(2(1-t)), known`.
+pub(crate) const OP_NORM_FLOATS: usize = 4;
+
+/// Pack op-norm thresholds for the head kernel (`head.rs`): per class
+/// `t, a = 1/(2t), nb = -1/(2(1-t)), known`, so that the kernel computes
+/// `known > 0.5 ? (y < t ? y·a : fma(1 - y, nb, 1)) : 0.5`. A NaN threshold
+/// packs as `0, 0, 0, 0` (`known = 0`: the class outputs 0.5 whatever its
+/// logit, NaN included). The reciprocals are computed in f64 and rounded
+/// once, so `y·a` is within 1.5 ulp of the reference's `y / (2t)`.
+pub(crate) fn pack_op_norm(thresholds: &[f32]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(OP_NORM_FLOATS * thresholds.len());
+    for &t in thresholds {
+        if t.is_nan() {
+            out.extend([0.0; OP_NORM_FLOATS]);
+        } else {
+            let t64 = f64::from(t);
+            out.extend([
+                t,
+                (1.0 / (2.0 * t64)) as f32,
+                (-1.0 / (2.0 * (1.0 - t64))) as f32,
+                1.0,
+            ]);
+        }
+    }
+    out
+}
 
 /// Shape of a packed GEMM `B` operand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

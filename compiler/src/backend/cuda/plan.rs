@@ -17,13 +17,17 @@
 //! into the plan.
 
 use super::addr::{Geom, I32_LIMIT};
-use super::pack::{pack_b, pack_bias, BShape, WeightsBuilder};
+use super::pack::{pack_b, pack_bias, pack_op_norm, BShape, WeightsBuilder, OP_NORM_FLOATS};
 use super::precision::{Operand, Precision};
 use super::simt::{Buf, Scalar};
-use crate::backend::kernel::{Affine, ConvKernel, KernelDesc, KernelOp, LinearKernel, View};
+use crate::backend::kernel::{
+    Affine, ConvKernel, HeadKernel, KernelDesc, KernelOp, LinearKernel, View,
+};
 
 /// Threads per block of the element-wise kernels (pools, affine).
 pub(crate) const ELTWISE_THREADS: usize = 256;
+/// Most threads per block of the head kernel (one block per image row).
+pub(crate) const HEAD_MAX_THREADS: usize = 256;
 /// Largest pooling window (taps are unrolled).
 pub(crate) const MAX_POOL_TAPS: usize = 64;
 /// Padding (floats) added to each row of the shared `A` tile of the f32
@@ -301,6 +305,72 @@ pub(crate) struct AffinePlan {
     pub affine: AffineOp,
 }
 
+/// Which output head (`ir::Head`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum HeadOp {
+    Sigmoid,
+    Softmax,
+    /// Sigmoid, then op-norm with the per-class parameters in the
+    /// [`Buf::HeadParams`] piece ([`pack_op_norm`]).
+    OpNorm,
+}
+
+/// An output head over `[N, 1, 1, C]` logits (`head.rs`): one block per
+/// image, `threads` (a power of two, 32..=[`HEAD_MAX_THREADS`]) threads
+/// striding over its `C` classes. May be in place.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct HeadPlan {
+    pub op: HeadOp,
+    pub input: Geom,
+    pub output: Geom,
+    pub threads: usize,
+}
+
+impl HeadPlan {
+    fn new(
+        h: &HeadKernel,
+        input: Geom,
+        output: Geom,
+        wb: &mut WeightsBuilder,
+        at: &mut Offsets,
+    ) -> Result<HeadPlan, String> {
+        let classes = input.channels as usize;
+        if classes == 0 || input.pixels() == 0 {
+            return Err(format!(
+                "head over {} rows of {classes} classes: nothing to compute",
+                input.pixels()
+            ));
+        }
+        let op = match h {
+            HeadKernel::Sigmoid => HeadOp::Sigmoid,
+            HeadKernel::Softmax => HeadOp::Softmax,
+            HeadKernel::SigmoidOpNorm(t) => {
+                at.set(Buf::HeadParams, wb.push(&pack_op_norm(t)));
+                HeadOp::OpNorm
+            }
+        };
+        Ok(HeadPlan {
+            op,
+            input,
+            output,
+            threads: classes.next_power_of_two().clamp(32, HEAD_MAX_THREADS),
+        })
+    }
+
+    /// Classes each thread handles (at least 1).
+    pub fn per_thread(&self) -> i32 {
+        (self.input.channels as usize).div_ceil(self.threads) as i32
+    }
+
+    /// Shared floats: two reduction arrays for softmax (max, sum).
+    pub fn shared_floats(&self) -> usize {
+        match self.op {
+            HeadOp::Softmax => 2 * self.threads,
+            _ => 0,
+        }
+    }
+}
+
 /// The lowering decision for one kernel, and its shape key (module docs).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum KernelPlan {
@@ -308,6 +378,7 @@ pub(crate) enum KernelPlan {
     Pool(PoolPlan),
     Gap(GapPlan),
     Affine(AffinePlan),
+    Head(HeadPlan),
 }
 
 fn i32s(xs: [usize; 2]) -> [i32; 2] {
@@ -357,13 +428,7 @@ impl KernelPlan {
                 output: go,
                 prologue: prologue.as_ref().map(|a| at.affine(a, wb)),
             }),
-            KernelOp::Head(_) => {
-                return Err(
-                    "output heads (--head softmax|sigmoid, op-norm) have no CUDA kernel yet: \
-                     compile with --target cpu, or --head logits|features for CUDA"
-                        .into(),
-                )
-            }
+            KernelOp::Head(h) => KernelPlan::Head(HeadPlan::new(h, gi, go, wb, &mut at)?),
             KernelOp::Affine(a) => KernelPlan::Affine(AffinePlan {
                 input: gi,
                 output: go,
@@ -439,6 +504,15 @@ impl KernelPlan {
                 v.extend(views);
                 v
             }
+            KernelPlan::Head(h) => {
+                let mut v = Vec::new();
+                if h.op == HeadOp::OpNorm {
+                    let floats = OP_NORM_FLOATS * h.input.channels as usize;
+                    v.push(w(Buf::HeadParams, Floats::Fixed(floats)));
+                }
+                v.extend(views);
+                v
+            }
         }
     }
 
@@ -450,6 +524,11 @@ impl KernelPlan {
             KernelPlan::Pool(_) => "avgpool".into(),
             KernelPlan::Gap(_) => "gap".into(),
             KernelPlan::Affine(_) => "affine".into(),
+            KernelPlan::Head(h) => match h.op {
+                HeadOp::Sigmoid => "sigmoid".into(),
+                HeadOp::Softmax => "softmax".into(),
+                HeadOp::OpNorm => "opnorm".into(),
+            },
         }
     }
 
@@ -476,6 +555,10 @@ impl KernelPlan {
             KernelPlan::Pool(p) => elt(p.output.pixels() as usize * p.output.channels as usize),
             KernelPlan::Gap(p) => elt(p.output.pixels() as usize * p.output.channels as usize),
             KernelPlan::Affine(p) => elt(p.output.pixels() as usize * p.output.channels as usize),
+            KernelPlan::Head(h) => Ok(Launch {
+                grid: [blocks(h.input.pixels() as usize, 1)?, 1, 1],
+                block: [h.threads as u32, 1, 1],
+            }),
         }
     }
 
@@ -486,6 +569,7 @@ impl KernelPlan {
                 let (a, b) = g.tile.shared_floats();
                 4 * (a + b)
             }
+            KernelPlan::Head(h) => 4 * h.shared_floats(),
             _ => 0,
         }
     }
@@ -522,6 +606,12 @@ impl KernelPlan {
             ),
             KernelPlan::Gap(_) => "gavgpool".into(),
             KernelPlan::Affine(_) => "affine".into(),
+            KernelPlan::Head(h) => format!(
+                "{} c={} threads={}",
+                self.kind(),
+                h.input.channels,
+                h.threads
+            ),
         }
     }
 }

@@ -36,6 +36,9 @@ pub(crate) enum Buf {
     Scale,
     /// An affine's per-channel shift (weights, read-only).
     Shift,
+    /// An op-norm head's per-class parameters, 4 floats a class (weights,
+    /// read-only; `head.rs`).
+    HeadParams,
     /// The arena at the input view's channel 0 of stored pixel 0.
     Input,
     /// The arena at the output view's channel 0 of stored pixel 0.
@@ -103,6 +106,15 @@ pub(crate) trait Kb {
     /// `a * b + c`, fused.
     fn fma(&mut self, a: Self::F, b: Self::F, c: Self::F) -> Result<Self::F>;
     fn fmax(&mut self, a: Self::F, b: Self::F) -> Result<Self::F>;
+    /// `a / b` correctly rounded (`div.rn.f32`: IEEE division, subnormals
+    /// kept).
+    fn fdiv(&mut self, a: Self::F, b: Self::F) -> Result<Self::F>;
+    /// `2^x` (`ex2.approx.f32`, subnormals kept): on the GPU within 2 ulp
+    /// of the exact value (PTX ISA); `2^-inf = +0`, `2^+inf = +inf`, NaN
+    /// gives NaN. The emulator computes it correctly rounded.
+    fn ex2(&mut self, x: Self::F) -> Result<Self::F>;
+    /// `a < b` (`setp.lt.f32`: ordered, false when either is NaN).
+    fn flt(&mut self, a: Self::F, b: Self::F) -> Result<Self::B>;
     fn select(&mut self, c: Self::B, a: Self::F, b: Self::F) -> Result<Self::F>;
     fn selecti(&mut self, c: Self::B, a: Self::I, b: Self::I) -> Result<Self::I>;
 
@@ -181,6 +193,11 @@ pub(crate) trait KbExt: Kb {
     fn relu(&mut self, x: Self::F) -> Result<Self::F> {
         let z = self.cf(0.0);
         self.fmax(x, z)
+    }
+    /// `a - b`, rounded once (`fma(b, -1, a)`).
+    fn fsub(&mut self, a: Self::F, b: Self::F) -> Result<Self::F> {
+        let m = self.cf(-1.0);
+        self.fma(b, m, a)
     }
 }
 
