@@ -466,3 +466,26 @@ fn the_compile_driver_accepts_heads_for_cuda() {
         assert!(last.entry.ends_with(&format!("_{name}")), "{}", last.entry);
     }
 }
+
+/// A NaN threshold outputs 0.5 whatever the logit, a NaN logit included (torchxrayvision's
+/// `op_norm`, the reference and the CUDA kernel); a known threshold passes a NaN through.
+#[test]
+fn op_norm_with_nan_thresholds_outputs_one_half_even_for_nan_logits() {
+    let (cfg, mut g) = small(4, 1, 1.0);
+    let thresholds = vec![f32::NAN, 0.3, f32::NAN, 0.7];
+    apply_head(&mut g, Some(HeadKind::OpNorm), Some(thresholds), None).expect("op-norm");
+    let x = Tensor::from_vec(vec![1, 3, 16, 16], vec![f32::NAN; 3 * 16 * 16]).expect("x");
+    for cpu in cpus() {
+        let bytes = compiler::compile_graph(&cfg, g.clone(), &opts(cpu))
+            .and_then(|c| c.to_bytes())
+            .expect("compile");
+        let y = run(&model(&bytes), &x);
+        assert_eq!(y.data[0], 0.5, "{cpu}: {:?}", y.data);
+        assert_eq!(y.data[2], 0.5, "{cpu}: {:?}", y.data);
+        assert!(
+            y.data[1].is_nan() && y.data[3].is_nan(),
+            "{cpu}: {:?}",
+            y.data
+        );
+    }
+}

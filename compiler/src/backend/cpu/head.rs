@@ -21,7 +21,8 @@ enum Kind {
     Sigmoid,
     Softmax,
     /// Per class 4 floats at this element offset: `t, a, c, b`, giving
-    /// `y < t ? y·a + c : 1 - (1 - y)·b` (a NaN threshold: `t = 2, a = 0, c = 0.5`).
+    /// `t` NaN ? 0.5 : `y < t ? y·a + c : 1 - (1 - y)·b` (as the reference: a NaN threshold
+    /// outputs 0.5 whatever the logit, a NaN one included).
     OpNorm(usize),
 }
 
@@ -41,7 +42,7 @@ impl HeadPlan {
                 let mut packed = Vec::with_capacity(4 * t.len());
                 for &t in t.iter() {
                     if t.is_nan() {
-                        packed.extend([2.0, 0.0, 0.5, 0.0]);
+                        packed.extend([f32::NAN, 0.0, 0.5, 0.0]);
                     } else {
                         let t = f64::from(t);
                         packed.extend([
@@ -94,6 +95,10 @@ impl HeadPlan {
                     let above = m.sub(one, m.mul(m.sub(one, y)?, b)?)?;
                     let lt = cg.b.build_float_compare(FloatPredicate::OLT, y, thr, "")?;
                     let r = cg.b.build_select(lt, below, above, "")?;
+                    let unknown =
+                        cg.b.build_float_compare(FloatPredicate::UNO, thr, thr, "")?;
+                    let r =
+                        cg.b.build_select(unknown, m.c(0.5), r.into_float_value(), "")?;
                     cg.b.build_store(cg.gep(dst, k)?, r)?;
                     Ok(())
                 })
