@@ -3,7 +3,10 @@
 //! Edges run from producer to consumer and carry the operand position, so a
 //! node's operands are ordered. Node names are unique; the schedule is a
 //! deterministic topological order (Kahn's algorithm, lowest index first),
-//! so printing, planning and execution agree on one order.
+//! so printing, planning and execution agree on one order. Names are indexed
+//! (a hash map kept by every method that adds, removes or renames a node), so
+//! looking one up or checking that one is fresh costs O(1), not a scan: a
+//! builder adds nodes one by one and checks each name.
 //!
 //! Storage is described here too, independently of any backend: a node may
 //! be *placed* in a channel slice of a named [`Buffer`] (the in-place
@@ -15,12 +18,12 @@ use crate::error::{IrError, Result};
 use crate::ops::Op;
 use crate::types::TensorType;
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
-use petgraph::visit::EdgeRef;
+use petgraph::visit::{EdgeRef, IntoEdgeReferences};
 use petgraph::Direction;
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::sync::{Arc, OnceLock};
 
 pub type NodeId = NodeIndex<u32>;
 
@@ -101,6 +104,13 @@ pub struct Graph {
     /// Size of the activation arena once memory is planned: every buffer
     /// then has an offset and every non-input node a placement.
     pub arena_bytes: Option<usize>,
+    /// Node ids by name. Kept by `add_*`, `remove_*` and [`Graph::rename_node`]; a name
+    /// changed through [`Graph::node_mut`] is not seen (the verifier reports it).
+    by_name: HashMap<String, NodeId>,
+    /// The schedule, once computed, until a node or an edge is added or removed (every
+    /// such change goes through a method here, which drops it): the passes, the verifier
+    /// and the memory planner ask for it many times over an unchanged graph.
+    schedule: OnceLock<Vec<NodeId>>,
 }
 
 impl Graph {
@@ -134,11 +144,13 @@ impl Graph {
         let name = name.into();
         self.check_fresh_name(&name)?;
         let id = self.dag.add_node(Node {
-            name,
+            name: name.clone(),
             op: Op::Input,
             ty,
             placement: None,
         });
+        self.by_name.insert(name, id);
+        self.schedule.take();
         self.inputs.push(id);
         Ok(id)
     }
@@ -154,11 +166,13 @@ impl Graph {
         self.check_fresh_name(&name)?;
         let ty = self.infer(&name, &op, operands)?;
         let id = self.dag.add_node(Node {
-            name,
+            name: name.clone(),
             op,
             ty,
             placement: None,
         });
+        self.by_name.insert(name, id);
+        self.schedule.take();
         for (i, &o) in operands.iter().enumerate() {
             self.dag.add_edge(o, id, i);
         }
@@ -206,6 +220,8 @@ impl Graph {
         &self.dag[id]
     }
 
+    /// The node `id`, to change its op, type or placement; rename with
+    /// [`Graph::rename_node`], which keeps the name index.
     pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
         &mut self.dag[id]
     }
@@ -223,8 +239,37 @@ impl Graph {
         self.dag.node_indices().collect()
     }
 
+    /// The node named `name` (O(1): the name index).
     pub fn node_by_name(&self, name: &str) -> Option<NodeId> {
-        self.dag.node_indices().find(|&i| self.dag[i].name == name)
+        self.by_name
+            .get(name)
+            .copied()
+            .filter(|&id| self.dag.node_weight(id).is_some_and(|n| n.name == name))
+    }
+
+    /// Rename `id` to `name`, which must be fresh (a node may keep its own name).
+    pub fn rename_node(&mut self, id: NodeId, name: impl Into<String>) -> Result<()> {
+        let name = name.into();
+        if self.dag[id].name == name {
+            return Ok(());
+        }
+        self.check_fresh_name(&name)?;
+        let old = std::mem::replace(&mut self.dag[id].name, name.clone());
+        if self.by_name.get(&old) == Some(&id) {
+            self.by_name.remove(&old);
+        }
+        self.by_name.insert(name, id);
+        Ok(())
+    }
+
+    /// Whether the name index agrees with the nodes' names (the verifier's check that no
+    /// node was renamed behind the index's back).
+    pub fn names_indexed(&self) -> bool {
+        self.by_name.len() == self.dag.node_count()
+            && self
+                .dag
+                .node_indices()
+                .all(|id| self.by_name.get(&self.dag[id].name) == Some(&id))
     }
 
     /// Operands of `id`, in operand order.
@@ -236,6 +281,23 @@ impl Graph {
             .collect();
         e.sort();
         e.into_iter().map(|(_, n)| n).collect()
+    }
+
+    /// Whether any node uses `id` (cheaper than [`Graph::users`]: a value of a
+    /// dense block has as many users as the block has layers after it).
+    pub fn has_users(&self, id: NodeId) -> bool {
+        self.dag
+            .edges_directed(id, Direction::Outgoing)
+            .next()
+            .is_some()
+    }
+
+    /// The consumer of each use of `id`, in no particular order (a consumer that reads `id`
+    /// twice appears twice); [`Graph::users`] without the set and the allocation.
+    pub fn user_edges(&self, id: NodeId) -> impl Iterator<Item = NodeId> + '_ {
+        self.dag
+            .edges_directed(id, Direction::Outgoing)
+            .map(|e| e.target())
     }
 
     /// Distinct consumers of `id`, in index order.
@@ -262,6 +324,7 @@ impl Graph {
         for (i, &o) in operands.iter().enumerate() {
             self.dag.add_edge(o, id, i);
         }
+        self.schedule.take();
     }
 
     /// Recompute the type of `id` from its operands; errors name the node.
@@ -287,6 +350,7 @@ impl Graph {
             self.dag.remove_edge(e);
             self.dag.add_edge(new, target, pos);
         }
+        self.schedule.take();
         for o in &mut self.outputs {
             if *o == old {
                 *o = new;
@@ -298,44 +362,60 @@ impl Graph {
     pub fn remove_node(&mut self, id: NodeId) -> Option<Node> {
         self.inputs.retain(|&i| i != id);
         self.outputs.retain(|&i| i != id);
-        self.dag.remove_node(id)
+        let node = self.dag.remove_node(id)?;
+        self.schedule.take();
+        self.unindex(&node.name, id);
+        Some(node)
+    }
+
+    fn unindex(&mut self, name: &str, id: NodeId) {
+        if self.by_name.get(name) == Some(&id) {
+            self.by_name.remove(name);
+        }
     }
 
     /// Remove nodes whose values reach no output, then constants no op
     /// reads and buffers no node is placed in. Graph inputs are kept.
     /// Returns whether anything was removed.
     pub fn remove_dead(&mut self) -> bool {
-        let mut live: BTreeSet<NodeId> = BTreeSet::new();
+        // Liveness by node index; operands in any order (no sort, no set: a dense block's
+        // concatenations have quadratically many edges).
+        let mut live = vec![false; self.index_bound()];
         let mut stack: Vec<NodeId> = self.outputs.clone();
         while let Some(n) = stack.pop() {
-            if live.insert(n) {
-                stack.extend(self.operands(n));
+            if let Some(l) = live.get_mut(n.index()).filter(|l| !**l) {
+                *l = true;
+                stack.extend(self.dag.neighbors_directed(n, Direction::Incoming));
             }
         }
         let dead: Vec<_> = self
             .dag
             .node_indices()
-            .filter(|n| !live.contains(n) && !self.inputs.contains(n))
+            .filter(|n| !live[n.index()] && !self.inputs.contains(n))
             .collect();
         let mut changed = !dead.is_empty();
         for n in dead {
-            self.dag.remove_node(n);
+            if let Some(node) = self.dag.remove_node(n) {
+                self.unindex(&node.name, n);
+            }
+            self.schedule.take();
         }
-        let used: BTreeSet<String> = self
+        // Borrowed names in hash sets: no copy of every name on every call.
+        let used: HashSet<&str> = self
             .dag
             .node_weights()
-            .flat_map(|n| n.op.constants().into_iter().map(str::to_owned))
+            .flat_map(|n| n.op.constants())
             .collect();
         let before = self.constants.len();
-        self.constants.retain(|k, _| used.contains(k));
+        self.constants.retain(|k, _| used.contains(k.as_str()));
         changed |= self.constants.len() != before;
-        let placed: BTreeSet<String> = self
+        let placed: HashSet<&str> = self
             .dag
             .node_weights()
-            .filter_map(|n| n.placement.as_ref().map(|p| p.buffer.clone()))
+            .filter_map(|n| n.placement.as_ref().map(|p| p.buffer.as_str()))
             .collect();
         let before = self.buffers.len();
-        self.buffers.retain(|k, _| placed.contains(k));
+        self.buffers.retain(|k, _| placed.contains(k.as_str()));
         changed |= self.buffers.len() != before;
         changed
     }
@@ -371,23 +451,37 @@ impl Graph {
             .unwrap_or_else(|| base.to_owned())
     }
 
-    /// A deterministic topological order of all nodes (Kahn's algorithm,
-    /// lowest node index first among the ready nodes). Errors on a cycle.
-    pub fn schedule(&self) -> Result<Vec<NodeId>> {
-        // In-degrees by node index (a vector, not a map: this runs after every pass, over
-        // edges that grow with the square of a dense block's layers).
-        let bound = self
-            .dag
+    /// One more than the largest node index (node indices are below it).
+    fn index_bound(&self) -> usize {
+        self.dag
             .node_indices()
             .map(|n| n.index() + 1)
             .max()
-            .unwrap_or(0);
-        let mut indeg = vec![0usize; bound];
-        let mut nodes = 0;
-        for n in self.dag.node_indices() {
-            indeg[n.index()] = self.dag.edges_directed(n, Direction::Incoming).count();
-            nodes += 1;
+            .unwrap_or(0)
+    }
+
+    /// A deterministic topological order of all nodes (Kahn's algorithm,
+    /// lowest node index first among the ready nodes). Errors on a cycle.
+    /// Computed once per shape of the graph (see the `schedule` field).
+    pub fn schedule(&self) -> Result<Vec<NodeId>> {
+        if let Some(order) = self.schedule.get() {
+            return Ok(order.clone());
         }
+        let order = self.kahn()?;
+        // Another thread may have set it meanwhile, to the same order.
+        let _ = self.schedule.set(order.clone());
+        Ok(order)
+    }
+
+    fn kahn(&self) -> Result<Vec<NodeId>> {
+        // In-degrees by node index (a vector, not a map: this runs after every pass, over
+        // edges that grow with the square of a dense block's layers).
+        // Counted in one sequential walk over the edge storage.
+        let mut indeg = vec![0usize; self.index_bound()];
+        for e in self.dag.edge_references() {
+            indeg[e.target().index()] += 1;
+        }
+        let nodes = self.dag.node_count();
         let mut ready: BinaryHeap<Reverse<NodeId>> = self
             .dag
             .node_indices()
@@ -437,13 +531,12 @@ impl Graph {
 
     /// A node name not yet in use, derived from `base`.
     pub fn fresh_node_name(&self, base: &str) -> String {
-        let taken: BTreeSet<&str> = self.dag.node_weights().map(|n| n.name.as_str()).collect();
-        if !taken.contains(base) {
+        if self.node_by_name(base).is_none() {
             return base.to_owned();
         }
         (1..)
             .map(|i| format!("{base}.{i}"))
-            .find(|n| !taken.contains(n.as_str()))
+            .find(|n| self.node_by_name(n).is_none())
             .unwrap_or_else(|| base.to_owned())
     }
 

@@ -24,13 +24,25 @@ pub fn verify(g: &Graph) -> Result<()> {
             return Err(IrError::Graph(format!("input/output {o:?} is not a node")));
         }
     }
-    let mut names = BTreeSet::new();
+    // Names are unique exactly when the graph's name index maps each node's name to it.
+    if !g.names_indexed() {
+        let mut names = BTreeSet::new();
+        for &id in &order {
+            let node = g.node(id);
+            if !names.insert(node.name.as_str()) {
+                return Err(IrError::node(&node.name, "duplicate node name"));
+            }
+            if g.node_by_name(&node.name) != Some(id) {
+                return Err(IrError::node(
+                    &node.name,
+                    "renamed outside Graph::rename_node (the name index does not know it)",
+                ));
+            }
+        }
+    }
     let inputs: BTreeSet<_> = g.inputs().iter().copied().collect();
     for &id in &order {
         let node = g.node(id);
-        if !names.insert(node.name.as_str()) {
-            return Err(IrError::node(&node.name, "duplicate node name"));
-        }
         let operands = g.operands(id);
         let is_input = matches!(node.op, Op::Input);
         if is_input != inputs.contains(&id) {

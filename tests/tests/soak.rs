@@ -9,6 +9,9 @@
 //! cargo test --release -p tests --test soak -- --ignored --nocapture
 //! ```
 //!
+//! Measured (release, a 2-core VM): 40,000 runs in 221 s (181 runs/s), RSS 104,868 KiB after
+//! the warm-up and 104,868 KiB at the end (+0 KiB), every output bit-identical.
+//!
 //! `DNC_SOAK_RUNS` overrides the runs per session. The short variant (2 sessions × 2 threads
 //! × 200 runs) runs with the other tests.
 

@@ -25,16 +25,22 @@ impl Lifetime {
 pub fn lifetimes(g: &Graph, order: &[NodeId]) -> Result<BTreeMap<String, Lifetime>, PlanError> {
     let mut out: BTreeMap<String, Lifetime> = BTreeMap::new();
     let end = order.len().saturating_sub(1);
-    let mut touch = |buffer: &str, step: usize| {
-        out.entry(buffer.to_owned())
-            .and_modify(|l| {
-                l.first = l.first.min(step);
-                l.last = l.last.max(step);
-            })
-            .or_insert(Lifetime {
-                first: step,
-                last: step,
-            });
+    // No allocation for a buffer already seen: this runs once per edge, and a dense block's
+    // concatenations have quadratically many.
+    let mut touch = |buffer: &str, step: usize| match out.get_mut(buffer) {
+        Some(l) => {
+            l.first = l.first.min(step);
+            l.last = l.last.max(step);
+        }
+        None => {
+            out.insert(
+                buffer.to_owned(),
+                Lifetime {
+                    first: step,
+                    last: step,
+                },
+            );
+        }
     };
     for (step, &id) in order.iter().enumerate() {
         let node = g.node(id);
@@ -54,9 +60,14 @@ pub fn lifetimes(g: &Graph, order: &[NodeId]) -> Result<BTreeMap<String, Lifetim
         if g.outputs().contains(&id) {
             touch(&p.buffer, end);
         }
+        // The operands of a dense block's concatenation share one buffer: touch it once.
+        let mut last: Option<&str> = None;
         for o in g.operands(id) {
             if let Some(q) = &g.node(o).placement {
-                touch(&q.buffer, step);
+                if last != Some(q.buffer.as_str()) {
+                    touch(&q.buffer, step);
+                    last = Some(q.buffer.as_str());
+                }
             }
         }
     }

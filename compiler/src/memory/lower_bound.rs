@@ -12,7 +12,7 @@
 use super::PlanError;
 use ir::{Graph, Op};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LowerBound {
@@ -23,12 +23,21 @@ pub struct LowerBound {
 }
 
 /// The lower bound of `g`, whose non-input values must all be placed.
+///
+/// One sweep over the schedule: a value enters at its definition step and leaves after its
+/// last use; a buffer counts while at least one of its values is live (O(values), not
+/// O(values × steps)).
 pub fn lower_bound(g: &Graph) -> Result<LowerBound, PlanError> {
     let order = g.schedule()?;
-    let step_of: BTreeMap<_, _> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+    let mut step_of = vec![usize::MAX; order.iter().map(|n| n.index() + 1).max().unwrap_or(0)];
+    for (i, &n) in order.iter().enumerate() {
+        step_of[n.index()] = i;
+    }
     let end = order.len().saturating_sub(1);
-    // Per value: buffer, definition step, last use step.
-    let mut values: Vec<(&str, usize, usize)> = Vec::new();
+    // Buffers by first appearance; per value: buffer index, definition step, last use step.
+    let mut index: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut names: Vec<&str> = Vec::new();
+    let mut values: Vec<(usize, usize, usize)> = Vec::new();
     for &id in &order {
         let node = g.node(id);
         if matches!(node.op, Op::Input) {
@@ -37,35 +46,60 @@ pub fn lower_bound(g: &Graph) -> Result<LowerBound, PlanError> {
         let p = node.placement.as_ref().ok_or_else(|| PlanError::Unplaced {
             node: node.name.clone(),
         })?;
-        let def = step_of[&id];
+        let def = step_of[id.index()];
         let last = if g.outputs().contains(&id) {
             end
         } else {
-            g.users(id).iter().map(|u| step_of[u]).max().unwrap_or(def)
+            g.user_edges(id)
+                .map(|u| step_of[u.index()])
+                .max()
+                .unwrap_or(def)
+                .max(def)
         };
-        values.push((p.buffer.as_str(), def, last));
+        let b = *index.entry(p.buffer.as_str()).or_insert_with(|| {
+            names.push(p.buffer.as_str());
+            names.len() - 1
+        });
+        values.push((b, def, last));
     }
+    // Values entering at each step, and leaving after each step.
+    let mut enter: Vec<Vec<usize>> = vec![Vec::new(); order.len()];
+    let mut leave: Vec<Vec<usize>> = vec![Vec::new(); order.len()];
+    for &(b, def, last) in &values {
+        enter[def].push(b);
+        leave[last].push(b);
+    }
+    let mut live = vec![0usize; names.len()];
+    let mut size: Vec<Option<usize>> = vec![None; names.len()];
+    let mut bytes = 0usize;
     let mut best = LowerBound {
         bytes: 0,
         step: 0,
         node: String::new(),
     };
     for (step, &id) in order.iter().enumerate() {
-        let live: BTreeSet<&str> = values
-            .iter()
-            .filter(|v| v.1 <= step && step <= v.2)
-            .map(|v| v.0)
-            .collect();
-        let mut bytes = 0usize;
-        for b in live {
-            let buf = g.buffers.get(b).ok_or_else(|| PlanError::UnknownBuffer {
-                node: g.node(id).name.clone(),
-                buffer: b.to_owned(),
-            })?;
-            let size = buf.size_bytes().ok_or_else(|| PlanError::Size {
-                buffer: b.to_owned(),
-            })?;
-            bytes = bytes.saturating_add(size);
+        for &b in &enter[step] {
+            live[b] += 1;
+            if live[b] == 1 {
+                let s = match size[b] {
+                    Some(s) => s,
+                    None => {
+                        let buf =
+                            g.buffers
+                                .get(names[b])
+                                .ok_or_else(|| PlanError::UnknownBuffer {
+                                    node: g.node(id).name.clone(),
+                                    buffer: names[b].to_owned(),
+                                })?;
+                        let s = buf.size_bytes().ok_or_else(|| PlanError::Size {
+                            buffer: names[b].to_owned(),
+                        })?;
+                        size[b] = Some(s);
+                        s
+                    }
+                };
+                bytes = bytes.saturating_add(s);
+            }
         }
         if bytes > best.bytes {
             best = LowerBound {
@@ -73,6 +107,12 @@ pub fn lower_bound(g: &Graph) -> Result<LowerBound, PlanError> {
                 step,
                 node: g.node(id).name.clone(),
             };
+        }
+        for &b in &leave[step] {
+            live[b] -= 1;
+            if live[b] == 0 {
+                bytes = bytes.saturating_sub(size[b].unwrap_or(0));
+            }
         }
     }
     Ok(best)

@@ -1,9 +1,10 @@
 //! The plan as data ([`MemoryPlan`], drawn by [`super::svg()`]) and the
 //! figures `densenetc inspect --memory` prints ([`MemoryReport`]).
 
-use super::{lifetimes, lower_bound, PlanError};
+use super::{lifetimes, lower_bound, LowerBound, PlanError};
 use ir::{Graph, Op};
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 /// What a buffer holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -42,22 +43,27 @@ pub struct MemoryPlan {
 impl MemoryPlan {
     /// Read the plan of a graph after `plan-memory`.
     pub fn of(g: &Graph) -> Result<MemoryPlan, PlanError> {
+        Ok(Self::with_bound(g)?.0)
+    }
+
+    /// [`MemoryPlan::of`] and the lower bound it quotes (computed once for both).
+    fn with_bound(g: &Graph) -> Result<(MemoryPlan, LowerBound), PlanError> {
         let arena_bytes = g.arena_bytes.ok_or(PlanError::NotPlanned)?;
         let order = g.schedule()?;
         let lives = lifetimes(g, &order)?;
+        // Writers per buffer, counted in one walk (not one walk per buffer).
+        let mut writers_of: BTreeMap<&str, usize> = BTreeMap::new();
+        for &id in &order {
+            if let Some(p) = &g.node(id).placement {
+                if !g.is_view(id) {
+                    *writers_of.entry(p.buffer.as_str()).or_default() += 1;
+                }
+            }
+        }
         let mut buffers = Vec::with_capacity(lives.len());
         for (name, life) in lives {
             let buf = &g.buffers[&name];
-            let writers = order
-                .iter()
-                .filter(|&&id| {
-                    g.node(id)
-                        .placement
-                        .as_ref()
-                        .is_some_and(|p| p.buffer == name)
-                        && !g.is_view(id)
-                })
-                .count();
+            let writers = writers_of.get(name.as_str()).copied().unwrap_or(0);
             let kind = if writers > 1 {
                 BufferKind::Block
             } else if buf.border != [0, 0] {
@@ -79,12 +85,14 @@ impl MemoryPlan {
             });
         }
         buffers.sort_by(|a, b| (a.first, a.offset, &a.name).cmp(&(b.first, b.offset, &b.name)));
-        Ok(MemoryPlan {
+        let lb = lower_bound(g)?;
+        let plan = MemoryPlan {
             schedule: order.iter().map(|&id| g.node(id).name.clone()).collect(),
             buffers,
             arena_bytes,
-            lower_bound_bytes: lower_bound(g)?.bytes,
-        })
+            lower_bound_bytes: lb.bytes,
+        };
+        Ok((plan, lb))
     }
 }
 
@@ -114,8 +122,7 @@ pub struct MemoryReport {
 /// The report of a planned graph; `naive_bytes` comes from the graph
 /// before the passes ([`super::naive_bytes`]).
 pub fn report(g: &Graph, naive_bytes: usize) -> Result<MemoryReport, PlanError> {
-    let plan = MemoryPlan::of(g)?;
-    let lb = lower_bound(g)?;
+    let (plan, lb) = MemoryPlan::with_bound(g)?;
     let count = |k| plan.buffers.iter().filter(|b| b.kind == k).count();
     Ok(MemoryReport {
         arena_bytes: plan.arena_bytes,

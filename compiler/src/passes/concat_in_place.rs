@@ -80,23 +80,6 @@ fn channels(g: &Graph, n: NodeId) -> usize {
     g.node(n).ty.nchw().map_or(0, |t| t.1)
 }
 
-/// Where `slot` of buffer `b` holds the value of `operand`, if anywhere:
-/// the operand itself or an earlier copy of it.
-fn placed_at(
-    g: &Graph,
-    operand: NodeId,
-    copies: &BTreeMap<(NodeId, Placement), NodeId>,
-) -> Vec<Placement> {
-    let mut out: Vec<Placement> = g.node(operand).placement.iter().cloned().collect();
-    out.extend(
-        copies
-            .keys()
-            .filter(|(o, _)| *o == operand)
-            .map(|(_, p)| p.clone()),
-    );
-    out
-}
-
 /// A placement for concat `c` inside an existing buffer, derived from the
 /// first operand that is already placed: valid when the concat fits there
 /// and every operand either already sits at its slot or can be written to
@@ -110,7 +93,12 @@ fn anchor(
     let mut prefix = 0;
     let mut candidate = None;
     for &o in &operands {
-        if let Some(p) = placed_at(g, o, copies).into_iter().next() {
+        if let Some(p) = g
+            .node(o)
+            .placement
+            .clone()
+            .or_else(|| copies.keys().find(|(k, _)| *k == o).map(|(_, p)| p.clone()))
+        {
             candidate = Some(Placement {
                 channel_offset: p.channel_offset.checked_sub(prefix)?,
                 buffer: p.buffer,
@@ -132,15 +120,21 @@ fn anchor(
     if !fits {
         return None;
     }
+    // Compared field by field, not through a `Placement` per operand: a block's
+    // concatenations have quadratically many operands in all.
     let mut offset = at.channel_offset;
     for &o in &operands {
-        let slot = Placement {
-            buffer: at.buffer.clone(),
-            channel_offset: offset,
-        };
-        let there = placed_at(g, o, copies).contains(&slot);
-        if !there && !slot_is_free(g, &slot, channels(g, o)) {
-            return None;
+        let is_slot = |p: &Placement| p.buffer == at.buffer && p.channel_offset == offset;
+        let there = g.node(o).placement.as_ref().is_some_and(is_slot)
+            || copies.keys().any(|(k, p)| *k == o && is_slot(p));
+        if !there {
+            let slot = Placement {
+                buffer: at.buffer.clone(),
+                channel_offset: offset,
+            };
+            if !slot_is_free(g, &slot, channels(g, o)) {
+                return None;
+            }
         }
         offset += channels(g, o);
     }
@@ -178,15 +172,20 @@ fn place_operands(
         let mut offset = at.channel_offset;
         let mut rewired = false;
         for (i, &o) in original.iter().enumerate() {
-            let slot = Placement {
-                buffer: at.buffer.clone(),
-                channel_offset: offset,
-            };
+            let here = offset;
             offset += channels(g, o);
             let node = g.node(o);
-            if node.placement.as_ref() == Some(&slot) {
+            if node
+                .placement
+                .as_ref()
+                .is_some_and(|p| p.buffer == at.buffer && p.channel_offset == here)
+            {
                 continue;
             }
+            let slot = Placement {
+                buffer: at.buffer.clone(),
+                channel_offset: here,
+            };
             if let Some(&copy) = copies.get(&(o, slot.clone())) {
                 operands[i] = copy;
                 rewired = true;

@@ -86,7 +86,7 @@ impl Patch {
         }
         for (id, _) in &self.names {
             let tmp = g.fresh_node_name(&format!("{}.renaming", g.node(*id).name));
-            g.node_mut(*id).name = tmp;
+            g.rename_node(*id, tmp)?;
         }
         for (id, name) in self.names {
             if g.node_by_name(&name).is_some() {
@@ -95,7 +95,7 @@ impl Patch {
                     "a rename collides with an existing node",
                 ));
             }
-            g.node_mut(id).name = name;
+            g.rename_node(id, name)?;
         }
         for (old, new) in self.uses {
             touched.extend(g.users(old));
@@ -192,10 +192,11 @@ pub fn rewrite(g: &mut Graph, rules: &[&dyn Rule]) -> Result<bool, PassError> {
                 }
             }
         }
-        g.remove_dead();
+        // A sweep where no rule fired left the graph as the last `remove_dead` did.
         if fired.is_empty() {
             return Ok(changed);
         }
+        g.remove_dead();
         changed = true;
     }
     fired.sort_unstable();
@@ -208,7 +209,7 @@ pub fn rewrite(g: &mut Graph, rules: &[&dyn Rule]) -> Result<bool, PassError> {
 
 /// A node whose value is still used.
 pub fn is_live(g: &Graph, id: NodeId) -> bool {
-    g.contains(id) && (!g.users(id).is_empty() || g.outputs().contains(&id))
+    g.contains(id) && (g.has_users(id) || g.outputs().contains(&id))
 }
 
 /// `id` is a graph output.
