@@ -91,22 +91,6 @@ fn normalise(v: &View) -> (View, usize) {
     )
 }
 
-/// Pack a kernel's constants on their own, so their offsets are relative to
-/// the kernel's first one, then append them to the section: returns where
-/// they start. Every piece starts on a `WEIGHT_ALIGN` boundary in both.
-fn append(wb: &mut WeightsBuilder, local: WeightsBuilder) -> usize {
-    let floats: Vec<f32> = local
-        .into_bytes()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    if floats.is_empty() {
-        wb.len()
-    } else {
-        wb.push(&floats)
-    }
-}
-
 impl Plan {
     /// Relative LLVM work to optimise and compile this kernel's task body,
     /// to balance modules compiled in parallel (measured on DenseNet-121: a
@@ -168,7 +152,9 @@ impl Plan {
                 runtime_k,
             },
             bind: Bindings {
-                weights: append(wb, local),
+                // The kernel's constants were packed on their own, so their offsets are
+                // relative to its first one; appended, every piece stays 64-byte aligned.
+                weights: wb.append(local),
                 input,
                 output,
                 k,
