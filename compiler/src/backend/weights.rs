@@ -74,7 +74,8 @@ mod tests {
         assert_eq!(wb.append(WeightsBuilder::default()), wb.len());
         let bytes = wb.into_bytes();
         assert_eq!(bytes.len() % WEIGHT_ALIGN, 0);
-        let at = |i: usize| f32::from_le_bytes(bytes[i * 4..i * 4 + 4].try_into().unwrap());
+        let at =
+            |i: usize| f32::from_le_bytes(bytes[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
         assert_eq!(
             (at(0), at(16), at(18), at(32), at(33)),
             (9.0, 1.0, 1.0, 2.0, 2.0)
