@@ -306,6 +306,11 @@ impl WinogradPlan {
             tb = tiles.div_ceil(tasks);
         }
         let tblocks = tiles.div_ceil(tb);
+        // The GEMMs run whole micro-kernel tiles, so a task's `tb` tiles are cut into the
+        // fewest tiles of at most `mr` rows, made as even as can be: 16 tiles as one 16-row
+        // tile rather than a 24-row tile a third empty (DenseNet-BC-100's 32x32 and 16x16
+        // growth convs at batch 1), 40 as 2 x 20 rather than 2 x 24.
+        let mr = tb.div_ceil(tb.div_ceil(mr));
         WinogradPlan {
             n: o.n,
             h: o.h,
@@ -806,6 +811,10 @@ mod tests {
                 );
                 let tiles = n * hw.div_ceil(m) * hw.div_ceil(m);
                 assert!(p.tb * p.tblocks >= tiles && p.tb * (p.tblocks - 1) < tiles);
+                // Whole micro-kernel tiles, less than one row of one tile empty per tile.
+                let (full_mr, tiles_per_task) = (choose_mr(1, VectorIsa::AVX2), p.rows / p.mr);
+                assert!(p.mr <= full_mr && p.rows % p.mr == 0, "{p:?}");
+                assert!(p.rows >= p.tb && p.rows - p.tb < tiles_per_task, "{p:?}");
                 if tiles >= TARGET_TASKS * p.mr {
                     assert!(p.tasks() >= TARGET_TASKS, "{p:?}");
                 }
