@@ -813,7 +813,7 @@ mod tests {
                 assert!(p.tb * p.tblocks >= tiles && p.tb * (p.tblocks - 1) < tiles);
                 // Whole micro-kernel tiles, less than one row of one tile empty per tile.
                 let (full_mr, tiles_per_task) = (choose_mr(1, VectorIsa::AVX2), p.rows / p.mr);
-                assert!(p.mr <= full_mr && p.rows % p.mr == 0, "{p:?}");
+                assert!(p.mr <= full_mr && p.rows.is_multiple_of(p.mr), "{p:?}");
                 assert!(p.rows >= p.tb && p.rows - p.tb < tiles_per_task, "{p:?}");
                 if tiles >= TARGET_TASKS * p.mr {
                     assert!(p.tasks() >= TARGET_TASKS, "{p:?}");
