@@ -9,4 +9,5 @@ mod bf16;
 mod kernels;
 mod kernels_bench;
 mod kernels_graph;
+mod spills;
 mod support;

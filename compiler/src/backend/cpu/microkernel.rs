@@ -80,6 +80,22 @@ impl<'ctx> Microkernels<'ctx> {
     }
 }
 
+/// Whether the reduction loop does two steps per iteration. An unrolled pair lets LLVM's
+/// scheduler load the second step's B vectors while the first step's FMAs still read the
+/// first's, so the loop then needs `mr·nv` accumulators, `2·nv` B vectors and a broadcast in
+/// registers. Where that exceeds the register file, LLVM keeps an accumulator on the stack
+/// instead, and that accumulator's FMA then waits on a store-to-load round trip every step:
+/// DenseNet-121's 14x32 zmm tile (28 + 4 + 1 = 33 registers) spilled in every loop (4 stack
+/// accesses per pair of steps) and ran 5% slower than one step per iteration on a Zen 4;
+/// AVX2's 6x16 (12 + 4 + 1 = 17) and BC-100's 9x48 (27 + 6 + 1 = 34) gain nothing from the
+/// pair either. bf16 1x1 tiles keep the pair: LLVM does not hoist the `vdpbf16ps` operands'
+/// loads that way there (no spills in the same 14x32 shape) and the pair was 4% faster on
+/// DenseNet-121; a bf16 tile over several taps (the stem's 7x7) does spill with it.
+/// `compiler/tests/cpu/spills.rs` reads the loops of every tile DenseNet-121 uses.
+pub(crate) fn unroll_by_two(s: &UkSpec, registers: usize) -> bool {
+    s.mr * s.nv + 2 * s.nv < registers || (s.dot && s.taps == [1, 1])
+}
+
 fn emit<'ctx>(cg: &Cg<'ctx>, s: &UkSpec, name: &str) -> Result<FunctionValue<'ctx>> {
     let p = cg.ptr.into();
     let ty = cg.ctx.void_type().fn_type(
@@ -160,8 +176,9 @@ fn emit<'ctx>(cg: &Cg<'ctx>, s: &UkSpec, name: &str) -> Result<FunctionValue<'ct
             let pa = cg.gep(a, a_off)?;
             let tap = cg.add(cg.mulc(kh, kw_n)?, kw)?;
             let pb = cg.gep2(b, tap, s.b_tap)?;
-            // One rank-1 update per input channel, unrolled by two (LLVM's
-            // unroller is off, see `pass_options`).
+            // One rank-1 update per input channel (or bf16 pair), unrolled by two where
+            // that does not spill ([`unroll_by_two`]; LLVM's unroller is off, see
+            // `pass_options`).
             let step = |ic| -> Result<()> {
                 let pbi = cg.gep2(pb, ic, nr)?;
                 let mut bv = Vec::with_capacity(s.nv);
@@ -184,6 +201,9 @@ fn emit<'ctx>(cg: &Cg<'ctx>, s: &UkSpec, name: &str) -> Result<FunctionValue<'ct
                 }
                 Ok(())
             };
+            if !unroll_by_two(s, cg.isa.registers) {
+                return cg.for_range(cg.c64(0), steps, 1, step);
+            }
             let even = cg.b.build_and(steps, cg.c64(!1), "")?;
             cg.for_range(cg.c64(0), even, 2, |ic| {
                 step(ic)?;

@@ -124,6 +124,16 @@ fn choose_mr(nv: usize, isa: VectorIsa) -> usize {
     ((isa.registers - nv - 1) / nv).clamp(1, 24)
 }
 
+/// [`choose_mr`] for a bf16 micro-kernel over several taps (the 7x7 stem, direct 3x3s), which
+/// leaves LLVM two more registers: with its tap loops around the pair-unrolled reduction, a
+/// 14x32 tile kept a dozen vectors on the stack in every loop (13x32 still six), 12x32 none.
+/// DenseNet-121's bf16 stem on a Zen 4: 1.37-1.62 ms as 14x32, 0.80-0.96 ms as 12x32, 0.80-0.89
+/// as 10x32 (`bench --profile`, three interleaved rounds). `compiler/tests/cpu/spills.rs`
+/// checks every tile DenseNet-121 uses.
+fn choose_mr_bf16_taps(nv: usize, isa: VectorIsa) -> usize {
+    choose_mr(nv, isa).min((isa.registers.saturating_sub(2 * nv + 3) / nv).max(1))
+}
+
 /// Cycles of one reduction step of a micro-kernel tile of `rows` pixels × `nv` vectors: its
 /// `rows·nv` FMAs issue two per cycle, but each accumulator's FMA waits for the previous one
 /// (4 cycles of latency), so a tile of fewer than 8 accumulators still takes 4 cycles.
@@ -164,7 +174,11 @@ impl ConvPlan {
         let lanes = isa.lanes;
         let nv = choose_nv(c.out_channels, isa);
         let blocking = OcBlocking::new(c.out_channels, nv, lanes);
-        let mut mr = choose_mr(nv, isa);
+        let mut mr = if isa.bf16 && c.kernel != [1, 1] {
+            choose_mr_bf16_taps(nv, isa)
+        } else {
+            choose_mr(nv, isa)
+        };
         let packed = if isa.bf16 {
             pack_conv_weight_bf16(&c.weight, ic, c.kernel, &blocking)
         } else {
@@ -376,6 +390,9 @@ mod tests {
         assert_eq!((choose_nv(12, avx512), choose_mr(1, avx512)), (1, 24));
         assert_eq!((choose_nv(32, avx512), choose_mr(2, avx512)), (2, 14));
         assert_eq!((choose_nv(48, avx512), choose_mr(3, avx512)), (3, 9));
+        let bf16 = avx512.with_bf16();
+        assert_eq!(choose_mr_bf16_taps(2, bf16), 12);
+        assert_eq!(choose_mr_bf16_taps(1, bf16), 24);
         assert_eq!(choose_nv(128, avx512), 2);
     }
 
