@@ -299,12 +299,15 @@ impl WinogradPlan {
         let want = round_up(PIXELS_WANT.div_ceil(m * m), mr);
         let tb_max = (rows_fit(kc) / mr * mr).min(want).max(mr);
         let mut tb = tiles.div_ceil(TARGET_TASKS).clamp(mr.min(tiles), tb_max);
-        // An even task count balances two threads.
+        // An even task count balances two threads, and tasks as equal as can be: 49 tiles
+        // as 13 + 13 + 13 + 10 rather than 14 + 14 + 14 + 7, which left one of two threads
+        // idle for a quarter of the conv (DenseNet-121's 28x28 and 14x14 growth convs at
+        // batch 1).
         let mut tasks = tiles.div_ceil(tb);
         if tasks > 1 && tasks % 2 == 1 && tasks < 4 * TARGET_TASKS {
             tasks += 1;
-            tb = tiles.div_ceil(tasks);
         }
+        tb = tiles.div_ceil(tasks);
         let tblocks = tiles.div_ceil(tb);
         // The GEMMs run whole micro-kernel tiles, so a task's `tb` tiles are cut into the
         // fewest tiles of at most `mr` rows, made as even as can be: 16 tiles as one 16-row
