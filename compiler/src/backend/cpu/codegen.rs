@@ -39,6 +39,8 @@ pub(crate) struct Cg<'ctx> {
     fmuladd_v: FunctionValue<'ctx>,
     masked_load: FunctionValue<'ctx>,
     masked_store: FunctionValue<'ctx>,
+    /// `llvm.prefetch`, for [`Cg::prefetch`].
+    prefetch: FunctionValue<'ctx>,
     /// `vdpbf16ps` and `vcvtneps2bf16` of the vector width, for [`VectorIsa::bf16`].
     bf16: Option<Bf16Intrinsics<'ctx>>,
     fn_attrs: Vec<Attribute>,
@@ -80,6 +82,7 @@ impl<'ctx> Cg<'ctx> {
         let fmuladd_v = intrinsic(&module, "llvm.fmuladd", &[vf.into()])?;
         let masked_load = intrinsic(&module, "llvm.masked.load", &[vf.into(), ptr.into()])?;
         let masked_store = intrinsic(&module, "llvm.masked.store", &[vf.into(), ptr.into()])?;
+        let prefetch = intrinsic(&module, "llvm.prefetch", &[ptr.into()])?;
         let mut fn_attrs = vec![
             ctx.create_string_attribute("target-cpu", cpu),
             ctx.create_string_attribute("target-features", features),
@@ -134,10 +137,28 @@ impl<'ctx> Cg<'ctx> {
             fmuladd_v,
             masked_load,
             masked_store,
+            prefetch,
             bf16,
             fn_attrs,
             module,
         })
+    }
+
+    /// A read prefetch of the cache line `bytes` after `p` into every cache level
+    /// (`prefetcht0`): a hint, never a fault, wherever that is. The address is a plain
+    /// (not `inbounds`) GEP, since it may lie past the end of what `p` points into.
+    pub fn prefetch(&self, p: PointerValue<'ctx>, bytes: usize) -> Result<()> {
+        let i8 = self.ctx.i8_type();
+        // SAFETY: only IR is built; without `inbounds` any offset is a defined address.
+        let p = unsafe { self.b.build_gep(i8, p, &[self.c64(bytes)], "")? };
+        let args: [BasicMetadataValueEnum; 4] = [
+            p.into(),
+            self.i32.const_zero().into(),        // read
+            self.i32.const_int(3, false).into(), // keep in all levels
+            self.i32.const_int(1, false).into(), // data
+        ];
+        self.b.build_call(self.prefetch, &args, "")?;
+        Ok(())
     }
 
     /// Declare a function with the module's target attributes and position
