@@ -2,7 +2,8 @@
 //! accumulator, whose FMA then waits on a store-to-load round trip every step: DenseNet-121's
 //! 14x32 zmm tile once did, in every loop, and ran 5% slower for it
 //! (`microkernel::unroll_by_two`). Reads the assembly LLVM emits for a whole DenseNet-121 and
-//! DenseNet-BC-100 per vector ISA and precision, so it needs no particular host.
+//! DenseNet-BC-100 per vector ISA, precision and scheduling model (generic `x86-64-vN`, Zen 3,
+//! Zen 4, Sapphire Rapids), so it needs no particular host.
 
 use compiler::backend::cpu::CpuOptions;
 use compiler::backend::precision::Precision;
@@ -85,6 +86,9 @@ fn micro_kernel_loops_keep_every_vector_in_registers() {
             ("x86-64-v4", Precision::Fp32),
             ("x86-64-v3", Precision::Fp32),
             ("znver4", Precision::Bf16),
+            ("x86-64-v4", Precision::Bf16),
+            ("sapphirerapids", Precision::Fp32),
+            ("znver3", Precision::Fp32),
         ] {
             let asm = assembly(arch, image, cpu, precision);
             let kernels = asm.lines().filter(|l| l.starts_with("dnc_uk")).count();
