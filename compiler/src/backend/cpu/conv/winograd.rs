@@ -114,6 +114,18 @@ const F2_MIN_TILES: usize = 24;
 /// whole micro-kernel tiles for two threads.
 const F4_MIN_TILES: usize = 48;
 
+/// Transformed filters `U` (all components, packed) small enough to stay in a core's L2
+/// (1 MiB on Zen 4, 2 MiB on Sapphire Rapids; 512 KiB on Zen 3) between the tasks that read
+/// them: a quarter of the smallest of those.
+const SMALL_U_BYTES: usize = 128 << 10;
+
+/// Tiles a task at least gets where `U` is small ([`SMALL_U_BYTES`]), instead of a whole
+/// micro-kernel tile: more, smaller tasks for two threads to even out. DenseNet-BC-100's
+/// growth convs (`U` 110 KiB) at batch 1: 8 tasks of 8 tiles instead of 4 of 16, whole run
+/// 2.20 -> 2.15 ms on a Zen 4 (interleaved medians, quiet machine). DenseNet-121's (590 KiB,
+/// re-read from L3 by every task) lost 1.7% that way, so they keep whole tiles.
+const SMALL_U_MIN_TILES: usize = 8;
+
 /// The output tile side: F(4x4) does 2.25 MACs per output (per channel
 /// pair) where F(2x2) does 4 and the direct conv 9, but needs enough 4x4
 /// tiles to split (measured on DenseNet-BC-100 at batch 1: F(4x4) ahead at
@@ -298,7 +310,18 @@ impl WinogradPlan {
         }
         let want = round_up(PIXELS_WANT.div_ceil(m * m), mr);
         let tb_max = (rows_fit(kc) / mr * mr).min(want).max(mr);
-        let mut tb = tiles.div_ceil(TARGET_TASKS).clamp(mr.min(tiles), tb_max);
+        // At least a micro-kernel tile's rows per task, except where the transformed filters
+        // `U` stay in the L2 anyway: every task reads all of `U`, so small tasks cost little
+        // more there and let two threads even out (see `SMALL_U_BYTES`).
+        let u_bytes = packed.len() * 4;
+        let tb_min = if u_bytes <= SMALL_U_BYTES {
+            SMALL_U_MIN_TILES.min(mr)
+        } else {
+            mr
+        };
+        let mut tb = tiles
+            .div_ceil(TARGET_TASKS)
+            .clamp(tb_min.min(tiles), tb_max);
         // An even task count balances two threads, and tasks as equal as can be: 49 tiles
         // as 13 + 13 + 13 + 10 rather than 14 + 14 + 14 + 7, which left one of two threads
         // idle for a quarter of the conv (DenseNet-121's 28x28 and 14x14 growth convs at
