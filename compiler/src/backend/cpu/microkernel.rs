@@ -104,7 +104,7 @@ const LINE_BYTES: usize = 64;
 /// pair either. bf16 1x1 tiles keep the pair: LLVM does not hoist the `vdpbf16ps` operands'
 /// loads that way there (no spills in the same 14x32 shape) and the pair was 4% faster on
 /// DenseNet-121; a bf16 tile over several taps (the stem's 7x7) does spill with it.
-/// `compiler/tests/cpu/spills.rs` reads the loops of every tile DenseNet-121 uses.
+/// `compiler/tests/cpu/spills.rs` reads the loops of every tile DenseNet-121 and BC-100 use.
 pub(crate) fn unroll_by_two(s: &UkSpec, registers: usize) -> bool {
     s.mr * s.nv + 2 * s.nv < registers || (s.dot && s.taps == [1, 1])
 }

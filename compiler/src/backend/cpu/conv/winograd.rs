@@ -123,7 +123,8 @@ const SMALL_U_BYTES: usize = 128 << 10;
 /// micro-kernel tile: more, smaller tasks for two threads to even out. DenseNet-BC-100's
 /// growth convs (`U` 110 KiB) at batch 1: 8 tasks of 8 tiles instead of 4 of 16, whole run
 /// 2.20 -> 2.15 ms on a Zen 4 (interleaved medians, quiet machine). DenseNet-121's (590 KiB,
-/// re-read from L3 by every task) lost 1.7% that way, so they keep whole tiles.
+/// read by every task, more than the L2 keeps beside the panels) lost 1.7% that way, so they
+/// keep whole micro-kernel tiles.
 const SMALL_U_MIN_TILES: usize = 8;
 
 /// The output tile side: F(4x4) does 2.25 MACs per output (per channel
