@@ -314,6 +314,14 @@ fn required_features(c: &crate::backend::cpu::CompiledCpu) -> String {
         }
         features.push_str("+avx512bf16");
     }
+    for f in ["+amx-tile", "+amx-bf16"] {
+        if t.isa.amx && !features.split(',').any(|g| g == f) {
+            if !features.is_empty() {
+                features.push(',');
+            }
+            features.push_str(f);
+        }
+    }
     features
 }
 

@@ -53,8 +53,73 @@ fn host_has(feature: &str) -> Option<bool> {
         "avx512bf16" => has!("avx512bf16"),
         "avx512fp16" => has!("avx512fp16"),
         "avxvnni" => has!("avxvnni"),
+        "amx-tile" | "amx-bf16" => amx_usable(),
         _ => return None,
     })
+}
+
+/// Whether this process may run AMX-BF16 code: the CPU has AMX-TILE and AMX-BF16 (CPUID leaf
+/// 7: EDX bits 24 and 22), the OS saves the tile state (XCR0 bits 17 and 18), and, on Linux,
+/// the kernel granted this process the tile data (`arch_prctl(ARCH_REQ_XCOMP_PERM,
+/// XFEATURE_XTILEDATA)`, asked once: without it the first tile instruction raises SIGILL).
+/// The permission is the process's, for every thread, and costs nothing until tiles are
+/// used (8 KiB more state per context switch of a thread that uses them).
+#[cfg(target_arch = "x86_64")]
+fn amx_usable() -> bool {
+    static USABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *USABLE.get_or_init(|| {
+        use std::arch::x86_64::{__cpuid, __cpuid_count};
+        // SAFETY: CPUID exists on every x86-64 CPU; leaf 7 is read only where leaf 0 says it
+        // exists, and XGETBV only where CPUID.1:ECX.OSXSAVE says the OS enabled it.
+        let (cpu, os) = unsafe {
+            if __cpuid(0).eax < 7 {
+                return false;
+            }
+            let edx = __cpuid_count(7, 0).edx;
+            let cpu = edx & (1 << 24) != 0 && edx & (1 << 22) != 0;
+            let osxsave = __cpuid(1).ecx & (1 << 27) != 0;
+            (cpu, osxsave && xcr0() & (0b11 << 17) == 0b11 << 17)
+        };
+        cpu && os && request_tile_data()
+    })
+}
+
+/// XCR0, the state components the OS saves (`xgetbv 0`).
+#[cfg(target_arch = "x86_64")]
+unsafe fn xcr0() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY (the caller's): CPUID.1:ECX.OSXSAVE is set.
+    unsafe {
+        std::arch::asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack));
+    }
+    u64::from(hi) << 32 | u64::from(lo)
+}
+
+/// Linux: ask for the AMX tile data state (`ARCH_REQ_XCOMP_PERM`, feature 18). Idempotent.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn request_tile_data() -> bool {
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: a plain system call with integer arguments.
+    unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        ) == 0
+    }
+}
+
+/// Other systems enable the tile state for every process (XCR0 said so above).
+#[cfg(all(target_arch = "x86_64", not(target_os = "linux")))]
+fn request_tile_data() -> bool {
+    true
+}
+
+/// Whether this CPU can run the AMX code of a bf16 artefact compiled for it (see
+/// [`amx_usable`]); `false` off x86-64.
+pub fn host_has_amx() -> bool {
+    host_has("amx-tile") == Some(true)
 }
 
 #[cfg(not(target_arch = "x86_64"))]

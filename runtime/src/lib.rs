@@ -39,6 +39,7 @@ mod aligned;
 pub mod artefact;
 mod binding;
 mod cpu_features;
+pub use cpu_features::host_has_amx;
 pub mod cuda;
 mod error;
 pub mod ffi;

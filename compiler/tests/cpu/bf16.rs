@@ -11,7 +11,10 @@
 //! parallel-fors and must not write outside its output view (`kernels::check_against`).
 //!
 //! The bf16 kernels need AVX512_BF16: on other hosts they are compiled (for `x86-64-v4`
-//! with the feature added) and not run, with the reason printed.
+//! with the feature added) and not run, with the reason printed. The AMX tile kernels
+//! (`sapphirerapids`: convolutions of 32 input channels or more on `tdpbf16ps`) round the same
+//! two things and are checked against the same emulation; they run where the host has
+//! AMX-BF16 and the OS grants the tile state, and are compiled only elsewhere.
 
 use crate::kernels::{check_against, conv_case, Case};
 use crate::support::TestIsa;
@@ -53,6 +56,29 @@ fn bf16_isas() -> Vec<TestIsa> {
             runs,
         })
         .collect()
+}
+
+/// The AMX tile kernels (`sapphirerapids`, bf16).
+fn amx_isa() -> TestIsa {
+    static SKIP_NOTE: std::sync::Once = std::sync::Once::new();
+    // Also asks the OS for the tile state, which the kernels need (`runtime::host_has_amx`).
+    let runs = host_has_bf16() && runtime::host_has_amx();
+    if !runs {
+        SKIP_NOTE.call_once(|| {
+            eprintln!(
+                "note: the host has no usable AMX-BF16: the tile kernels are compiled, not run"
+            );
+        });
+    }
+    TestIsa {
+        name: "bf16-amx",
+        opts: CpuOptions {
+            cpu: "sapphirerapids".into(),
+            precision: Precision::Bf16,
+            ..CpuOptions::default()
+        },
+        runs,
+    }
 }
 
 /// `x` rounded to bf16, to nearest even (written independently of the compiler's).
@@ -138,7 +164,7 @@ fn check_emulated(name: &str, seed: u64, spec: &str) -> Vec<String> {
     let case = conv_case(name, seed, spec);
     let want = emulated_reference(&case);
     let mut plans = Vec::new();
-    for isa in bf16_isas() {
+    for isa in bf16_isas().into_iter().chain([amx_isa()]) {
         if let Some((plan, err)) = check_against(&case, &isa, &want, EMULATED_BOUND) {
             println!(
                 "{name} ({}): {err:.2e} against the emulated rounding",
@@ -172,6 +198,41 @@ fn gemm_and_direct_match_the_emulated_rounding() {
     for (seed, (name, spec)) in cases.iter().enumerate() {
         for plan in check_emulated(name, 700 + seed as u64, spec) {
             assert!(!plan.contains("Winograd"), "{name}: {plan}");
+        }
+    }
+}
+
+#[test]
+fn amx_tiles_match_the_emulated_rounding() {
+    // Shapes that exercise the tile kernel's edges: K padded to 32-channel steps (37, 45 in
+    // the last chunk, 33, 48), pixel counts that are not whole 16-row tiles (25, 49, 9x13 rows),
+    // 1, 2 and 3 channel tiles per call (12, 32, 48 output channels; 200 = 6 blocks of 32
+    // + 8), strides, borders, chunks of 256 channels, the last vector masked.
+    let cases = [
+        ("k37_m36", "c37 6x6 oc40 bias relu strided"),
+        ("k301_chunks", "c301 3x5 oc24 pro bias relu"),
+        ("k600_block", "c600 2x2 oc8 pro relu block"),
+        ("oc200_bordered", "c64 3x3 oc200 bn bias relu bordered"),
+        ("m25_nv3", "c96 5x5 oc48 pro relu"),
+        ("m49_k128", "c128 7x7 oc128 pro bias relu block"),
+        (
+            "direct_k48_oc12",
+            "n2 c48 9x13 oc12 k3 p1 pro bias relu strided",
+        ),
+        ("direct_k33_s2", "c33 9x9 oc20 k3 s2 p1 bn bias strided"),
+        ("direct_d121_block1", "c128 56x56 oc32 k3 p1 bn relu block"),
+        (
+            "direct_nv3_bordered",
+            "n2 c64 7x7 oc48 k3 p1 pro relu bordered",
+        ),
+    ];
+    let isa = amx_isa();
+    for (seed, (name, spec)) in cases.iter().enumerate() {
+        let case = conv_case(name, 900 + seed as u64, spec);
+        let want = emulated_reference(&case);
+        if let Some((plan, err)) = check_against(&case, &isa, &want, EMULATED_BOUND) {
+            println!("{name} (amx): {err:.2e} against the emulated rounding");
+            assert!(plan.contains("tiles: true"), "{name}: {plan}");
         }
     }
 }

@@ -257,6 +257,9 @@ fn emit_body<'ctx>(
         },
     };
     let (begin, end) = (cg.param_int(f, 4)?, cg.param_int(f, 5)?);
+    if shape.uses_tiles() {
+        super::amx::configure(cg)?;
+    }
     cg.for_range(begin, end, 1, |t| shape.emit_task(cg, uks, &env, t))?;
     cg.b.build_return(None)?;
     Ok(f)

@@ -45,6 +45,9 @@ pub struct VectorIsa {
     /// Convolutions multiply bf16 pairs with `vdpbf16ps` (AVX512_BF16, module docs) instead
     /// of f32 FMAs.
     pub bf16: bool,
+    /// With [`VectorIsa::bf16`]: the convolutions with enough input channels multiply on the
+    /// AMX tile unit (`tdpbf16ps`, AMX-BF16; module docs) instead of with `vdpbf16ps`.
+    pub amx: bool,
 }
 
 impl VectorIsa {
@@ -53,12 +56,14 @@ impl VectorIsa {
         lanes: 8,
         registers: 16,
         bf16: false,
+        amx: false,
     };
     /// AVX-512 (F, VL, BW, DQ): 32 zmm registers of 16 f32, mask registers.
     pub const AVX512: VectorIsa = VectorIsa {
         lanes: 16,
         registers: 32,
         bf16: false,
+        amx: false,
     };
 
     /// The vector width in bits.
@@ -69,6 +74,15 @@ impl VectorIsa {
     /// The same vectors, convolutions in bf16 dot products.
     pub fn with_bf16(self) -> VectorIsa {
         VectorIsa { bf16: true, ..self }
+    }
+
+    /// The same, with the bf16 convolutions on the AMX tiles where they fit them.
+    pub fn with_amx(self) -> VectorIsa {
+        VectorIsa {
+            bf16: true,
+            amx: true,
+            ..self
+        }
     }
 
     /// Elements of a convolution's reduction (input channels) one multiply step consumes:
@@ -94,6 +108,9 @@ impl fmt::Display for VectorIsa {
         }
         if self.bf16 {
             f.write_str("+bf16")?;
+        }
+        if self.amx {
+            f.write_str("+amx")?;
         }
         Ok(())
     }

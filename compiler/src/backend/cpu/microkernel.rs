@@ -52,6 +52,8 @@ pub(crate) struct UkSpec {
     pub b_tap: usize,
     /// bf16 pair dot products (`vdpbf16ps`) on 32-bit words of A and B instead of f32 FMAs.
     pub dot: bool,
+    /// With `dot`: on the AMX tiles (`amx.rs`), `mr` up to 32 pixels of whole 16-row tiles.
+    pub tiles: bool,
 }
 
 /// Micro-kernels emitted so far, by spec.
@@ -69,9 +71,17 @@ impl<'ctx> Microkernels<'ctx> {
         }
         let here = cg.b.get_insert_block();
         let id = self.cache.borrow().len();
-        let kind = if spec.dot { "_bf16" } else { "" };
+        let kind = match (spec.dot, spec.tiles) {
+            (_, true) => "_amx",
+            (true, false) => "_bf16",
+            (false, false) => "",
+        };
         let name = format!("dnc_uk{id}_{}x{}{kind}", spec.mr, spec.nv * cg.lanes);
-        let f = emit(cg, &spec, &name)?;
+        let f = if spec.tiles {
+            super::amx::emit(cg, &spec, &name)?
+        } else {
+            emit(cg, &spec, &name)?
+        };
         if let Some(bb) = here {
             cg.b.position_at_end(bb);
         }

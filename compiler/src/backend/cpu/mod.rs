@@ -50,6 +50,7 @@
 //! [`CompiledCpu::arena_bytes`] (with inputs placed by
 //! [`crate::backend::graph::kernels_of`], its `arena_bytes`).
 
+mod amx;
 mod border;
 mod codegen;
 mod conv;

@@ -94,15 +94,17 @@ pub(crate) fn pack_conv_weight(
 /// Pack a `[O, I, KH, KW]` weight for the bf16 dot-product kernels (`isa.rs`): blocks of
 /// `[KH][KW][ceil(I/2)][NR]` 32-bit words, each word the bf16 pair (input channel `2p` in the
 /// low half, `2p + 1` in the high half) of one output channel, rounded to nearest even; an odd
-/// last channel is paired with zero. The words are returned as the f32 values with their bits,
-/// so they go into the same weights section.
+/// last channel is paired with zero. The pairs of each tap are zero-padded to a multiple of
+/// `pair_align` (16 for the AMX tiles' 32-channel steps, else 1). The words are returned as
+/// the f32 values with their bits, so they go into the same weights section.
 pub(crate) fn pack_conv_weight_bf16(
     w: &[f32],
     ic: usize,
     [kh, kw]: [usize; 2],
     blocking: &OcBlocking,
+    pair_align: usize,
 ) -> Vec<f32> {
-    let pairs = ic.div_ceil(2);
+    let pairs = ic.div_ceil(2).div_ceil(pair_align) * pair_align;
     let mut out = Vec::new();
     for (oc0, nv, valid) in blocking.iter() {
         let nr = nv * blocking.lanes;
@@ -189,7 +191,7 @@ mod tests {
             .flat_map(|o| (0..3).map(move |i| (10 * o + i + 1) as f32))
             .collect();
         let b = OcBlocking::new(2, 1, 8);
-        let p = pack_conv_weight_bf16(&w, 3, [1, 1], &b);
+        let p = pack_conv_weight_bf16(&w, 3, [1, 1], &b, 1);
         // Two pairs (channels 0-1, then 2 and a zero) of 8 words each.
         assert_eq!(p.len(), 2 * 8);
         let halves = |x: f32| (x.to_bits() as u16, (x.to_bits() >> 16) as u16);
@@ -199,6 +201,11 @@ mod tests {
         assert_eq!(halves(p[8]), (bits(3.0), 0));
         assert_eq!(halves(p[9]), (bits(13.0), 0));
         assert_eq!(p[2].to_bits(), 0, "padding output channels are zero");
+        // Padded to 16 pairs a tap (the AMX tiles' steps): the same pairs, then zeros.
+        let tiles = pack_conv_weight_bf16(&w, 3, [1, 1], &b, 16);
+        assert_eq!(tiles.len(), 16 * 8);
+        assert_eq!(&tiles[..16], &p[..]);
+        assert!(tiles[16..].iter().all(|x| x.to_bits() == 0));
     }
 
     #[test]

@@ -199,6 +199,12 @@ impl Shape {
         }
     }
 
+    /// Whether the tasks multiply on the AMX tiles (the body then loads the tile
+    /// configuration first, `amx.rs`).
+    pub fn uses_tiles(&self) -> bool {
+        matches!(&self.op, OpPlan::Conv(p) if p.tiles)
+    }
+
     /// Floats of per-call scratch the task body needs (0 for none).
     pub fn scratch_floats(&self) -> usize {
         match &self.op {

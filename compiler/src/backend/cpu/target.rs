@@ -180,6 +180,16 @@ const BF16_CPUS: &[&str] = &[
     "znver5",
 ];
 
+/// The named CPUs with AMX-BF16 (`tdpbf16ps` on the tile unit), whose bf16 convolutions run
+/// on the tiles ([`VectorIsa::amx`]).
+const AMX_CPUS: &[&str] = &[
+    "sapphirerapids",
+    "emeraldrapids",
+    "graniterapids",
+    "graniterapids-d",
+    "graniterapids_d",
+];
+
 /// A resolved code-generation target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetInfo {
@@ -285,8 +295,22 @@ pub fn set_precision(info: &mut TargetInfo, precision: Precision) -> Result<(), 
         // imply it; the artefact records it for the runtime's check either way).
         info.features = "+avx512bf16".into();
     }
-    info.isa = info.isa.with_bf16();
+    info.isa = if has_amx(info) && std::env::var("DNC_AMX").as_deref() != Ok("0") {
+        info.isa.with_amx()
+    } else {
+        info.isa.with_bf16()
+    };
     Ok(())
+}
+
+/// Whether the target has the AMX tile unit with bf16 (AMX-TILE and AMX-BF16): the host's
+/// features for `native`, else the named CPU's.
+fn has_amx(info: &TargetInfo) -> bool {
+    if info.features.is_empty() || info.features == "+avx512bf16" {
+        AMX_CPUS.contains(&info.cpu.as_str())
+    } else {
+        has_feature(&info.features, "amx-tile") && has_feature(&info.features, "amx-bf16")
+    }
 }
 
 fn init() -> Result<(), BackendError> {

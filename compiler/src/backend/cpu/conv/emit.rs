@@ -1,7 +1,7 @@
 //! Emission of a convolution task from its [`ConvPlan`]: chunk, block and
 //! tile loops around the micro-kernel calls, and the panel packing.
 
-use super::{ConvPlan, Mode};
+use super::{round_up, ConvPlan, Mode};
 use crate::backend::cpu::codegen::{Cg, Result};
 use crate::backend::cpu::env::{in_base, out_base, pixel_at, pixel_ptr, split_last, Env, KBind};
 use crate::backend::cpu::microkernel::{Microkernels, UkSpec};
@@ -139,6 +139,7 @@ impl ConvPlan {
                     a_col: 0,
                     b_tap: 0,
                     dot: self.dot(),
+                    tiles: self.tiles,
                 };
                 let b = cg.gep(w, cg.mulc(self.words(cg, c0)?, nv * cg.lanes)?)?;
                 self.for_tiles(
@@ -204,8 +205,9 @@ impl ConvPlan {
                         },
                         || {
                             // The words `copy_channels` would write: whole vectors of
-                            // channels (half as many words for bf16 pairs).
-                            let words = kc.div_ceil(cg.lanes) * cg.lanes / self.k_step;
+                            // channels (half as many words for bf16 pairs), or whole tile
+                            // steps.
+                            let words = round_up(kc, self.k_quantum(cg)) / self.k_step;
                             for w0 in (0..words).step_by(cg.lanes) {
                                 cg.store_v(
                                     cg.vf.const_zero(),
@@ -231,6 +233,7 @@ impl ConvPlan {
                     a_col: kcp,
                     b_tap: self.ic_words() * nr,
                     dot: self.dot(),
+                    tiles: self.tiles,
                 };
                 let b = cg.gep(w, cg.mulc(self.words(cg, c0)?, nr)?)?;
                 self.for_tiles(
@@ -262,7 +265,36 @@ impl ConvPlan {
     ) -> Result<()> {
         cg.for_channel_vectors(kc, |c, lanes| {
             self.copy_vector(cg, env, [src, dst], c0, c, lanes)
-        })
+        })?;
+        if self.tiles && !kc.div_ceil(cg.lanes).is_multiple_of(2) {
+            self.zero_half_step(cg, dst, cg.c64(kc.div_ceil(cg.lanes) * cg.lanes))?;
+        }
+        Ok(())
+    }
+
+    /// With `tiles`, after an odd number of channel vectors: zero the next vector's channels
+    /// (from `c`), which complete the last 32-channel tile step (`amx.rs`).
+    fn zero_half_step<'ctx>(
+        &self,
+        cg: &Cg<'ctx>,
+        dst: PointerValue<'ctx>,
+        c: IntValue<'ctx>,
+    ) -> Result<()> {
+        // `lanes` bf16 channels are half a vector of words.
+        cg.store_v(
+            cg.vf.const_zero(),
+            cg.gep(dst, self.words(cg, c)?)?,
+            cg.lanes / 2,
+        )
+    }
+
+    /// Channels a panel row holds a whole number of: vectors, or 32-channel tile steps.
+    fn k_quantum(&self, cg: &Cg<'_>) -> usize {
+        if self.tiles {
+            crate::backend::cpu::amx::K_STEP_CHANNELS
+        } else {
+            cg.lanes
+        }
     }
 
     /// One vector of [`Self::copy_channels`]: `lanes` channels at `c` of `src`, the prologue
@@ -326,6 +358,16 @@ impl ConvPlan {
         if k.tail > 0 {
             let partial = cg.b.build_int_compare(IntPredicate::NE, full, kc, "")?;
             cg.if_then(partial, || copy(full, k.tail))?;
+        }
+        if self.tiles {
+            // Channels written: `kc` rounded up to a vector; an odd number of vectors leaves
+            // half a tile step to zero.
+            let written =
+                cg.b.build_and(cg.addc(kc, cg.lanes - 1)?, cg.c64(!(cg.lanes - 1)), "")?;
+            let odd = cg.b.build_and(written, cg.c64(cg.lanes), "")?;
+            let odd =
+                cg.b.build_int_compare(IntPredicate::NE, odd, cg.c64(0), "")?;
+            cg.if_then(odd, || self.zero_half_step(cg, dst, written))?;
         }
         Ok(())
     }
@@ -405,7 +447,12 @@ impl ConvPlan {
         // Elements of one block's packed weights.
         let block_elems = match &env.k {
             Some(k) => {
-                let ic = if self.dot() {
+                let ic = if self.tiles {
+                    // Pairs padded to whole tile steps (`ConvPlan::ic_words`).
+                    let pairs = self.words(cg, cg.addc(k.ic, 1)?)?;
+                    let step = crate::backend::cpu::amx::TILE;
+                    cg.b.build_and(cg.addc(pairs, step - 1)?, cg.c64(!(step - 1)), "")?
+                } else if self.dot() {
                     self.words(cg, cg.addc(k.ic, 1)?)?
                 } else {
                     k.ic

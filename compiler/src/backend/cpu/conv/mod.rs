@@ -29,6 +29,7 @@ mod winograd;
 
 pub(crate) use winograd::WinogradPlan;
 
+use super::amx;
 use super::codegen::VectorIsa;
 use super::env::{AffineRef, TARGET_TASKS};
 use super::pack::{pack_bias, pack_conv_weight, pack_conv_weight_bf16, OcBlocking, WeightsBuilder};
@@ -93,6 +94,10 @@ pub(crate) struct ConvPlan {
     pub bpg: usize,
     /// Input channels per A/B word: 2 for bf16 pairs ([`VectorIsa::bf16`]), else 1.
     k_step: usize,
+    /// The micro-kernels run on the AMX tiles (`amx.rs`): [`VectorIsa::amx`] and at least
+    /// one 32-channel step of input channels (the stem's 3 would be padded to 32). K is then
+    /// padded to whole steps: `kcp` and each tap's packed weights.
+    pub tiles: bool,
 }
 
 /// Vectors per output-channel block: whole output when it fits three
@@ -175,13 +180,19 @@ impl ConvPlan {
         let lanes = isa.lanes;
         let nv = choose_nv(c.out_channels, isa);
         let blocking = OcBlocking::new(c.out_channels, nv, lanes);
-        let mut mr = if isa.bf16 && c.kernel != [1, 1] {
+        let tiles = isa.amx && ic >= amx::K_STEP_CHANNELS;
+        // Channels a panel row and a chunk are a whole number of: vectors, or tile steps.
+        let k_quantum = if tiles { amx::K_STEP_CHANNELS } else { lanes };
+        let mut mr = if tiles {
+            amx::pixel_tiles(nv) * amx::TILE
+        } else if isa.bf16 && c.kernel != [1, 1] {
             choose_mr_bf16_taps(nv, isa)
         } else {
             choose_mr(nv, isa)
         };
         let packed = if isa.bf16 {
-            pack_conv_weight_bf16(&c.weight, ic, c.kernel, &blocking)
+            let pair_align = if tiles { amx::TILE } else { 1 };
+            pack_conv_weight_bf16(&c.weight, ic, c.kernel, &blocking, pair_align)
         } else {
             pack_conv_weight(&c.weight, ic, c.kernel, &blocking)
         };
@@ -213,7 +224,7 @@ impl ConvPlan {
             )
         } else {
             let span = |owb: usize| (owb - 1) * c.stride[1] + c.kernel[1];
-            let panel = |owb: usize, kc: usize| c.kernel[0] * span(owb) * round_up(kc, lanes);
+            let panel = |owb: usize, kc: usize| c.kernel[0] * span(owb) * round_up(kc, k_quantum);
             let mut owb = o.w;
             let rows = o.n * o.h;
             if rows < target {
@@ -223,15 +234,18 @@ impl ConvPlan {
             while panel(owb, kc) > PANEL_MAX {
                 if owb > 2 * mr {
                     owb = round_up(owb / 2, mr);
-                } else if kc > lanes {
-                    kc = round_up(kc / 2, lanes);
+                } else if kc > k_quantum {
+                    kc = round_up(kc / 2, k_quantum);
                 } else {
                     break;
                 }
             }
             let n_owb = o.w.div_ceil(owb);
-            // The tile height for this row segment (a short last segment keeps it too).
-            mr = row_tile(owb, mr, nv, c.kernel[0] * c.kernel[1] * kc);
+            // The tile height for this row segment (a short last segment keeps it too); the
+            // tile unit computes whole 16-row tiles whatever the height.
+            if !tiles {
+                mr = row_tile(owb, mr, nv, c.kernel[0] * c.kernel[1] * kc);
+            }
             (
                 Mode::Direct {
                     owb,
@@ -267,11 +281,12 @@ impl ConvPlan {
             weight_off,
             bias_off,
             kc,
-            kcp: round_up(kc, lanes),
+            kcp: round_up(kc, k_quantum),
             mode,
             groups,
             bpg,
             k_step: isa.k_step(),
+            tiles,
         }
     }
 
@@ -319,9 +334,19 @@ impl ConvPlan {
 
     pub fn scratch_floats(&self) -> usize {
         match self.mode {
+            // `mc` is a multiple of `mr`, so of whole tiles with `tiles`.
             Mode::Gemm { pack: true, mc, .. } => mc * self.kcp_words(),
             Mode::Gemm { pack: false, .. } => 0,
-            Mode::Direct { span, .. } => self.k[0] * span * self.kcp_words(),
+            Mode::Direct { span, .. } => {
+                // A last tile's rows past the segment's pixels read up to 15 pixel steps
+                // beyond the panel's last row (`amx.rs`).
+                let slack = if self.tiles {
+                    (amx::TILE - 1) * self.s[1] * self.kcp_words()
+                } else {
+                    0
+                };
+                self.k[0] * span * self.kcp_words() + slack
+            }
         }
     }
 
@@ -336,9 +361,15 @@ impl ConvPlan {
         self.kcp / self.k_step
     }
 
-    /// Words of packed weights per tap and output channel: input channels, or their pairs.
+    /// Words of packed weights per tap and output channel: input channels, or their pairs
+    /// (padded to whole tile steps with `tiles`).
     pub(crate) fn ic_words(&self) -> usize {
-        self.ic.div_ceil(self.k_step)
+        let words = self.ic.div_ceil(self.k_step);
+        if self.tiles {
+            round_up(words, amx::TILE)
+        } else {
+            words
+        }
     }
 }
 

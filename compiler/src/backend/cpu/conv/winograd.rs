@@ -240,9 +240,12 @@ impl WinogradPlan {
     /// Whether `c` is a convolution this plan computes, and where it beats
     /// the direct kernel (measured on DenseNet-BC-100 and DenseNet-121
     /// growth convs; tiny input-channel counts leave the GEMMs too short to
-    /// pay for the transforms).
+    /// pay for the transforms). Not on the AMX tiles ([`VectorIsa::amx`]): there the
+    /// multiplies cost so little that the transforms would be the whole cost, and the direct
+    /// kernel runs on the tiles.
     pub fn applies(c: &ConvKernel, i: &View, o: &View, isa: VectorIsa) -> bool {
-        c.kernel == [3, 3]
+        !isa.amx
+            && c.kernel == [3, 3]
             && c.stride == [1, 1]
             && c.padding == [1, 1]
             && i.channels >= 16
@@ -288,7 +291,7 @@ impl WinogradPlan {
         let k_step = if isa.bf16 && m == 2 { 2 } else { 1 };
         for w in &per_xi {
             packed.extend(if k_step == 2 {
-                pack_conv_weight_bf16(w, ic, [1, 1], &blocking)
+                pack_conv_weight_bf16(w, ic, [1, 1], &blocking, 1)
             } else {
                 pack_conv_weight(w, ic, [1, 1], &blocking)
             });
@@ -604,6 +607,7 @@ impl WinogradPlan {
                     a_col: 0,
                     b_tap: 0,
                     dot: self.k_step == 2,
+                    tiles: false,
                 };
                 let f = uks.get(cg, spec)?;
                 cg.for_range(cg.c64(0), mtiles, 1, |tile| {
