@@ -225,6 +225,14 @@ fn amx_tiles_match_the_emulated_rounding() {
             "direct_nv3_bordered",
             "n2 c64 7x7 oc48 k3 p1 pro relu bordered",
         ),
+        // Few channels: the kernel row folded into one tile step (`ConvPlan::fold`).
+        ("folded_stem", "n2 c3 23x19 oc64 k7 s2 p3"),
+        ("folded_cifar_stem", "c3 8x8 oc24 k3 p1 bias"),
+        (
+            "folded_c5_bordered",
+            "n2 c5 9x9 oc16 k3 p1 pro relu bordered",
+        ),
+        ("folded_c4_wide", "c4 5x40 oc20 k3 s2 p1 bn bias relu"),
     ];
     let isa = amx_isa();
     for (seed, (name, spec)) in cases.iter().enumerate() {
@@ -233,6 +241,8 @@ fn amx_tiles_match_the_emulated_rounding() {
         if let Some((plan, err)) = check_against(&case, &isa, &want, EMULATED_BOUND) {
             println!("{name} (amx): {err:.2e} against the emulated rounding");
             assert!(plan.contains("tiles: true"), "{name}: {plan}");
+            let folded = name.starts_with("folded");
+            assert!(plan.contains(&format!("fold: {folded}")), "{name}: {plan}");
         }
     }
 }

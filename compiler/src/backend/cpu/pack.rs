@@ -128,6 +128,40 @@ pub(crate) fn pack_conv_weight_bf16(
     out
 }
 
+/// Pack a `[O, I, KH, KW]` weight for the AMX tile kernels with the `kw` taps folded into K
+/// (`ConvPlan::fold`, few input channels): blocks of `[KH][rows][NR]` words, row
+/// `kw·ceil(I/2) + p` the bf16 pair `p` (channels `2p`, `2p + 1`, as in
+/// [`pack_conv_weight_bf16`]) of tap `(kh, kw)`, rows past the kernel row zero.
+pub(crate) fn pack_conv_weight_bf16_folded(
+    w: &[f32],
+    ic: usize,
+    [kh, kw]: [usize; 2],
+    blocking: &OcBlocking,
+    rows: usize,
+) -> Vec<f32> {
+    let pairs = ic.div_ceil(2);
+    let mut out = Vec::new();
+    for (oc0, nv, valid) in blocking.iter() {
+        let nr = nv * blocking.lanes;
+        for y in 0..kh {
+            for r in 0..rows {
+                let (x, p) = (r / pairs, r % pairs);
+                for j in 0..nr {
+                    let half = |i: usize| -> u32 {
+                        if j < valid && i < ic && x < kw {
+                            u32::from(bf16_bits(w[(((oc0 + j) * ic + i) * kh + y) * kw + x]))
+                        } else {
+                            0
+                        }
+                    };
+                    out.push(f32::from_bits(half(2 * p) | half(2 * p + 1) << 16));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Pack a bias (or zeros) per block, each zero-padded to its block width.
 pub(crate) fn pack_bias(bias: Option<&[f32]>, blocking: &OcBlocking) -> Vec<f32> {
     let mut out = Vec::new();
@@ -206,6 +240,27 @@ mod tests {
         assert_eq!(tiles.len(), 16 * 8);
         assert_eq!(&tiles[..16], &p[..]);
         assert!(tiles[16..].iter().all(|x| x.to_bits() == 0));
+    }
+
+    #[test]
+    fn folded_bf16_weights_are_kernel_rows_of_pairs() {
+        // O=1, I=3, 1x2: W[0][i][0][x] = 10x + i + 1; rows [x][pair] of 2 pairs each.
+        let w: Vec<f32> = (0..3)
+            .flat_map(|i| (0..2).map(move |x| (10 * x + i + 1) as f32))
+            .collect();
+        let b = OcBlocking::new(1, 1, 8);
+        let p = pack_conv_weight_bf16_folded(&w, 3, [1, 2], &b, 16);
+        assert_eq!(p.len(), 16 * 8);
+        let halves = |x: f32| (x.to_bits() as u16, (x.to_bits() >> 16) as u16);
+        let bits = |x: f32| (x.to_bits() >> 16) as u16;
+        assert_eq!(halves(p[0]), (bits(1.0), bits(2.0)));
+        assert_eq!(halves(p[8]), (bits(3.0), 0));
+        assert_eq!(halves(p[16]), (bits(11.0), bits(12.0)));
+        assert_eq!(halves(p[24]), (bits(13.0), 0));
+        assert!(
+            p[32..].iter().all(|x| x.to_bits() == 0),
+            "rows past the kernel row"
+        );
     }
 
     #[test]

@@ -218,22 +218,42 @@ impl ConvPlan {
                             Ok(())
                         },
                     )
-                })
+                })?;
+                if self.fold {
+                    // A folded row's last pixels read a tile step on (times zero weights):
+                    // zeros, not stale panel words that might be NaN. The next row (or the
+                    // slack) starts there and is written after.
+                    cg.store_v(
+                        cg.vf.const_zero(),
+                        cg.gepc(dst_row, span * self.kcp_words())?,
+                        cg.lanes,
+                    )?;
+                }
+                Ok(())
             })?;
             self.for_blocks(cg, env, og, |w, bias, col, nv, valid| {
                 let nr = nv * cg.lanes;
                 let kcp = self.kcp_words();
+                let (b_taps, b_words) = self.b_taps();
                 let spec = UkSpec {
                     mr: self.mr,
                     nv,
                     valid,
                     a_step: sw * kcp,
-                    taps: self.k,
+                    // Folded: one tap per kernel row, its `kw` taps in K.
+                    taps: if self.fold { [kh, 1] } else { self.k },
                     a_row: span_max * kcp,
                     a_col: kcp,
-                    b_tap: self.ic_words() * nr,
+                    b_tap: b_words * nr,
                     dot: self.dot(),
                     tiles: self.tiles,
+                };
+                debug_assert_eq!(b_taps, spec.taps[0] * spec.taps[1]);
+                // Folded: one tile step of 32 channels covers the kernel row.
+                let kc = if self.fold {
+                    crate::backend::cpu::amx::K_STEP_CHANNELS
+                } else {
+                    kc
                 };
                 let b = cg.gep(w, cg.mulc(self.words(cg, c0)?, nr)?)?;
                 self.for_tiles(
@@ -266,7 +286,7 @@ impl ConvPlan {
         cg.for_channel_vectors(kc, |c, lanes| {
             self.copy_vector(cg, env, [src, dst], c0, c, lanes)
         })?;
-        if self.tiles && !kc.div_ceil(cg.lanes).is_multiple_of(2) {
+        if self.tiles && !self.fold && !kc.div_ceil(cg.lanes).is_multiple_of(2) {
             self.zero_half_step(cg, dst, cg.c64(kc.div_ceil(cg.lanes) * cg.lanes))?;
         }
         Ok(())
@@ -290,7 +310,7 @@ impl ConvPlan {
 
     /// Channels a panel row holds a whole number of: vectors, or 32-channel tile steps.
     fn k_quantum(&self, cg: &Cg<'_>) -> usize {
-        if self.tiles {
+        if self.tiles && !self.fold {
             crate::backend::cpu::amx::K_STEP_CHANNELS
         } else {
             cg.lanes
@@ -459,7 +479,10 @@ impl ConvPlan {
                 };
                 cg.mulc(ic, self.k[0] * self.k[1] * nr)?
             }
-            None => cg.c64(self.k[0] * self.k[1] * self.ic_words() * nr),
+            None => {
+                let (taps, words) = self.b_taps();
+                cg.c64(taps * words * nr)
+            }
         };
         let w = cg.gepc(env.weights, self.weight_off)?;
         let bias = match &env.k {

@@ -32,7 +32,10 @@ pub(crate) use winograd::WinogradPlan;
 use super::amx;
 use super::codegen::VectorIsa;
 use super::env::{AffineRef, TARGET_TASKS};
-use super::pack::{pack_bias, pack_conv_weight, pack_conv_weight_bf16, OcBlocking, WeightsBuilder};
+use super::pack::{
+    pack_bias, pack_conv_weight, pack_conv_weight_bf16, pack_conv_weight_bf16_folded, OcBlocking,
+    WeightsBuilder,
+};
 use crate::backend::kernel::{ConvKernel, LinearKernel, View};
 
 /// Input channels per chunk (the K blocking of the GEMM).
@@ -98,6 +101,14 @@ pub(crate) struct ConvPlan {
     /// one 32-channel step of input channels (the stem's 3 would be padded to 32). K is then
     /// padded to whole steps: `kcp` and each tap's packed weights.
     pub tiles: bool,
+    /// With `tiles`, a direct conv of few input channels (the stem: 3) whose kernel row fits
+    /// one tile step, `KW·ceil(I/2) <= 16` words: the `kw` taps are folded into K. A panel
+    /// pixel is then just its `ceil(I/2)` words, so the 16 words from an output pixel's first
+    /// tap are its whole kernel row (`[kw][pair]`, and what follows, times zero weights), read
+    /// by one tile load with rows `stride·ceil(I/2)` words apart: one `tdpbf16ps` step per
+    /// `kh` instead of one per tap of 3 channels padded to 32 (7 times fewer for the 7x7 stem).
+    /// The weights are `[KH][16][NR]` per block ([`pack_conv_weight_bf16_folded`]).
+    pub fold: bool,
 }
 
 /// Vectors per output-channel block: whole output when it fits three
@@ -180,9 +191,19 @@ impl ConvPlan {
         let lanes = isa.lanes;
         let nv = choose_nv(c.out_channels, isa);
         let blocking = OcBlocking::new(c.out_channels, nv, lanes);
-        let tiles = isa.amx && ic >= amx::K_STEP_CHANNELS;
-        // Channels a panel row and a chunk are a whole number of: vectors, or tile steps.
-        let k_quantum = if tiles { amx::K_STEP_CHANNELS } else { lanes };
+        let gemm = c.kernel == [1, 1] && c.stride == [1, 1] && c.padding == [0, 0];
+        let fold = isa.amx
+            && !gemm
+            && ic < amx::K_STEP_CHANNELS
+            && c.kernel[1] * ic.div_ceil(2) <= amx::TILE;
+        let tiles = isa.amx && (ic >= amx::K_STEP_CHANNELS || fold);
+        // Channels a panel row and a chunk are a whole number of: vectors, tile steps, or
+        // (folded) pairs.
+        let k_quantum = match (tiles, fold) {
+            (_, true) => 2,
+            (true, false) => amx::K_STEP_CHANNELS,
+            (false, _) => lanes,
+        };
         let mut mr = if tiles {
             amx::pixel_tiles(nv) * amx::TILE
         } else if isa.bf16 && c.kernel != [1, 1] {
@@ -190,7 +211,9 @@ impl ConvPlan {
         } else {
             choose_mr(nv, isa)
         };
-        let packed = if isa.bf16 {
+        let packed = if fold {
+            pack_conv_weight_bf16_folded(&c.weight, ic, c.kernel, &blocking, amx::TILE)
+        } else if isa.bf16 {
             let pair_align = if tiles { amx::TILE } else { 1 };
             pack_conv_weight_bf16(&c.weight, ic, c.kernel, &blocking, pair_align)
         } else {
@@ -199,7 +222,6 @@ impl ConvPlan {
         let weight_off = wb.push(&packed);
         let bias_off = wb.push(&pack_bias(c.bias.as_deref().map(Vec::as_slice), &blocking));
         let prologue = c.prologue.as_ref().map(|a| AffineRef::pack(a, isa, wb));
-        let gemm = c.kernel == [1, 1] && c.stride == [1, 1] && c.padding == [0, 0];
         let target = target_tasks(o.pixels() * c.out_channels * ic * c.kernel[0] * c.kernel[1]);
         let mut kc = ic.min(KC_MAX);
         let (mode, row_tasks) = if gemm {
@@ -287,6 +309,7 @@ impl ConvPlan {
             bpg,
             k_step: isa.k_step(),
             tiles,
+            fold,
         }
     }
 
@@ -339,9 +362,10 @@ impl ConvPlan {
             Mode::Gemm { pack: false, .. } => 0,
             Mode::Direct { span, .. } => {
                 // A last tile's rows past the segment's pixels read up to 15 pixel steps
-                // beyond the panel's last row (`amx.rs`).
+                // beyond the panel's last row (`amx.rs`); a folded row reads a tile step
+                // from its last pixel (zeroed after each row).
                 let slack = if self.tiles {
-                    (amx::TILE - 1) * self.s[1] * self.kcp_words()
+                    (amx::TILE - 1) * self.s[1] * self.kcp_words() + amx::TILE
                 } else {
                     0
                 };
@@ -359,6 +383,16 @@ impl ConvPlan {
     /// channels in pairs (`kcp` is a whole number of vectors, so even).
     pub(crate) fn kcp_words(&self) -> usize {
         self.kcp / self.k_step
+    }
+
+    /// Taps of the packed weights (`kh` only when `fold`) and their words per output
+    /// channel.
+    pub(crate) fn b_taps(&self) -> (usize, usize) {
+        if self.fold {
+            (self.k[0], amx::TILE)
+        } else {
+            (self.k[0] * self.k[1], self.ic_words())
+        }
     }
 
     /// Words of packed weights per tap and output channel: input channels, or their pairs
