@@ -254,7 +254,8 @@ def report(a, results: list[dict], command: str, started: str, golden: dict) -> 
     if any("openvino-bf16" in r["engines"] for r in results):
         lines += [
             "",
-            "bf16, same rounds: densenetc `--precision bf16` (vdpbf16ps, f32 sums) against "
+            "bf16, same rounds: densenetc `--precision bf16` (f32 sums; on the AMX tiles, "
+            "tdpbf16ps, where this CPU has AMX-BF16, else vdpbf16ps) against "
             "OpenVINO with INFERENCE_PRECISION_HINT bf16 (its default on this CPU); relative "
             "error of the logits against ONNX Runtime f32.",
             "",

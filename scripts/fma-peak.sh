@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Measures this CPU's f32 FMA peak with 1 and 2 threads, in ymm (AVX2) and, where the CPU has
-# AVX-512, zmm registers, and its vdpbf16ps peak where it has AVX512_BF16: the denominators of
-# the "% of peak" figures of the CPU kernels (f32 and --precision bf16).
+# AVX-512, zmm registers, its vdpbf16ps peak where it has AVX512_BF16 and its AMX tdpbf16ps peak
+# where it has AMX-BF16: the denominators of the "% of peak" figures of the CPU kernels (f32 and
+# --precision bf16).
 #
 #   scripts/fma-peak.sh [ITERATIONS]      (default 200000000 per thread; ~0.3 s a run)
 set -euo pipefail
@@ -18,5 +19,8 @@ for threads in 1 2; do
     fi
     if grep -qw avx512_bf16 /proc/cpuinfo; then
         "$out/fma_peak" "$threads" bf16 "$iters"
+    fi
+    if grep -qw amx_bf16 /proc/cpuinfo; then
+        "$out/fma_peak" "$threads" amx "$iters"
     fi
 done

@@ -2,7 +2,10 @@
 // zmm registers, so the FMA units, not their latency, bound the rate. The figure the CPU
 // kernels are compared with ("% of peak" in bench --profile notes). Mode `bf16` runs
 // `vdpbf16ps` on zmm (AVX512_BF16): each instruction is 16 lanes x 2 products, counted as 64
-// flops, the peak of the `--precision bf16` CPU kernels.
+// flops, the peak of the `--precision bf16` CPU kernels. Mode `amx` runs `tdpbf16ps` on the AMX
+// tiles (AMX-BF16): four independent 16x16 f32 tiles, each instruction 16x16x32 products,
+// counted as 16,384 flops, the peak of the bf16 tile kernels (after asking Linux for the tile
+// state).
 #define _GNU_SOURCE
 #include <immintrin.h>
 #include <pthread.h>
@@ -10,6 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <stdint.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 static long iters = 200000000;
 static int zmm = 0;
@@ -65,10 +71,38 @@ __attribute__((target("avx512f,avx512bf16"))) static float run_bf16(long n) {
     return _mm512_reduce_add_ps(s);
 }
 
-static int bf16 = 0;
+/* Tile configuration: palette 1, tiles 0-7 of 16 rows x 64 bytes. */
+static void amx_configure(void) {
+    uint8_t cfg[64] = {0};
+    cfg[0] = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg[16 + 2 * t] = 64;
+        cfg[48 + t] = 16;
+    }
+    __asm__ volatile("ldtilecfg %0" : : "m"(cfg));
+}
+
+static float run_amx(long n) {
+    static uint16_t ones[16 * 32] __attribute__((aligned(64)));
+    for (int i = 0; i < 16 * 32; i++) ones[i] = 0x3f80; /* bf16 1.0 */
+    amx_configure();
+    __asm__ volatile("tilezero %%tmm0\n tilezero %%tmm1\n tilezero %%tmm2\n tilezero %%tmm3" ::);
+    __asm__ volatile("tileloadd (%0,%1,1), %%tmm4\n tileloadd (%0,%1,1), %%tmm5\n"
+                     "tileloadd (%0,%1,1), %%tmm6\n tileloadd (%0,%1,1), %%tmm7"
+                     : : "r"(ones), "r"((long)64) : "memory");
+    for (long i = 0; i < n / 16; i++) {
+        __asm__ volatile("tdpbf16ps %%tmm6, %%tmm4, %%tmm0\n tdpbf16ps %%tmm7, %%tmm4, %%tmm1\n"
+                         "tdpbf16ps %%tmm6, %%tmm5, %%tmm2\n tdpbf16ps %%tmm7, %%tmm5, %%tmm3" ::);
+    }
+    static float out[256] __attribute__((aligned(64)));
+    __asm__ volatile("tilestored %%tmm0, (%0,%1,1)\n tilerelease" : : "r"(out), "r"((long)64) : "memory");
+    return out[0];
+}
+
+static int bf16 = 0, amx = 0;
 
 static void *worker(void *p) {
-    float r = bf16 ? run_bf16(iters) : zmm ? run_zmm(iters) : run_ymm(iters);
+    float r = amx ? run_amx(iters) : bf16 ? run_bf16(iters) : zmm ? run_zmm(iters) : run_ymm(iters);
     *(float *)p = r;
     return NULL;
 }
@@ -77,7 +111,13 @@ int main(int argc, char **argv) {
     int threads = argc > 1 ? atoi(argv[1]) : 2;
     zmm = argc > 2 && strcmp(argv[2], "zmm") == 0;
     bf16 = argc > 2 && strcmp(argv[2], "bf16") == 0;
+    amx = argc > 2 && strcmp(argv[2], "amx") == 0;
     if (argc > 3) iters = atol(argv[3]);
+    /* ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA: without it the first tile instruction faults. */
+    if (amx && syscall(SYS_arch_prctl, 0x1023, 18) != 0) {
+        fprintf(stderr, "amx: the kernel did not grant the AMX tile state\n");
+        return 1;
+    }
     pthread_t t[64];
     float r[64];
     struct timespec a, b;
@@ -86,9 +126,10 @@ int main(int argc, char **argv) {
     for (int i = 0; i < threads; i++) pthread_join(t[i], NULL);
     clock_gettime(CLOCK_MONOTONIC, &b);
     double s = (b.tv_sec - a.tv_sec) + 1e-9 * (b.tv_nsec - a.tv_nsec);
-    double flops = 2.0 * 12 * (bf16 ? 32 : zmm ? 16 : 8) * (double)iters * threads;
+    double flops = amx ? 2.0 * 4 * 16 * 16 * 32 * (double)(iters / 16) * threads
+                       : 2.0 * 12 * (bf16 ? 32 : zmm ? 16 : 8) * (double)iters * threads;
     printf("%s %d threads: %.1f GFLOP/s (%.3f s, checksum %g)\n",
-           bf16 ? "bf16 zmm" : zmm ? "zmm" : "ymm", threads,
+           amx ? "bf16 amx" : bf16 ? "bf16 zmm" : zmm ? "zmm" : "ymm", threads,
            flops / s / 1e9, s, (double)r[0]);
     return 0;
 }

@@ -298,7 +298,8 @@ fn append_aligned(section: &mut Vec<u8>, bytes: &[u8]) -> ByteRange {
 /// The features the runtime must find on the host before it runs `c`'s code: the host's
 /// feature string for `native`; for a named AVX-512 CPU (whose name alone the runtime does not
 /// know), the AVX-512 level's extensions, so that a multi-CPU artefact falls back to its AVX2
-/// variant on a CPU without them. `x86-64-vN` names carry their level themselves.
+/// variant on a CPU without them. `x86-64-vN` names carry their level themselves. bf16 code
+/// adds `avx512bf16`, and code on the AMX tiles `amx-tile` and `amx-bf16`.
 fn required_features(c: &crate::backend::cpu::CompiledCpu) -> String {
     let t = &c.target;
     let mut features = if !t.features.is_empty() || t.cpu.starts_with("x86-64") {

@@ -102,9 +102,12 @@ pub fn compile(graph: &GraphKernels, opts: &TargetOptions) -> Result<CompiledTar
     let mut cpu = cpu
         .into_iter()
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    // Widest vectors first, bf16 before f32 of the same width; equal ISAs keep the command
-    // line's order.
-    cpu.sort_by_key(|c| std::cmp::Reverse((c.target.isa.lanes, c.target.isa.bf16)));
+    // Widest vectors first, bf16 before f32 of the same width, the AMX tiles before
+    // `vdpbf16ps`; equal ISAs keep the command line's order.
+    cpu.sort_by_key(|c| {
+        let isa = c.target.isa;
+        std::cmp::Reverse((isa.lanes, isa.bf16, isa.amx))
+    });
     for (i, c) in cpu.iter().enumerate() {
         if cpu[..i].iter().any(|d| d.target.cpu == c.target.cpu) {
             return Err(CompileError::Options(format!(

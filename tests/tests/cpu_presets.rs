@@ -35,7 +35,8 @@ struct Variant {
 /// The CPU targets every preset is checked on: the AVX2 kernels (x86-64-v3, which every CI
 /// machine runs), the AVX-512 kernels (x86-64-v4), run where the host has AVX-512 and
 /// compiled only elsewhere, and the bf16 kernels (x86-64-v4 + AVX512_BF16, `--precision
-/// bf16`) within their bound, run where the host has AVX512_BF16.
+/// bf16`) within their bound, run where the host has AVX512_BF16, and on the AMX tiles
+/// (`sapphirerapids`), run where the host has AMX-BF16 and the OS grants the tile state.
 fn cpus() -> Vec<Variant> {
     let avx512 = ["avx512f", "avx512vl", "avx512bw", "avx512dq"]
         .iter()
@@ -60,6 +61,14 @@ fn cpus() -> Vec<Variant> {
             precision: Precision::Bf16,
             runs: avx512 && host_has("avx512bf16"),
             why_not: "the host has no AVX512_BF16",
+            bound: f64::from(compiler::backend::cpu::CPU_BF16_REL_BOUND),
+        },
+        Variant {
+            cpu: "sapphirerapids",
+            precision: Precision::Bf16,
+            // Also asks the OS for the tile state (the runtime does so at load as well).
+            runs: avx512 && host_has("avx512bf16") && runtime::host_has_amx(),
+            why_not: "the host has no usable AMX-BF16",
             bound: f64::from(compiler::backend::cpu::CPU_BF16_REL_BOUND),
         },
     ]

@@ -231,3 +231,90 @@ fn bf16_variants_fall_back_to_fp32_where_the_cpu_lacks_it() {
     let err = run(&fp32, &x).rel_error(&want).expect("shape");
     assert!(err <= 1e-4, "fp32 fallback: {err:e}");
 }
+
+/// `--cpu x86-64-v3,znver4,sapphirerapids --precision bf16`: the AMX variant (tile kernels,
+/// requiring `amx-tile` and `amx-bf16`) first, then the `vdpbf16ps` one, then fp32; the
+/// runtime runs the first the host supports (asking the OS for the tile state), and a forced
+/// AMX variant on a host without usable AMX is an error naming the missing feature.
+#[test]
+fn amx_variant_comes_first_and_runs_only_where_the_host_has_amx() {
+    let o = ConfigOverrides {
+        block_config: Some(vec![2, 2]),
+        image_size: Some(12),
+        ..Default::default()
+    };
+    let cfg = DenseNetConfig::resolve(Some("densenet-bc-100"), &o).expect("config");
+    let mut graph = build(&cfg, 1).expect("build");
+    compiler::weights::randomize(&mut graph, 22);
+    let opts = CompileOptions {
+        cpus: ["x86-64-v3", "znver4", "sapphirerapids"]
+            .into_iter()
+            .map(|name| CpuOptions {
+                cpu: name.into(),
+                ..Default::default()
+            })
+            .collect(),
+        precision: compiler::backend::precision::Precision::Bf16,
+        ..Default::default()
+    };
+    let bytes = compiler::compile_graph(&cfg, graph.clone(), &opts)
+        .and_then(|c| c.to_bytes())
+        .expect("compile");
+    let artefact = Artefact::read(&bytes).expect("artefact");
+    let target = artefact.manifest().cpu.clone().expect("cpu");
+    let isas: Vec<(&str, &str)> = target
+        .variants
+        .iter()
+        .map(|v| (v.cpu.as_str(), v.isa.as_str()))
+        .collect();
+    assert_eq!(
+        isas,
+        [
+            ("sapphirerapids", "avx512+bf16+amx"),
+            ("znver4", "avx512+bf16"),
+            ("x86-64-v3", "avx2")
+        ]
+    );
+    let amx_features = &target.variants[0].features;
+    for f in ["+avx512bf16", "+amx-tile", "+amx-bf16"] {
+        assert!(amx_features.split(',').any(|g| g == f), "{amx_features}");
+    }
+    assert!(!target.variants[1].features.contains("amx"));
+
+    let x = Tensor::random_uniform(vec![1, 3, 12, 12], 6, -1.0, 1.0);
+    let want = ir::reference::run(&graph, std::slice::from_ref(&x))
+        .expect("reference")
+        .remove(0);
+    let bf16 = host_has_avx512() && std::arch::is_x86_feature_detected!("avx512bf16");
+    let amx = bf16 && runtime::host_has_amx();
+    let expected = match (amx, bf16) {
+        (true, _) => "sapphirerapids",
+        (false, true) => "znver4",
+        (false, false) => "x86-64-v3",
+    };
+    let model = Model::from_artefact(Artefact::read(&bytes).expect("a")).expect("load");
+    assert_eq!(model.cpu_variant(), Some(expected));
+    let bound = if bf16 {
+        f64::from(compiler::backend::cpu::CPU_BF16_REL_BOUND)
+    } else {
+        1e-4
+    };
+    let err = run(&model, &x).rel_error(&want).expect("shape");
+    eprintln!("{expected}: relative error {err:.2e}");
+    assert!(err <= bound, "{expected}: {err:e}");
+    let forced =
+        Model::from_artefact_for_cpu(Artefact::read(&bytes).expect("a"), Some("sapphirerapids"));
+    if amx {
+        let err = run(&forced.expect("AMX host"), &x)
+            .rel_error(&want)
+            .expect("shape");
+        assert!(err <= bound, "forced sapphirerapids: {err:e}");
+    } else {
+        let Err(e) = forced else {
+            panic!("the AMX variant loaded on a host without usable AMX");
+        };
+        let e = e.to_string();
+        assert!(e.contains("amx") || e.contains("avx512"), "{e}");
+        eprintln!("note: the host has no usable AMX-BF16: {e}");
+    }
+}

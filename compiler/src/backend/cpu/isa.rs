@@ -27,6 +27,26 @@
 //! fixture (`tests/fixtures/trained/shapes10`, `tests/tests/trained.rs`) the bf16 logits are
 //! within 3.1e-3 of f32 and 255 of 256 predictions agree (asserted: at least 99%).
 
+//!
+//! # AMX (`--precision bf16` on Sapphire Rapids and later)
+//!
+//! With [`VectorIsa::amx`] (a target with AMX-TILE and AMX-BF16: the host's features for
+//! `native`, or `--cpu sapphirerapids`, `emeraldrapids`, `graniterapids`) the convolutions
+//! with at least 32 input channels, and the few-channel stems with their kernel row folded
+//! into K, run on the tile unit (`amx.rs`): `tdpbf16ps` on 16 × 32 bf16 tiles of the same
+//! pair-interleaved weights and bf16 panels, f32 sums, so the same rounding and the same
+//! bound. On such Xeons `vdpbf16ps` issues at half the rate of an f32 FMA (fp32 was 1.4x
+//! faster than the `vdpbf16ps` kernels on DenseNet-121), while a tile multiply does 16 times
+//! the work of a zmm FMA per cycle (2.8 TFLOP/s per core measured). Winograd is off there
+//! (the transforms would cost more than the multiplies they save). The artefact requires
+//! `amx-tile` and `amx-bf16`; the runtime checks them, with the OS's tile state, and asks
+//! Linux for that state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`) before it loads the code.
+//! `DNC_AMX=0` (experiment knob) compiles such targets with `vdpbf16ps` instead. The tile
+//! kernels match the emulated rounding within 2e-5 like the others (`compiler/tests/cpu/
+//! bf16.rs`); the presets' logits measured 2.8e-3 … 1.1e-2 against f32 (DenseNet-40 the
+//! largest; its `vdpbf16ps` variant 7.2e-3 on the same input), within
+//! [`CPU_BF16_REL_BOUND`].
+
 use std::fmt;
 
 /// Relative error bound (max norm) of the logits of a `--precision bf16` CPU network against
