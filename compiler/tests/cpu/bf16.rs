@@ -225,6 +225,12 @@ fn amx_tiles_match_the_emulated_rounding() {
             "direct_nv3_bordered",
             "n2 c64 7x7 oc48 k3 p1 pro relu bordered",
         ),
+        // Stride 1 in whole-row tasks (`Mode::Rows`): K in two chunks (accumulating into the
+        // junk positions too), several images, no padding, a 5x5 kernel.
+        ("rows_k300_chunks", "c300 9x9 oc32 k3 p1 pro relu"),
+        ("rows_7x7_images", "n3 c128 7x7 oc32 k3 p1 bn relu block"),
+        ("rows_no_pad", "c40 8x8 oc16 k3"),
+        ("rows_k5", "n2 c36 11x6 oc24 k5 p2 bias relu strided"),
         // Few channels: the kernel row folded into one tile step (`ConvPlan::fold`).
         ("folded_stem", "n2 c3 23x19 oc64 k7 s2 p3"),
         ("folded_cifar_stem", "c3 8x8 oc24 k3 p1 bias"),
@@ -243,6 +249,8 @@ fn amx_tiles_match_the_emulated_rounding() {
             assert!(plan.contains("tiles: true"), "{name}: {plan}");
             let folded = name.starts_with("folded");
             assert!(plan.contains(&format!("fold: {folded}")), "{name}: {plan}");
+            let rows = spec.contains(" k") && !spec.contains(" s2") && !folded;
+            assert_eq!(plan.contains("Rows"), rows, "{name}: {plan}");
         }
     }
 }

@@ -93,6 +93,13 @@ impl ConvPlan {
                     self.emit_direct(cg, uks, env, [n_i, oh_i, owb_i, og], count)
                 })
             }
+            Mode::Rows { rows, n_rb, .. } => {
+                let (n_i, rb) = cg.divrem(r, n_rb)?;
+                let last = self.oh - (n_rb - 1) * rows;
+                split_last(cg, rb, n_rb, rows, last, |count| {
+                    self.emit_rows(cg, uks, env, [n_i, rb, og], count)
+                })
+            }
         }
     }
 
@@ -190,35 +197,8 @@ impl ConvPlan {
             };
             cg.for_n(kh, |y| {
                 let ih = cg.add(ih0, y)?;
-                let row_ok = cg.in_range(ih, 0, self.h)?;
                 let dst_row = cg.gep2(panel, y, span_max * self.kcp_words())?;
-                cg.for_n(span, |x| {
-                    let iw = cg.add(iw0, x)?;
-                    let ok = cg.b.build_and(row_ok, cg.in_range(iw, 0, self.w)?, "")?;
-                    let dst = cg.gep2(dst_row, x, self.kcp_words())?;
-                    cg.if_else(
-                        ok,
-                        || {
-                            let row = cg.gep2(img, ih, iv.row_stride())?;
-                            let src = cg.gep(cg.gep2(row, iw, iv.pixel_stride)?, c0)?;
-                            self.copy_channels(cg, env, src, dst, c0, kc)
-                        },
-                        || {
-                            // The words `copy_channels` would write: whole vectors of
-                            // channels (half as many words for bf16 pairs), or whole tile
-                            // steps.
-                            let words = round_up(kc, self.k_quantum(cg)) / self.k_step;
-                            for w0 in (0..words).step_by(cg.lanes) {
-                                cg.store_v(
-                                    cg.vf.const_zero(),
-                                    cg.gepc(dst, w0)?,
-                                    (words - w0).min(cg.lanes),
-                                )?;
-                            }
-                            Ok(())
-                        },
-                    )
-                })?;
+                self.fill_panel_row(cg, env, [img, dst_row], [ih, iw0], span, c0, kc)?;
                 if self.fold {
                     // A folded row's last pixels read a tile step on (times zero weights):
                     // zeros, not stale panel words that might be NaN. The next row (or the
@@ -261,6 +241,130 @@ impl ConvPlan {
                     uks,
                     spec,
                     count,
+                    [panel, b, table, bias],
+                    col,
+                    Kc::Const(kc),
+                    acc,
+                    relu,
+                )
+            })
+        })
+    }
+
+    /// Pack input row `ih` of image `img`, pixels `iw0 .. iw0 + span`, channels `c0 ..
+    /// c0 + kc`, into the panel row at `dst_row`: the prologue applied to real pixels, zeros
+    /// for the padding.
+    #[allow(clippy::too_many_arguments)]
+    fn fill_panel_row<'ctx>(
+        &self,
+        cg: &Cg<'ctx>,
+        env: &Env<'ctx>,
+        [img, dst_row]: [PointerValue<'ctx>; 2],
+        [ih, iw0]: [IntValue<'ctx>; 2],
+        span: usize,
+        c0: IntValue<'ctx>,
+        kc: usize,
+    ) -> Result<()> {
+        let iv = &self.input;
+        let row_ok = cg.in_range(ih, 0, self.h)?;
+        cg.for_n(span, |x| {
+            let iw = cg.add(iw0, x)?;
+            let ok = cg.b.build_and(row_ok, cg.in_range(iw, 0, self.w)?, "")?;
+            let dst = cg.gep2(dst_row, x, self.kcp_words())?;
+            cg.if_else(
+                ok,
+                || {
+                    let row = cg.gep2(img, ih, iv.row_stride())?;
+                    let src = cg.gep(cg.gep2(row, iw, iv.pixel_stride)?, c0)?;
+                    self.copy_channels(cg, env, src, dst, c0, kc)
+                },
+                || {
+                    // The words `copy_channels` would write: whole vectors of channels (half
+                    // as many words for bf16 pairs), or whole tile steps.
+                    let words = round_up(kc, self.k_quantum(cg)) / self.k_step;
+                    for w0 in (0..words).step_by(cg.lanes) {
+                        cg.store_v(
+                            cg.vf.const_zero(),
+                            cg.gepc(dst, w0)?,
+                            (words - w0).min(cg.lanes),
+                        )?;
+                    }
+                    Ok(())
+                },
+            )
+        })
+    }
+
+    /// A [`Mode::Rows`] task: output rows `rb·rows ..` (`count` of them) of image `n_i`.
+    fn emit_rows<'ctx>(
+        &self,
+        cg: &Cg<'ctx>,
+        uks: &Microkernels<'ctx>,
+        env: &Env<'ctx>,
+        [n_i, rb, og]: [IntValue<'ctx>; 3],
+        count: usize,
+    ) -> Result<()> {
+        let Mode::Rows { rows, span, .. } = self.mode else {
+            return Err(wrong_mode(self.mode));
+        };
+        let panel = scratch(env)?;
+        let kcp = self.kcp_words();
+        let (iv, ov) = (&self.input, &self.output);
+        let img = cg.gep2(in_base(cg, env, iv)?, n_i, iv.image_stride())?;
+        let oh0 = cg.mulc(rb, rows)?;
+        let ih0 = cg.sub(oh0, cg.c64(self.p[0]))?;
+        let iw0 = cg.sub(cg.c64(0), cg.c64(self.p[1]))?;
+        let out = out_base(cg, env, ov)?;
+        let junk = cg.gepc(panel, self.rows_junk_offset(rows, span))?;
+        // Positions `r·span + x`; those with `x >= OW` (between rows) go to the junk vector.
+        let positions = (count - 1) * span + self.ow;
+        let table = self.pixel_table(cg, positions, |p| {
+            let (r, x) = (
+                cg.b.build_int_unsigned_div(p, cg.c64(span), "")?,
+                cg.b.build_int_unsigned_rem(p, cg.c64(span), "")?,
+            );
+            let real =
+                cg.b.build_int_compare(IntPredicate::ULT, x, cg.c64(self.ow), "")?;
+            let xc = cg.umin(x, cg.c64(self.ow - 1))?;
+            let at = pixel_at(cg, out, ov, [n_i, cg.add(oh0, r)?, xc])?;
+            Ok(cg.b.build_select(real, at, junk, "")?.into_pointer_value())
+        })?;
+        self.for_chunks(cg, env, |c0, kc, acc, relu| {
+            let Kc::Const(kc) = kc else {
+                return Err(wrong_mode(self.mode));
+            };
+            cg.for_n(count + self.k[0] - 1, |y| {
+                let dst_row = cg.gep2(panel, y, span * kcp)?;
+                self.fill_panel_row(
+                    cg,
+                    env,
+                    [img, dst_row],
+                    [cg.add(ih0, y)?, iw0],
+                    span,
+                    c0,
+                    kc,
+                )
+            })?;
+            self.for_blocks(cg, env, og, |w, bias, col, nv, valid| {
+                let nr = nv * cg.lanes;
+                let spec = UkSpec {
+                    mr: self.mr,
+                    nv,
+                    valid,
+                    a_step: kcp,
+                    taps: self.k,
+                    a_row: span * kcp,
+                    a_col: kcp,
+                    b_tap: self.ic_words() * nr,
+                    dot: self.dot(),
+                    tiles: self.tiles,
+                };
+                let b = cg.gep(w, cg.mulc(self.words(cg, c0)?, nr)?)?;
+                self.for_tiles(
+                    cg,
+                    uks,
+                    spec,
+                    positions,
                     [panel, b, table, bias],
                     col,
                     Kc::Const(kc),

@@ -68,6 +68,20 @@ pub(crate) enum Mode {
         n_owb: usize,
         span: usize,
     },
+    /// Stride-1 convolutions on the AMX tiles: a task is `rows` whole output rows of one
+    /// image (the last block shorter). Its panel holds the `rows + KH - 1` input rows each
+    /// once, `span = OW + KW - 1` pixels wide (padding included), and the tile rows run over
+    /// the panel's positions `r·span + x` as one pixel sequence: from position `p`, tap
+    /// `(kh, kw)` is position `p + kh·span + kw`, a constant stride whatever the row. The
+    /// `KW - 1` positions past each row's last output pixel are computed and stored into a
+    /// junk vector (their table entries point there), so every tile is full and no input row
+    /// is packed twice. (A [`Mode::Direct`] task packs `KH` input rows per output row, and a
+    /// 7-pixel row fills 7 of a tile's 16 rows.)
+    Rows {
+        rows: usize,
+        n_rb: usize,
+        span: usize,
+    },
 }
 
 /// Tiling and packing decisions for one convolution.
@@ -277,6 +291,29 @@ impl ConvPlan {
                 rows * n_owb,
             )
         };
+        let (mode, row_tasks) = match mode {
+            Mode::Direct { .. } if tiles && !fold && c.stride == [1, 1] => {
+                let span = o.w + c.kernel[1] - 1;
+                let row_words = span * round_up(kc, k_quantum) / 2;
+                let rows_max = (PANEL_MAX / row_words).saturating_sub(c.kernel[0] - 1);
+                // A tile task does about ten times the MACs of a vector one in the same time:
+                // fewer, larger tasks (DenseNet-121's 7x7 growth convs at batch 1: two rows
+                // a task, one full 16-row tile, not seven 7-row ones).
+                let target =
+                    target_tasks(o.pixels() * c.out_channels * ic * c.kernel[0] * c.kernel[1] / 10);
+                let mut rows = 1;
+                while rows < rows_max.min(o.h) && o.n * o.h.div_ceil(rows + 1) >= target {
+                    rows += 1;
+                }
+                if rows_max >= 1 {
+                    let n_rb = o.h.div_ceil(rows);
+                    (Mode::Rows { rows, n_rb, span }, o.n * n_rb)
+                } else {
+                    (mode, row_tasks)
+                }
+            }
+            _ => (mode, row_tasks),
+        };
         let blocks = blocking.blocks();
         let mut groups = 1;
         // Output-channel groups split a pixel block's work between tasks that each pack its
@@ -343,6 +380,7 @@ impl ConvPlan {
         let rows = match self.mode {
             Mode::Gemm { mblocks, .. } => mblocks,
             Mode::Direct { n_owb, .. } => self.n * self.oh * n_owb,
+            Mode::Rows { n_rb, .. } => self.n * n_rb,
         };
         rows * self.groups
     }
@@ -357,6 +395,7 @@ impl ConvPlan {
         match self.mode {
             Mode::Gemm { mc, .. } => mc,
             Mode::Direct { owb, .. } => owb,
+            Mode::Rows { rows, span, .. } => rows * span,
         }
     }
 
@@ -376,7 +415,17 @@ impl ConvPlan {
                 };
                 self.k[0] * span * self.kcp_words() + slack
             }
+            // The panel, 16 positions of slack (a last tile's rows past the last output
+            // pixel), then the junk vector of every output channel.
+            Mode::Rows { rows, span, .. } => {
+                self.rows_junk_offset(rows, span) + self.blocking.blocks() * self.blocking.nr()
+            }
         }
+    }
+
+    /// Where [`Mode::Rows`]' junk vector starts in the scratch, in words.
+    pub(crate) fn rows_junk_offset(&self, rows: usize, span: usize) -> usize {
+        ((rows + self.k[0] - 1) * span + amx::TILE) * self.kcp_words()
     }
 
     /// Whether the micro-kernels multiply bf16 pairs.
