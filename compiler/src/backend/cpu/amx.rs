@@ -38,7 +38,6 @@
 //! and stores around them.
 
 use super::codegen::{Cg, Result};
-use super::microkernel::UkSpec;
 use inkwell::module::Linkage;
 use inkwell::types::BasicMetadataTypeEnum;
 use inkwell::values::{BasicMetadataValueEnum, FunctionValue, PointerValue};
@@ -51,6 +50,27 @@ const TILE_REGISTERS: usize = 8;
 /// Input channels one `tdpbf16ps` step reduces: a 64-byte row of bf16.
 pub(crate) const K_STEP_CHANNELS: usize = 32;
 
+/// The shape of one tile micro-kernel: the strides and sizes of `microkernel.rs`'s `UkSpec`
+/// (which builds it), in 32-bit words.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TileShape {
+    /// Pixels of a call (at most 32).
+    pub mr: usize,
+    /// Channel tiles (16 output channels each).
+    pub nv: usize,
+    /// Output channels stored (`<= 16·nv`).
+    pub valid: usize,
+    /// A words between consecutive pixels.
+    pub a_step: usize,
+    /// Kernel taps `[KH, KW]`.
+    pub taps: [usize; 2],
+    /// A words per `kh` and per `kw` step.
+    pub a_row: usize,
+    pub a_col: usize,
+    /// B words per tap.
+    pub b_tap: usize,
+}
+
 /// Pixel tiles (of 16 rows) of a call with `nv` channel tiles: the most that leaves the eight
 /// tile registers enough for `mt·nv` C, `mt` A and `nv` B tiles (2 for `nv` ≤ 2, 1 for 3).
 pub(crate) fn pixel_tiles(nv: usize) -> usize {
@@ -60,8 +80,8 @@ pub(crate) fn pixel_tiles(nv: usize) -> usize {
         .unwrap_or(1)
 }
 
-/// Whether a spec fits the tile registers.
-pub(crate) fn fits(s: &UkSpec) -> bool {
+/// Whether a shape fits the tile registers.
+pub(crate) fn fits(s: &TileShape) -> bool {
     let mt = s.mr.div_ceil(TILE);
     s.mr > 0 && s.nv > 0 && mt * s.nv + mt + s.nv <= TILE_REGISTERS
 }
@@ -127,9 +147,9 @@ pub(crate) fn configure(cg: &Cg<'_>) -> Result<()> {
     asm(cg, "ldtilecfg ($0)", &[config(cg).into()])
 }
 
-/// Emit the tile micro-kernel `name` for `s` (`s.dot`; the signature of `microkernel.rs`).
-pub(crate) fn emit<'ctx>(cg: &Cg<'ctx>, s: &UkSpec, name: &str) -> Result<FunctionValue<'ctx>> {
-    if !fits(s) || cg.lanes != TILE || !s.dot {
+/// Emit the tile micro-kernel `name` for `s` (the signature of `microkernel.rs`).
+pub(crate) fn emit<'ctx>(cg: &Cg<'ctx>, s: &TileShape, name: &str) -> Result<FunctionValue<'ctx>> {
+    if !fits(s) || cg.lanes != TILE {
         return Err(crate::backend::BackendError::Codegen(format!(
             "no AMX tile micro-kernel for {s:?} with {}-lane vectors",
             cg.lanes

@@ -25,6 +25,7 @@
 //! (prologue applied, zero padding materialised), so the kernel never checks
 //! bounds.
 
+use super::amx::{emit as emit_tiles, TileShape};
 use super::codegen::{Cg, Result};
 use inkwell::module::Linkage;
 use inkwell::values::FunctionValue;
@@ -78,7 +79,22 @@ impl<'ctx> Microkernels<'ctx> {
         };
         let name = format!("dnc_uk{id}_{}x{}{kind}", spec.mr, spec.nv * cg.lanes);
         let f = if spec.tiles {
-            super::amx::emit(cg, &spec, &name)?
+            if !spec.dot {
+                return Err(crate::backend::BackendError::Codegen(format!(
+                    "AMX tiles multiply bf16 pairs only: {spec:?}"
+                )));
+            }
+            let shape = TileShape {
+                mr: spec.mr,
+                nv: spec.nv,
+                valid: spec.valid,
+                a_step: spec.a_step,
+                taps: spec.taps,
+                a_row: spec.a_row,
+                a_col: spec.a_col,
+                b_tap: spec.b_tap,
+            };
+            emit_tiles(cg, &shape, &name)?
         } else {
             emit(cg, &spec, &name)?
         };
