@@ -2,7 +2,8 @@
 //! 10 procedural shape/colour classes, 256 held-out test images) compiled with
 //! `compiler::compile` for the CPU: the f32 build must match PyTorch's float32 logits within
 //! 1e-4, agree with its top-1 on every image and reach the recorded accuracy; the bf16 build
-//! (x86-64-v4 with AVX512_BF16, run only where the host has it) must stay within
+//! (x86-64-v4 with AVX512_BF16, and sapphirerapids on the AMX tiles, each run only where the
+//! host has it) must stay within
 //! `CPU_BF16_REL_BOUND` of the f32 logits and agree with the f32 top-1 on ≥ 99% of the images.
 
 use compiler::backend::cpu::{CpuOptions, CPU_BF16_REL_BOUND};
@@ -182,27 +183,34 @@ fn trained_shapes10_f32_matches_pytorch_and_bf16_keeps_its_predictions() {
     assert_eq!(vs_torch, 1.0, "f32 top-1 differs from torch's");
     assert_eq!(accuracy, recorded, "f32 accuracy");
 
-    // bf16 on AVX-512 with AVX512_BF16: compiled everywhere, run where the host has it.
-    let bf16 = compile(&cfg, batch, "x86-64-v4", Precision::Bf16);
-    if !host_has_avx512_bf16() {
-        eprintln!("note: the host lacks AVX512_BF16 (or AVX-512 F/VL/BW/DQ): bf16 not run");
-        return;
+    // bf16 with vdpbf16ps (AVX-512 with AVX512_BF16) and on the AMX tiles (sapphirerapids):
+    // compiled everywhere, run where the host has it.
+    let bf16_host = host_has_avx512_bf16();
+    for (cpu, runs) in [
+        ("x86-64-v4", bf16_host),
+        ("sapphirerapids", bf16_host && runtime::host_has_amx()),
+    ] {
+        let bf16 = compile(&cfg, batch, cpu, Precision::Bf16);
+        if !runs {
+            eprintln!("note: the host cannot run {cpu} bf16 (AVX512_BF16, AMX): compiled, not run");
+            continue;
+        }
+        let bf16_logits = run(&bf16, &x);
+        let err = bf16_logits.rel_error(&f32_logits).expect("same shape");
+        let bf16_top1 = top1(&bf16_logits);
+        let vs_f32 = agreement(&bf16_top1, &f32_top1);
+        let accuracy = agreement(&bf16_top1, &labels);
+        eprintln!(
+            "bf16 ({cpu}): logits rel error vs f32 {err:.2e} (bound {CPU_BF16_REL_BOUND:e}), \
+             top-1 agreement with f32 {vs_f32:.4}, accuracy {accuracy:.4}"
+        );
+        assert!(
+            err <= f64::from(CPU_BF16_REL_BOUND),
+            "bf16 ({cpu}) logits rel error {err:e}"
+        );
+        assert!(
+            vs_f32 >= MIN_BF16_AGREEMENT,
+            "bf16 ({cpu}) top-1 agreement with f32 {vs_f32}"
+        );
     }
-    let bf16_logits = run(&bf16, &x);
-    let err = bf16_logits.rel_error(&f32_logits).expect("same shape");
-    let bf16_top1 = top1(&bf16_logits);
-    let vs_f32 = agreement(&bf16_top1, &f32_top1);
-    let accuracy = agreement(&bf16_top1, &labels);
-    eprintln!(
-        "bf16 (x86-64-v4): logits rel error vs f32 {err:.2e} (bound {CPU_BF16_REL_BOUND:e}), \
-         top-1 agreement with f32 {vs_f32:.4}, accuracy {accuracy:.4}"
-    );
-    assert!(
-        err <= f64::from(CPU_BF16_REL_BOUND),
-        "bf16 logits rel error {err:e}"
-    );
-    assert!(
-        vs_f32 >= MIN_BF16_AGREEMENT,
-        "bf16 top-1 agreement with f32 {vs_f32}"
-    );
 }
