@@ -318,3 +318,67 @@ fn amx_variant_comes_first_and_runs_only_where_the_host_has_amx() {
         eprintln!("note: the host has no usable AMX-BF16: {e}");
     }
 }
+
+/// The bf16 handoff on the AMX tiles (`ConvPlan::handoffs`): a bottleneck stores its output
+/// as bf16 pairs for its 3x3, which would round the same floats when packing them, so the
+/// logits are bit-identical with and without it (each bottleneck in one K chunk either way:
+/// the blocks are short). The plans must show the handoffs; the artefact runs where the host
+/// has AMX and is compiled only elsewhere.
+#[test]
+fn amx_bf16_handoff_is_bit_identical_to_rounding_in_the_panel() {
+    let o = ConfigOverrides {
+        block_config: Some(vec![3, 4, 4, 3]),
+        image_size: Some(40),
+        ..Default::default()
+    };
+    let cfg = DenseNetConfig::resolve(Some("densenet121"), &o).expect("config");
+    let mut graph = build(&cfg, 2).expect("build");
+    compiler::weights::randomize(&mut graph, 23);
+    let compile = |handoff: bool| {
+        let opts = CompileOptions {
+            cpus: vec![CpuOptions {
+                cpu: "sapphirerapids".into(),
+                tile_handoff: handoff,
+                ..Default::default()
+            }],
+            precision: compiler::backend::precision::Precision::Bf16,
+            ..Default::default()
+        };
+        compiler::compile_graph(&cfg, graph.clone(), &opts).expect("compile")
+    };
+    let (with, without) = (compile(true), compile(false));
+    let count = |c: &compiler::Compiled, what: &str| {
+        c.code.cpu[0]
+            .kernels
+            .iter()
+            .filter(|k| k.plan.contains(what))
+            .count()
+    };
+    // 14 dense layers: every bottleneck hands off to its 3x3.
+    assert_eq!(count(&with, "out_pairs: true"), 14);
+    assert_eq!(count(&with, "in_pairs: true"), 14);
+    assert_eq!(count(&without, "in_pairs: true"), 0);
+    if !(host_has_avx512()
+        && std::arch::is_x86_feature_detected!("avx512bf16")
+        && runtime::host_has_amx())
+    {
+        eprintln!("note: the host has no usable AMX-BF16: compiled, not run");
+        return;
+    }
+    let x = Tensor::random_uniform(vec![2, 3, 40, 40], 7, -1.0, 1.0);
+    let logits = |c: &compiler::Compiled| {
+        let m = Model::from_artefact(Artefact::read(&c.to_bytes().expect("bytes")).expect("a"))
+            .expect("load");
+        run(&m, &x)
+    };
+    let (a, b) = (logits(&with), logits(&without));
+    assert!(a.data == b.data, "handoff changed the logits");
+    let want = ir::reference::run(&graph, std::slice::from_ref(&x))
+        .expect("reference")
+        .remove(0);
+    let err = a.rel_error(&want).expect("shape");
+    assert!(
+        err <= f64::from(compiler::backend::cpu::CPU_BF16_REL_BOUND),
+        "{err:e}"
+    );
+}

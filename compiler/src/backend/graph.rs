@@ -54,6 +54,8 @@ pub fn kernels_of(g: &Graph) -> Result<GraphKernels, BackendError> {
         None => View::of_value(g, id).map_err(|m| err(&g.node(id).name, m)),
     };
     let mut kernels = Vec::new();
+    // The node of each kernel.
+    let mut nodes = Vec::new();
     for id in g.schedule().map_err(|e| err(&g.name, e.to_string()))? {
         let node = g.node(id);
         match &node.op {
@@ -85,13 +87,22 @@ pub fn kernels_of(g: &Graph) -> Result<GraphKernels, BackendError> {
                     }),
                     input,
                     output,
+                    output_to_next_only: false,
                 });
+                nodes.push(id);
             }
             continue;
         }
         let k = KernelDesc::from_ir(&node.name, &node.op, &g.constants, input, output)
             .map_err(|m| err(&node.name, m))?;
         kernels.push(k);
+        nodes.push(id);
+    }
+    // Which outputs only the next kernel reads (`KernelDesc::output_to_next_only`).
+    for i in 0..kernels.len().saturating_sub(1) {
+        let id = nodes[i];
+        kernels[i].output_to_next_only =
+            g.users(id) == [nodes[i + 1]] && !g.outputs().contains(&id);
     }
     let outputs = g
         .outputs()

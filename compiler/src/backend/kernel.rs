@@ -130,6 +130,10 @@ pub struct KernelDesc {
     pub op: KernelOp,
     pub input: View,
     pub output: View,
+    /// The output is read by one kernel only, the next in schedule order, and is not a graph
+    /// output (`graph.rs`): a backend may store it in a form only that kernel reads (the CPU
+    /// stores a bottleneck's output as bf16 pairs for its 3x3 conv on the AMX tiles).
+    pub output_to_next_only: bool,
 }
 
 impl KernelDesc {
@@ -354,6 +358,7 @@ impl KernelDesc {
             op: kop,
             input,
             output,
+            output_to_next_only: false,
         };
         desc.validate()?;
         Ok(desc)

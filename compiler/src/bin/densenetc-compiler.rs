@@ -591,6 +591,9 @@ fn compile(a: &CompileArgs) -> Result<()> {
         if let Ok(v) = std::env::var("DNC_VECTOR_BITS") {
             cpu.vector_bits = Some(v.parse().context("DNC_VECTOR_BITS")?);
         }
+        if std::env::var("DNC_TILE_HANDOFF").as_deref() == Ok("0") {
+            cpu.tile_handoff = false;
+        }
     }
     if let Some(cuda) = opts.cuda.as_mut() {
         cuda.arch = a.cuda_arch.clone();

@@ -820,6 +820,7 @@ fn validation_never_panics() {
             op,
             input,
             output,
+            output_to_next_only: false,
         };
         let _ = desc.macs();
         if desc.validate().is_ok() {

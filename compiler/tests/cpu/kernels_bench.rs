@@ -71,6 +71,7 @@ fn desc(s: &Shape, rng: &mut Rng) -> KernelDesc {
         }),
         input,
         output,
+        output_to_next_only: false,
     }
 }
 

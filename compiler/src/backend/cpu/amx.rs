@@ -69,6 +69,9 @@ pub(crate) struct TileShape {
     pub a_col: usize,
     /// B words per tap.
     pub b_tap: usize,
+    /// Store bf16 pairs (word `c / 2` of a pixel holds channels `c`, `c + 1`; whole vectors
+    /// only) from the bias: the call is the conv's only K chunk.
+    pub store_pairs: bool,
 }
 
 /// Pixel tiles (of 16 rows) of a call with `nv` channel tiles: the most that leaves the eight
@@ -244,6 +247,28 @@ pub(crate) fn emit<'ctx>(cg: &Cg<'ctx>, s: &TileShape, name: &str) -> Result<Fun
         }
     }
     let lanes = |v: usize| (s.valid - v * TILE).min(TILE);
+    if s.store_pairs {
+        if s.valid != nv * TILE {
+            return Err(crate::backend::BackendError::Codegen(format!(
+                "bf16 pairs stored from a partial channel tile: {s:?}"
+            )));
+        }
+        // Channel `col` is word `col / 2` of the pixel (`col` is a whole number of tiles).
+        let words = cg.b.build_right_shift(col, cg.c64(1), false, "")?;
+        for i in 0..s.mr {
+            let pixel = cg.load_ptr(cg.ptr_elem(cs, cg.c64(i))?)?;
+            let c = cg.gep(pixel, words)?;
+            for v in 0..nv {
+                let (t, row) = (i / TILE, i % TILE);
+                let sum = cg.load_v(cg.gepc(sums, (c_tile(t, v) * TILE + row) * TILE)?, TILE)?;
+                let y = cg.fadd(sum, cg.load_v(cg.gepc(bias, v * TILE)?, TILE)?)?;
+                let y = cg.b.build_select(relu, cg.relu(y)?, y, "")?;
+                cg.store_bf16(y.into_vector_value(), cg.gepc(c, v * TILE / 2)?)?;
+            }
+        }
+        cg.b.build_return(None)?;
+        return Ok(f);
+    }
     for i in 0..s.mr {
         let pixel = cg.load_ptr(cg.ptr_elem(cs, cg.c64(i))?)?;
         let c = cg.gep(pixel, col)?;

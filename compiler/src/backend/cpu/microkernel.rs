@@ -55,6 +55,8 @@ pub(crate) struct UkSpec {
     pub dot: bool,
     /// With `dot`: on the AMX tiles (`amx.rs`), `mr` up to 32 pixels of whole 16-row tiles.
     pub tiles: bool,
+    /// With `tiles`: store the outputs as bf16 pairs (`ConvPlan::out_pairs`), from the bias.
+    pub store_pairs: bool,
 }
 
 /// Micro-kernels emitted so far, by spec.
@@ -93,6 +95,7 @@ impl<'ctx> Microkernels<'ctx> {
                 a_row: spec.a_row,
                 a_col: spec.a_col,
                 b_tap: spec.b_tap,
+                store_pairs: spec.store_pairs,
             };
             emit_tiles(cg, &shape, &name)?
         } else {

@@ -117,6 +117,10 @@ pub struct CpuOptions {
     /// ([`CompiledCpu::llvm_ir_before`], for `--dump-dir`); printing a
     /// whole network's IR takes a noticeable share of compile time.
     pub keep_ir: bool,
+    /// On the AMX tiles, a 1x1 conv whose output only the next 3x3 conv reads stores it as
+    /// bf16 pairs, which that conv copies into its panel as they are (`conv/mod.rs`,
+    /// [`ConvPlan::handoffs`]): the same rounding, half the bytes. `false` keeps f32.
+    pub tile_handoff: bool,
 }
 
 impl Default for CpuOptions {
@@ -132,6 +136,7 @@ impl Default for CpuOptions {
             vector_bits: None,
             precision: Precision::Fp32,
             keep_ir: false,
+            tile_handoff: true,
         }
     }
 }
@@ -395,13 +400,21 @@ pub fn compile(kernels: &[KernelDesc], opts: &CpuOptions) -> Result<CompiledCpu,
     };
     let mut wb = WeightsBuilder::default();
     let mut plans: Vec<(String, Plan)> = Vec::with_capacity(kernels.len());
+    let handoffs = if opts.tile_handoff {
+        conv::ConvPlan::handoffs(kernels, target.isa)
+    } else {
+        vec![[false; 2]; kernels.len()]
+    };
     for s in &segments {
-        for k in &kernels[s.start..s.end] {
+        for (k, io) in kernels[s.start..s.end]
+            .iter()
+            .zip(&handoffs[s.start..s.end])
+        {
             // A tiled kernel is planned for one group of `chunk` images.
             let mut k = k.clone();
             k.input.n = s.chunk;
             k.output.n = s.chunk;
-            plans.push((k.name.clone(), Plan::new(&k, target.isa, &mut wb)));
+            plans.push((k.name.clone(), Plan::new(&k, target.isa, *io, &mut wb)));
         }
     }
     for (index, (name, plan)) in plans.iter().enumerate() {

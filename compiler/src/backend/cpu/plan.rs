@@ -118,8 +118,14 @@ impl Plan {
         }
     }
 
-    /// Plan `desc` (already validated) for `isa` and pack its constants into `wb`.
-    pub fn new(desc: &KernelDesc, isa: VectorIsa, wb: &mut WeightsBuilder) -> Plan {
+    /// Plan `desc` (already validated) for `isa` and pack its constants into `wb`; `pairs`
+    /// says whether its input and its output are bf16 pairs ([`ConvPlan::handoffs`]).
+    pub fn new(
+        desc: &KernelDesc,
+        isa: VectorIsa,
+        pairs: [bool; 2],
+        wb: &mut WeightsBuilder,
+    ) -> Plan {
         let (i, input) = normalise(&desc.input);
         let (o, output) = normalise(&desc.output);
         let (i, o) = (&i, &o);
@@ -129,7 +135,7 @@ impl Plan {
             KernelOp::Conv(c) if WinogradPlan::applies(c, i, o, isa) => {
                 OpPlan::Winograd(WinogradPlan::new(c, i, o, isa, wl))
             }
-            KernelOp::Conv(c) => OpPlan::Conv(ConvPlan::new(c, i, o, isa, wl)),
+            KernelOp::Conv(c) => OpPlan::Conv(ConvPlan::new(c, i, o, isa, pairs, wl)),
             KernelOp::Linear(l) => OpPlan::Conv(ConvPlan::linear(l, i, o, isa, wl)),
             KernelOp::MaxPool(p) => OpPlan::Pool(PoolPlan::new(p, true, i, o, isa, wl)),
             KernelOp::AvgPool(p) => OpPlan::Pool(PoolPlan::new(p, false, i, o, isa, wl)),

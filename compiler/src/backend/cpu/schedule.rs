@@ -156,6 +156,7 @@ mod tests {
             }),
             input,
             output,
+            output_to_next_only: false,
         }
     }
 

@@ -147,6 +147,7 @@ impl ConvPlan {
                     b_tap: 0,
                     dot: self.dot(),
                     tiles: self.tiles,
+                    store_pairs: self.out_pairs,
                 };
                 let b = cg.gep(w, cg.mulc(self.words(cg, c0)?, nv * cg.lanes)?)?;
                 self.for_tiles(
@@ -227,6 +228,7 @@ impl ConvPlan {
                     b_tap: b_words * nr,
                     dot: self.dot(),
                     tiles: self.tiles,
+                    store_pairs: self.out_pairs,
                 };
                 debug_assert_eq!(b_taps, spec.taps[0] * spec.taps[1]);
                 // Folded: one tile step of 32 channels covers the kernel row.
@@ -275,7 +277,20 @@ impl ConvPlan {
                 ok,
                 || {
                     let row = cg.gep2(img, ih, iv.row_stride())?;
-                    let src = cg.gep(cg.gep2(row, iw, iv.pixel_stride)?, c0)?;
+                    let pixel = cg.gep2(row, iw, iv.pixel_stride)?;
+                    if self.in_pairs {
+                        // bf16 pairs already (a handoff): whole tile steps of words.
+                        let src = cg.gep(pixel, self.words(cg, c0)?)?;
+                        for w0 in (0..kc / self.k_step).step_by(cg.lanes) {
+                            cg.store_v(
+                                cg.load_v(cg.gepc(src, w0)?, cg.lanes)?,
+                                cg.gepc(dst, w0)?,
+                                cg.lanes,
+                            )?;
+                        }
+                        return Ok(());
+                    }
+                    let src = cg.gep(pixel, c0)?;
                     self.copy_channels(cg, env, src, dst, c0, kc)
                 },
                 || {
@@ -358,6 +373,7 @@ impl ConvPlan {
                     b_tap: self.ic_words() * nr,
                     dot: self.dot(),
                     tiles: self.tiles,
+                    store_pairs: self.out_pairs,
                 };
                 let b = cg.gep(w, cg.mulc(self.words(cg, c0)?, nr)?)?;
                 self.for_tiles(

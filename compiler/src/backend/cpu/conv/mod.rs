@@ -123,7 +123,19 @@ pub(crate) struct ConvPlan {
     /// `kh` instead of one per tap of 3 channels padded to 32 (7 times fewer for the 7x7 stem).
     /// The weights are `[KH][16][NR]` per block ([`pack_conv_weight_bf16_folded`]).
     pub fold: bool,
+    /// The input holds bf16 pairs, `ceil(I/2)` words at each pixel's start (a handoff,
+    /// [`ConvPlan::handoffs`]): the panel copies words instead of rounding floats.
+    pub in_pairs: bool,
+    /// The output is stored as bf16 pairs for the next conv: one K chunk (no f32 partial
+    /// sums), the epilogue rounds (`amx.rs`).
+    pub out_pairs: bool,
 }
+
+/// Largest K of a conv that stores bf16 pairs ([`ConvPlan::out_pairs`]): one chunk, so its
+/// tiles never accumulate onto what they stored. DenseNet-121's and -BC's bottlenecks all fit.
+const KC_MAX_PAIRS: usize = 1024;
+/// Panel bytes of such a GEMM task (its rows are K wide): `mc` shrinks to fit.
+const PAIRS_PANEL_BYTES: usize = 128 * 1024;
 
 /// Vectors per output-channel block: whole output when it fits three
 /// vectors, else blocks of two vectors (or three where that divides better).
@@ -199,6 +211,7 @@ impl ConvPlan {
         i: &View,
         o: &View,
         isa: VectorIsa,
+        [in_pairs, out_pairs]: [bool; 2],
         wb: &mut WeightsBuilder,
     ) -> ConvPlan {
         let ic = i.channels;
@@ -237,10 +250,14 @@ impl ConvPlan {
         let bias_off = wb.push(&pack_bias(c.bias.as_deref().map(Vec::as_slice), &blocking));
         let prologue = c.prologue.as_ref().map(|a| AffineRef::pack(a, isa, wb));
         let target = target_tasks(o.pixels() * c.out_channels * ic * c.kernel[0] * c.kernel[1]);
-        let mut kc = ic.min(KC_MAX);
+        let mut kc = ic.min(if out_pairs { KC_MAX_PAIRS } else { KC_MAX });
         let (mode, row_tasks) = if gemm {
             let m = o.pixels();
             let mut mc = mr * 8;
+            if out_pairs {
+                let rows = PAIRS_PANEL_BYTES / (round_up(kc, k_quantum) / 2 * 4);
+                mc = mc.min((rows / mr).max(1) * mr);
+            }
             if m.div_ceil(mc) < target {
                 mc = round_up(m.div_ceil(target), mr).clamp(mr, mc);
             }
@@ -352,7 +369,50 @@ impl ConvPlan {
             k_step: isa.k_step(),
             tiles,
             fold,
+            in_pairs,
+            out_pairs,
         }
+    }
+
+    /// Which convs of `kernels` hand their output to the next one as bf16 pairs
+    /// (`[input, output]` per kernel): on the AMX tiles, a 1x1 conv (a bottleneck) whose
+    /// output only the next kernel reads, a stride-1 conv on the tiles without a prologue (its
+    /// 3x3): that conv would round the same floats to bf16 when packing them, so storing them
+    /// rounded gives the same result with half the bytes written and read and no conversion
+    /// in the packing. The pairs are whole 32-channel steps; the producer runs in one K
+    /// chunk.
+    pub fn handoffs(
+        kernels: &[crate::backend::kernel::KernelDesc],
+        isa: VectorIsa,
+    ) -> Vec<[bool; 2]> {
+        use crate::backend::kernel::KernelOp;
+        let mut io = vec![[false; 2]; kernels.len()];
+        if !isa.amx {
+            return io;
+        }
+        for i in 1..kernels.len() {
+            let (p, q) = (&kernels[i - 1], &kernels[i]);
+            let (KernelOp::Conv(pc), KernelOp::Conv(qc)) = (&p.op, &q.op) else {
+                continue;
+            };
+            let steps =
+                |c: usize| c >= amx::K_STEP_CHANNELS && c.is_multiple_of(amx::K_STEP_CHANNELS);
+            let producer = pc.kernel == [1, 1]
+                && pc.stride == [1, 1]
+                && pc.padding == [0, 0]
+                && p.input.channels >= amx::K_STEP_CHANNELS
+                && p.input.channels <= KC_MAX_PAIRS
+                && steps(pc.out_channels);
+            // Packed by the direct/row tasks (a 1x1 GEMM consumer would read it unpacked).
+            let direct = qc.kernel != [1, 1] || qc.padding != [0, 0];
+            let consumer =
+                direct && qc.stride == [1, 1] && qc.prologue.is_none() && steps(q.input.channels);
+            if p.output_to_next_only && q.input == p.output && producer && consumer {
+                io[i - 1][1] = true;
+                io[i][0] = true;
+            }
+        }
+        io
     }
 
     /// A linear layer is a 1x1 convolution over `N` pixels.
@@ -373,7 +433,7 @@ impl ConvPlan {
             prologue: None,
             relu: l.relu,
         };
-        ConvPlan::new(&conv, i, o, isa, wb)
+        ConvPlan::new(&conv, i, o, isa, [false; 2], wb)
     }
 
     pub fn tasks(&self) -> usize {
@@ -485,6 +545,7 @@ mod tests {
             &i,
             &o,
             VectorIsa::AVX2,
+            [false; 2],
             &mut WeightsBuilder::default(),
         )
     }

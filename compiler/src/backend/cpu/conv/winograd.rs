@@ -608,6 +608,7 @@ impl WinogradPlan {
                     b_tap: 0,
                     dot: self.k_step == 2,
                     tiles: false,
+                    store_pairs: false,
                 };
                 let f = uks.get(cg, spec)?;
                 cg.for_range(cg.c64(0), mtiles, 1, |tile| {
