@@ -299,11 +299,18 @@ fn append_aligned(section: &mut Vec<u8>, bytes: &[u8]) -> ByteRange {
 /// feature string for `native`; for a named AVX-512 CPU (whose name alone the runtime does not
 /// know), the AVX-512 level's extensions, so that a multi-CPU artefact falls back to its AVX2
 /// variant on a CPU without them. `x86-64-vN` names carry their level themselves. bf16 code
-/// adds `avx512bf16`, and code on the AMX tiles `amx-tile` and `amx-bf16`.
+/// adds `avx512bf16`, and code on the AMX tiles `amx-tile` and `amx-bf16` (the only code that
+/// requires AMX features: a `native` string's are dropped elsewhere).
 fn required_features(c: &crate::backend::cpu::CompiledCpu) -> String {
     let t = &c.target;
     let mut features = if !t.features.is_empty() || t.cpu.starts_with("x86-64") {
-        t.features.clone()
+        // A host's string names its AMX too: required only by code on the tiles (the check
+        // asks the OS for the tile state, which code without tiles must not depend on).
+        t.features
+            .split(',')
+            .filter(|f| t.isa.amx || !f.starts_with("+amx"))
+            .collect::<Vec<_>>()
+            .join(",")
     } else if t.isa.registers > 16 {
         "+avx2,+fma,+avx512f,+avx512bw,+avx512cd,+avx512dq,+avx512vl".into()
     } else {

@@ -382,3 +382,29 @@ fn amx_bf16_handoff_is_bit_identical_to_rounding_in_the_panel() {
         "{err:e}"
     );
 }
+
+/// Only code on the AMX tiles requires AMX: a `native` fp32 artefact built on an AMX host
+/// records the host's features without its `+amx-*` (whose check asks the OS for the tile
+/// state), so it loads wherever the rest of the features are.
+#[test]
+fn only_tile_code_requires_amx() {
+    let o = ConfigOverrides {
+        block_config: Some(vec![2, 2]),
+        image_size: Some(12),
+        ..Default::default()
+    };
+    let cfg = DenseNetConfig::resolve(Some("densenet-bc-100"), &o).expect("config");
+    let mut graph = build(&cfg, 1).expect("build");
+    compiler::weights::randomize(&mut graph, 24);
+    let opts = CompileOptions {
+        cpus: vec![CpuOptions::default()],
+        ..Default::default()
+    };
+    let bytes = compiler::compile_graph(&cfg, graph, &opts)
+        .and_then(|c| c.to_bytes())
+        .expect("compile");
+    let artefact = Artefact::read(&bytes).expect("artefact");
+    let features = artefact.manifest().cpu.clone().expect("cpu").features;
+    assert!(!features.contains("+amx"), "{features}");
+    assert!(!features.is_empty(), "native records the host's features");
+}
