@@ -26,14 +26,7 @@ struct Fixture {
 
 /// A small DenseNet-BC compiled for AVX2 and AVX-512 in one artefact (and for AVX2 alone).
 fn fixture() -> Fixture {
-    let o = ConfigOverrides {
-        block_config: Some(vec![3, 3]),
-        image_size: Some(16),
-        ..Default::default()
-    };
-    let cfg = DenseNetConfig::resolve(Some("densenet-bc-100"), &o).expect("config");
-    let mut graph = build(&cfg, 2).expect("build");
-    compiler::weights::randomize(&mut graph, 7);
+    let (cfg, graph) = small("densenet-bc-100", &[3, 3], 16, 2, 7);
     let cpu = |name: &str| CpuOptions {
         cpu: name.into(),
         ..Default::default()
@@ -57,6 +50,25 @@ fn fixture() -> Fixture {
         bytes,
         single,
     }
+}
+
+/// `arch` with `block_config` at `image_size`, batch `batch`, random weights of `seed`.
+fn small(
+    arch: &str,
+    block_config: &[usize],
+    image_size: usize,
+    batch: usize,
+    seed: u64,
+) -> (DenseNetConfig, ir::Graph) {
+    let o = ConfigOverrides {
+        block_config: Some(block_config.to_vec()),
+        image_size: Some(image_size),
+        ..Default::default()
+    };
+    let cfg = DenseNetConfig::resolve(Some(arch), &o).expect("config");
+    let mut graph = build(&cfg, batch).expect("build");
+    compiler::weights::randomize(&mut graph, seed);
+    (cfg, graph)
 }
 
 fn run(model: &Model, x: &Tensor) -> Tensor {
@@ -162,14 +174,7 @@ fn a_variant_range_outside_its_section_is_refused() {
 /// CPU without AVX512_BF16 is an error.
 #[test]
 fn bf16_variants_fall_back_to_fp32_where_the_cpu_lacks_it() {
-    let o = ConfigOverrides {
-        block_config: Some(vec![2, 2]),
-        image_size: Some(12),
-        ..Default::default()
-    };
-    let cfg = DenseNetConfig::resolve(Some("densenet-bc-100"), &o).expect("config");
-    let mut graph = build(&cfg, 1).expect("build");
-    compiler::weights::randomize(&mut graph, 21);
+    let (cfg, graph) = small("densenet-bc-100", &[2, 2], 12, 1, 21);
     let cpu = |name: &str| CpuOptions {
         cpu: name.into(),
         ..Default::default()
@@ -238,14 +243,7 @@ fn bf16_variants_fall_back_to_fp32_where_the_cpu_lacks_it() {
 /// AMX variant on a host without usable AMX is an error naming the missing feature.
 #[test]
 fn amx_variant_comes_first_and_runs_only_where_the_host_has_amx() {
-    let o = ConfigOverrides {
-        block_config: Some(vec![2, 2]),
-        image_size: Some(12),
-        ..Default::default()
-    };
-    let cfg = DenseNetConfig::resolve(Some("densenet-bc-100"), &o).expect("config");
-    let mut graph = build(&cfg, 1).expect("build");
-    compiler::weights::randomize(&mut graph, 22);
+    let (cfg, graph) = small("densenet-bc-100", &[2, 2], 12, 1, 22);
     let opts = CompileOptions {
         cpus: ["x86-64-v3", "znver4", "sapphirerapids"]
             .into_iter()
@@ -326,14 +324,7 @@ fn amx_variant_comes_first_and_runs_only_where_the_host_has_amx() {
 /// has AMX and is compiled only elsewhere.
 #[test]
 fn amx_bf16_handoff_is_bit_identical_to_rounding_in_the_panel() {
-    let o = ConfigOverrides {
-        block_config: Some(vec![3, 4, 4, 3]),
-        image_size: Some(40),
-        ..Default::default()
-    };
-    let cfg = DenseNetConfig::resolve(Some("densenet121"), &o).expect("config");
-    let mut graph = build(&cfg, 2).expect("build");
-    compiler::weights::randomize(&mut graph, 23);
+    let (cfg, graph) = small("densenet121", &[3, 4, 4, 3], 40, 2, 23);
     let compile = |handoff: bool| {
         let opts = CompileOptions {
             cpus: vec![CpuOptions {
@@ -388,14 +379,7 @@ fn amx_bf16_handoff_is_bit_identical_to_rounding_in_the_panel() {
 /// state), so it loads wherever the rest of the features are.
 #[test]
 fn only_tile_code_requires_amx() {
-    let o = ConfigOverrides {
-        block_config: Some(vec![2, 2]),
-        image_size: Some(12),
-        ..Default::default()
-    };
-    let cfg = DenseNetConfig::resolve(Some("densenet-bc-100"), &o).expect("config");
-    let mut graph = build(&cfg, 1).expect("build");
-    compiler::weights::randomize(&mut graph, 24);
+    let (cfg, graph) = small("densenet-bc-100", &[2, 2], 12, 1, 24);
     let opts = CompileOptions {
         cpus: vec![CpuOptions::default()],
         ..Default::default()

@@ -158,32 +158,9 @@ pub(crate) fn emit<'ctx>(cg: &Cg<'ctx>, s: &TileShape, name: &str) -> Result<Fun
             cg.lanes
         )));
     }
-    let p = cg.ptr.into();
-    let ty = cg.ctx.void_type().fn_type(
-        &[
-            p,
-            p,
-            p,
-            cg.i64.into(),
-            p,
-            cg.i64.into(),
-            cg.i1.into(),
-            cg.i1.into(),
-        ],
-        false,
-    );
-    let f = cg.function(name, ty, Linkage::Internal);
-    cg.noinline(f);
-    let (a, b, cs, col, bias) = (
-        cg.param_ptr(f, 0)?,
-        cg.param_ptr(f, 1)?,
-        cg.param_ptr(f, 2)?,
-        cg.param_int(f, 3)?,
-        cg.param_ptr(f, 4)?,
-    );
-    let kc = cg.param_int(f, 5)?;
-    let accumulate = cg.param_int(f, 6)?;
-    let relu = cg.param_int(f, 7)?;
+    let (f, params) = cg.microkernel_function(name)?;
+    let (a, b, cs, col, bias) = (params.a, params.b, params.c, params.col, params.bias);
+    let (kc, accumulate, relu) = (params.kc, params.accumulate, params.relu);
     let mt = s.mr.div_ceil(TILE);
     let nv = s.nv;
     let nr = nv * TILE;

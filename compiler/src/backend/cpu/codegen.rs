@@ -46,6 +46,24 @@ pub(crate) struct Cg<'ctx> {
     fn_attrs: Vec<Attribute>,
 }
 
+/// The parameters of a micro-kernel ([`Cg::microkernel_function`]).
+pub(crate) struct UkParams<'ctx> {
+    /// A: the panel or input at the tile's first pixel.
+    pub a: PointerValue<'ctx>,
+    /// B: the packed weights of the channel block.
+    pub b: PointerValue<'ctx>,
+    /// The tile's output pixel pointers.
+    pub c: PointerValue<'ctx>,
+    /// The block's first output channel.
+    pub col: IntValue<'ctx>,
+    pub bias: PointerValue<'ctx>,
+    /// Input channels of this chunk.
+    pub kc: IntValue<'ctx>,
+    /// Add to the outputs (a later chunk) instead of starting from the bias.
+    pub accumulate: IntValue<'ctx>,
+    pub relu: IntValue<'ctx>,
+}
+
 /// The AVX512_BF16 intrinsics of one vector width.
 struct Bf16Intrinsics<'ctx> {
     /// `<L x float> dpbf16ps(<L x float> acc, <2L x bfloat> a, <2L x bfloat> b)`.
@@ -186,6 +204,39 @@ impl<'ctx> Cg<'ctx> {
             AttributeLoc::Param(index),
             self.ctx.create_enum_attribute(kind, 0),
         );
+    }
+
+    /// Declare micro-kernel `name` (`microkernel.rs`, `amx.rs`: one signature) and position
+    /// the builder in it: `void uk(a, b, c, col, bias, kc, accumulate, relu)`, never inlined
+    /// (one copy per shape, shared by every kernel that uses it: inlining it into each call
+    /// site multiplies compile time for no measurable gain, a call per tile of thousands of
+    /// multiplies), `a`, `b`, `c` and `bias` `noalias`.
+    pub fn microkernel_function(
+        &self,
+        name: &str,
+    ) -> Result<(FunctionValue<'ctx>, UkParams<'ctx>)> {
+        let p = self.ptr.into();
+        let (i64, i1) = (self.i64.into(), self.i1.into());
+        let ty = self
+            .ctx
+            .void_type()
+            .fn_type(&[p, p, p, i64, p, i64, i1, i1], false);
+        let f = self.function(name, ty, Linkage::Internal);
+        self.noinline(f);
+        for i in [0, 1, 2, 4] {
+            self.noalias_param(f, i);
+        }
+        let params = UkParams {
+            a: self.param_ptr(f, 0)?,
+            b: self.param_ptr(f, 1)?,
+            c: self.param_ptr(f, 2)?,
+            col: self.param_int(f, 3)?,
+            bias: self.param_ptr(f, 4)?,
+            kc: self.param_int(f, 5)?,
+            accumulate: self.param_int(f, 6)?,
+            relu: self.param_int(f, 7)?,
+        };
+        Ok((f, params))
     }
 
     pub fn noinline(&self, f: FunctionValue<'ctx>) {

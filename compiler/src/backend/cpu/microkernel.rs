@@ -27,7 +27,6 @@
 
 use super::amx::{emit as emit_tiles, TileShape};
 use super::codegen::{Cg, Result};
-use inkwell::module::Linkage;
 use inkwell::values::FunctionValue;
 use inkwell::IntPredicate;
 use std::cell::RefCell;
@@ -139,49 +138,21 @@ pub(crate) fn unroll_by_two(s: &UkSpec, registers: usize) -> bool {
 }
 
 fn emit<'ctx>(cg: &Cg<'ctx>, s: &UkSpec, name: &str) -> Result<FunctionValue<'ctx>> {
-    let p = cg.ptr.into();
-    let ty = cg.ctx.void_type().fn_type(
-        &[
-            p,
-            p,
-            p,
-            cg.i64.into(),
-            p,
-            cg.i64.into(),
-            cg.i1.into(),
-            cg.i1.into(),
-        ],
-        false,
-    );
-    let f = cg.function(name, ty, Linkage::Internal);
-    // One copy per spec, shared by every kernel that uses it: inlining it
-    // into each call site multiplies compile time for no measurable gain
-    // (a call per tile of thousands of FMAs).
-    cg.noinline(f);
-    for i in [0, 1, 2, 4] {
-        cg.noalias_param(f, i);
-    }
-    let (a, b, cs, col, bias) = (
-        cg.param_ptr(f, 0)?,
-        cg.param_ptr(f, 1)?,
-        cg.param_ptr(f, 2)?,
-        cg.param_int(f, 3)?,
-        cg.param_ptr(f, 4)?,
-    );
+    let (f, params) = cg.microkernel_function(name)?;
+    let (a, b, cs, col, bias) = (params.a, params.b, params.c, params.col, params.bias);
     let mut c = Vec::with_capacity(s.mr);
     for i in 0..s.mr {
         let pixel = cg.load_ptr(cg.ptr_elem(cs, cg.c64(i))?)?;
         c.push(cg.gep(pixel, col)?);
     }
-    let kc = cg.param_int(f, 5)?;
+    let kc = params.kc;
     // Reduction steps: input channels, or their pairs.
     let steps = if s.dot {
         cg.b.build_right_shift(cg.addc(kc, 1)?, cg.c64(1), false, "")?
     } else {
         kc
     };
-    let accumulate = cg.param_int(f, 6)?;
-    let relu = cg.param_int(f, 7)?;
+    let (accumulate, relu) = (params.accumulate, params.relu);
     let nr = s.nv * cg.lanes;
     let lanes = |v: usize| (s.valid - v * cg.lanes).min(cg.lanes);
 
