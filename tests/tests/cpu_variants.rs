@@ -345,8 +345,17 @@ fn amx_bf16_handoff_is_bit_identical_to_rounding_in_the_panel() {
             .filter(|k| k.plan.contains(what))
             .count()
     };
-    // 14 dense layers: every bottleneck hands off to its 3x3.
-    assert_eq!(count(&with, "out_pairs: true"), 14);
+    // 14 dense layers: every bottleneck hands off to its 3x3 (the other convs storing pairs
+    // write bf16 views, `amx_bf16_storage_...` below).
+    let bottlenecks = |c: &compiler::Compiled| {
+        c.code.cpu[0]
+            .kernels
+            .iter()
+            .filter(|k| k.name.ends_with(".conv1") && k.plan.contains("out_pairs: true"))
+            .count()
+    };
+    assert_eq!(bottlenecks(&with), 14);
+    assert_eq!(bottlenecks(&without), 0);
     assert_eq!(count(&with, "in_pairs: true"), 14);
     assert_eq!(count(&without, "in_pairs: true"), 0);
     if !(host_has_avx512()
@@ -372,6 +381,97 @@ fn amx_bf16_handoff_is_bit_identical_to_rounding_in_the_panel() {
         err <= f64::from(compiler::backend::cpu::CPU_BF16_REL_BOUND),
         "{err:e}"
     );
+}
+
+/// bf16 storage on the AMX tiles (`backend/cpu/storage.rs`): the dense blocks'
+/// concatenations, the stem's output and the transitions' pooled outputs are stored as bf16;
+/// the graph input and the logits stay f32. Against the f32 reference the logits stay within
+/// the bf16 bound, with an error of the same order as with f32 storage (each stored value is
+/// rounded once more: at most twice that error here), and every image keeps its top-1 class.
+#[test]
+fn amx_bf16_storage_halves_the_activations_within_the_bf16_bound() {
+    // Every transition's output a whole number of 16-channel vectors (64, 64, 96): with
+    // `[3, 4, 4, 3]` the second writes 104 channels, and the blocks after it stay f32.
+    let (cfg, graph) = small("densenet121", &[2, 2, 4, 2], 40, 4, 31);
+    let compile = |storage: bool| {
+        let opts = CompileOptions {
+            cpus: vec![CpuOptions {
+                cpu: "sapphirerapids".into(),
+                bf16_storage: storage,
+                ..Default::default()
+            }],
+            precision: compiler::backend::precision::Precision::Bf16,
+            ..Default::default()
+        };
+        compiler::compile_graph(&cfg, graph.clone(), &opts).expect("compile")
+    };
+    let (with, without) = (compile(true), compile(false));
+    // Which views of each kernel are bf16, as its plan shows them: `[input, output]`.
+    let bf16_io = |c: &compiler::Compiled, name: &str| -> [bool; 2] {
+        let k = c.code.cpu[0]
+            .kernels
+            .iter()
+            .find(|k| k.name == name)
+            .unwrap_or_else(|| panic!("no kernel {name}"));
+        let flags: Vec<bool> = k
+            .plan
+            .match_indices("bf16: ")
+            .map(|(i, _)| k.plan[i + 6..].starts_with("true"))
+            .collect();
+        [flags[0], flags[1]]
+    };
+    let expect = [
+        ("features.conv0", [false, true]),
+        ("features.pool0", [true, true]),
+        ("features.denseblock1.denselayer1.conv1", [true, false]),
+        ("features.denseblock1.denselayer1.conv2", [false, true]),
+        ("features.transition1.pool", [true, true]),
+        ("features.transition1.conv", [true, true]),
+        ("features.denseblock4.denselayer2.conv2", [false, true]),
+        ("avgpool", [true, false]),
+        ("classifier", [false, false]),
+    ];
+    for (name, io) in expect {
+        assert_eq!(bf16_io(&with, name), io, "{name} with bf16 storage");
+        assert_eq!(bf16_io(&without, name), [false; 2], "{name} without");
+    }
+    if !(host_has_avx512()
+        && std::arch::is_x86_feature_detected!("avx512bf16")
+        && runtime::host_has_amx())
+    {
+        eprintln!("note: the host has no usable AMX-BF16: compiled, not run");
+        return;
+    }
+    let x = Tensor::random_uniform(vec![4, 3, 40, 40], 5, -1.0, 1.0);
+    let logits = |c: &compiler::Compiled| {
+        let m = Model::from_artefact(Artefact::read(&c.to_bytes().expect("bytes")).expect("a"))
+            .expect("load");
+        run(&m, &x)
+    };
+    let (a, b) = (logits(&with), logits(&without));
+    assert!(a.data != b.data, "bf16 storage changed nothing");
+    let want = ir::reference::run(&graph, std::slice::from_ref(&x))
+        .expect("reference")
+        .remove(0);
+    let (err_a, err_b) = (
+        a.rel_error(&want).expect("shape"),
+        b.rel_error(&want).expect("shape"),
+    );
+    eprintln!("relative error: bf16 storage {err_a:.2e}, f32 storage {err_b:.2e}");
+    let bound = f64::from(compiler::backend::cpu::CPU_BF16_REL_BOUND);
+    assert!(err_a <= bound, "{err_a:e}");
+    assert!(err_a <= 2.0 * err_b.max(1e-3), "{err_a:e} vs {err_b:e}");
+    let top1 = |t: &Tensor| -> Vec<usize> {
+        t.data
+            .chunks(t.shape[1])
+            .map(|row| {
+                (0..row.len())
+                    .max_by(|&i, &j| row[i].total_cmp(&row[j]))
+                    .expect("classes")
+            })
+            .collect()
+    };
+    assert_eq!(top1(&a), top1(&want), "top-1 classes");
 }
 
 /// Only code on the AMX tiles requires AMX: a `native` fp32 artefact built on an AMX host

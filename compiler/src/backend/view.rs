@@ -19,8 +19,10 @@
 //! 3x3 convolutions read it as their zero padding. The CUDA kernels
 //! bounds-check every tap and neither read nor write a border.
 
-/// Bytes per element: every view holds f32.
+/// Bytes per f32 element, the storage of every view but the CPU's bf16 ones ([`View::bf16`]).
 pub const ELEM_BYTES: usize = 4;
+/// Bytes per element of a [`View::bf16`] view.
+pub const BF16_BYTES: usize = 2;
 
 /// An NHWC view of an arena buffer (see the module docs for the addressing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,6 +42,11 @@ pub struct View {
     /// Zero rows above and below, and columns left and right, of every
     /// stored image.
     pub border: [usize; 2],
+    /// The buffer holds bf16 (2-byte) elements instead of f32: every index and stride above
+    /// counts them, so the buffer takes half the bytes the memory plan gave it. Only the CPU
+    /// backend sets it, on buffers all of whose kernels read and write bf16
+    /// (`backend/cpu/storage.rs`).
+    pub bf16: bool,
 }
 
 impl View {
@@ -54,6 +61,7 @@ impl View {
             pixel_stride: channels,
             channel_offset: 0,
             border: [0, 0],
+            bf16: false,
         }
     }
 
@@ -105,6 +113,7 @@ impl View {
             pixel_stride: stride,
             channel_offset: placement.channel_offset,
             border: buf.border,
+            bf16: false,
         };
         view.validate(&node.name)?;
         Ok(view)
@@ -113,6 +122,15 @@ impl View {
     /// The same view of a buffer stored with a zero border.
     pub fn with_border(self, border: [usize; 2]) -> View {
         View { border, ..self }
+    }
+
+    /// Bytes per element: [`ELEM_BYTES`], or [`BF16_BYTES`] for a bf16 view.
+    pub fn elem_bytes(&self) -> usize {
+        if self.bf16 {
+            BF16_BYTES
+        } else {
+            ELEM_BYTES
+        }
     }
 
     /// `n * h * w` (real pixels, border excluded).
@@ -136,15 +154,15 @@ impl View {
         (self.h + 2 * self.border[0]) * self.row_stride()
     }
 
-    /// Arena float index of the view's element `(0, 0, 0, 0)`.
+    /// Arena element index (in [`View::elem_bytes`] units) of the view's element `(0, 0, 0, 0)`.
     pub fn first_element(&self) -> usize {
-        self.offset / ELEM_BYTES
+        self.offset / self.elem_bytes()
             + self.border[0] * self.row_stride()
             + self.border[1] * self.pixel_stride
             + self.channel_offset
     }
 
-    /// Arena float index of element `(n, h, w, c)` of the view.
+    /// Arena element index of element `(n, h, w, c)` of the view.
     pub fn element(&self, n: usize, h: usize, w: usize, c: usize) -> usize {
         self.first_element()
             + n * self.image_stride()
@@ -156,10 +174,11 @@ impl View {
     /// Bytes from the view's first stored element (border included) to one
     /// past its last.
     pub fn byte_range(&self) -> std::ops::Range<usize> {
-        let start = self.offset + ELEM_BYTES * self.channel_offset;
+        let e = self.elem_bytes();
+        let start = self.offset + e * self.channel_offset;
         let stored = self.n * (self.h + 2 * self.border[0]) * (self.w + 2 * self.border[1]);
         let last = stored.saturating_sub(1) * self.pixel_stride;
-        let end = self.offset + ELEM_BYTES * (last + self.channel_offset + self.channels);
+        let end = self.offset + e * (last + self.channel_offset + self.channels);
         start..end
     }
 
@@ -178,6 +197,12 @@ impl View {
                 self.offset
             ));
         }
+        if self.bf16 && !self.channel_offset.is_multiple_of(2) {
+            return Err(format!(
+                "{what} bf16 view starts at odd channel {} (its kernels address 32-bit words)",
+                self.channel_offset
+            ));
+        }
         let fits = self
             .channel_offset
             .checked_add(self.channels)
@@ -194,7 +219,7 @@ impl View {
             .and_then(|(h, w)| h.checked_mul(w))
             .and_then(|p| p.checked_mul(self.n))
             .and_then(|p| p.checked_mul(self.pixel_stride))
-            .and_then(|e| e.checked_mul(ELEM_BYTES))
+            .and_then(|e| e.checked_mul(self.elem_bytes()))
             .and_then(|b| b.checked_add(self.offset));
         match bytes {
             // Keep every address computation comfortably inside i64.
@@ -211,6 +236,7 @@ impl View {
             return false;
         }
         let same_buffer = self.offset == other.offset
+            && self.bf16 == other.bf16
             && self.pixel_stride == other.pixel_stride
             && self.border == other.border
             && (self.n, self.h, self.w) == (other.n, other.h, other.w);

@@ -594,6 +594,9 @@ fn compile(a: &CompileArgs) -> Result<()> {
         if std::env::var("DNC_TILE_HANDOFF").as_deref() == Ok("0") {
             cpu.tile_handoff = false;
         }
+        if std::env::var("DNC_BF16_STORAGE").as_deref() == Ok("0") {
+            cpu.bf16_storage = false;
+        }
     }
     if let Some(cuda) = opts.cuda.as_mut() {
         cuda.arch = a.cuda_arch.clone();

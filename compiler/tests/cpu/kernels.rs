@@ -67,6 +67,7 @@ fn views(rng: &mut Rng, layout: Layout, i: [usize; 4], o: [usize; 4]) -> (View, 
                 pixel_stride: c + co + extra,
                 channel_offset: co,
                 border: border(rng, 0),
+                bf16: false,
             };
             let (co, extra) = (rng.range(1, 10), rng.range(1, 5));
             let ov = View {
@@ -78,6 +79,7 @@ fn views(rng: &mut Rng, layout: Layout, i: [usize; 4], o: [usize; 4]) -> (View, 
                 pixel_stride: oc + co + extra,
                 channel_offset: co,
                 border: border(rng, 1),
+                bf16: false,
             };
             (iv, ov)
         }
@@ -97,6 +99,7 @@ fn views(rng: &mut Rng, layout: Layout, i: [usize; 4], o: [usize; 4]) -> (View, 
                 pixel_stride: stride,
                 channel_offset: 0,
                 border: [0, 0],
+                bf16: false,
             };
             (buf, buf.slice(c, oc))
         }
@@ -773,6 +776,7 @@ fn validation_never_panics() {
             pixel_stride: pick(rng),
             channel_offset: pick(rng),
             border: [pick(rng), pick(rng)],
+            bf16: pick(rng) % 2 == 1,
         };
         let (input, output) = (view(&mut rng), view(&mut rng));
         let consts = |rng: &mut Rng| Arc::new(vec![0.0; rng.range(0, 64)]);

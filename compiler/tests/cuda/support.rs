@@ -165,6 +165,7 @@ fn views(layout: Layout, i: [usize; 4], o: [usize; 4]) -> (View, View) {
                 pixel_stride: c + 5,
                 channel_offset: 3,
                 border: [0, 0],
+                bf16: false,
             };
             let ov = View {
                 offset: iv.end_bytes() + 8,
@@ -175,6 +176,7 @@ fn views(layout: Layout, i: [usize; 4], o: [usize; 4]) -> (View, View) {
                 pixel_stride: oc + 7,
                 channel_offset: 1,
                 border: [0, 0],
+                bf16: false,
             };
             (iv, ov)
         }
@@ -198,6 +200,7 @@ fn views(layout: Layout, i: [usize; 4], o: [usize; 4]) -> (View, View) {
                 pixel_stride: c + oc + 3,
                 channel_offset: 0,
                 border: [1, 1],
+                bf16: false,
             };
             (buf, buf.slice(c, oc))
         }
@@ -211,6 +214,7 @@ fn views(layout: Layout, i: [usize; 4], o: [usize; 4]) -> (View, View) {
                 pixel_stride: c + 2,
                 channel_offset: 1,
                 border: [0, 0],
+                bf16: false,
             };
             (v, v)
         }

@@ -225,7 +225,7 @@ pub(crate) fn emit<'ctx>(cg: &Cg<'ctx>, s: &TileShape, name: &str) -> Result<Fun
     }
     let lanes = |v: usize| (s.valid - v * TILE).min(TILE);
     if s.store_pairs {
-        if s.valid != nv * TILE {
+        if !s.valid.is_multiple_of(TILE) {
             return Err(crate::backend::BackendError::Codegen(format!(
                 "bf16 pairs stored from a partial channel tile: {s:?}"
             )));
@@ -235,7 +235,8 @@ pub(crate) fn emit<'ctx>(cg: &Cg<'ctx>, s: &TileShape, name: &str) -> Result<Fun
         for i in 0..s.mr {
             let pixel = cg.load_ptr(cg.ptr_elem(cs, cg.c64(i))?)?;
             let c = cg.gep(pixel, words)?;
-            for v in 0..nv {
+            // The block's whole channel tiles (the last block of a conv may have fewer).
+            for v in 0..s.valid / TILE {
                 let (t, row) = (i / TILE, i % TILE);
                 let sum = cg.load_v(cg.gepc(sums, (c_tile(t, v) * TILE + row) * TILE)?, TILE)?;
                 let y = cg.fadd(sum, cg.load_v(cg.gepc(bias, v * TILE)?, TILE)?)?;

@@ -345,6 +345,15 @@ impl<'ctx> Cg<'ctx> {
         self.gep(p, off)
     }
 
+    /// `p + i` 2-byte elements (a bf16 view's storage, [`crate::backend::kernel::View::bf16`]).
+    pub fn gep_bf16(&self, p: PointerValue<'ctx>, i: IntValue<'ctx>) -> Result<PointerValue<'ctx>> {
+        // SAFETY: as for `gep`.
+        Ok(unsafe {
+            self.b
+                .build_in_bounds_gep(self.ctx.i16_type(), p, &[i], "")?
+        })
+    }
+
     /// Address of element `i` of an array of pointers.
     pub fn ptr_elem(
         &self,
@@ -509,6 +518,29 @@ impl<'ctx> Cg<'ctx> {
         let st = self.b.build_store(p, h)?;
         st.set_alignment(4)
             .map_err(|e| BackendError::Codegen(e.to_string()))
+    }
+
+    /// Load a vector of `lanes` bf16 values at `p` as floats (exact: a bf16 is the top half of
+    /// its f32). Whole vectors only: a bf16 view's channels are whole vectors
+    /// (`storage.rs`).
+    pub fn load_bf16(&self, p: PointerValue<'ctx>, count: usize) -> Result<VectorValue<'ctx>> {
+        if count != self.lanes {
+            return Err(BackendError::Codegen(format!(
+                "a load of {count} bf16 lanes (bf16 views hold whole vectors of {})",
+                self.lanes
+            )));
+        }
+        let halves = self.ctx.i16_type().vec_type(self.lanes as u32);
+        let words = self.i32.vec_type(self.lanes as u32);
+        let h = self.b.build_load(halves, p, "")?;
+        set_align(h, 2)?;
+        let w = self
+            .b
+            .build_int_z_extend(h.into_vector_value(), words, "")?;
+        let sixteen = self.i32.const_int(16, false);
+        let shift = VectorType::const_vector(&vec![sixteen; self.lanes]);
+        let w = self.b.build_left_shift(w, shift, "")?;
+        Ok(self.b.build_bit_cast(w, self.vf, "")?.into_vector_value())
     }
 
     pub fn fadd(&self, a: VectorValue<'ctx>, b: VectorValue<'ctx>) -> Result<VectorValue<'ctx>> {

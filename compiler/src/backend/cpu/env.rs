@@ -111,7 +111,7 @@ pub(crate) fn in_base<'ctx>(
     env: &Env<'ctx>,
     v: &View,
 ) -> Result<PointerValue<'ctx>> {
-    cg.gepc(group_base(cg, env, env.input, v)?, v.first_element())
+    vgepc(cg, v, group_base(cg, env, env.input, v)?, v.first_element())
 }
 
 /// [`in_base`] of the output view.
@@ -120,7 +120,12 @@ pub(crate) fn out_base<'ctx>(
     env: &Env<'ctx>,
     v: &View,
 ) -> Result<PointerValue<'ctx>> {
-    cg.gepc(group_base(cg, env, env.output, v)?, v.first_element())
+    vgepc(
+        cg,
+        v,
+        group_base(cg, env, env.output, v)?,
+        v.first_element(),
+    )
 }
 
 /// `buffer` (the arena shifted to a view's buffer) shifted to the first
@@ -132,7 +137,7 @@ pub(crate) fn group_base<'ctx>(
     v: &View,
 ) -> Result<PointerValue<'ctx>> {
     match env.image0 {
-        Some(n0) => cg.gep2(buffer, n0, v.image_stride()),
+        Some(n0) => vgep2(cg, v, buffer, n0, v.image_stride()),
         None => Ok(buffer),
     }
 }
@@ -146,7 +151,7 @@ pub(crate) fn pixel_ptr<'ctx>(
     p: IntValue<'ctx>,
 ) -> Result<PointerValue<'ctx>> {
     if v.is_flat() {
-        return cg.gep2(base, p, v.pixel_stride);
+        return vgep2(cg, v, base, p, v.pixel_stride);
     }
     let (n, r) = cg.divrem(p, v.h * v.w)?;
     let (h, w) = cg.divrem(r, v.w)?;
@@ -164,7 +169,81 @@ pub(crate) fn pixel_at<'ctx>(
         cg.add(cg.mulc(n, v.image_stride())?, cg.mulc(h, v.row_stride())?)?,
         cg.mulc(w, v.pixel_stride)?,
     )?;
-    cg.gep(base, off)
+    vgep(cg, v, base, off)
+}
+
+/// `p + i` elements of view `v`'s storage: f32, or bf16 for a [`View::bf16`] view. Every
+/// address inside a view goes through these (and [`vload`], [`vstore`] for its values).
+pub(crate) fn vgep<'ctx>(
+    cg: &Cg<'ctx>,
+    v: &View,
+    p: PointerValue<'ctx>,
+    i: IntValue<'ctx>,
+) -> Result<PointerValue<'ctx>> {
+    if v.bf16 {
+        cg.gep_bf16(p, i)
+    } else {
+        cg.gep(p, i)
+    }
+}
+
+/// [`vgep`] by a constant.
+pub(crate) fn vgepc<'ctx>(
+    cg: &Cg<'ctx>,
+    v: &View,
+    p: PointerValue<'ctx>,
+    i: usize,
+) -> Result<PointerValue<'ctx>> {
+    if i == 0 {
+        return Ok(p);
+    }
+    vgep(cg, v, p, cg.c64(i))
+}
+
+/// [`vgep`] by `i · stride`.
+pub(crate) fn vgep2<'ctx>(
+    cg: &Cg<'ctx>,
+    v: &View,
+    p: PointerValue<'ctx>,
+    i: IntValue<'ctx>,
+    stride: usize,
+) -> Result<PointerValue<'ctx>> {
+    vgep(cg, v, p, cg.mulc(i, stride)?)
+}
+
+/// Load `lanes` channels of view `v` at `p` as a float vector.
+pub(crate) fn vload<'ctx>(
+    cg: &Cg<'ctx>,
+    v: &View,
+    p: PointerValue<'ctx>,
+    lanes: usize,
+) -> Result<VectorValue<'ctx>> {
+    if v.bf16 {
+        cg.load_bf16(p, lanes)
+    } else {
+        cg.load_v(p, lanes)
+    }
+}
+
+/// Store `lanes` channels of `x` into view `v` at `p` (rounded to bf16, to nearest even, for a
+/// bf16 view: whole vectors only).
+pub(crate) fn vstore<'ctx>(
+    cg: &Cg<'ctx>,
+    v: &View,
+    x: VectorValue<'ctx>,
+    p: PointerValue<'ctx>,
+    lanes: usize,
+) -> Result<()> {
+    if !v.bf16 {
+        return cg.store_v(x, p, lanes);
+    }
+    if lanes != cg.lanes {
+        return Err(crate::backend::BackendError::Codegen(format!(
+            "a store of {lanes} bf16 lanes (bf16 views hold whole vectors of {})",
+            cg.lanes
+        )));
+    }
+    cg.store_bf16(x, p)
 }
 
 /// Emit `body(count)` with the constant `count` of items in block `blk`:

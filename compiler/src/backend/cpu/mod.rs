@@ -64,6 +64,7 @@ mod pack;
 mod plan;
 mod pooling;
 pub mod schedule;
+mod storage;
 mod target;
 
 use crate::backend::precision::Precision;
@@ -121,6 +122,10 @@ pub struct CpuOptions {
     /// bf16 pairs, which that conv copies into its panel as they are (`conv/mod.rs`,
     /// [`ConvPlan::handoffs`]): the same rounding, half the bytes. `false` keeps f32.
     pub tile_handoff: bool,
+    /// On the AMX tiles, store the activations whose every reader and writer can as bf16
+    /// instead of f32 (`storage.rs`): the dense blocks' concatenations, half the bytes moved.
+    /// `false` keeps f32.
+    pub bf16_storage: bool,
 }
 
 impl Default for CpuOptions {
@@ -137,6 +142,7 @@ impl Default for CpuOptions {
             precision: Precision::Fp32,
             keep_ir: false,
             tile_handoff: true,
+            bf16_storage: true,
         }
     }
 }
@@ -392,24 +398,26 @@ pub fn compile(kernels: &[KernelDesc], opts: &CpuOptions) -> Result<CompiledCpu,
     // Fail early (and once) if LLVM cannot target it; each module thread makes its own.
     target::machine(&target, opts.opt_level)?;
 
-    let batch = kernels.first().map_or(1, |k| k.input.n);
-    let segments = if kernels.iter().all(|k| k.input.n == batch) {
-        schedule::segments(kernels, &opts.live_out, opts.batch_tile_bytes)
-    } else {
-        schedule::segments(kernels, &opts.live_out, 0)
-    };
-    let mut wb = WeightsBuilder::default();
-    let mut plans: Vec<(String, Plan)> = Vec::with_capacity(kernels.len());
     let handoffs = if opts.tile_handoff {
         conv::ConvPlan::handoffs(kernels, target.isa)
     } else {
         vec![[false; 2]; kernels.len()]
     };
+    let stored = if opts.bf16_storage {
+        storage::bf16_views(kernels, target.isa, &handoffs, &opts.live_out)
+    } else {
+        kernels.to_vec()
+    };
+    let batch = stored.first().map_or(1, |k| k.input.n);
+    let segments = if stored.iter().all(|k| k.input.n == batch) {
+        schedule::segments(&stored, &opts.live_out, opts.batch_tile_bytes)
+    } else {
+        schedule::segments(&stored, &opts.live_out, 0)
+    };
+    let mut wb = WeightsBuilder::default();
+    let mut plans: Vec<(String, Plan)> = Vec::with_capacity(kernels.len());
     for s in &segments {
-        for (k, io) in kernels[s.start..s.end]
-            .iter()
-            .zip(&handoffs[s.start..s.end])
-        {
+        for (k, io) in stored[s.start..s.end].iter().zip(&handoffs[s.start..s.end]) {
             // A tiled kernel is planned for one group of `chunk` images.
             let mut k = k.clone();
             k.input.n = s.chunk;

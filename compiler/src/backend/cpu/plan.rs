@@ -78,9 +78,9 @@ enum OpPlan {
 }
 
 /// The view's geometry at arena offset 0 and channel offset 0, and the
-/// elements it was shifted by.
+/// f32 elements it was shifted by (a bf16 view's channel offset is even).
 fn normalise(v: &View) -> (View, usize) {
-    let shift = v.offset / ELEM_BYTES + v.channel_offset;
+    let shift = (v.offset + v.channel_offset * v.elem_bytes()) / ELEM_BYTES;
     (
         View {
             offset: 0,
@@ -135,7 +135,11 @@ impl Plan {
             KernelOp::Conv(c) if WinogradPlan::applies(c, i, o, isa) => {
                 OpPlan::Winograd(WinogradPlan::new(c, i, o, isa, wl))
             }
-            KernelOp::Conv(c) => OpPlan::Conv(ConvPlan::new(c, i, o, isa, pairs, wl)),
+            // A bf16 output view is stored as the bf16 pairs of a handoff (`storage.rs`).
+            KernelOp::Conv(c) => {
+                let pairs = [pairs[0], pairs[1] || o.bf16];
+                OpPlan::Conv(ConvPlan::new(c, i, o, isa, pairs, wl))
+            }
             KernelOp::Linear(l) => OpPlan::Conv(ConvPlan::linear(l, i, o, isa, wl)),
             KernelOp::MaxPool(p) => OpPlan::Pool(PoolPlan::new(p, true, i, o, isa, wl)),
             KernelOp::AvgPool(p) => OpPlan::Pool(PoolPlan::new(p, false, i, o, isa, wl)),

@@ -6,7 +6,8 @@
 
 use super::codegen::{Cg, Result, VectorIsa};
 use super::env::{
-    in_base, out_base, pixel_at, pixel_ptr, split_last, AffineRef, Env, TARGET_TASKS,
+    in_base, out_base, pixel_at, pixel_ptr, split_last, vgep, vgep2, vgepc, vload, vstore,
+    AffineRef, Env, TARGET_TASKS,
 };
 use super::pack::WeightsBuilder;
 use crate::backend::kernel::{Affine, PoolKernel, View};
@@ -70,14 +71,14 @@ impl PoolPlan {
     pub fn emit_task<'ctx>(&self, cg: &Cg<'ctx>, env: &Env<'ctx>, t: IntValue<'ctx>) -> Result<()> {
         let (n_i, oh_i) = cg.divrem(t, self.oh)?;
         let (iv, ov) = (&self.input, &self.output);
-        let img = cg.gep2(in_base(cg, env, iv)?, n_i, iv.image_stride())?;
+        let img = vgep2(cg, iv, in_base(cg, env, iv)?, n_i, iv.image_stride())?;
         let out_row = pixel_at(cg, out_base(cg, env, ov)?, ov, [n_i, oh_i, cg.c64(0)])?;
         let ih0 = cg.sub(cg.mulc(oh_i, self.s[0])?, cg.c64(self.p[0]))?;
         let init = cg.splat_c(if self.max { f32::NEG_INFINITY } else { 0.0 });
         let scale = cg.splat_c(1.0 / (self.k[0] * self.k[1]) as f32);
         cg.for_n(self.ow, |ow_i| {
             let iw0 = cg.sub(cg.mulc(ow_i, self.s[1])?, cg.c64(self.p[1]))?;
-            let dst = cg.gep2(out_row, ow_i, ov.pixel_stride)?;
+            let dst = vgep2(cg, ov, out_row, ow_i, ov.pixel_stride)?;
             cg.for_channel_vectors(self.c, |c, lanes| {
                 let acc = cg.vec_slot(init)?;
                 // The bounds checks only where padding can put a tap
@@ -85,9 +86,9 @@ impl PoolPlan {
                 let padded = self.p != [0, 0];
                 let tap = |ih: IntValue<'ctx>, row_ok: IntValue<'ctx>, iw: IntValue<'ctx>| {
                     let load = || {
-                        let row = cg.gep2(img, ih, iv.row_stride())?;
-                        let src = cg.gep(cg.gep2(row, iw, iv.pixel_stride)?, c)?;
-                        let v = load_prologue(cg, env, self.prologue, src, c, lanes)?;
+                        let row = vgep2(cg, iv, img, ih, iv.row_stride())?;
+                        let src = vgep(cg, iv, vgep2(cg, iv, row, iw, iv.pixel_stride)?, c)?;
+                        let v = load_prologue(cg, env, iv, self.prologue, src, c, lanes)?;
                         let a = cg.load_slot(acc)?;
                         let r = if self.max {
                             cg.pool_max(a, v)?
@@ -123,23 +124,24 @@ impl PoolPlan {
                 if !self.max {
                     r = cg.fmul(r, scale)?;
                 }
-                cg.store_v(r, cg.gep(dst, c)?, lanes)
+                vstore(cg, ov, r, vgep(cg, ov, dst, c)?, lanes)
             })
         })
     }
 }
 
-/// Load `lanes` channels at `src` (channel `c` of the input) and apply the
+/// Load `lanes` channels at `src` (channel `c` of the input view `v`) and apply the
 /// prologue if there is one.
 fn load_prologue<'ctx>(
     cg: &Cg<'ctx>,
     env: &Env<'ctx>,
+    v: &View,
     prologue: Option<AffineRef>,
     src: PointerValue<'ctx>,
     c: IntValue<'ctx>,
     lanes: usize,
 ) -> Result<VectorValue<'ctx>> {
-    let x = cg.load_v(src, lanes)?;
+    let x = vload(cg, v, src, lanes)?;
     match prologue {
         Some(a) => a.apply(cg, env, x, c),
         None => Ok(x),
@@ -180,8 +182,18 @@ impl GapPlan {
         let hw = i.h * i.w;
         let (n_i, ch) = cg.divrem(t, self.chunks)?;
         let c0 = cg.mulc(ch, GAP_CHUNK)?;
-        let img = cg.gep(cg.gep2(in_base(cg, env, i)?, n_i, i.image_stride())?, c0)?;
-        let dst = cg.gep(cg.gep2(out_base(cg, env, o)?, n_i, o.image_stride())?, c0)?;
+        let img = vgep(
+            cg,
+            i,
+            vgep2(cg, i, in_base(cg, env, i)?, n_i, i.image_stride())?,
+            c0,
+        )?;
+        let dst = vgep(
+            cg,
+            o,
+            vgep2(cg, o, out_base(cg, env, o)?, n_i, o.image_stride())?,
+            c0,
+        )?;
         let last = i.channels - (self.chunks - 1) * GAP_CHUNK;
         split_last(cg, ch, self.chunks, GAP_CHUNK, last, |count| {
             let l = cg.lanes;
@@ -192,13 +204,13 @@ impl GapPlan {
                 acc.push(cg.vec_slot(cg.vf.const_zero())?);
             }
             cg.for_n(i.h, |y| {
-                let row = cg.gep2(img, y, i.row_stride())?;
+                let row = vgep2(cg, i, img, y, i.row_stride())?;
                 cg.for_n(i.w, |x| {
-                    let src = cg.gep2(row, x, i.pixel_stride)?;
+                    let src = vgep2(cg, i, row, x, i.pixel_stride)?;
                     for (v, slot) in acc.iter().enumerate() {
                         let c = cg.addc(c0, v * l)?;
-                        let p = cg.gepc(src, v * l)?;
-                        let x = load_prologue(cg, env, self.prologue, p, c, lanes(v))?;
+                        let p = vgepc(cg, i, src, v * l)?;
+                        let x = load_prologue(cg, env, i, self.prologue, p, c, lanes(v))?;
                         cg.store_slot(*slot, cg.fadd(cg.load_slot(*slot)?, x)?)?;
                     }
                     Ok(())
@@ -207,7 +219,7 @@ impl GapPlan {
             let inv = cg.splat_c(1.0 / hw as f32);
             for (v, slot) in acc.iter().enumerate() {
                 let r = cg.fmul(cg.load_slot(*slot)?, inv)?;
-                cg.store_v(r, cg.gepc(dst, v * l)?, lanes(v))?;
+                vstore(cg, o, r, vgepc(cg, o, dst, v * l)?, lanes(v))?;
             }
             Ok(())
         })
@@ -254,8 +266,9 @@ impl AffinePlan {
                     pixel_ptr(cg, out_base, o, p)?,
                 );
                 cg.for_channel_vectors(i.channels, |c, lanes| {
-                    let y = load_prologue(cg, env, Some(self.affine), cg.gep(src, c)?, c, lanes)?;
-                    cg.store_v(y, cg.gep(dst, c)?, lanes)
+                    let src = vgep(cg, i, src, c)?;
+                    let y = load_prologue(cg, env, i, Some(self.affine), src, c, lanes)?;
+                    vstore(cg, o, y, vgep(cg, o, dst, c)?, lanes)
                 })
             })
         })

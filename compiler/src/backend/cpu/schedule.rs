@@ -26,7 +26,6 @@
 //! budget.
 
 use crate::backend::kernel::{KernelDesc, View};
-use crate::backend::view::ELEM_BYTES;
 
 /// Default activation bytes per image group: a share of the L3 (a few
 /// times the L2) of the machines we target, leaving room for the weights
@@ -54,6 +53,7 @@ impl Segment {
 /// the same bytes whatever their channels.
 fn same_buffer(a: &View, b: &View) -> bool {
     a.offset == b.offset
+        && a.bf16 == b.bf16
         && a.pixel_stride == b.pixel_stride
         && a.border == b.border
         && (a.n, a.h, a.w) == (b.n, b.h, b.w)
@@ -105,7 +105,7 @@ fn bytes_per_image(ks: &[KernelDesc]) -> usize {
             seen.push(v);
         }
     }
-    seen.iter().map(|v| v.image_stride() * ELEM_BYTES).sum()
+    seen.iter().map(|v| v.image_stride() * v.elem_bytes()).sum()
 }
 
 /// Split `ks` (all of batch `ks[0].input.n`) into segments; a segment of

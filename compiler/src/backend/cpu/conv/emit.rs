@@ -3,7 +3,9 @@
 
 use super::{round_up, ConvPlan, Mode};
 use crate::backend::cpu::codegen::{Cg, Result};
-use crate::backend::cpu::env::{in_base, out_base, pixel_at, pixel_ptr, split_last, Env, KBind};
+use crate::backend::cpu::env::{
+    in_base, out_base, pixel_at, pixel_ptr, split_last, vgep, vgep2, vload, Env, KBind,
+};
 use crate::backend::cpu::microkernel::{Microkernels, UkSpec};
 use crate::backend::BackendError;
 use inkwell::values::{IntValue, PointerValue};
@@ -74,6 +76,14 @@ impl ConvPlan {
         env: &Env<'ctx>,
         t: IntValue<'ctx>,
     ) -> Result<()> {
+        if self.out_pairs && self.kc < self.ic {
+            // `storage.rs` and the handoffs choose such outputs only where one chunk is planned
+            // (`one_chunk_with_pairs`); several would store rounded partial sums.
+            return Err(BackendError::Codegen(format!(
+                "bf16 output from {} input channels in chunks of {}",
+                self.ic, self.kc
+            )));
+        }
         let (r, og) = if self.groups > 1 {
             cg.divrem(t, self.groups)?
         } else {
@@ -123,13 +133,19 @@ impl ConvPlan {
             let (a, a_step) = if pack {
                 let panel = scratch(env)?;
                 cg.for_n(count, |i| {
-                    let src = cg.gep(pixel_ptr(cg, in_base, iv, cg.add(p0, i)?)?, c0)?;
+                    let src = vgep(cg, iv, pixel_ptr(cg, in_base, iv, cg.add(p0, i)?)?, c0)?;
                     let dst = cg.gep2(panel, i, self.kcp_words())?;
                     self.copy_channels_kc(cg, env, src, dst, c0, kc)
                 })?;
                 (panel, self.kcp_words())
             } else {
-                // Only for a flat input (see `ConvPlan::new`).
+                // Only for a flat f32 input (see `ConvPlan::new`; bf16 dot products, so every
+                // bf16 view's reader, pack).
+                if iv.bf16 {
+                    return Err(BackendError::Codegen(
+                        "an unpacked GEMM reads a bf16 view".into(),
+                    ));
+                }
                 (
                     cg.gep(pixel_ptr(cg, in_base, iv, p0)?, c0)?,
                     iv.pixel_stride,
@@ -186,12 +202,12 @@ impl ConvPlan {
         let [sh, sw] = self.s;
         let ow0 = cg.mulc(owb_i, owb)?;
         let (iv, ov) = (&self.input, &self.output);
-        let img = cg.gep2(in_base(cg, env, iv)?, n_i, iv.image_stride())?;
+        let img = vgep2(cg, iv, in_base(cg, env, iv)?, n_i, iv.image_stride())?;
         let out0 = pixel_at(cg, out_base(cg, env, ov)?, ov, [n_i, oh_i, ow0])?;
         let ih0 = cg.sub(cg.mulc(oh_i, sh)?, cg.c64(self.p[0]))?;
         let iw0 = cg.sub(cg.mulc(ow0, sw)?, cg.c64(self.p[1]))?;
         let span = (count - 1) * sw + kw;
-        let table = self.pixel_table(cg, count, |i| cg.gep2(out0, i, ov.pixel_stride))?;
+        let table = self.pixel_table(cg, count, |i| vgep2(cg, ov, out0, i, ov.pixel_stride))?;
         self.for_chunks(cg, env, |c0, kc, acc, relu| {
             let Kc::Const(kc) = kc else {
                 return Err(wrong_mode(self.mode));
@@ -276,8 +292,8 @@ impl ConvPlan {
             cg.if_else(
                 ok,
                 || {
-                    let row = cg.gep2(img, ih, iv.row_stride())?;
-                    let pixel = cg.gep2(row, iw, iv.pixel_stride)?;
+                    let row = vgep2(cg, iv, img, ih, iv.row_stride())?;
+                    let pixel = vgep2(cg, iv, row, iw, iv.pixel_stride)?;
                     if self.in_pairs {
                         // bf16 pairs already (a handoff): whole tile steps of words.
                         let src = cg.gep(pixel, self.words(cg, c0)?)?;
@@ -290,7 +306,7 @@ impl ConvPlan {
                         }
                         return Ok(());
                     }
-                    let src = cg.gep(pixel, c0)?;
+                    let src = vgep(cg, iv, pixel, c0)?;
                     self.copy_channels(cg, env, src, dst, c0, kc)
                 },
                 || {
@@ -325,7 +341,7 @@ impl ConvPlan {
         let panel = scratch(env)?;
         let kcp = self.kcp_words();
         let (iv, ov) = (&self.input, &self.output);
-        let img = cg.gep2(in_base(cg, env, iv)?, n_i, iv.image_stride())?;
+        let img = vgep2(cg, iv, in_base(cg, env, iv)?, n_i, iv.image_stride())?;
         let oh0 = cg.mulc(rb, rows)?;
         let ih0 = cg.sub(oh0, cg.c64(self.p[0]))?;
         let iw0 = cg.sub(cg.c64(0), cg.c64(self.p[1]))?;
@@ -448,7 +464,7 @@ impl ConvPlan {
         c: IntValue<'ctx>,
         lanes: usize,
     ) -> Result<()> {
-        let x = cg.load_v(cg.gep(src, c)?, lanes)?;
+        let x = vload(cg, &self.input, vgep(cg, &self.input, src, c)?, lanes)?;
         let y = match &self.prologue {
             Some(a) => a.apply(cg, env, x, cg.add(c0, c)?)?,
             None => x,

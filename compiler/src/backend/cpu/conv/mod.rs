@@ -205,7 +205,53 @@ fn round_up(x: usize, m: usize) -> usize {
     x.div_ceil(m) * m
 }
 
+/// A 1x1, stride-1, unpadded conv: a GEMM over pixels.
+fn is_gemm(c: &ConvKernel) -> bool {
+    c.kernel == [1, 1] && c.stride == [1, 1] && c.padding == [0, 0]
+}
+
+/// Whether a conv of `ic` input channels runs on the AMX tiles ([`ConvPlan::tiles`]), and
+/// whether with its kernel row folded into K ([`ConvPlan::fold`]).
+fn tile_use(c: &ConvKernel, ic: usize, isa: VectorIsa) -> (bool, bool) {
+    let fold = isa.amx
+        && !is_gemm(c)
+        && ic < amx::K_STEP_CHANNELS
+        && c.kernel[1] * ic.div_ceil(2) <= amx::TILE;
+    (isa.amx && (ic >= amx::K_STEP_CHANNELS || fold), fold)
+}
+
+/// Whether the conv, storing bf16 ([`ConvPlan::out_pairs`]), is planned as one K chunk: a GEMM
+/// up to [`KC_MAX_PAIRS`] channels; a direct conv whose panel for a whole output row at full
+/// K fits [`PANEL_MAX`] (`ConvPlan::new` then never halves the chunk).
+fn one_chunk_with_pairs(c: &ConvKernel, i: &View, o: &View, fold: bool) -> bool {
+    let ic = i.channels;
+    if ic > KC_MAX_PAIRS {
+        return false;
+    }
+    if is_gemm(c) {
+        return true;
+    }
+    let quantum = if fold { 2 } else { amx::K_STEP_CHANNELS };
+    let span = (o.w - 1) * c.stride[1] + c.kernel[1];
+    c.kernel[0] * span * round_up(ic, quantum) <= PANEL_MAX
+}
+
 impl ConvPlan {
+    /// Whether the conv can read a bf16 view ([`View::bf16`], `storage.rs`): on the tiles, not
+    /// folded (its panel packing converts the input, which it would round to bf16 anyway).
+    pub fn loads_bf16(c: &ConvKernel, i: &View, isa: VectorIsa) -> bool {
+        let (tiles, fold) = tile_use(c, i.channels, isa);
+        tiles && !fold
+    }
+
+    /// Whether the conv can write a bf16 view: on the tiles, in one K chunk, whole 16-channel
+    /// tiles of output channels (the tile epilogue rounds whole vectors, as for a handoff's
+    /// pairs).
+    pub fn stores_bf16(c: &ConvKernel, i: &View, o: &View, isa: VectorIsa) -> bool {
+        let (tiles, fold) = tile_use(c, i.channels, isa);
+        tiles && one_chunk_with_pairs(c, i, o, fold) && c.out_channels.is_multiple_of(amx::TILE)
+    }
+
     pub fn new(
         c: &ConvKernel,
         i: &View,
@@ -218,12 +264,8 @@ impl ConvPlan {
         let lanes = isa.lanes;
         let nv = choose_nv(c.out_channels, isa);
         let blocking = OcBlocking::new(c.out_channels, nv, lanes);
-        let gemm = c.kernel == [1, 1] && c.stride == [1, 1] && c.padding == [0, 0];
-        let fold = isa.amx
-            && !gemm
-            && ic < amx::K_STEP_CHANNELS
-            && c.kernel[1] * ic.div_ceil(2) <= amx::TILE;
-        let tiles = isa.amx && (ic >= amx::K_STEP_CHANNELS || fold);
+        let gemm = is_gemm(c);
+        let (tiles, fold) = tile_use(c, ic, isa);
         // Channels a panel row and a chunk are a whole number of: vectors, tile steps, or
         // (folded) pairs.
         let k_quantum = match (tiles, fold) {

@@ -1,0 +1,105 @@
+//! bf16 storage of activations on the AMX tiles.
+//!
+//! **Contract.** [`bf16_views`] returns the kernel list with [`View::bf16`] set on every view
+//! of the arena buffers it chooses, and on no other. It chooses a buffer only when
+//! - convs run on the AMX tiles ([`VectorIsa::amx`], so `--precision bf16`), where the
+//!   choice was measured (below); with vdpbf16ps or f32 arithmetic nothing changes;
+//! - every view of it is unbordered and starts at and spans whole vectors of channels (its
+//!   loads and stores are whole vectors, [`crate::backend::cpu::codegen::Cg::load_bf16`]);
+//! - a kernel writes it before any reads it, and kernels read it: an intermediate activation
+//!   (the runtime fills the graph input and reads the outputs, `live_out`, in f32), not part of a
+//!   conv-to-conv handoff (which stores its own pairs layout, `ConvPlan::handoffs`);
+//! - every kernel that writes it can store bf16: a tile conv planned as one K chunk
+//!   ([`ConvPlan::stores_bf16`]; its epilogue rounds as for a handoff), a pool, the global
+//!   pool;
+//! - every kernel that reads it can load bf16: a tile conv that packs a panel
+//!   ([`ConvPlan::loads_bf16`]), a pool, the global pool (the linear layer, the standalone
+//!   affine and the heads read f32 only, so their inputs stay f32).
+//!
+//! In DenseNet-121 that is every dense block's concatenation buffer (written by the max pool,
+//! the transition convs and the 3x3 growth convs, read by the bottlenecks, the transition
+//! pools and the final global pool), the stem's output and the transitions' pooled outputs.
+//!
+//! **Numerics.** A value is rounded to bf16 (to nearest even) once, where it is produced. A
+//! tile conv rounds its (prologue-applied) input to bf16 anyway, so a conv without a prologue
+//! sees exactly what it saw before; one with a BatchNorm prologue applies it to the rounded
+//! value and rounds again; pools reduce rounded values in f32. The logits' error bound of
+//! `--precision bf16` on CPU covers it (tested per preset).
+//!
+//! **Why.** On the tiles the multiplies are no longer the cost; moving f32 activations is:
+//! every bottleneck reads the whole concatenation so far, in f32, to round it to bf16 in its
+//! panel. Stored bf16, each of those reads (and each write) is half the bytes.
+//! `CpuOptions::bf16_storage` (`DNC_BF16_STORAGE=0`) turns it off, for A/B measurement.
+
+use super::codegen::VectorIsa;
+use super::conv::ConvPlan;
+use crate::backend::kernel::{KernelDesc, KernelOp, View};
+use std::collections::HashMap;
+
+/// What identifies an arena buffer among views: its place and geometry (the views of one
+/// buffer differ only in their channel window).
+type BufferKey = (usize, usize, [usize; 2], usize, usize, usize);
+
+fn buffer_key(v: &View) -> BufferKey {
+    (v.offset, v.pixel_stride, v.border, v.n, v.h, v.w)
+}
+
+/// The view's loads and stores would be whole vectors, with no border to zero.
+fn whole_vectors(v: &View, lanes: usize) -> bool {
+    v.border == [0, 0] && v.channel_offset.is_multiple_of(lanes) && v.channels.is_multiple_of(lanes)
+}
+
+fn reads_bf16(k: &KernelDesc, isa: VectorIsa) -> bool {
+    match &k.op {
+        KernelOp::Conv(c) => ConvPlan::loads_bf16(c, &k.input, isa),
+        KernelOp::MaxPool(_) | KernelOp::AvgPool(_) | KernelOp::GlobalAvgPool { .. } => true,
+        KernelOp::Linear(_) | KernelOp::Affine(_) | KernelOp::Head(_) => false,
+    }
+}
+
+fn writes_bf16(k: &KernelDesc, isa: VectorIsa) -> bool {
+    match &k.op {
+        KernelOp::Conv(c) => ConvPlan::stores_bf16(c, &k.input, &k.output, isa),
+        KernelOp::MaxPool(_) | KernelOp::AvgPool(_) | KernelOp::GlobalAvgPool { .. } => true,
+        KernelOp::Linear(_) | KernelOp::Affine(_) | KernelOp::Head(_) => false,
+    }
+}
+
+/// `kernels` with the views of the buffers chosen for bf16 storage marked (module docs).
+/// `handoffs` are [`ConvPlan::handoffs`]' `[input, output]` per kernel; `live_out` the
+/// graph outputs' views.
+pub(crate) fn bf16_views(
+    kernels: &[KernelDesc],
+    isa: VectorIsa,
+    handoffs: &[[bool; 2]],
+    live_out: &[View],
+) -> Vec<KernelDesc> {
+    let mut out = kernels.to_vec();
+    if !isa.amx {
+        return out;
+    }
+    // Per buffer: [every access can be bf16, a kernel reads it, a kernel writes it].
+    let mut verdict: HashMap<BufferKey, [bool; 3]> = HashMap::new();
+    for (k, io) in kernels.iter().zip(handoffs) {
+        let read = !io[0] && reads_bf16(k, isa) && whole_vectors(&k.input, isa.lanes);
+        // Read before any kernel wrote it: filled by the runtime (the graph input), in f32.
+        let e = verdict.entry(buffer_key(&k.input)).or_insert([false; 3]);
+        e[0] &= read;
+        e[1] = true;
+        let write = !io[1] && writes_bf16(k, isa) && whole_vectors(&k.output, isa.lanes);
+        let e = verdict
+            .entry(buffer_key(&k.output))
+            .or_insert([true, false, false]);
+        e[0] &= write;
+        e[2] = true;
+    }
+    for v in live_out {
+        verdict.insert(buffer_key(v), [false; 3]);
+    }
+    let chosen = |v: &View| verdict.get(&buffer_key(v)) == Some(&[true; 3]);
+    for k in &mut out {
+        k.input.bf16 = chosen(&k.input);
+        k.output.bf16 = chosen(&k.output);
+    }
+    out
+}
