@@ -103,3 +103,114 @@ pub(crate) fn bf16_views(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::kernel::{ConvKernel, PoolKernel};
+    use std::sync::Arc;
+
+    fn conv(name: &str, k: usize, oc: usize, input: View, output: View) -> KernelDesc {
+        KernelDesc {
+            name: name.into(),
+            op: KernelOp::Conv(ConvKernel {
+                out_channels: oc,
+                kernel: [k, k],
+                stride: [1, 1],
+                padding: [k / 2, k / 2],
+                weight: Arc::new(vec![0.5; oc * input.channels * k * k]),
+                bias: None,
+                prologue: None,
+                relu: false,
+            }),
+            input,
+            output,
+            output_to_next_only: false,
+        }
+    }
+
+    fn gap(input: View, output: View) -> KernelDesc {
+        KernelDesc {
+            name: "gap".into(),
+            op: KernelOp::GlobalAvgPool { prologue: None },
+            input,
+            output,
+            output_to_next_only: false,
+        }
+    }
+
+    /// A miniature dense block: the graph input `x` (64 channels) → conv into channels 0..64
+    /// of the block buffer `blk` (96 channels) → 3x3 conv of that prefix into channels 64..96
+    /// → global pool of the whole buffer into `y`, the output.
+    fn block(growth: usize) -> (Vec<KernelDesc>, [View; 3]) {
+        let x = View::dense(0, 2, 6, 6, 64);
+        let blk = View::dense(x.end_bytes(), 2, 6, 6, 64 + growth);
+        let y = View::dense(blk.end_bytes(), 2, 1, 1, 64 + growth);
+        let ks = vec![
+            conv("stem", 1, 64, x, blk.slice(0, 64)),
+            conv("grow", 3, growth, blk.slice(0, 64), blk.slice(64, growth)),
+            gap(blk, y),
+        ];
+        (ks, [x, blk, y])
+    }
+
+    fn flags(ks: &[KernelDesc]) -> Vec<[bool; 2]> {
+        ks.iter().map(|k| [k.input.bf16, k.output.bf16]).collect()
+    }
+
+    fn amx() -> VectorIsa {
+        VectorIsa::AVX512.with_bf16().with_amx()
+    }
+
+    #[test]
+    fn intermediate_buffers_of_tile_convs_and_pools_are_bf16() {
+        let (ks, [_, _, y]) = block(32);
+        let none = vec![[false; 2]; ks.len()];
+        let out = bf16_views(&ks, amx(), &none, &[y]);
+        // The input (read first) and the output (live out, read by no kernel) stay f32.
+        assert_eq!(flags(&out), [[false, true], [true, true], [true, false]]);
+        for k in &out {
+            k.validate().expect("valid views");
+        }
+    }
+
+    #[test]
+    fn anything_short_of_every_access_keeps_f32() {
+        let (ks, [_, _, y]) = block(32);
+        let none = vec![[false; 2]; ks.len()];
+        // Not on the tiles: nothing changes.
+        let avx512 = VectorIsa::AVX512.with_bf16();
+        assert_eq!(bf16_views(&ks, avx512, &none, &[y]), ks);
+        // A slice of 24 channels is not whole vectors: the whole buffer stays f32.
+        let (ks24, [_, _, y24]) = block(24);
+        assert_eq!(bf16_views(&ks24, amx(), &none, &[y24]), ks24);
+        // A handoff (its own pairs layout) on the block's first writer.
+        let handoff = [[false, true], [true, false], [false; 2]];
+        assert_eq!(bf16_views(&ks, amx(), &handoff, &[y]), ks);
+        // A reader that loads f32 only (an affine, here in place of the pool).
+        let mut affine = ks.clone();
+        affine[2].op = KernelOp::Affine(crate::backend::kernel::Affine {
+            scale: Arc::new(vec![1.0; 96]),
+            shift: Arc::new(vec![0.0; 96]),
+            relu: false,
+        });
+        affine[2].output = affine[2].input;
+        assert!(flags(&bf16_views(&affine, amx(), &none, &[y]))
+            .iter()
+            .all(|f| *f == [false; 2]));
+        // A pool reading it is fine; one whose view is live out is not.
+        let mut pool = ks;
+        pool[2].op = KernelOp::MaxPool(PoolKernel {
+            kernel: [1, 1],
+            stride: [1, 1],
+            padding: [0, 0],
+            prologue: None,
+        });
+        let blk = pool[2].input;
+        assert_eq!(
+            flags(&bf16_views(&pool, amx(), &none, &[y])),
+            [[false, true], [true, true], [true, false]]
+        );
+        assert_eq!(bf16_views(&pool, amx(), &none, &[blk]), pool);
+    }
+}
