@@ -131,14 +131,13 @@ pub fn build_artefact(p: ArtefactParts<'_>) -> Result<ArtefactWriter> {
         .ptxas
         .as_ref()
         .map(|r| r.as_ref().map_err(Clone::clone));
-    let arena = [
-        p.kernels.arena_bytes,
-        cpu.map_or(0, |c| c.arena_bytes),
-        cuda.map_or(0, |c| c.arena_bytes),
-    ]
-    .into_iter()
-    .max()
-    .unwrap_or(0);
+    // Every CPU variant's arena: an AMX one may read past its last view (`read_slack_bytes`).
+    let arena = cpus
+        .iter()
+        .map(|c| c.arena_bytes)
+        .chain([p.kernels.arena_bytes, cuda.map_or(0, |c| c.arena_bytes)])
+        .max()
+        .unwrap_or(0);
     let mut code = Vec::new();
     let mut variants = Vec::new();
     for (c, &weights_range) in cpus.iter().zip(&weight_ranges) {

@@ -320,16 +320,21 @@ fn amx_variant_comes_first_and_runs_only_where_the_host_has_amx() {
 /// The bf16 handoff on the AMX tiles (`ConvPlan::handoffs`): a bottleneck stores its output
 /// as bf16 pairs for its 3x3, which would round the same floats when packing them, so the
 /// logits are bit-identical with and without it (each bottleneck in one K chunk either way:
-/// the blocks are short). The plans must show the handoffs; the artefact runs where the host
-/// has AMX and is compiled only elsewhere.
+/// the blocks are short). With f32 storage the pairs sit at the start of each f32-sized pixel
+/// and the 3x3 copies them into its panel; with bf16 storage (`storage.rs`) the bottleneck
+/// buffer is a bordered bf16 view and the 3x3 reads its A tiles from it in place
+/// (`ConvPlan::rows_in_place`), against a bottleneck that stores bf16 and a 3x3 that packs
+/// it without the handoff. The plans must show all that; the artefacts run where the host has
+/// AMX and are compiled only elsewhere.
 #[test]
 fn amx_bf16_handoff_is_bit_identical_to_rounding_in_the_panel() {
     let (cfg, graph) = small("densenet121", &[3, 4, 4, 3], 40, 2, 23);
-    let compile = |handoff: bool| {
+    let compile = |handoff: bool, storage: bool| {
         let opts = CompileOptions {
             cpus: vec![CpuOptions {
                 cpu: "sapphirerapids".into(),
                 tile_handoff: handoff,
+                bf16_storage: storage,
                 ..Default::default()
             }],
             precision: compiler::backend::precision::Precision::Bf16,
@@ -337,7 +342,6 @@ fn amx_bf16_handoff_is_bit_identical_to_rounding_in_the_panel() {
         };
         compiler::compile_graph(&cfg, graph.clone(), &opts).expect("compile")
     };
-    let (with, without) = (compile(true), compile(false));
     let count = |c: &compiler::Compiled, what: &str| {
         c.code.cpu[0]
             .kernels
@@ -345,46 +349,46 @@ fn amx_bf16_handoff_is_bit_identical_to_rounding_in_the_panel() {
             .filter(|k| k.plan.contains(what))
             .count()
     };
-    // 14 dense layers: every bottleneck hands off to its 3x3 (the other convs storing pairs
-    // write bf16 views, `amx_bf16_storage_...` below).
-    let bottlenecks = |c: &compiler::Compiled| {
-        c.code.cpu[0]
-            .kernels
-            .iter()
-            .filter(|k| k.name.ends_with(".conv1") && k.plan.contains("out_pairs: true"))
-            .count()
-    };
-    assert_eq!(bottlenecks(&with), 14);
-    assert_eq!(bottlenecks(&without), 0);
-    assert_eq!(count(&with, "in_pairs: true"), 14);
-    assert_eq!(count(&without, "in_pairs: true"), 0);
-    if !(host_has_avx512()
+    let run_here = host_has_avx512()
         && std::arch::is_x86_feature_detected!("avx512bf16")
-        && runtime::host_has_amx())
-    {
-        eprintln!("note: the host has no usable AMX-BF16: compiled, not run");
-        return;
-    }
+        && runtime::host_has_amx();
     let x = Tensor::random_uniform(vec![2, 3, 40, 40], 7, -1.0, 1.0);
     let logits = |c: &compiler::Compiled| {
         let m = Model::from_artefact(Artefact::read(&c.to_bytes().expect("bytes")).expect("a"))
             .expect("load");
         run(&m, &x)
     };
-    let (a, b) = (logits(&with), logits(&without));
-    assert!(a.data == b.data, "handoff changed the logits");
     let want = ir::reference::run(&graph, std::slice::from_ref(&x))
         .expect("reference")
         .remove(0);
-    let err = a.rel_error(&want).expect("shape");
-    assert!(
-        err <= f64::from(compiler::backend::cpu::CPU_BF16_REL_BOUND),
-        "{err:e}"
-    );
+    for storage in [false, true] {
+        let (with, without) = (compile(true, storage), compile(false, storage));
+        // 14 dense layers: every bottleneck hands off to its 3x3.
+        assert_eq!(count(&with, "in_pairs: true"), 14, "storage {storage}");
+        assert_eq!(count(&without, "in_pairs: true"), 0, "storage {storage}");
+        let in_place = if storage { 14 } else { 0 };
+        assert_eq!(count(&with, "rows_in_place: true"), in_place);
+        assert_eq!(count(&without, "rows_in_place: true"), 0);
+        if !run_here {
+            eprintln!("note: the host has no usable AMX-BF16: compiled, not run");
+            continue;
+        }
+        let (a, b) = (logits(&with), logits(&without));
+        assert!(
+            a.data == b.data,
+            "handoff changed the logits (storage {storage})"
+        );
+        let err = a.rel_error(&want).expect("shape");
+        assert!(
+            err <= f64::from(compiler::backend::cpu::CPU_BF16_REL_BOUND),
+            "{err:e}"
+        );
+    }
 }
 
 /// bf16 storage on the AMX tiles (`backend/cpu/storage.rs`): the dense blocks'
-/// concatenations, the stem's output and the transitions' pooled outputs are stored as bf16;
+/// concatenations, the stem's output, the bottlenecks' outputs and the transitions' pooled
+/// outputs are stored as bf16;
 /// the graph input and the logits stay f32. Against the f32 reference the logits stay within
 /// the bf16 bound, with an error of the same order as with f32 storage (each stored value is
 /// rounded once more: at most twice that error here), and every image keeps its top-1 class.
@@ -423,11 +427,12 @@ fn amx_bf16_storage_halves_the_activations_within_the_bf16_bound() {
     let expect = [
         ("features.conv0", [false, true]),
         ("features.pool0", [true, true]),
-        ("features.denseblock1.denselayer1.conv1", [true, false]),
-        ("features.denseblock1.denselayer1.conv2", [false, true]),
+        // The bottleneck's bordered output, handed to the 3x3 (`ConvPlan::handoffs`).
+        ("features.denseblock1.denselayer1.conv1", [true, true]),
+        ("features.denseblock1.denselayer1.conv2", [true, true]),
         ("features.transition1.pool", [true, true]),
         ("features.transition1.conv", [true, true]),
-        ("features.denseblock4.denselayer2.conv2", [false, true]),
+        ("features.denseblock4.denselayer2.conv2", [true, true]),
         ("avgpool", [true, false]),
         ("classifier", [false, false]),
     ];

@@ -7,7 +7,7 @@
 //! per image) after the op's own.
 
 use super::codegen::{Cg, Result};
-use super::env::{group_base, Env};
+use super::env::{group_base, vgep2, vgepc, Env};
 use crate::backend::kernel::View;
 use inkwell::values::{IntValue, PointerValue};
 
@@ -33,9 +33,15 @@ impl BorderPlan {
         let (rows, cols) = (v.h + 2 * bh, v.w + 2 * bw);
         // Stored pixel (0, 0) of image n, first channel of the view.
         // (The view is normalised: offset and channel offset are 0.)
-        let image = cg.gep2(group_base(cg, env, env.output, v)?, n, v.image_stride())?;
+        let image = vgep2(
+            cg,
+            v,
+            group_base(cg, env, env.output, v)?,
+            n,
+            v.image_stride(),
+        )?;
         cg.for_n(rows, |r| {
-            let row = cg.gep2(image, r, v.row_stride())?;
+            let row = vgep2(cg, v, image, r, v.row_stride())?;
             let inner = cg.in_range(r, bh, bh + v.h)?;
             cg.if_else(
                 inner,
@@ -48,7 +54,8 @@ impl BorderPlan {
         })
     }
 
-    /// Zero the view's channels of pixels `[from, to)` of a stored row.
+    /// Zero the view's channels of pixels `[from, to)` of a stored row (for a bf16 view,
+    /// its `channels / 2` words: an even count from an even channel, `View::validate`).
     fn zero<'ctx>(
         &self,
         cg: &Cg<'ctx>,
@@ -57,10 +64,15 @@ impl BorderPlan {
         to: usize,
     ) -> Result<()> {
         let v = &self.view;
-        let first = cg.gepc(row, from * v.pixel_stride)?;
+        let first = vgepc(cg, v, row, from * v.pixel_stride)?;
+        let words = if v.bf16 {
+            v.channels.div_ceil(2)
+        } else {
+            v.channels
+        };
         cg.for_n(to.saturating_sub(from), |x| {
-            let px = cg.gep2(first, x, v.pixel_stride)?;
-            cg.for_channel_vectors(v.channels, |c, lanes| {
+            let px = vgep2(cg, v, first, x, v.pixel_stride)?;
+            cg.for_channel_vectors(words, |c, lanes| {
                 cg.store_v(cg.vf.const_zero(), cg.gep(px, c)?, lanes.min(cg.lanes))
             })
         })

@@ -404,7 +404,7 @@ pub fn compile(kernels: &[KernelDesc], opts: &CpuOptions) -> Result<CompiledCpu,
         vec![[false; 2]; kernels.len()]
     };
     let stored = if opts.bf16_storage {
-        storage::bf16_views(kernels, target.isa, &handoffs, &opts.live_out)
+        storage::bf16_views(kernels, target.isa, &opts.live_out)
     } else {
         kernels.to_vec()
     };
@@ -476,9 +476,19 @@ pub fn compile(kernels: &[KernelDesc], opts: &CpuOptions) -> Result<CompiledCpu,
         .collect();
     let shared_object = link::shared_object(&objects, opts.linker.as_deref())?;
 
+    // The views' ends, and what a kernel may read past its input's (`Plan::read_slack_bytes`;
+    // `plans` are in kernel order, a batch-tiled kernel's last group ends where its view does).
     let arena_bytes = kernels
         .iter()
-        .flat_map(|k| [k.input.end_bytes(), k.output.end_bytes()])
+        .zip(&stored)
+        .zip(&plans)
+        .flat_map(|((k, st), (_, plan))| {
+            [
+                k.input.end_bytes(),
+                k.output.end_bytes(),
+                st.input.end_bytes() + plan.read_slack_bytes(),
+            ]
+        })
         .max()
         .unwrap_or(0);
     let compiled = kernels

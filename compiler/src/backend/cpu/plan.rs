@@ -181,6 +181,15 @@ impl Plan {
     pub fn stack_bytes(&self) -> usize {
         self.shape.stack_bytes()
     }
+
+    /// Bytes past the end of its input view the kernel may read (never use): the arena must
+    /// have them (`ConvPlan::rows_in_place`).
+    pub fn read_slack_bytes(&self) -> usize {
+        match &self.shape.op {
+            OpPlan::Conv(p) => p.read_slack_bytes(),
+            _ => 0,
+        }
+    }
 }
 
 impl Shape {

@@ -4,11 +4,11 @@
 //! of the arena buffers it chooses, and on no other. It chooses a buffer only when
 //! - convs run on the AMX tiles ([`VectorIsa::amx`], so `--precision bf16`), where the
 //!   choice was measured (below); with vdpbf16ps or f32 arithmetic nothing changes;
-//! - every view of it is unbordered and starts at and spans whole vectors of channels (its
-//!   loads and stores are whole vectors, [`crate::backend::cpu::codegen::Cg::load_bf16`]);
+//! - every view of it starts at and spans whole vectors of channels (its loads and stores are
+//!   whole vectors, [`crate::backend::cpu::codegen::Cg::load_bf16`]; a border is zeroed in
+//!   bf16 by its writers, `border.rs`);
 //! - a kernel writes it before any reads it, and kernels read it: an intermediate activation
-//!   (the runtime fills the graph input and reads the outputs, `live_out`, in f32), not part of a
-//!   conv-to-conv handoff (which stores its own pairs layout, `ConvPlan::handoffs`);
+//!   (the runtime fills the graph input and reads the outputs, `live_out`, in f32);
 //! - every kernel that writes it can store bf16: a tile conv planned as one K chunk
 //!   ([`ConvPlan::stores_bf16`]; its epilogue rounds as for a handoff), a pool, the global
 //!   pool;
@@ -18,7 +18,10 @@
 //!
 //! In DenseNet-121 that is every dense block's concatenation buffer (written by the max pool,
 //! the transition convs and the 3x3 growth convs, read by the bottlenecks, the transition
-//! pools and the final global pool), the stem's output and the transitions' pooled outputs.
+//! pools and the final global pool), the stem's output, the transitions' pooled outputs, and
+//! the bottlenecks' bordered outputs that they hand to their 3x3 (`ConvPlan::handoffs`: pairs
+//! of channels are then just the buffer's bf16 elements, and the 3x3 may read its A tiles
+//! from the buffer itself, `conv/emit.rs`).
 //!
 //! **Numerics.** A value is rounded to bf16 (to nearest even) once, where it is produced. A
 //! tile conv rounds its (prologue-applied) input to bf16 anyway, so a conv without a prologue
@@ -44,9 +47,9 @@ fn buffer_key(v: &View) -> BufferKey {
     (v.offset, v.pixel_stride, v.border, v.n, v.h, v.w)
 }
 
-/// The view's loads and stores would be whole vectors, with no border to zero.
+/// The view's loads and stores would be whole vectors.
 fn whole_vectors(v: &View, lanes: usize) -> bool {
-    v.border == [0, 0] && v.channel_offset.is_multiple_of(lanes) && v.channels.is_multiple_of(lanes)
+    v.channel_offset.is_multiple_of(lanes) && v.channels.is_multiple_of(lanes)
 }
 
 fn reads_bf16(k: &KernelDesc, isa: VectorIsa) -> bool {
@@ -66,12 +69,10 @@ fn writes_bf16(k: &KernelDesc, isa: VectorIsa) -> bool {
 }
 
 /// `kernels` with the views of the buffers chosen for bf16 storage marked (module docs).
-/// `handoffs` are [`ConvPlan::handoffs`]' `[input, output]` per kernel; `live_out` the
-/// graph outputs' views.
+/// `live_out` are the graph outputs' views.
 pub(crate) fn bf16_views(
     kernels: &[KernelDesc],
     isa: VectorIsa,
-    handoffs: &[[bool; 2]],
     live_out: &[View],
 ) -> Vec<KernelDesc> {
     let mut out = kernels.to_vec();
@@ -80,13 +81,13 @@ pub(crate) fn bf16_views(
     }
     // Per buffer: [every access can be bf16, a kernel reads it, a kernel writes it].
     let mut verdict: HashMap<BufferKey, [bool; 3]> = HashMap::new();
-    for (k, io) in kernels.iter().zip(handoffs) {
-        let read = !io[0] && reads_bf16(k, isa) && whole_vectors(&k.input, isa.lanes);
+    for k in kernels {
+        let read = reads_bf16(k, isa) && whole_vectors(&k.input, isa.lanes);
         // Read before any kernel wrote it: filled by the runtime (the graph input), in f32.
         let e = verdict.entry(buffer_key(&k.input)).or_insert([false; 3]);
         e[0] &= read;
         e[1] = true;
-        let write = !io[1] && writes_bf16(k, isa) && whole_vectors(&k.output, isa.lanes);
+        let write = writes_bf16(k, isa) && whole_vectors(&k.output, isa.lanes);
         let e = verdict
             .entry(buffer_key(&k.output))
             .or_insert([true, false, false]);
@@ -165,8 +166,7 @@ mod tests {
     #[test]
     fn intermediate_buffers_of_tile_convs_and_pools_are_bf16() {
         let (ks, [_, _, y]) = block(32);
-        let none = vec![[false; 2]; ks.len()];
-        let out = bf16_views(&ks, amx(), &none, &[y]);
+        let out = bf16_views(&ks, amx(), &[y]);
         // The input (read first) and the output (live out, read by no kernel) stay f32.
         assert_eq!(flags(&out), [[false, true], [true, true], [true, false]]);
         for k in &out {
@@ -176,17 +176,25 @@ mod tests {
 
     #[test]
     fn anything_short_of_every_access_keeps_f32() {
+        // (Except a border, which does not keep f32.)
         let (ks, [_, _, y]) = block(32);
-        let none = vec![[false; 2]; ks.len()];
         // Not on the tiles: nothing changes.
         let avx512 = VectorIsa::AVX512.with_bf16();
-        assert_eq!(bf16_views(&ks, avx512, &none, &[y]), ks);
+        assert_eq!(bf16_views(&ks, avx512, &[y]), ks);
         // A slice of 24 channels is not whole vectors: the whole buffer stays f32.
         let (ks24, [_, _, y24]) = block(24);
-        assert_eq!(bf16_views(&ks24, amx(), &none, &[y24]), ks24);
-        // A handoff (its own pairs layout) on the block's first writer.
-        let handoff = [[false, true], [true, false], [false; 2]];
-        assert_eq!(bf16_views(&ks, amx(), &handoff, &[y]), ks);
+        assert_eq!(bf16_views(&ks24, amx(), &[y24]), ks24);
+        // A bordered buffer is fine (its writers zero the border in bf16).
+        let mut bordered = ks.clone();
+        for k in &mut bordered[1..] {
+            k.input = k.input.with_border([1, 1]);
+        }
+        bordered[0].output = bordered[0].output.with_border([1, 1]);
+        bordered[1].output = bordered[1].output.with_border([1, 1]);
+        assert_eq!(
+            flags(&bf16_views(&bordered, amx(), &[y])),
+            [[false, true], [true, true], [true, false]]
+        );
         // A reader that loads f32 only (an affine, here in place of the pool).
         let mut affine = ks.clone();
         affine[2].op = KernelOp::Affine(crate::backend::kernel::Affine {
@@ -195,7 +203,7 @@ mod tests {
             relu: false,
         });
         affine[2].output = affine[2].input;
-        assert!(flags(&bf16_views(&affine, amx(), &none, &[y]))
+        assert!(flags(&bf16_views(&affine, amx(), &[y]))
             .iter()
             .all(|f| *f == [false; 2]));
         // A pool reading it is fine; one whose view is live out is not.
@@ -208,9 +216,9 @@ mod tests {
         });
         let blk = pool[2].input;
         assert_eq!(
-            flags(&bf16_views(&pool, amx(), &none, &[y])),
+            flags(&bf16_views(&pool, amx(), &[y])),
             [[false, true], [true, true], [true, false]]
         );
-        assert_eq!(bf16_views(&pool, amx(), &none, &[blk]), pool);
+        assert_eq!(bf16_views(&pool, amx(), &[blk]), pool);
     }
 }

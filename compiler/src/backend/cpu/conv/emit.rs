@@ -360,22 +360,36 @@ impl ConvPlan {
             let at = pixel_at(cg, out, ov, [n_i, cg.add(oh0, r)?, xc])?;
             Ok(cg.b.build_select(real, at, junk, "")?.into_pointer_value())
         })?;
+        // Reading the input in place: its stored pixels, border included, are the positions
+        // ([`ConvPlan::rows_in_place`]); the first is stored pixel (ih0, iw0) of the image.
+        let in_place = if self.rows_in_place {
+            let off = cg.add(
+                cg.b.build_int_mul(ih0, cg.c64(iv.row_stride()), "")?,
+                cg.b.build_int_mul(iw0, cg.c64(iv.pixel_stride), "")?,
+            )?;
+            Some(vgep(cg, iv, img, off)?)
+        } else {
+            None
+        };
         self.for_chunks(cg, env, |c0, kc, acc, relu| {
             let Kc::Const(kc) = kc else {
                 return Err(wrong_mode(self.mode));
             };
-            cg.for_n(count + self.k[0] - 1, |y| {
-                let dst_row = cg.gep2(panel, y, span * kcp)?;
-                self.fill_panel_row(
-                    cg,
-                    env,
-                    [img, dst_row],
-                    [cg.add(ih0, y)?, iw0],
-                    span,
-                    c0,
-                    kc,
-                )
-            })?;
+            if in_place.is_none() {
+                cg.for_n(count + self.k[0] - 1, |y| {
+                    let dst_row = cg.gep2(panel, y, span * kcp)?;
+                    self.fill_panel_row(
+                        cg,
+                        env,
+                        [img, dst_row],
+                        [cg.add(ih0, y)?, iw0],
+                        span,
+                        c0,
+                        kc,
+                    )
+                })?;
+            }
+            let a = in_place.unwrap_or(panel);
             self.for_blocks(cg, env, og, |w, bias, col, nv, valid| {
                 let nr = nv * cg.lanes;
                 let spec = UkSpec {
@@ -397,7 +411,7 @@ impl ConvPlan {
                     uks,
                     spec,
                     positions,
-                    [panel, b, table, bias],
+                    [a, b, table, bias],
                     col,
                     Kc::Const(kc),
                     acc,

@@ -129,6 +129,9 @@ pub(crate) struct ConvPlan {
     /// The output is stored as bf16 pairs for the next conv: one K chunk (no f32 partial
     /// sums), the epilogue rounds (`amx.rs`).
     pub out_pairs: bool,
+    /// A [`Mode::Rows`] task reads its A tiles from the input buffer in place, no panel
+    /// ([`ConvPlan::reads_rows_in_place`] says when).
+    pub rows_in_place: bool,
 }
 
 /// Register groups of pixel tiles per tile micro-kernel call with several passes.
@@ -396,7 +399,7 @@ impl ConvPlan {
         }
         let bpg = blocks.div_ceil(groups);
         let groups = blocks.div_ceil(bpg);
-        ConvPlan {
+        let mut plan = ConvPlan {
             n: i.n,
             h: i.h,
             w: i.w,
@@ -424,6 +427,38 @@ impl ConvPlan {
             fold,
             in_pairs,
             out_pairs,
+            rows_in_place: false,
+        };
+        plan.rows_in_place = plan.reads_rows_in_place();
+        plan
+    }
+
+    /// [`ConvPlan::rows_in_place`]: whether a [`Mode::Rows`] task reads its A tiles from the
+    /// input buffer itself instead of a packed panel. The input is a bf16 handoff (`in_pairs`,
+    /// a bf16 view: a pixel's words are its channel pairs) whose every pixel is exactly the K
+    /// of one chunk, with a border equal to the padding, so the buffer's stored pixels, row
+    /// after row, are the panel's positions `r·span + x` (`span` = the stored row). A last
+    /// tile reads up to 15 positions past the task's, beyond the image's last stored pixel for
+    /// the last image: the arena has [`ConvPlan::read_slack_bytes`] after the input for them
+    /// (their rows of C are never stored).
+    fn reads_rows_in_place(&self) -> bool {
+        let i = &self.input;
+        matches!(self.mode, Mode::Rows { .. })
+            && self.in_pairs
+            && i.bf16
+            && i.border == self.p
+            && i.channel_offset == 0
+            && i.channels == i.pixel_stride
+            && self.kc == self.ic
+            && self.kcp == self.ic
+    }
+
+    /// Bytes past the end of its input view that the conv may read (`rows_in_place`).
+    pub(crate) fn read_slack_bytes(&self) -> usize {
+        if self.rows_in_place {
+            (amx::TILE + self.k[1]) * self.input.pixel_stride * self.input.elem_bytes()
+        } else {
+            0
         }
     }
 
