@@ -323,3 +323,105 @@ fn the_emulation_tells_bf16_from_f32() {
     assert_eq!(bf16(1.0 + 2f32.powi(-8)), 1.0, "ties to even");
     assert_eq!(bf16(1.0 + 3.0 * 2f32.powi(-8)), 1.0 + 2f32.powi(-6));
 }
+
+/// A bottleneck that hands its bordered output to a 3x3 (`ConvPlan::handoffs`), stored as a
+/// bf16 view (`storage.rs`), so that the 3x3 reads its A tiles from it in place
+/// (`ConvPlan::rows_in_place`), with that buffer last in the arena: the compiled arena must
+/// reach past it by what the last tile reads, and the output must equal, bit for bit, that of
+/// f32 storage without the handoff (the same two roundings, in the same places).
+#[test]
+fn amx_rows_in_place_stay_inside_the_arena() {
+    // A 1x1 map's bf16 buffer (9 stored pixels) is shorter than what its last tile reads past
+    // it, even counting the f32 size the memory plan gave it.
+    for (seed, (n, h, w)) in [(2, 9, 7), (1, 1, 1), (3, 2, 5)].into_iter().enumerate() {
+        rows_in_place_case(seed as u64, n, h, w);
+    }
+}
+
+fn rows_in_place_case(seed: u64, n: usize, h: usize, w: usize) {
+    use compiler::backend::kernel::{Affine, ConvKernel, KernelDesc, KernelOp, View};
+    use std::sync::Arc;
+    let mut rng = crate::support::Rng::new(77 + seed);
+    let x = View::dense(0, n, h, w, 64);
+    let y = View::dense(x.end_bytes(), n, h, w, 32);
+    let mid = View::dense(y.end_bytes(), n, h, w, 128).with_border([1, 1]);
+    let conv = |oc: usize, ic: usize, k: usize, rng: &mut crate::support::Rng| ConvKernel {
+        out_channels: oc,
+        kernel: [k, k],
+        stride: [1, 1],
+        padding: [k / 2, k / 2],
+        weight: Arc::new(rng.vec(oc * ic * k * k, -0.1, 0.1)),
+        bias: Some(Arc::new(rng.vec(oc, -0.2, 0.2))),
+        prologue: None,
+        relu: false,
+    };
+    let bottleneck = ConvKernel {
+        prologue: Some(Affine {
+            scale: Arc::new(rng.vec(64, 0.5, 1.5)),
+            shift: Arc::new(rng.vec(64, -0.2, 0.4)),
+            relu: true,
+        }),
+        relu: true,
+        ..conv(128, 64, 1, &mut rng)
+    };
+    let kernels = [
+        KernelDesc {
+            name: "conv1".into(),
+            op: KernelOp::Conv(bottleneck),
+            input: x,
+            output: mid,
+            output_to_next_only: true,
+        },
+        KernelDesc {
+            name: "conv2".into(),
+            op: KernelOp::Conv(conv(32, 128, 3, &mut rng)),
+            input: mid,
+            output: y,
+            output_to_next_only: false,
+        },
+    ];
+    let isa = amx_isa();
+    let compile = |on: bool| {
+        let opts = CpuOptions {
+            tile_handoff: on,
+            bf16_storage: on,
+            live_out: vec![y],
+            ..isa.opts.clone()
+        };
+        compiler::backend::cpu::compile(&kernels, &opts).expect("compile")
+    };
+    let (with, without) = (compile(true), compile(false));
+    assert!(
+        with.kernels[1].plan.contains("rows_in_place: true"),
+        "{}",
+        with.kernels[1].plan
+    );
+    assert!(!without.kernels[1].plan.contains("rows_in_place: true"));
+    // The bf16 buffer's last stored byte, then 16 + 3 positions of 128 bf16 channels.
+    let stored = View { bf16: true, ..mid };
+    assert!(
+        with.arena_bytes >= stored.end_bytes() + 19 * 128 * 2,
+        "arena {} bytes, the buffer ends at {}",
+        with.arena_bytes,
+        stored.end_bytes()
+    );
+    if !isa.runs {
+        return;
+    }
+    let input = Tensor::random_uniform(vec![n, 64, h, w], 3 + seed, -1.0, 1.0);
+    let out = |c: &compiler::backend::cpu::CompiledCpu| {
+        let mut arena = crate::support::Arena::poisoned(c.arena_bytes);
+        arena.write(&x, &input);
+        crate::support::Loaded::new(c).run(&mut arena, crate::support::Pfor::TwoThreads);
+        arena.read(&y, &[n, 32, h, w])
+    };
+    let (a, b) = (out(&with), out(&without));
+    assert!(
+        a.data.iter().all(|v| v.is_finite()),
+        "in-place reads reached the output"
+    );
+    assert!(
+        a.data == b.data,
+        "in place differs from f32 storage without the handoff"
+    );
+}
