@@ -192,11 +192,16 @@ pub(crate) fn emit<'ctx>(cg: &Cg<'ctx>, s: &TileShape, name: &str) -> Result<Fun
     // with several groups, between passes).
     let len = u32::try_from(mt * nv * TILE * TILE).unwrap_or(u32::MAX);
     let sums = cg.entry_alloca(cg.f32.array_type(len).into(), "tiles")?;
-    let store_group = |g: usize, tiles: usize| -> Result<()> {
+    // Group `g`'s C tiles (its first `tiles` pixel tiles) into `sums` (`tilestored`), or back.
+    let move_group = |g: usize, tiles: usize, store: bool| -> Result<()> {
         for t in 0..tiles {
             for v in 0..nv {
                 let at = cg.gepc(sums, c_tile(g * mg + t, v) * TILE * TILE)?;
-                let text = format!("tilestored %tmm{}, ($0,$1,1)", c_reg(t, v));
+                let text = if store {
+                    format!("tilestored %tmm{}, ($0,$1,1)", c_reg(t, v))
+                } else {
+                    format!("tileloadd ($0,$1,1), %tmm{}", c_reg(t, v))
+                };
                 asm(cg, &text, &[at.into(), bytes(TILE).into()])?;
             }
         }
@@ -254,7 +259,7 @@ pub(crate) fn emit<'ctx>(cg: &Cg<'ctx>, s: &TileShape, name: &str) -> Result<Fun
     if groups == 1 {
         zero(mt)?;
         cg.for_n(kh_n, |kh| steps(0, mt, kh, cg.c64(0), words))?;
-        store_group(0, mt)?;
+        move_group(0, mt, true)?;
     } else {
         // Passes (a tap row, a chunk of `PASS_WORDS`), each over every group: the pass's
         // weights stay in L1 from one group to the next instead of streaming from L2 for
@@ -265,22 +270,9 @@ pub(crate) fn emit<'ctx>(cg: &Cg<'ctx>, s: &TileShape, name: &str) -> Result<Fun
                 let first = cg.b.build_and(cg.eqc(kh, 0)?, cg.eqc(q0, 0)?, "")?;
                 for g in 0..groups {
                     let tiles = group_tiles(g);
-                    cg.if_else(
-                        first,
-                        || zero(tiles),
-                        || {
-                            for t in 0..tiles {
-                                for v in 0..nv {
-                                    let at = cg.gepc(sums, c_tile(g * mg + t, v) * TILE * TILE)?;
-                                    let text = format!("tileloadd ($0,$1,1), %tmm{}", c_reg(t, v));
-                                    asm(cg, &text, &[at.into(), bytes(TILE).into()])?;
-                                }
-                            }
-                            Ok(())
-                        },
-                    )?;
+                    cg.if_else(first, || zero(tiles), || move_group(g, tiles, false))?;
                     steps(g, tiles, kh, q0, q1)?;
-                    store_group(g, tiles)?;
+                    move_group(g, tiles, true)?;
                 }
                 Ok(())
             })
