@@ -139,8 +139,8 @@ impl ConvPlan {
                 })?;
                 (panel, self.kcp_words())
             } else {
-                // Only for a flat f32 input (see `ConvPlan::new`; bf16 dot products, so every
-                // bf16 view's reader, pack).
+                // Only for a flat f32 input (see `ConvPlan::new`; bf16 views are read only by
+                // the bf16 kernels, which always pack).
                 if iv.bf16 {
                     return Err(BackendError::Codegen(
                         "an unpacked GEMM reads a bf16 view".into(),
