@@ -123,8 +123,8 @@ pub struct CpuOptions {
     /// [`ConvPlan::handoffs`]): the same rounding, half the bytes. `false` keeps f32.
     pub tile_handoff: bool,
     /// On the AMX tiles, store the activations whose every reader and writer can as bf16
-    /// instead of f32 (`storage.rs`): the dense blocks' concatenations, half the bytes moved.
-    /// `false` keeps f32.
+    /// instead of f32 (`storage.rs`): the dense blocks' concatenations and the bottlenecks'
+    /// outputs, half the bytes moved. `false` keeps f32.
     pub bf16_storage: bool,
 }
 
