@@ -390,11 +390,24 @@ impl ConvPlan {
         let blocks = blocking.blocks();
         let mut groups = 1;
         // Output-channel groups split a pixel block's work between tasks that each pack its
-        // panel. On the tiles, packing costs about what the multiplies do, so a repack per
-        // group is not worth the balance while there are two pixel blocks to share
-        // (DenseNet-121 bf16 on a Xeon with AMX, 2 threads: b1 5.57 -> 4.74-5.09 ms, b8
-        // 45.1 -> 40.3 ms).
-        if row_tasks < target && !(tiles && row_tasks >= 2) {
+        // panel, so each group repacks it. How many pixel tasks make groups not worth that:
+        // - on the tiles, where packing costs about what the multiplies do, two (DenseNet-121
+        //   bf16 on a Xeon with AMX, 2 threads: b1 5.57 -> 4.74-5.09 ms, b8 45.1 -> 40.3 ms);
+        // - a GEMM in 16-lane vectors, half of `TARGET_TASKS`: its multiplies take half the
+        //   time of 8-lane ones and its packing, a pass over the input from L2, does not, so
+        //   a repack costs more than spreading that many tasks over the threads does.
+        //   DenseNet-121's 28x28 bottleneck (512 -> 128 channels, 14 pixel tasks) on one
+        //   core of a Xeon (AVX-512): 155-159 GFLOP/s in two groups, 168-173 in one
+        //   (`kernels_bench`); a C model of the task, 166 against 181. The 8-lane code
+        //   measured the same either way and keeps `TARGET_TASKS`.
+        let enough_row_tasks = if tiles {
+            2
+        } else if gemm && lanes >= 16 {
+            TARGET_TASKS / 2
+        } else {
+            target
+        };
+        if row_tasks < target.min(enough_row_tasks) {
             groups = target.div_ceil(row_tasks).min(blocks);
         }
         let bpg = blocks.div_ceil(groups);
