@@ -301,6 +301,13 @@ impl ConvPlan {
         let mut kc = ic.min(if out_pairs { KC_MAX_PAIRS } else { KC_MAX });
         let (mode, row_tasks) = if gemm {
             let m = o.pixels();
+            if !tiles && lanes >= 16 {
+                // Tiles of equal height, as few as `mr` allows: 49 pixels as 13+13+13+10, not
+                // 14+14+14+7 (DenseNet-121's 7x7 map at batch 1), 64 as eight 8s, not seven
+                // 9s and a 1 (BC-100's 8x8). The remainder tile runs at the rate of a full one
+                // with the same number of rows per FMA; the shorter, the worse.
+                mr = m.div_ceil(m.div_ceil(mr));
+            }
             let mut mc = mr * 8;
             if out_pairs {
                 let rows = PAIRS_PANEL_BYTES / (round_up(kc, k_quantum) / 2 * 4);
@@ -400,15 +407,20 @@ impl ConvPlan {
         //   core of a Xeon (AVX-512): 155-159 GFLOP/s in two groups, 168-173 in one
         //   (`kernels_bench`); a C model of the task, 166 against 181. The 8-lane code
         //   measured the same either way and keeps `TARGET_TASKS`.
-        let enough_row_tasks = if tiles {
-            2
+        // With groups, a 16-lane GEMM aims for that many tasks too, not `target`: DenseNet-121's
+        // 7x7 bottlenecks at batch 1 (4 pixel tasks) run in 2 groups, not 4.
+        let (enough_row_tasks, tasks_with_groups) = if tiles {
+            (2, target)
         } else if gemm && lanes >= 16 {
-            TARGET_TASKS / 2
+            (TARGET_TASKS / 2, TARGET_TASKS / 2)
         } else {
-            target
+            (target, target)
         };
         if row_tasks < target.min(enough_row_tasks) {
-            groups = target.div_ceil(row_tasks).min(blocks);
+            groups = target
+                .min(tasks_with_groups)
+                .div_ceil(row_tasks)
+                .min(blocks);
         }
         let bpg = blocks.div_ceil(groups);
         let groups = blocks.div_ceil(bpg);
@@ -628,6 +640,17 @@ mod tests {
     use std::sync::Arc;
 
     fn plan(hw: usize, ic: usize, oc: usize, k: usize, stride: usize) -> ConvPlan {
+        plan_for(hw, ic, oc, k, stride, VectorIsa::AVX2)
+    }
+
+    fn plan_for(
+        hw: usize,
+        ic: usize,
+        oc: usize,
+        k: usize,
+        stride: usize,
+        isa: VectorIsa,
+    ) -> ConvPlan {
         let conv = ConvKernel {
             out_channels: oc,
             kernel: [k, k],
@@ -645,7 +668,7 @@ mod tests {
             &conv,
             &i,
             &o,
-            VectorIsa::AVX2,
+            isa,
             [false; 2],
             &mut WeightsBuilder::default(),
         )
@@ -703,6 +726,26 @@ mod tests {
             let gemm = matches!(p.mode, Mode::Gemm { .. });
             assert_eq!(gemm, k == 1 && s == 1);
         }
+    }
+
+    #[test]
+    fn wide_vector_gemms_split_pixels_before_output_channels() {
+        let avx512 = VectorIsa::AVX512;
+        // DenseNet-121's 14x14 bottleneck at batch 1: 14 one-tile pixel tasks, each over
+        // every output block (its panel packed once), where 8 lanes also split the blocks.
+        let p = plan_for(14, 1024, 128, 1, 1, avx512);
+        assert_eq!((p.mr, p.groups, p.tasks()), (14, 1, 14), "{p:?}");
+        assert!(plan(14, 1024, 128, 1, 1).groups > 1);
+        // Its 7x7 one: 49 pixels as tiles of 13 (13+13+13+10), 4 pixel tasks in 2 groups.
+        let p = plan_for(7, 1024, 128, 1, 1, avx512);
+        assert_eq!((p.mr, p.groups, p.tasks()), (13, 2, 8), "{p:?}");
+        // BC-100's 8x8 bottleneck (one block of 48 channels): eight tiles of 8 pixels, not
+        // seven of 9 and one of 1.
+        assert_eq!(plan_for(8, 216, 48, 1, 1, avx512).mr, 8);
+        // Large maps keep full tiles.
+        assert_eq!(plan_for(56, 256, 128, 1, 1, avx512).mr, 14);
+        // 8 lanes: the tile height is `choose_mr`'s whatever the pixel count.
+        assert_eq!(plan(7, 1024, 128, 1, 1).mr, 6);
     }
 
     #[test]
