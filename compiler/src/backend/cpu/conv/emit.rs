@@ -237,19 +237,33 @@ impl ConvPlan {
                     nv,
                     valid,
                     a_step: sw * kcp,
-                    // Folded: one tap per kernel row, its `kw` taps in K.
-                    taps: if self.fold { [kh, 1] } else { self.k },
+                    // Folded (`fold`, `row_k`): one tap per kernel row, its `kw` taps in K.
+                    taps: if self.fold || self.row_k {
+                        [kh, 1]
+                    } else {
+                        self.k
+                    },
                     a_row: span_max * kcp,
                     a_col: kcp,
-                    b_tap: b_words * nr,
+                    b_tap: if self.row_k {
+                        kw * b_words * nr
+                    } else {
+                        b_words * nr
+                    },
                     dot: self.dot(),
                     tiles: self.tiles,
                     store_pairs: self.out_pairs,
                 };
-                debug_assert_eq!(b_taps, spec.taps[0] * spec.taps[1]);
-                // Folded: one tile step of 32 channels covers the kernel row.
+                debug_assert_eq!(
+                    b_taps,
+                    spec.taps[0] * spec.taps[1] * if self.row_k { kw } else { 1 }
+                );
+                // Folded: one tile step of 32 channels covers the kernel row; `row_k`: its
+                // `kw` taps of `kc` channels.
                 let kc = if self.fold {
                     crate::backend::cpu::amx::K_STEP_CHANNELS
+                } else if self.row_k {
+                    kw * kc
                 } else {
                     kc
                 };
@@ -462,6 +476,8 @@ impl ConvPlan {
     fn k_quantum(&self, cg: &Cg<'_>) -> usize {
         if self.tiles && !self.fold {
             crate::backend::cpu::amx::K_STEP_CHANNELS
+        } else if self.row_k {
+            1
         } else {
             cg.lanes
         }
@@ -487,7 +503,13 @@ impl ConvPlan {
             // `lanes` bf16 channels: half a vector of words at word `c / 2`.
             return cg.store_bf16(y, cg.gep(dst, self.words(cg, c)?)?);
         }
-        cg.store_v(y, cg.gep(dst, c)?, cg.lanes)
+        // Whole vectors (zeros past `kc`: the panel row's stride), but the `kc` channels
+        // alone where a pixel is `kc` floats (`row_k`).
+        cg.store_v(
+            y,
+            cg.gep(dst, c)?,
+            if self.row_k { lanes } else { cg.lanes },
+        )
     }
 
     /// The words of A or B that `channels` (even where it is a chunk or vector start)

@@ -132,6 +132,19 @@ pub(crate) struct ConvPlan {
     /// A [`Mode::Rows`] task reads its A tiles from the input buffer in place, no panel
     /// ([`ConvPlan::reads_rows_in_place`] says when).
     pub rows_in_place: bool,
+    /// An f32 direct conv of fewer input channels than a vector (the stems: 3): the panel
+    /// stores each pixel's `I` channels densely, not a vector apart, so a stride-`s` output
+    /// pixel's kernel row is the `KW·I` consecutive floats from `s·I` on; with the weights'
+    /// `[KH][KW][I][NR]` layout that is one reduction of `KW·I` steps per kernel row (21 for
+    /// the 7x7 stem) instead of `KW` taps of `I` steps, and a panel pixel of 3 floats
+    /// instead of a padded 16 ([`row_in_k`]).
+    pub row_k: bool,
+}
+
+/// Whether a conv's kernel rows go into K ([`ConvPlan::row_k`]): f32 vector kernels, a kernel
+/// wider than one pixel and fewer input channels than a vector.
+fn row_in_k(c: &ConvKernel, ic: usize, isa: VectorIsa, tiles: bool) -> bool {
+    !tiles && !isa.bf16 && !is_gemm(c) && c.kernel[1] > 1 && ic < isa.lanes
 }
 
 /// Register groups of pixel tiles per tile micro-kernel call with several passes.
@@ -274,9 +287,11 @@ impl ConvPlan {
         let (tiles, fold) = tile_use(c, ic, isa);
         // Channels a panel row and a chunk are a whole number of: vectors, tile steps, or
         // (folded) pairs.
+        let row_k = row_in_k(c, ic, isa, tiles);
         let k_quantum = match (tiles, fold) {
             (_, true) => 2,
             (true, false) => amx::K_STEP_CHANNELS,
+            (false, _) if row_k => 1,
             (false, _) => lanes,
         };
         let mut mr = if tiles {
@@ -453,6 +468,7 @@ impl ConvPlan {
             in_pairs,
             out_pairs,
             rows_in_place: false,
+            row_k,
         };
         plan.rows_in_place = plan.reads_rows_in_place();
         plan
@@ -746,6 +762,27 @@ mod tests {
         assert_eq!(plan_for(56, 256, 128, 1, 1, avx512).mr, 14);
         // 8 lanes: the tile height is `choose_mr`'s whatever the pixel count.
         assert_eq!(plan(7, 1024, 128, 1, 1).mr, 6);
+    }
+
+    #[test]
+    fn few_channel_direct_convs_fold_the_kernel_row_into_k() {
+        for isa in [VectorIsa::AVX2, VectorIsa::AVX512] {
+            // DenseNet-121's stem: pixels of 3 floats, whole 112-pixel output rows (a panel
+            // of 7 rows of 229 pixels), 7 kernel rows of 21 steps.
+            let p = plan_for(224, 3, 64, 7, 2, isa);
+            assert!(p.row_k, "{isa}: {p:?}");
+            assert_eq!(p.kcp_words(), 3);
+            assert!(
+                matches!(p.mode, Mode::Direct { owb: 112, .. }),
+                "{isa}: {p:?}"
+            );
+            assert_eq!(p.scratch_floats(), 7 * 229 * 3, "{isa}: {p:?}");
+            // The CIFAR stem too; not a conv of a vector's channels, a 1-wide kernel or bf16.
+            assert!(plan_for(32, 3, 24, 3, 1, isa).row_k);
+            assert!(!plan_for(56, 128, 32, 3, 1, isa).row_k);
+            assert!(!plan_for(7, 5, 8, 1, 2, isa).row_k);
+        }
+        assert!(!plan_for(224, 3, 64, 7, 2, VectorIsa::AVX512.with_bf16()).row_k);
     }
 
     #[test]
