@@ -472,7 +472,8 @@ impl ConvPlan {
         )
     }
 
-    /// Channels a panel row holds a whole number of: vectors, or 32-channel tile steps.
+    /// Channels the panel writes of a pixel a whole number of: vectors, 32-channel tile steps,
+    /// or (`row_k`, pixels of `kc` floats) single channels.
     fn k_quantum(&self, cg: &Cg<'_>) -> usize {
         if self.tiles && !self.fold {
             crate::backend::cpu::amx::K_STEP_CHANNELS

@@ -285,9 +285,9 @@ impl ConvPlan {
         let blocking = OcBlocking::new(c.out_channels, nv, lanes);
         let gemm = is_gemm(c);
         let (tiles, fold) = tile_use(c, ic, isa);
-        // Channels a panel row and a chunk are a whole number of: vectors, tile steps, or
-        // (folded) pairs.
         let row_k = row_in_k(c, ic, isa, tiles);
+        // Channels a panel row and a chunk are a whole number of: vectors, tile steps,
+        // (folded) pairs, or (`row_k`) single channels.
         let k_quantum = match (tiles, fold) {
             (_, true) => 2,
             (true, false) => amx::K_STEP_CHANNELS,
