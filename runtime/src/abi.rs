@@ -23,7 +23,7 @@
 //!   concurrently, and returns only when all calls have returned. It may split the range into
 //!   any number of pieces: a task must not assume one call per thread. `n <= 0` calls nothing;
 //!   a `parallel_for` from inside a task runs inline. Worker threads have 8 MiB of stack (the
-//!   backend's tasks need at most 256 KiB of scratch). `task` must not unwind.
+//!   backend's tasks need at most 384 KiB of scratch). `task` must not unwind.
 //! * The object references nothing of the runtime (it is linked with `-z defs`; libc only).
 //!
 //! [`DNC_ABI_VERSION`] is recorded in the manifest (`cpu.abi_version`) and returned by

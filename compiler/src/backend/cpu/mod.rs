@@ -84,7 +84,7 @@ use plan::Plan;
 use std::path::PathBuf;
 
 /// Upper bound of the stack scratch one task call uses.
-pub const MAX_TASK_STACK: usize = 256 * 1024;
+pub const MAX_TASK_STACK: usize = 384 * 1024;
 
 /// How to compile.
 #[derive(Debug, Clone, PartialEq, Eq)]
