@@ -9,5 +9,6 @@ mod bf16;
 mod kernels;
 mod kernels_bench;
 mod kernels_graph;
+mod prefetch;
 mod spills;
 mod support;

@@ -62,6 +62,9 @@ pub(crate) struct UkParams<'ctx> {
     /// Add to the outputs (a later chunk) instead of starting from the bias.
     pub accumulate: IntValue<'ctx>,
     pub relu: IntValue<'ctx>,
+    /// Weights of a later kernel to bring into the L2 meanwhile, one cache line per reduction
+    /// step from here (`env::NextWeights`; a line of `b` where there are none).
+    pub next: PointerValue<'ctx>,
 }
 
 /// The AVX512_BF16 intrinsics of one vector width.
@@ -179,6 +182,22 @@ impl<'ctx> Cg<'ctx> {
         Ok(())
     }
 
+    /// A read prefetch of the line `bytes` after `p` into the L2 (`prefetcht1`): a hint,
+    /// never a fault, wherever that is (a plain GEP, as in [`Cg::prefetch`]).
+    pub fn prefetch_l2(&self, p: PointerValue<'ctx>, bytes: IntValue<'ctx>) -> Result<()> {
+        let i8 = self.ctx.i8_type();
+        // SAFETY: only IR is built; without `inbounds` any offset is a defined address.
+        let p = unsafe { self.b.build_gep(i8, p, &[bytes], "")? };
+        let args: [BasicMetadataValueEnum; 4] = [
+            p.into(),
+            self.i32.const_zero().into(),        // read
+            self.i32.const_int(2, false).into(), // L2 and beyond, not L1
+            self.i32.const_int(1, false).into(), // data
+        ];
+        self.b.build_call(self.prefetch, &args, "")?;
+        Ok(())
+    }
+
     /// Declare a function with the module's target attributes and position
     /// the builder at its (empty) entry block.
     pub fn function(
@@ -220,7 +239,7 @@ impl<'ctx> Cg<'ctx> {
         let ty = self
             .ctx
             .void_type()
-            .fn_type(&[p, p, p, i64, p, i64, i1, i1], false);
+            .fn_type(&[p, p, p, i64, p, i64, i1, i1, p], false);
         let f = self.function(name, ty, Linkage::Internal);
         self.noinline(f);
         for i in [0, 1, 2, 4] {
@@ -235,6 +254,7 @@ impl<'ctx> Cg<'ctx> {
             kc: self.param_int(f, 5)?,
             accumulate: self.param_int(f, 6)?,
             relu: self.param_int(f, 7)?,
+            next: self.param_ptr(f, 8)?,
         };
         Ok((f, params))
     }

@@ -33,7 +33,68 @@ pub(crate) struct Env<'ctx> {
     pub image0: Option<IntValue<'ctx>>,
     /// A GEMM conv's run-time K ([`KBind`]), if its shape has one.
     pub k: Option<KArgs<'ctx>>,
+    /// The next kernel's weights, which the micro-kernel calls prefetch (`None`: the body's
+    /// micro-kernels prefetch nothing of the kind).
+    pub next: Option<NextWeights<'ctx>>,
 }
+
+/// The weights of the kernel that runs next, brought into the L2 by this kernel's micro-kernel
+/// calls: one cache line per reduction step (`microkernel.rs`), so that the transfer from L3
+/// or DRAM overlaps the multiplies instead of stalling the next kernel's first tasks.
+///
+/// At batch 1 most weights are read once per inference and each thread reads all of a
+/// kernel's weights (its tasks split pixels, not output channels), so a thread must bring all
+/// of them into its own L2: task `t` of this kernel takes slice `t mod slices` of the lines,
+/// with `slices` half the task count. The runtime gives each of two threads half of the tasks
+/// as a contiguous range (`runtime::pool`), so each covers every slice once; with one thread
+/// the second pass hits the L2, with more each covers a part (a hint either way). Within a
+/// task the micro-kernel calls walk the slice from its start, each taking as many lines as it
+/// has reduction steps; a call past the slice's end re-reads its last lines, which are
+/// already there.
+#[derive(Clone, Copy)]
+pub(crate) struct NextWeights<'ctx> {
+    /// The next kernel's first weights line; where there is none, this kernel's own first
+    /// weights (an empty slice: every call re-reads those lines, already cached).
+    pub base: PointerValue<'ctx>,
+    /// Stack slots of the task's next line and the end of its slice.
+    pub cursor: PointerValue<'ctx>,
+    pub end: PointerValue<'ctx>,
+}
+
+impl<'ctx> NextWeights<'ctx> {
+    /// Where a micro-kernel call of `steps` reduction steps prefetches from (a line each), and
+    /// advance the task's cursor past them.
+    pub fn call(&self, cg: &Cg<'ctx>, steps: IntValue<'ctx>) -> Result<PointerValue<'ctx>> {
+        let line = cg.b.build_load(cg.i64, self.cursor, "")?.into_int_value();
+        let end = cg.b.build_load(cg.i64, self.end, "")?.into_int_value();
+        // The call's lines stay inside the slice: start no later than `end - steps`.
+        let room =
+            cg.b.build_int_compare(inkwell::IntPredicate::UGE, end, steps, "")?;
+        let last =
+            cg.b.build_select(room, cg.sub(end, steps)?, cg.c64(0), "")?
+                .into_int_value();
+        let from = cg.umin(line, last)?;
+        cg.b.build_store(self.cursor, cg.add(line, steps)?)?;
+        let i8 = cg.ctx.i8_type();
+        // SAFETY: only IR is built; a plain GEP, since a prefetch address need not be in bounds.
+        Ok(unsafe {
+            cg.b.build_gep(i8, self.base, &[cg.mulc(from, LINE_BYTES)?], "")?
+        })
+    }
+}
+
+/// Whether the f32 micro-kernels prefetch the next kernel's weights ([`NextWeights`]): with
+/// 32 vector registers (AVX-512). In AVX2's 6x16 tile (12 FMAs a step) the prefetch and its
+/// address cost more than the transfer they hide: DenseNet-121 b1 `x86-64-v3` on a Xeon,
+/// 19.1 ms without, 20.6 ms with the instruction alone, 20.1 ms prefetching 512 KiB. Nor with
+/// bf16 dot products, where the vdpbf16ps tiles have no register to spare: DenseNet-121 b1
+/// `znver4 --precision bf16`, 20.2 -> 23.5 ms on the same Xeon.
+pub(crate) fn prefetches_next(isa: VectorIsa) -> bool {
+    isa.registers >= 32 && !isa.bf16
+}
+
+/// Cache line bytes of every x86 core we target.
+pub(crate) const LINE_BYTES: usize = 64;
 
 /// The bindings of a GEMM conv whose input channel count is run-time
 /// (`ConvPlan::runtime_k`): K and the offsets, in the kernel's constants,

@@ -5,11 +5,12 @@
 //!
 //! ```text
 //! void uk(const float* a, const float* b, float* const* c, i64 col,
-//!         const float* bias, i64 kc, i1 accumulate, i1 relu)
+//!         const float* bias, i64 kc, i1 accumulate, i1 relu, const void* next)
 //!   acc[i][v] = accumulate ? c[i][col + 8v ..] : bias[8v ..]
 //!   for kh < KH, kw < KW, ic < kc:
 //!     bv[v]      = b[(kh*KW + kw)*B_TAP + ic*NR + 8v ..]          (packed weights)
 //!     acc[i][v] += splat(a[i*A_STEP + kh*A_ROW + kw*A_COL + ic]) * bv[v]
+//!     prefetch into the L2: next + ((kh*KW + kw)*steps + ic)*64        (a later kernel's weights)
 //!   if relu: acc = max(acc, 0)
 //!   c[i][col + 8v ..] = acc[i][v]         (the last vector masked to VALID)
 //! ```
@@ -27,6 +28,7 @@
 
 use super::amx::{emit as emit_tiles, TileShape};
 use super::codegen::{Cg, Result};
+use super::env::LINE_BYTES;
 use inkwell::values::FunctionValue;
 use inkwell::IntPredicate;
 use std::cell::RefCell;
@@ -56,6 +58,9 @@ pub(crate) struct UkSpec {
     pub tiles: bool,
     /// With `tiles`: store the outputs as bf16 pairs (`ConvPlan::out_pairs`), from the bias.
     pub store_pairs: bool,
+    /// Prefetch a line of `next` per reduction step (`env::NextWeights`); set by the caller
+    /// from its body's `Env::next`.
+    pub prefetch_next: bool,
 }
 
 /// Micro-kernels emitted so far, by spec.
@@ -117,9 +122,6 @@ impl<'ctx> Microkernels<'ctx> {
 /// BC-100 b1 unchanged (its weights stay in cache); 1, 2, 4 and 8 KiB ahead within noise
 /// of each other. A prefetch past the end of the weights is harmless (a hint, never a fault).
 const PREFETCH_BYTES: usize = 4096;
-
-/// Cache line bytes of every x86 core we target.
-const LINE_BYTES: usize = 64;
 
 /// Whether the reduction loop does two steps per iteration. An unrolled pair lets LLVM's
 /// scheduler load the second step's B vectors while the first step's FMAs still read the
@@ -189,6 +191,7 @@ fn emit<'ctx>(cg: &Cg<'ctx>, s: &UkSpec, name: &str) -> Result<FunctionValue<'ct
             let pa = cg.gep(a, a_off)?;
             let tap = cg.add(cg.mulc(kh, kw_n)?, kw)?;
             let pb = cg.gep2(b, tap, s.b_tap)?;
+            let tap_steps = cg.b.build_int_mul(tap, steps, "")?;
             // One rank-1 update per input channel (or bf16 pair), unrolled by two where
             // that does not spill ([`unroll_by_two`]; LLVM's unroller is off, see
             // `pass_options`).
@@ -201,6 +204,11 @@ fn emit<'ctx>(cg: &Cg<'ctx>, s: &UkSpec, name: &str) -> Result<FunctionValue<'ct
                 // B words of one step: `nr` of 4 bytes, cut into cache lines.
                 for line in 0..(nr * 4).div_ceil(LINE_BYTES) {
                     cg.prefetch(pbi, PREFETCH_BYTES + line * LINE_BYTES)?;
+                }
+                // A later kernel's weights, a line a step: spread over the multiplies, their
+                // transfer from L3 or DRAM overlaps them (`env::NextWeights`).
+                if s.prefetch_next {
+                    cg.prefetch_l2(params.next, cg.mulc(cg.add(tap_steps, ic)?, LINE_BYTES)?)?;
                 }
                 let pai = cg.gep(pa, ic)?;
                 for i in 0..s.mr {

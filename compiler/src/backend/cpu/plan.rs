@@ -41,6 +41,8 @@ pub(crate) const WRAPPER_COST: usize = 1;
 pub(crate) struct Plan {
     pub shape: Shape,
     pub bind: Bindings,
+    /// The floats of the weights section this kernel reads (its packed constants).
+    pub weight_floats: std::ops::Range<usize>,
 }
 
 /// Everything that shapes a kernel's code: the op's plan over normalised
@@ -155,16 +157,18 @@ impl Plan {
                 .map_or((None, KBind::default()), |(tail, k)| (Some(tail), k)),
             _ => (None, KBind::default()),
         };
+        // The kernel's constants were packed on their own, so their offsets are relative to
+        // its first one; appended, every piece stays 64-byte aligned.
+        let weights = wb.append(local);
         Plan {
+            weight_floats: weights..wb.len(),
             shape: Shape {
                 op,
                 border: BorderPlan::new(o),
                 runtime_k,
             },
             bind: Bindings {
-                // The kernel's constants were packed on their own, so their offsets are
-                // relative to its first one; appended, every piece stays 64-byte aligned.
-                weights: wb.append(local),
+                weights,
                 input,
                 output,
                 k,

@@ -164,11 +164,13 @@ impl ConvPlan {
                     dot: self.dot(),
                     tiles: self.tiles,
                     store_pairs: self.out_pairs,
+                    prefetch_next: env.next.is_some(),
                 };
                 let b = cg.gep(w, cg.mulc(self.words(cg, c0)?, nv * cg.lanes)?)?;
                 self.for_tiles(
                     cg,
                     uks,
+                    env,
                     spec,
                     count,
                     [a, b, table, bias],
@@ -253,6 +255,7 @@ impl ConvPlan {
                     dot: self.dot(),
                     tiles: self.tiles,
                     store_pairs: self.out_pairs,
+                    prefetch_next: env.next.is_some(),
                 };
                 debug_assert_eq!(
                     b_taps,
@@ -271,6 +274,7 @@ impl ConvPlan {
                 self.for_tiles(
                     cg,
                     uks,
+                    env,
                     spec,
                     count,
                     [panel, b, table, bias],
@@ -418,11 +422,13 @@ impl ConvPlan {
                     dot: self.dot(),
                     tiles: self.tiles,
                     store_pairs: self.out_pairs,
+                    prefetch_next: env.next.is_some(),
                 };
                 let b = cg.gep(w, cg.mulc(self.words(cg, c0)?, nr)?)?;
                 self.for_tiles(
                     cg,
                     uks,
+                    env,
                     spec,
                     positions,
                     [a, b, table, bias],
@@ -728,6 +734,7 @@ impl ConvPlan {
         &self,
         cg: &Cg<'ctx>,
         uks: &Microkernels<'ctx>,
+        env: &Env<'ctx>,
         spec: UkSpec,
         count: usize,
         [a, b, table, bias]: [PointerValue<'ctx>; 4],
@@ -737,10 +744,21 @@ impl ConvPlan {
         relu: IntValue<'ctx>,
     ) -> Result<()> {
         let kc = kc.value(cg);
+        // Reduction steps of a call: channels, or bf16 pairs, in every tap.
+        let steps = if spec.dot {
+            cg.b.build_right_shift(cg.addc(kc, 1)?, cg.c64(1), false, "")?
+        } else {
+            kc
+        };
+        let steps = cg.mulc(steps, spec.taps[0] * spec.taps[1])?;
         let call = |mr: usize, tile: IntValue<'ctx>| -> Result<()> {
             let f = uks.get(cg, UkSpec { mr, ..spec })?;
             let a = cg.gep2(a, tile, spec.mr * spec.a_step)?;
             let cs = cg.ptr_elem(table, cg.mulc(tile, spec.mr)?)?;
+            let next = match &env.next {
+                Some(n) => n.call(cg, steps)?,
+                None => b,
+            };
             let args = [
                 a.into(),
                 b.into(),
@@ -750,6 +768,7 @@ impl ConvPlan {
                 kc.into(),
                 acc.into(),
                 relu.into(),
+                next.into(),
             ];
             cg.b.build_call(f, &args, "")?;
             Ok(())

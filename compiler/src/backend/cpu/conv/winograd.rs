@@ -621,11 +621,18 @@ impl WinogradPlan {
                     dot: self.k_step == 2,
                     tiles: false,
                     store_pairs: false,
+                    prefetch_next: env.next.is_some(),
                 };
                 let f = uks.get(cg, spec)?;
+                // Reduction steps of a call: channels, or bf16 pairs.
+                let steps = cg.c64(kc.div_ceil(self.k_step));
                 cg.for_range(cg.c64(0), mtiles, 1, |tile| {
                     let a = cg.gep2(a, tile, self.mr * self.kcp)?;
                     let cs = cg.ptr_elem(table, cg.mulc(tile, self.mr)?)?;
+                    let next = match &env.next {
+                        Some(n) => n.call(cg, steps)?,
+                        None => b,
+                    };
                     let args = [
                         a.into(),
                         b.into(),
@@ -635,6 +642,7 @@ impl WinogradPlan {
                         cg.c64(kc).into(),
                         acc.into(),
                         no_relu.into(),
+                        next.into(),
                     ];
                     cg.b.build_call(f, &args, "")?;
                     Ok(())
