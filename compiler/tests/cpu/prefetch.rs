@@ -3,29 +3,12 @@
 //! do not, where the instruction cost more than it hid (`env::prefetches_next`). Reads the
 //! assembly of a whole DenseNet-BC-100, so it needs no particular host.
 
-use compiler::backend::cpu::CpuOptions;
+use crate::support::assembly;
 use compiler::backend::precision::Precision;
-use compiler::builder::{ConfigOverrides, DenseNetConfig};
-use compiler::{CompileOptions, Weights};
 
 /// Each micro-kernel (`dnc_uk*`) of DenseNet-BC-100 at batch 1 with its `prefetcht1` count.
 fn micro_kernel_l2_prefetches(cpu: &str, precision: Precision) -> Vec<(String, usize)> {
-    let o = ConfigOverrides {
-        image_size: Some(32),
-        ..Default::default()
-    };
-    let cfg = DenseNetConfig::resolve(Some("densenet-bc-100"), &o).expect("config");
-    let opts = CompileOptions {
-        cpus: vec![CpuOptions {
-            cpu: cpu.into(),
-            emit_asm: true,
-            ..CpuOptions::default()
-        }],
-        precision,
-        ..CompileOptions::default()
-    };
-    let compiled = compiler::compile(&cfg, &Weights::Random(3), &opts).expect("compile");
-    let asm = compiled.code.cpu[0].asm.clone().expect("assembly");
+    let asm = assembly("densenet-bc-100", 32, cpu, precision);
     let mut out: Vec<(String, usize)> = Vec::new();
     for line in asm.lines() {
         if let Some(name) = line

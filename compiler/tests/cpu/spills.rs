@@ -5,10 +5,8 @@
 //! DenseNet-BC-100 per vector ISA, precision and scheduling model (generic `x86-64-vN`, Zen 3,
 //! Zen 4, Sapphire Rapids), so it needs no particular host.
 
-use compiler::backend::cpu::CpuOptions;
+use crate::support::assembly;
 use compiler::backend::precision::Precision;
-use compiler::builder::{ConfigOverrides, DenseNetConfig};
-use compiler::{CompileOptions, Weights};
 
 /// `(function, loop label, lines)` of every loop in a micro-kernel (`dnc_uk*`) of `asm` that
 /// reads or writes a vector register from or to the stack: a loop is the lines from a label
@@ -58,25 +56,6 @@ fn stack_vectors_in_loops(asm: &str) -> Vec<(String, String, Vec<String>)> {
     }
     check(&function, &lines);
     found
-}
-
-fn assembly(arch: &str, image: usize, cpu: &str, precision: Precision) -> String {
-    let o = ConfigOverrides {
-        image_size: Some(image),
-        ..Default::default()
-    };
-    let cfg = DenseNetConfig::resolve(Some(arch), &o).expect("config");
-    let opts = CompileOptions {
-        cpus: vec![CpuOptions {
-            cpu: cpu.into(),
-            emit_asm: true,
-            ..CpuOptions::default()
-        }],
-        precision,
-        ..CompileOptions::default()
-    };
-    let compiled = compiler::compile(&cfg, &Weights::Random(3), &opts).expect("compile");
-    compiled.code.cpu[0].asm.clone().expect("assembly")
 }
 
 #[test]

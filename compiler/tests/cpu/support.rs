@@ -4,6 +4,9 @@
 
 use compiler::backend::cpu::{symbols, CompiledCpu, CpuOptions};
 use compiler::backend::kernel::View;
+use compiler::backend::precision::Precision;
+use compiler::builder::{ConfigOverrides, DenseNetConfig};
+use compiler::{CompileOptions, Weights};
 use ir::graph::{Constant, Graph};
 use ir::reference::Tensor;
 use std::ffi::c_void;
@@ -16,6 +19,27 @@ pub struct TestIsa {
     pub opts: CpuOptions,
     /// Whether this host can run its code (else it is compiled only).
     pub runs: bool,
+}
+
+/// The assembly LLVM emits for a whole `arch` DenseNet at `image`x`image`, batch 1, random
+/// weights, for one `cpu` and `precision` (compiled only: any host).
+pub fn assembly(arch: &str, image: usize, cpu: &str, precision: Precision) -> String {
+    let o = ConfigOverrides {
+        image_size: Some(image),
+        ..Default::default()
+    };
+    let cfg = DenseNetConfig::resolve(Some(arch), &o).expect("config");
+    let opts = CompileOptions {
+        cpus: vec![CpuOptions {
+            cpu: cpu.into(),
+            emit_asm: true,
+            ..CpuOptions::default()
+        }],
+        precision,
+        ..CompileOptions::default()
+    };
+    let compiled = compiler::compile(&cfg, &Weights::Random(3), &opts).expect("compile");
+    compiled.code.cpu[0].asm.clone().expect("assembly")
 }
 
 /// Whether the host runs the AVX-512 kernels (F, VL, BW, DQ).
