@@ -744,18 +744,18 @@ impl Transforms {
     /// `V = Bᵀ d B` of a `t × t` patch `d` (row-major).
     fn input<A: Arith>(&self, a: &A, d: &[A::V]) -> Result<Vec<A::V>> {
         if self.factored {
-            sandwich(a, d, self.bt.len(), |v| f4_bt(a, v))
+            sandwich(a, self.bt, d, |v| f4_bt(a, v))
         } else {
-            sandwich(a, d, self.bt.len(), |v| by_rows(a, self.bt, v))
+            sandwich(a, self.bt, d, |v| by_rows(a, self.bt, v))
         }
     }
 
     /// `Y = Aᵀ M A` of the `t × t` products `m` (row-major).
     fn output<A: Arith>(&self, a: &A, m: &[A::V]) -> Result<Vec<A::V>> {
         if self.factored {
-            sandwich(a, m, self.at.len(), |v| f4_at(a, v))
+            sandwich(a, self.at, m, |v| f4_at(a, v))
         } else {
-            sandwich(a, m, self.at.len(), |v| by_rows(a, self.at, v))
+            sandwich(a, self.at, m, |v| by_rows(a, self.at, v))
         }
     }
 }
@@ -813,15 +813,16 @@ fn f4_at<A: Arith>(a: &A, m: &[A::V]) -> Result<Vec<A::V>> {
     ])
 }
 
-/// `X d Xᵀ` of a `t × t` block `d` (row-major), where `column` computes `X v` (`r` values)
-/// for a column `v` of `t`: the `r × r` result, row-major.
+/// `X d Xᵀ` for an `r × t` matrix `X` and a `t × t` block `d` (row-major), where `column`
+/// computes `X v` (`r` values) for a column `v` of `t`: the `r × r` result, row-major.
 fn sandwich<A: Arith>(
     a: &A,
+    x: &[&[f64]],
     d: &[A::V],
-    r: usize,
     column: impl Fn(&[A::V]) -> Result<Vec<A::V>>,
 ) -> Result<Vec<A::V>> {
-    let t = (d.len() as f64).sqrt() as usize;
+    let (r, t) = (x.len(), x.first().map_or(0, |row| row.len()));
+    debug_assert_eq!(d.len(), t * t);
     // tmp[i][col] = (X d)[i][col], one column of `d` at a time.
     let mut tmp = vec![a.zero(); r * t];
     for col in 0..t {
