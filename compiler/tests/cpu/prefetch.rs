@@ -1,9 +1,11 @@
 //! The f32 AVX-512 micro-kernels bring the next kernel's weights into the L2 while they
-//! multiply (`env::NextWeights`): one `prefetcht1` per reduction step. The AVX2 and bf16 ones
-//! do not, where the instruction cost more than it hid (`env::prefetches_next`). Reads the
-//! assembly of a whole DenseNet-BC-100, so it needs no particular host.
+//! multiply (`env::Env::next`): one `prefetcht1` per reduction step. The AVX2 and bf16 ones
+//! do not, where the instruction cost more than it hid (`env::prefetches_next`). Those of the
+//! packing GEMMs (the bottlenecks and transitions) also bring in the input rows their task's
+//! thread packs next (`env::Env::next_input`, `ConvPlan::prefetch_input`). Reads the assembly
+//! and the IR of a whole DenseNet-BC-100, so it needs no particular host.
 
-use crate::support::assembly;
+use crate::support::{assembly, llvm_ir};
 use compiler::backend::precision::Precision;
 
 /// Each micro-kernel (`dnc_uk*`) of DenseNet-BC-100 at batch 1 with its `prefetcht1` count.
@@ -51,4 +53,73 @@ fn avx2_and_bf16_micro_kernels_do_not() {
             "{cpu} {precision:?}: {uks:?}"
         );
     }
+}
+
+/// Every function of DenseNet-BC-100 at batch 1, from the IR before optimisation: its name,
+/// the `dnc_*` functions it calls, and whether it prefetches from its `next_input` parameter
+/// (a micro-kernel's tenth, `%9`).
+fn functions(cpu: &str) -> Vec<(String, Vec<String>, bool)> {
+    let ir = llvm_ir("densenet-bc-100", 32, cpu, Precision::Fp32);
+    let mut out: Vec<(String, Vec<String>, bool)> = Vec::new();
+    for line in ir.lines() {
+        if let Some(name) = line
+            .strip_prefix("define ")
+            .and_then(|l| l.split('@').nth(1))
+            .and_then(|l| l.split('(').next())
+        {
+            out.push((name.to_owned(), Vec::new(), false));
+        } else if let Some((_, calls, prefetches_input)) = out.last_mut() {
+            if let Some(callee) = line
+                .split("call void @")
+                .nth(1)
+                .and_then(|l| l.split('(').next())
+                .filter(|c| c.starts_with("dnc_"))
+            {
+                calls.push(callee.to_owned());
+            }
+            *prefetches_input |= line.contains("getelementptr i8, ptr %9,");
+        }
+    }
+    out
+}
+
+#[test]
+fn avx512_bottleneck_micro_kernels_prefetch_the_next_tasks_input_rows() {
+    let fns = functions("x86-64-v4");
+    let calls = |name: &str| -> Vec<String> {
+        let f = fns.iter().find(|(n, ..)| n == name);
+        f.map(|(_, c, _)| c.clone()).unwrap_or_default()
+    };
+    let prefetches = |name: &str| fns.iter().any(|(n, _, p)| n == name && *p);
+    // Every bottleneck (`denselayer*_conv1`, a 1x1 GEMM packing its BatchNorm+ReLU input in
+    // pixel-block tasks) calls micro-kernels that do.
+    let bottlenecks: Vec<_> = fns
+        .iter()
+        .filter(|(n, ..)| n.starts_with("dnc_k") && n.ends_with("_conv1"))
+        .collect();
+    assert_eq!(bottlenecks.len(), 48, "{fns:?}");
+    for (kernel, bodies, _) in bottlenecks {
+        let uks: Vec<String> = bodies.iter().flat_map(|b| calls(b)).collect();
+        let uks: Vec<&String> = uks.iter().filter(|u| u.starts_with("dnc_uk")).collect();
+        assert!(!uks.is_empty(), "{kernel}: {bodies:?}");
+        for uk in uks {
+            assert!(
+                prefetches(uk),
+                "{kernel}: {uk} does not prefetch input rows"
+            );
+        }
+    }
+    // No micro-kernel that only direct or Winograd bodies call does.
+    for (name, ..) in fns.iter().filter(|(n, ..)| n.starts_with("dnc_uk")) {
+        let gemm = fns
+            .iter()
+            .any(|(b, c, _)| b.ends_with("_gemm") && c.contains(name));
+        assert!(gemm || !prefetches(name), "{name}");
+    }
+    let avx2 = functions("x86-64-v3");
+    assert!(
+        avx2.iter().any(|(n, ..)| n.starts_with("dnc_uk")),
+        "{avx2:?}"
+    );
+    assert!(avx2.iter().all(|(_, _, p)| !p), "{avx2:?}");
 }

@@ -24,6 +24,32 @@ pub struct TestIsa {
 /// The assembly LLVM emits for a whole `arch` DenseNet at `image`x`image`, batch 1, random
 /// weights, for one `cpu` and `precision` (compiled only: any host).
 pub fn assembly(arch: &str, image: usize, cpu: &str, precision: Precision) -> String {
+    let opts = CpuOptions {
+        emit_asm: true,
+        ..CpuOptions::default()
+    };
+    compile_whole(arch, image, cpu, precision, opts)
+        .asm
+        .expect("assembly")
+}
+
+/// The LLVM IR before optimisation of the same ([`assembly`]): the emitted code as written,
+/// one value per instruction.
+pub fn llvm_ir(arch: &str, image: usize, cpu: &str, precision: Precision) -> String {
+    let opts = CpuOptions {
+        keep_ir: true,
+        ..CpuOptions::default()
+    };
+    compile_whole(arch, image, cpu, precision, opts).llvm_ir_before
+}
+
+fn compile_whole(
+    arch: &str,
+    image: usize,
+    cpu: &str,
+    precision: Precision,
+    opts: CpuOptions,
+) -> CompiledCpu {
     let o = ConfigOverrides {
         image_size: Some(image),
         ..Default::default()
@@ -32,14 +58,13 @@ pub fn assembly(arch: &str, image: usize, cpu: &str, precision: Precision) -> St
     let opts = CompileOptions {
         cpus: vec![CpuOptions {
             cpu: cpu.into(),
-            emit_asm: true,
-            ..CpuOptions::default()
+            ..opts
         }],
         precision,
         ..CompileOptions::default()
     };
-    let compiled = compiler::compile(&cfg, &Weights::Random(3), &opts).expect("compile");
-    compiled.code.cpu[0].asm.clone().expect("assembly")
+    let mut compiled = compiler::compile(&cfg, &Weights::Random(3), &opts).expect("compile");
+    compiled.code.cpu.swap_remove(0)
 }
 
 /// Whether the host runs the AVX-512 kernels (F, VL, BW, DQ).

@@ -63,8 +63,10 @@ pub(crate) struct UkParams<'ctx> {
     pub accumulate: IntValue<'ctx>,
     pub relu: IntValue<'ctx>,
     /// Weights of a later kernel to bring into the L2 meanwhile, one cache line per reduction
-    /// step from here (`env::NextWeights`; a line of `b` where there are none).
+    /// step from here (`env::Env::next`; a line of `b` where there are none).
     pub next: PointerValue<'ctx>,
+    /// Input rows the task's thread packs next, likewise (`env::Env::next_input`).
+    pub next_input: PointerValue<'ctx>,
 }
 
 /// The AVX512_BF16 intrinsics of one vector width.
@@ -239,7 +241,7 @@ impl<'ctx> Cg<'ctx> {
         let ty = self
             .ctx
             .void_type()
-            .fn_type(&[p, p, p, i64, p, i64, i1, i1, p], false);
+            .fn_type(&[p, p, p, i64, p, i64, i1, i1, p, p], false);
         let f = self.function(name, ty, Linkage::Internal);
         self.noinline(f);
         for i in [0, 1, 2, 4] {
@@ -255,6 +257,7 @@ impl<'ctx> Cg<'ctx> {
             accumulate: self.param_int(f, 6)?,
             relu: self.param_int(f, 7)?,
             next: self.param_ptr(f, 8)?,
+            next_input: self.param_ptr(f, 9)?,
         };
         Ok((f, params))
     }

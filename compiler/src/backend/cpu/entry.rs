@@ -12,7 +12,7 @@
 
 use super::codegen::VectorIsa;
 use super::codegen::{Cg, Result};
-use super::env::{prefetches_next, Env, KArgs, NextWeights, LINE_BYTES};
+use super::env::{prefetches_next, Env, KArgs, PrefetchLines, LINE_BYTES};
 use super::microkernel::Microkernels;
 use super::plan::{Bindings, Plan, Shape};
 use super::schedule::Segment;
@@ -41,7 +41,7 @@ struct Abi<'ctx> {
     /// i64 image0, i64 begin, i64 end, i64 k, i64 bias, i64 scale,
     /// i64 shift, const float* next, i64 next_lines, i64 slices)`: the weights and arena
     /// shifted by the kernel's [`Bindings`], its run-time K (`env::KBind`, 0 where none), then
-    /// the next kernel's weights to prefetch ([`NextWeights`], [`Prefetch`]).
+    /// the next kernel's weights to prefetch ([`Env::next`], [`Prefetch`]).
     body_ty: FunctionType<'ctx>,
 }
 
@@ -262,7 +262,7 @@ fn emit_body<'ctx>(
         },
         // A batch-tiled body's kernels prefetch nothing (see [`Prefetch::of`]).
         next: if prefetches_next(cg.isa) && !tiled {
-            Some(NextWeights {
+            Some(PrefetchLines {
                 base: cg.param_ptr(f, 10)?,
                 cursor: cg.entry_alloca(cg.i64.into(), "next_line")?,
                 end: cg.entry_alloca(cg.i64.into(), "next_end")?,
@@ -270,6 +270,7 @@ fn emit_body<'ctx>(
         } else {
             None
         },
+        next_input: None,
     };
     let (begin, end) = (cg.param_int(f, 4)?, cg.param_int(f, 5)?);
     let (lines, slices) = (cg.param_int(f, 11)?, cg.param_int(f, 12)?);
@@ -280,7 +281,7 @@ fn emit_body<'ctx>(
         let Some(next) = &env.next else {
             return shape.emit_task(cg, uks, &env, t);
         };
-        // Task `t`'s slice of the next kernel's weights ([`NextWeights`]): `slices >= 1`.
+        // Task `t`'s slice of the next kernel's weights ([`Env::next`]): `slices >= 1`.
         let rounded = cg.add(lines, cg.sub(slices, cg.c64(1))?)?;
         let per = cg.b.build_int_unsigned_div(rounded, slices, "")?;
         let slice = cg.b.build_int_unsigned_rem(t, slices, "")?;
@@ -294,14 +295,14 @@ fn emit_body<'ctx>(
     Ok(f)
 }
 
-/// Most bytes of the next kernel's weights a kernel prefetches ([`NextWeights`]): half the
+/// Most bytes of the next kernel's weights a kernel prefetches ([`Env::next`]): half the
 /// smallest L2 of the AVX-512 CPUs (1 MiB per core on Zen 4/5 and Skylake-SP, 2 MiB on
 /// Sapphire Rapids), so that they do not push out what the running kernel still reads.
 /// DenseNet-121 b1 on a Xeon (2 MiB L2), kernels summed: none 12.40 ms, 256 KiB 12.09,
 /// 512 KiB 11.81, 1 MiB 11.81 (DenseNet-121's growth convs read 590 KiB each).
 const PREFETCH_NEXT_BYTES: usize = 512 << 10;
 
-/// What kernel `i` prefetches of the next kernel's weights (see [`NextWeights`]).
+/// What kernel `i` prefetches of the next kernel's weights (see [`Env::next`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Prefetch {
     /// Where the lines start, in floats of the weights section (a whole line).

@@ -18,6 +18,7 @@ use inkwell::values::{IntValue, PointerValue, VectorValue};
 pub(crate) const TARGET_TASKS: usize = 16;
 
 /// The values every task body can use.
+#[derive(Clone, Copy)]
 pub(crate) struct Env<'ctx> {
     /// The kernel's first packed constant (`const float*`): the weights
     /// section plus [`Bindings::weights`](super::plan::Bindings::weights).
@@ -33,35 +34,42 @@ pub(crate) struct Env<'ctx> {
     pub image0: Option<IntValue<'ctx>>,
     /// A GEMM conv's run-time K ([`KBind`]), if its shape has one.
     pub k: Option<KArgs<'ctx>>,
-    /// The next kernel's weights, which the micro-kernel calls prefetch (`None`: the body's
-    /// micro-kernels prefetch nothing of the kind).
-    pub next: Option<NextWeights<'ctx>>,
+    /// The weights of the kernel that runs next, brought into the L2 by this kernel's
+    /// micro-kernel calls so that their transfer from L3 or DRAM overlaps the multiplies
+    /// instead of stalling the next kernel's first tasks (`None`: the body's micro-kernels
+    /// prefetch nothing of the kind).
+    ///
+    /// At batch 1 most weights are read once per inference and each thread reads all of a
+    /// kernel's weights (its tasks split pixels, not output channels), so a thread must bring
+    /// all of them into its own L2: task `t` of this kernel takes slice `t mod slices` of the
+    /// lines, with `slices` half the task count. The runtime gives each of two threads half
+    /// of the tasks as a contiguous range (`runtime::pool`), so each covers every slice once;
+    /// with one thread the second pass hits the L2, with more each covers a part (a hint
+    /// either way). The base is the next kernel's first weights line; where there is none,
+    /// this kernel's own first weights (an empty slice: every call re-reads those lines,
+    /// already cached).
+    pub next: Option<PrefetchLines<'ctx>>,
+    /// The input rows of the pixel block after a GEMM task's, which the same thread packs
+    /// next (its tasks are a contiguous range), brought into the L2 by the task's micro-kernel
+    /// calls (`ConvPlan::prefetch_input`; `None`: nothing of the kind).
+    pub next_input: Option<PrefetchLines<'ctx>>,
 }
 
-/// The weights of the kernel that runs next, brought into the L2 by this kernel's micro-kernel
-/// calls: one cache line per reduction step (`microkernel.rs`), so that the transfer from L3
-/// or DRAM overlaps the multiplies instead of stalling the next kernel's first tasks.
-///
-/// At batch 1 most weights are read once per inference and each thread reads all of a
-/// kernel's weights (its tasks split pixels, not output channels), so a thread must bring all
-/// of them into its own L2: task `t` of this kernel takes slice `t mod slices` of the lines,
-/// with `slices` half the task count. The runtime gives each of two threads half of the tasks
-/// as a contiguous range (`runtime::pool`), so each covers every slice once; with one thread
-/// the second pass hits the L2, with more each covers a part (a hint either way). Within a
-/// task the micro-kernel calls walk the slice from its start, each taking as many lines as it
-/// has reduction steps; a call past the slice's end re-reads its last lines, which are
-/// already there.
+/// Cache lines a task's micro-kernel calls bring into the L2 while they multiply: one line per
+/// reduction step (`microkernel.rs`), spread over the multiplies so that the transfer overlaps
+/// them. Within a task the calls walk the lines `[cursor, end)` from `base`, each taking as
+/// many lines as it has reduction steps; a call past the end re-reads the last lines, which
+/// are already there. [`Env::next`] and [`Env::next_input`] are the two such walks.
 #[derive(Clone, Copy)]
-pub(crate) struct NextWeights<'ctx> {
-    /// The next kernel's first weights line; where there is none, this kernel's own first
-    /// weights (an empty slice: every call re-reads those lines, already cached).
+pub(crate) struct PrefetchLines<'ctx> {
+    /// Line 0 of the walk.
     pub base: PointerValue<'ctx>,
-    /// Stack slots of the task's next line and the end of its slice.
+    /// Stack slots of the task's next line and the end of its lines.
     pub cursor: PointerValue<'ctx>,
     pub end: PointerValue<'ctx>,
 }
 
-impl<'ctx> NextWeights<'ctx> {
+impl<'ctx> PrefetchLines<'ctx> {
     /// Where a micro-kernel call of `steps` reduction steps prefetches from (a line each), and
     /// advance the task's cursor past them.
     pub fn call(&self, cg: &Cg<'ctx>, steps: IntValue<'ctx>) -> Result<PointerValue<'ctx>> {
@@ -83,7 +91,7 @@ impl<'ctx> NextWeights<'ctx> {
     }
 }
 
-/// Whether the f32 micro-kernels prefetch the next kernel's weights ([`NextWeights`]): with
+/// Whether the f32 micro-kernels prefetch the next kernel's weights ([`PrefetchLines`]): with
 /// 32 vector registers (AVX-512). In AVX2's 6x16 tile (12 FMAs a step) the prefetch and its
 /// address cost more than the transfer they hide: DenseNet-121 b1 `x86-64-v3` on a Xeon,
 /// 19.1 ms without, 20.6 ms with the instruction alone, 20.1 ms prefetching 512 KiB. Nor with

@@ -5,12 +5,14 @@
 //!
 //! ```text
 //! void uk(const float* a, const float* b, float* const* c, i64 col,
-//!         const float* bias, i64 kc, i1 accumulate, i1 relu, const void* next)
+//!         const float* bias, i64 kc, i1 accumulate, i1 relu, const void* next,
+//!         const void* next_input)
 //!   acc[i][v] = accumulate ? c[i][col + 8v ..] : bias[8v ..]
 //!   for kh < KH, kw < KW, ic < kc:
 //!     bv[v]      = b[(kh*KW + kw)*B_TAP + ic*NR + 8v ..]          (packed weights)
 //!     acc[i][v] += splat(a[i*A_STEP + kh*A_ROW + kw*A_COL + ic]) * bv[v]
 //!     prefetch into the L2: next + ((kh*KW + kw)*steps + ic)*64        (a later kernel's weights)
+//!     prefetch into the L2: next_input + ((kh*KW + kw)*steps + ic)*64  (the next task's input)
 //!   if relu: acc = max(acc, 0)
 //!   c[i][col + 8v ..] = acc[i][v]         (the last vector masked to VALID)
 //! ```
@@ -58,9 +60,11 @@ pub(crate) struct UkSpec {
     pub tiles: bool,
     /// With `tiles`: store the outputs as bf16 pairs (`ConvPlan::out_pairs`), from the bias.
     pub store_pairs: bool,
-    /// Prefetch a line of `next` per reduction step (`env::NextWeights`); set by the caller
+    /// Prefetch a line of `next` per reduction step (`env::PrefetchLines`); set by the caller
     /// from its body's `Env::next`.
     pub prefetch_next: bool,
+    /// Prefetch a line of `next_input` per reduction step (`env::Env::next_input`).
+    pub prefetch_input: bool,
 }
 
 /// Micro-kernels emitted so far, by spec.
@@ -206,9 +210,16 @@ fn emit<'ctx>(cg: &Cg<'ctx>, s: &UkSpec, name: &str) -> Result<FunctionValue<'ct
                     cg.prefetch(pbi, PREFETCH_BYTES + line * LINE_BYTES)?;
                 }
                 // A later kernel's weights, a line a step: spread over the multiplies, their
-                // transfer from L3 or DRAM overlaps them (`env::NextWeights`).
+                // transfer from L3 or DRAM overlaps them (`env::PrefetchLines`); likewise the
+                // rows the task's thread packs next.
                 if s.prefetch_next {
                     cg.prefetch_l2(params.next, cg.mulc(cg.add(tap_steps, ic)?, LINE_BYTES)?)?;
+                }
+                if s.prefetch_input {
+                    cg.prefetch_l2(
+                        params.next_input,
+                        cg.mulc(cg.add(tap_steps, ic)?, LINE_BYTES)?,
+                    )?;
                 }
                 let pai = cg.gep(pa, ic)?;
                 for i in 0..s.mr {

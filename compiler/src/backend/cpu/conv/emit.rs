@@ -5,8 +5,10 @@ use super::{round_up, ConvPlan, Mode};
 use crate::backend::cpu::codegen::{Cg, Result};
 use crate::backend::cpu::env::{
     in_base, out_base, pixel_at, pixel_ptr, split_last, vgep, vgep2, vload, Env, KBind,
+    PrefetchLines, LINE_BYTES,
 };
 use crate::backend::cpu::microkernel::{Microkernels, UkSpec};
+use crate::backend::view::ELEM_BYTES;
 use crate::backend::BackendError;
 use inkwell::values::{IntValue, PointerValue};
 use inkwell::IntPredicate;
@@ -128,6 +130,17 @@ impl ConvPlan {
         let (iv, ov) = (&self.input, &self.output);
         let (in_base, out_base) = (in_base(cg, env, iv)?, out_base(cg, env, ov)?);
         let p0 = cg.mulc(mb, mc)?;
+        let with_input;
+        let env = match self.next_input(cg, env, in_base, p0)? {
+            Some(lines) => {
+                with_input = Env {
+                    next_input: Some(lines),
+                    ..*env
+                };
+                &with_input
+            }
+            None => env,
+        };
         let table = self.pixel_table(cg, count, |i| pixel_ptr(cg, out_base, ov, cg.add(p0, i)?))?;
         self.for_chunks(cg, env, |c0, kc, acc, relu| {
             let (a, a_step) = if pack {
@@ -165,6 +178,7 @@ impl ConvPlan {
                     tiles: self.tiles,
                     store_pairs: self.out_pairs,
                     prefetch_next: env.next.is_some(),
+                    prefetch_input: env.next_input.is_some(),
                 };
                 let b = cg.gep(w, cg.mulc(self.words(cg, c0)?, nv * cg.lanes)?)?;
                 self.for_tiles(
@@ -181,6 +195,33 @@ impl ConvPlan {
                 )
             })
         })
+    }
+
+    /// The input rows of the pixel block after the task's (`p0 + mc`), which its micro-kernel
+    /// calls prefetch where the plan says so ([`ConvPlan::prefetch_input`]): the whole pixels,
+    /// from its first pixel to its last, channels past K included. Not in a batch-tiled run
+    /// (`env.next` is `None` there, as for the weights).
+    fn next_input<'ctx>(
+        &self,
+        cg: &Cg<'ctx>,
+        env: &Env<'ctx>,
+        in_base: PointerValue<'ctx>,
+        p0: IntValue<'ctx>,
+    ) -> Result<Option<PrefetchLines<'ctx>>> {
+        let Mode::Gemm { mc, .. } = self.mode else {
+            return Err(wrong_mode(self.mode));
+        };
+        if !self.prefetch_input || env.next.is_none() {
+            return Ok(None);
+        }
+        let iv = &self.input;
+        let base = pixel_ptr(cg, in_base, iv, cg.addc(p0, mc)?)?;
+        let cursor = cg.entry_alloca(cg.i64.into(), "input_line")?;
+        let end = cg.entry_alloca(cg.i64.into(), "input_end")?;
+        cg.b.build_store(cursor, cg.c64(0))?;
+        let bytes = mc * iv.pixel_stride * ELEM_BYTES;
+        cg.b.build_store(end, cg.c64(bytes.div_ceil(LINE_BYTES)))?;
+        Ok(Some(PrefetchLines { base, cursor, end }))
     }
 
     fn emit_direct<'ctx>(
@@ -256,6 +297,7 @@ impl ConvPlan {
                     tiles: self.tiles,
                     store_pairs: self.out_pairs,
                     prefetch_next: env.next.is_some(),
+                    prefetch_input: env.next_input.is_some(),
                 };
                 debug_assert_eq!(
                     b_taps,
@@ -423,6 +465,7 @@ impl ConvPlan {
                     tiles: self.tiles,
                     store_pairs: self.out_pairs,
                     prefetch_next: env.next.is_some(),
+                    prefetch_input: env.next_input.is_some(),
                 };
                 let b = cg.gep(w, cg.mulc(self.words(cg, c0)?, nr)?)?;
                 self.for_tiles(
@@ -759,6 +802,10 @@ impl ConvPlan {
                 Some(n) => n.call(cg, steps)?,
                 None => b,
             };
+            let next_input = match &env.next_input {
+                Some(n) => n.call(cg, steps)?,
+                None => b,
+            };
             let args = [
                 a.into(),
                 b.into(),
@@ -769,6 +816,7 @@ impl ConvPlan {
                 acc.into(),
                 relu.into(),
                 next.into(),
+                next_input.into(),
             ];
             cg.b.build_call(f, &args, "")?;
             Ok(())

@@ -622,6 +622,7 @@ impl WinogradPlan {
                     tiles: false,
                     store_pairs: false,
                     prefetch_next: env.next.is_some(),
+                    prefetch_input: env.next_input.is_some(),
                 };
                 let f = uks.get(cg, spec)?;
                 // Reduction steps of a call: channels, or bf16 pairs.
@@ -642,6 +643,7 @@ impl WinogradPlan {
                         cg.c64(kc).into(),
                         acc.into(),
                         no_relu.into(),
+                        next.into(),
                         next.into(),
                     ];
                     cg.b.build_call(f, &args, "")?;
