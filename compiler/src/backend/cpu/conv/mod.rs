@@ -702,6 +702,18 @@ mod tests {
         stride: usize,
         isa: VectorIsa,
     ) -> ConvPlan {
+        plan_with(hw, ic, oc, [k, stride], None, isa)
+    }
+
+    /// A `k`x`k` conv of stride `stride` (`[k, stride]`), with `prologue` on its input.
+    fn plan_with(
+        hw: usize,
+        ic: usize,
+        oc: usize,
+        [k, stride]: [usize; 2],
+        prologue: Option<crate::backend::kernel::Affine>,
+        isa: VectorIsa,
+    ) -> ConvPlan {
         let conv = ConvKernel {
             out_channels: oc,
             kernel: [k, k],
@@ -709,8 +721,8 @@ mod tests {
             padding: [k / 2, k / 2],
             weight: Arc::new(vec![0.0; oc * ic * k * k]),
             bias: None,
-            prologue: None,
-            relu: false,
+            relu: prologue.is_some(),
+            prologue,
         };
         let i = View::dense(0, 1, hw, hw, ic);
         let o_hw = (hw + 2 * (k / 2) - k) / stride + 1;
@@ -802,30 +814,12 @@ mod tests {
     /// A bottleneck: a 1x1 conv of `ic` channels with its BatchNorm+ReLU prologue, which
     /// every task packs.
     fn bottleneck(hw: usize, ic: usize, oc: usize, isa: VectorIsa) -> ConvPlan {
-        let conv = ConvKernel {
-            out_channels: oc,
-            kernel: [1, 1],
-            stride: [1, 1],
-            padding: [0, 0],
-            weight: Arc::new(vec![0.5; oc * ic]),
-            bias: None,
-            prologue: Some(crate::backend::kernel::Affine {
-                scale: Arc::new(vec![1.5; ic]),
-                shift: Arc::new(vec![-0.25; ic]),
-                relu: true,
-            }),
+        let prologue = crate::backend::kernel::Affine {
+            scale: Arc::new(vec![1.5; ic]),
+            shift: Arc::new(vec![-0.25; ic]),
             relu: true,
         };
-        let i = View::dense(0, 1, hw, hw, ic);
-        let o = View::dense(i.end_bytes(), 1, hw, hw, oc);
-        ConvPlan::new(
-            &conv,
-            &i,
-            &o,
-            isa,
-            [false; 2],
-            &mut WeightsBuilder::default(),
-        )
+        plan_with(hw, ic, oc, [1, 1], Some(prologue), isa)
     }
 
     #[test]
