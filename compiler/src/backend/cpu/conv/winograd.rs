@@ -644,7 +644,8 @@ impl WinogradPlan {
                         acc.into(),
                         no_relu.into(),
                         next.into(),
-                        next.into(),
+                        // No input rows to prefetch (`prefetch_input` is off): a line of `b`.
+                        b.into(),
                     ];
                     cg.b.build_call(f, &args, "")?;
                     Ok(())
