@@ -2,7 +2,8 @@
 """Side-by-side CPU benchmark: densenetc vs ONNX Runtime vs OpenVINO.
 
 Called by scripts/bench-cpu.sh (which builds densenetc first). For each
-case (DenseNet-121 b1 and b8 at 224, DenseNet-BC-100 b1 and b64 at 32):
+case (DenseNet-121 b1 and b8 at 224, DenseNet-BC-100 b1 and b64 at 32, or
+those ``--cases`` names: any preset, batch and image size):
 
 1. write deterministic random weights (seed --seed) to a .safetensors file;
 2. build the ONNX graph from them (scripts/densenet_onnx.py);
@@ -54,6 +55,37 @@ CASES = [
     ("densenet-bc-100", 1, 32, 150),
     ("densenet-bc-100", 64, 32, 10),
 ]
+# Timed iterations of any other case: as many as cost the MACs of DenseNet-121 b1's 60 (the
+# engines run DenseNets at roughly their MAC rate), within these bounds.
+BUDGET_MACS = 60 * dn.macs(dn.preset("densenet121"))
+ITERS_BOUNDS = (3, 300)
+
+
+def parse_cases(text: str) -> list[tuple[str, int, int, int]]:
+    """``--cases``: ``all`` (the four above), or a comma-separated list of ``ARCH-bN`` (a preset
+    at its own image size, batch N) and ``ARCH-bN-SIZE``; ValueError names a bad entry."""
+    if text == "all":
+        return list(CASES)
+    known = {(arch, batch, size): iters for arch, batch, size, iters in CASES}
+    cases = []
+    for entry in text.split(","):
+        m = re.fullmatch(r"(.+)-b(\d+)(?:-(\d+))?", entry.strip())
+        if m is None:
+            raise ValueError(f"case `{entry}`: expected ARCH-bN or ARCH-bN-SIZE, e.g. "
+                             "densenet121-b8 or densenet161-b1-320")
+        arch, batch = m.group(1), int(m.group(2))
+        cfg = dn.preset(arch)  # ValueError for an unknown architecture, listing the presets
+        size = int(m.group(3)) if m.group(3) else cfg.image_size
+        if batch < 1:
+            raise ValueError(f"case `{entry}`: the batch must be at least 1")
+        if size != cfg.image_size:
+            cfg = dn.resolve(arch, {"image_size": size})  # ValueError for a size too small
+        iters = known.get((arch, batch, size))
+        if iters is None:
+            lo, hi = ITERS_BOUNDS
+            iters = min(hi, max(lo, round(BUDGET_MACS / (dn.macs(cfg) * batch))))
+        cases.append((arch, batch, size, iters))
+    return cases
 
 
 def log(msg: str) -> None:
@@ -326,7 +358,9 @@ def main() -> int:
     ap.add_argument("--iters-scale", type=float, default=1.0,
                     help="multiply every case's iteration count (e.g. 0.2 for a quick look)")
     ap.add_argument("--cases", default="all",
-                    help="comma-separated subset, e.g. densenet121-b1,densenet-bc-100-b64")
+                    help="`all` (DenseNet-121 b1/b8 at 224, DenseNet-BC-100 b1/b64 at 32) or a "
+                         "comma-separated list of ARCH-bN[-SIZE] with any preset, e.g. "
+                         "densenet121-b1,densenet161-b1,densenet201-b4-320")
     ap.add_argument("--work-dir", type=Path, default=REPO / "target/bench-cpu")
     ap.add_argument("--skip-golden", action="store_true",
                     help="skip checking the ONNX graph against the golden fixtures first")
@@ -335,6 +369,10 @@ def main() -> int:
                          "the CPU has AVX512_BF16)")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args()
+    try:
+        cases = parse_cases(a.cases)
+    except ValueError as e:
+        ap.error(f"--cases: {e}")
     a.bf16 = a.bf16 == "on" or (a.bf16 == "auto" and "avx512_bf16" in peers.cpu_flags())
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     # bench-cpu.sh passes the command the user typed.
@@ -353,16 +391,11 @@ def main() -> int:
         worst = max((v for errs in golden.values() for v in errs.values()), default=0.0)
         if worst > 1e-4:
             raise RuntimeError(f"ONNX graph differs from the golden fixtures: rel error {worst:.2e}")
-    wanted = None if a.cases == "all" else set(a.cases.split(","))
     results = []
-    for arch, batch, size, iters in CASES:
-        if wanted is not None and f"{arch}-b{batch}" not in wanted:
-            continue
+    for arch, batch, size, iters in cases:
         r = run_case(a, dnc, arch, batch, size, max(1, round(iters * a.iters_scale)), a.work_dir)
         r["densenetc_version"] = dnc.version if dnc else "not built"
         results.append(r)
-    if not results:
-        ap.error(f"no case matches --cases {a.cases}")
     text = report(a, results, command, started, golden)
     out = a.work_dir / "results.json"
     out.write_text(json.dumps({"command": command, "git_commit": peers.git_commit(),

@@ -165,6 +165,29 @@ def stages(cfg: Config) -> tuple[list[tuple[int, int]], int]:
     return out, c
 
 
+def macs(cfg: Config) -> int:
+    """Multiply-accumulates of one image through the convolutions and the classifier, as
+    ``densenetc inspect`` counts them (``macs:``, torchvision conventions, before any pass)."""
+    blocks, c_final = stages(cfg)
+    if cfg.stem == "imagenet":
+        s = (cfg.image_size + 6 - 7) // 2 + 1
+        total = s * s * cfg.num_init_features * cfg.in_channels * 49
+    else:
+        total = cfg.image_size ** 2 * cfg.num_init_features * cfg.in_channels * 9
+    g, bottleneck = cfg.growth_rate, cfg.bn_size * cfg.growth_rate
+    for i, ((c, size), layers) in enumerate(zip(blocks, cfg.block_config)):
+        hw = size * size
+        for layer in range(layers):
+            k = c + layer * g
+            if bottleneck:
+                total += hw * k * bottleneck + hw * bottleneck * g * 9
+            else:
+                total += hw * k * g * 9
+        if i + 1 < len(blocks):
+            total += hw * (c + layers * g) * blocks[i + 1][0]
+    return total + c_final * cfg.num_classes
+
+
 # ---------------------------------------------------------------- weights
 
 # Roles, as in compiler/src/weights/random.rs.

@@ -68,6 +68,33 @@ class Tests(unittest.TestCase):
         self.assertTrue((w["features.norm5.weight"] < 0).any())
         self.assertNotEqual(float(np.abs(w["features.norm5.running_mean"]).max()), 0.0)
 
+    def test_macs_equal_densenetc_inspect(self):
+        # `densenetc inspect --arch A [--image-size S]`, line `macs:` (ir::stats).
+        for arch, overrides, macs in [("densenet121", {}, 2834161664),
+                                      ("densenet-bc-100", {}, 287929692),
+                                      ("densenet-40", {}, 264812928),
+                                      ("densenet161", {"image_size": 96}, 1421213952)]:
+            self.assertEqual(dn.macs(dn.resolve(arch, overrides)), macs, arch)
+
+    def test_bench_cases(self):
+        import bench_cpu
+
+        self.assertEqual(bench_cpu.parse_cases("all"), bench_cpu.CASES)
+        self.assertEqual(bench_cpu.parse_cases("densenet121-b8,densenet-bc-100-b64-32"),
+                         [("densenet121", 8, 224, 15), ("densenet-bc-100", 64, 32, 10)])
+        # Other cases cost about the MACs of DenseNet-121 b1's 60 iterations.
+        [(arch, batch, size, iters)] = bench_cpu.parse_cases("densenet161-b2-160")
+        self.assertEqual((arch, batch, size), ("densenet161", 2, 160))
+        macs = dn.macs(dn.resolve("densenet161", {"image_size": 160})) * 2
+        self.assertAlmostEqual(iters * macs / bench_cpu.BUDGET_MACS, 1.0, delta=0.05)
+        self.assertEqual(bench_cpu.parse_cases("densenet-bc-250-b1")[0][1:3], (1, 32))
+        self.assertEqual(bench_cpu.parse_cases("densenet201-b256")[0][3],
+                         bench_cpu.ITERS_BOUNDS[0])
+        for bad in ["densenet122-b1", "densenet121", "densenet121-b0", "densenet121-b1-8",
+                    "densenet121-bx", ""]:
+            with self.assertRaises(ValueError, msg=bad):
+                bench_cpu.parse_cases(bad)
+
     def test_config_rules(self):
         cfg = dn.preset("densenet121")
         blocks, c = dn.stages(cfg)
