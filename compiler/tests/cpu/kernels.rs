@@ -360,6 +360,11 @@ fn conv_1x1_gemm() {
         ("one_channel", "c1 4x4 oc1 pro strided"),
         ("bordered_in_out", "n2 c19 5x7 oc20 bias relu bordered"),
         ("bordered_pro_chunks", "c270 3x4 oc12 pro bordered"),
+        // Weights past 1 MiB, over twice the input: output-channel groups outermost (f32 and
+        // bf16; `conv::weights_stay_per_group`), a tail block in the last group.
+        ("weights_outer_tail", "c1100 3x3 oc520 pro bias relu"),
+        // The same in f32 only, with several pixel blocks per group and two images.
+        ("weights_outer_blocks", "n2 c1040 5x6 oc264 bn relu strided"),
     ];
     for (seed, (name, spec)) in cases.iter().enumerate() {
         check(&conv_case(name, seed as u64, spec));

@@ -70,7 +70,7 @@ impl ConvPlan {
     }
 
     /// Task `t` is (pixel block or row segment, output-channel group), the
-    /// group fastest.
+    /// group fastest, or slowest where the plan says so ([`ConvPlan::groups_outer`]).
     pub fn emit_task<'ctx>(
         &self,
         cg: &Cg<'ctx>,
@@ -86,7 +86,13 @@ impl ConvPlan {
                 self.ic, self.kc
             )));
         }
-        let (r, og) = if self.groups > 1 {
+        let (r, og) = if self.groups_outer {
+            let Mode::Gemm { mblocks, .. } = self.mode else {
+                return Err(wrong_mode(self.mode));
+            };
+            let (og, r) = cg.divrem(t, mblocks)?;
+            (r, og)
+        } else if self.groups > 1 {
             cg.divrem(t, self.groups)?
         } else {
             (t, cg.c64(0))

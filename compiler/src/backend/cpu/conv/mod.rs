@@ -109,6 +109,10 @@ pub(crate) struct ConvPlan {
     pub mode: Mode,
     pub groups: usize,
     pub bpg: usize,
+    /// A GEMM's tasks are numbered group-major ([`weights_stay_per_group`]): the contiguous
+    /// task range a thread runs is a few output-channel groups, each over every pixel block,
+    /// not a few pixel blocks, each over every group.
+    pub groups_outer: bool,
     /// Input channels per A/B word: 2 for bf16 pairs ([`VectorIsa::bf16`]), else 1.
     k_step: usize,
     /// The micro-kernels run on the AMX tiles (`amx.rs`): [`VectorIsa::amx`] and at least
@@ -143,6 +147,29 @@ pub(crate) struct ConvPlan {
     /// into the L2, a line per reduction step: the rows that task, on the same thread, packs
     /// first ([`prefetches_input`]).
     pub prefetch_input: bool,
+}
+
+/// Weights of one output-channel group of a GEMM whose tasks take the groups outermost
+/// ([`weights_stay_per_group`]): what stays in a core's L2 from one pixel block to the next,
+/// with the input rows beside it (the L2 of the x86 servers we target: 512 KiB on Zen 3,
+/// 1 MiB on Zen 4/5, 2 MiB on Sapphire Rapids).
+const GROUP_WEIGHTS_BYTES: usize = 1 << 20;
+
+/// Whether a GEMM's weights are read once per group rather than once per pixel block: where
+/// they outgrow [`GROUP_WEIGHTS_BYTES`] and are at least twice its input. Pixel-block tasks
+/// (each over every output channel) share the input between the threads but make each read
+/// all the weights, for every pixel block it runs; past the L2 that is from L3, once per
+/// block. Group-major tasks give each thread its own groups' weights, kept in its L2 across
+/// the pixel blocks, and have it read the whole input, which is the smaller operand here, once
+/// per group. On a Xeon (AVX-512, 2 MiB L2), batch 1, 7 interleaved rounds of `bench
+/// --profile`, kernels summed: DenseNet-161's 7x7 transition (2112 -> 1056 channels, 8.9 MB of
+/// weights, 49 pixels) 1.30 -> 0.98 ms, its 7x7 bottlenecks (up to 1.7 MB) 3.71 -> 3.50 ms,
+/// whole run 37.9 -> 36.9 ms (`x86-64-v3`: transition 2.35 -> 1.42 ms, run 59.8 -> 57.4 ms);
+/// the 7x7 transitions of DenseNet-201, -169 and -121 0.84 -> 0.70, 0.38 -> 0.34 and 0.23 ->
+/// 0.22 ms. DenseNet-161's 14x14 bottlenecks, whose input is as large as their weights,
+/// measured 5% slower group-major (hence the input bound).
+fn weights_stay_per_group(weight_bytes: usize, input_bytes: usize, blocks: usize) -> bool {
+    blocks >= 2 && weight_bytes > GROUP_WEIGHTS_BYTES && weight_bytes >= 2 * input_bytes
 }
 
 /// Whether a GEMM conv's tasks prefetch the next task's input rows ([`ConvPlan::prefetch_input`]):
@@ -471,9 +498,21 @@ impl ConvPlan {
                 .div_ceil(row_tasks)
                 .min(blocks);
         }
+        // Weights are f32, or bf16 with bf16 dot products; the input is as its view stores it.
+        let weight_bytes = ic * c.out_channels * c.kernel[0] * c.kernel[1] * 4 / isa.k_step();
+        let input_bytes = o.pixels() * ic * i.elem_bytes();
+        let groups_outer =
+            gemm && !tiles && weights_stay_per_group(weight_bytes, input_bytes, blocks);
+        if groups_outer {
+            // Whole blocks of at most the budget per group (a block's weights are far less).
+            let block_bytes = weight_bytes.div_ceil(blocks);
+            let bpg_max = (GROUP_WEIGHTS_BYTES / block_bytes).max(1);
+            groups = groups.max(blocks.div_ceil(bpg_max)).max(2).min(blocks);
+        }
         let bpg = blocks.div_ceil(groups);
         let groups = blocks.div_ceil(bpg);
         let mut plan = ConvPlan {
+            groups_outer,
             n: i.n,
             h: i.h,
             w: i.w,
@@ -809,6 +848,35 @@ mod tests {
         assert_eq!(plan_for(56, 256, 128, 1, 1, avx512).mr, 14);
         // 8 lanes: the tile height is `choose_mr`'s whatever the pixel count.
         assert_eq!(plan(7, 1024, 128, 1, 1).mr, 6);
+    }
+
+    #[test]
+    fn gemms_whose_weights_outgrow_the_l2_take_output_channel_groups_outermost() {
+        for isa in [
+            VectorIsa::AVX2,
+            VectorIsa::AVX512,
+            VectorIsa::AVX512.with_bf16(),
+        ] {
+            // DenseNet-161's 7x7 transition (2112 -> 1056 channels: 8.9 MB of f32 weights
+            // against 0.4 MB of input): groups of at most 1 MiB of weights, taken group-major,
+            // each over every pixel block, and enough of them for the threads.
+            let p = plan_for(7, 2112, 1056, 1, 1, isa);
+            let group_bytes = p.bpg * p.blocking.nr() * 2112 * 4 / isa.k_step();
+            assert!(p.groups_outer, "{isa}: {p:?}");
+            assert!(group_bytes <= GROUP_WEIGHTS_BYTES, "{isa}: {p:?}");
+            assert!(p.groups >= 2 && p.tasks() >= TARGET_TASKS, "{isa}: {p:?}");
+            // Its last 7x7 bottleneck (2160 -> 192, 1.7 MB f32): two groups, one per thread.
+            let p = bottleneck(7, 2160, 192, isa);
+            assert_eq!((p.groups_outer, p.groups), (!isa.bf16, 2), "{isa}: {p:?}");
+            // Its last 14x14 bottleneck: an input as large as the weights keeps pixel tasks
+            // over every group.
+            assert!(!bottleneck(14, 2064, 192, isa).groups_outer, "{isa}");
+            // DenseNet-121's 7x7 bottlenecks: weights that stay in the L2 anyway.
+            assert!(!bottleneck(7, 992, 128, isa).groups_outer, "{isa}");
+        }
+        // The AMX tiles keep their plans.
+        let amx = VectorIsa::AVX512.with_amx();
+        assert!(!plan_for(7, 2112, 1056, 1, 1, amx).groups_outer);
     }
 
     /// A bottleneck: a 1x1 conv of `ic` channels with its BatchNorm+ReLU prologue, which
