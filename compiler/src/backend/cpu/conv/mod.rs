@@ -512,7 +512,6 @@ impl ConvPlan {
         let bpg = blocks.div_ceil(groups);
         let groups = blocks.div_ceil(bpg);
         let mut plan = ConvPlan {
-            groups_outer,
             n: i.n,
             h: i.h,
             w: i.w,
@@ -535,6 +534,7 @@ impl ConvPlan {
             mode,
             groups,
             bpg,
+            groups_outer,
             k_step: isa.k_step(),
             tiles,
             fold,
