@@ -2,7 +2,7 @@
 """Per-kernel-class time table of densenetc artefacts, before/after style.
 
     scripts/profile_classes.py [--densenetc target/release/densenetc] [--iters 20]
-                               [--threads 2] [--rounds 3]
+                               [--threads 2] [--rounds 3] [--by-block]
                                [--peak-gflops 187 | --measure-peak ymm|zmm] A.dnc [B.dnc ...]
 
 Runs `densenetc bench X --profile --json` for every artefact, interleaved over
@@ -11,7 +11,9 @@ classed by their torchvision names (so artefacts from any densenetc version
 compare): stem conv, 1x1 bottleneck, 3x3 growth conv, transition 1x1, pools,
 classifier. Prints one markdown table per artefact: kernels, MACs, ms,
 effective GFLOP/s (2 x direct MACs / time), % of the peak, share of the
-summed kernel time.
+summed kernel time. With `--by-block` the dense blocks' and transitions' kernels
+are split by their block ("bottleneck conv 1x1, block 3", "transition conv
+1x1, transition 3"): where in the network a class gains or loses.
 
 The peak is `--peak-gflops`, or with `--measure-peak WIDTH` the median of
 `scripts/fma_peak.c` runs (WIDTH registers, `--threads` threads), one before
@@ -50,6 +52,16 @@ def kernel_class(name, op):
     return "other (global pool, affine)"
 
 
+def kernel_key(name, op, by_block):
+    """The row a kernel is summed into: its class, with `by_block` split by its dense block
+    or transition (from the torchvision name)."""
+    cls = kernel_class(name, op)
+    m = re.search(r"\.(denseblock|transition)(\d+)\.", name) if by_block else None
+    if m is None:
+        return cls
+    return f"{cls}, {'block' if m.group(1) == 'denseblock' else 'transition'} {m.group(2)}"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("artefacts", nargs="+")
@@ -57,6 +69,7 @@ def main():
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--by-block", action="store_true", help="split the classes by dense block and transition")
     peak = ap.add_mutually_exclusive_group()
     peak.add_argument("--peak-gflops", type=float, default=187.0)
     peak.add_argument("--measure-peak", choices=["ymm", "zmm"], help="measure the FMA peak between rounds")
@@ -125,7 +138,7 @@ def report(a, samples):
         per = [statistics.median(r["profile"][i]["ms"] for r in runs) for i in range(len(kernels))]
         classes = {}
         for k, ms in zip(kernels, per):
-            c = classes.setdefault(kernel_class(k["name"], k["op"]), [0, 0, 0.0])
+            c = classes.setdefault(kernel_key(k["name"], k["op"], a.by_block), [0, 0, 0.0])
             c[0] += 1
             c[1] += k["macs"]
             c[2] += ms

@@ -3,7 +3,7 @@
 
     python3 scripts/test_profile_classes.py
 
-Kernel classes by torchvision name, the parsing of fma_peak's output, and a whole
+Kernel classes by torchvision name (and by block), the parsing of fma_peak's output, and a whole
 run against a stand-in densenetc (a script printing a fixed `bench --json`
 profile), with the FMA peak measured between the rounds by scripts/fma_peak.c.
 """
@@ -31,6 +31,7 @@ BENCH = {
         {"name": "features.conv0", "op": "conv7x7/2", "macs": 100_000, "ms": 0.01},
         {"name": "features.denseblock1.denselayer1.conv1", "op": "conv1x1", "macs": 1_000_000, "ms": 0.01},
         {"name": "features.denseblock1.denselayer1.conv2", "op": "conv3x3", "macs": 500_000, "ms": 0.01},
+        {"name": "features.denseblock2.denselayer1.conv1", "op": "conv1x1", "macs": 3_000_000, "ms": 0.02},
         {"name": "classifier", "op": "linear", "macs": 1_000, "ms": 0.01},
     ],
 }
@@ -44,6 +45,15 @@ class ProfileClassesTest(unittest.TestCase):
         self.assertEqual(pc.kernel_class("features.transition1.conv", "conv1x1"), "transition conv 1x1")
         self.assertEqual(pc.kernel_class("features.transition1.pool", "avgpool2x2/2"), "transition avg pool 2x2")
         self.assertEqual(pc.kernel_class("classifier", "linear"), "classifier")
+
+    def test_by_block_splits_dense_blocks_and_transitions(self):
+        self.assertEqual(pc.kernel_key("features.denseblock2.denselayer3.conv1", "conv1x1", True),
+                         "bottleneck conv 1x1, block 2")
+        self.assertEqual(pc.kernel_key("features.transition3.conv", "conv1x1", True),
+                         "transition conv 1x1, transition 3")
+        self.assertEqual(pc.kernel_key("features.conv0", "conv7x7/2", True), "stem conv")
+        self.assertEqual(pc.kernel_key("features.denseblock2.denselayer3.conv1", "conv1x1", False),
+                         "bottleneck conv 1x1")
 
     def test_fma_peak_output_parses(self):
         self.assertEqual(pc.parse_gflops("zmm 2 threads: 449.4 GFLOP/s (0.342 s, checksum 19.6543)\n"), 449.4)
@@ -70,8 +80,25 @@ class ProfileClassesTest(unittest.TestCase):
             self.assertIn(f"% of {peak:.1f}", out)
             row = next(line for line in out.splitlines() if line.startswith("| bottleneck conv 1x1 |"))
             cells = [c.strip() for c in row.strip("|").split("|")]
-            self.assertEqual(cells[1:5], ["1", "1,000,000", "0.01", "200.0"])
-            self.assertEqual(cells[5], f"{100 * 200.0 / peak:.0f}%")
+            # Both blocks' bottlenecks: 4,000,000 MACs in 0.03 ms.
+            self.assertEqual(cells[1:5], ["2", "4,000,000", "0.03", "266.7"])
+            self.assertEqual(cells[5], f"{100 * 266.7 / peak:.0f}%")
+
+    def test_by_block_rows(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            fake = Path(tmp) / "densenetc"
+            fake.write_text(f"#!{sys.executable}\nprint({json.dumps(json.dumps(BENCH))})\n")
+            fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+            run = subprocess.run(
+                [sys.executable, str(SCRIPT), "--densenetc", str(fake), "--rounds", "1", "--peak-gflops", "400",
+                 "--by-block", "x.dnc"],
+                capture_output=True, text=True, timeout=60,
+            )
+            self.assertEqual(run.returncode, 0, run.stderr)
+            rows = {line.split("|")[1].strip(): line for line in run.stdout.splitlines() if line.startswith("| ")}
+            self.assertIn("| 1 | 1,000,000 | 0.01 | 200.0 | 50% |", rows["bottleneck conv 1x1, block 1"])
+            self.assertIn("| 1 | 3,000,000 | 0.02 | 300.0 | 75% |", rows["bottleneck conv 1x1, block 2"])
+            self.assertNotIn("bottleneck conv 1x1", rows)
 
     def test_a_fixed_peak_and_a_measured_one_exclude_each_other(self):
         run = subprocess.run(
