@@ -55,11 +55,11 @@ fn avx2_and_bf16_micro_kernels_do_not() {
     }
 }
 
-/// Every function of DenseNet-BC-100 at batch 1, from the IR before optimisation: its name,
+/// Every function of DenseNet-BC-100 at `batch`, from the IR before optimisation: its name,
 /// the `dnc_*` functions it calls, and whether it prefetches from its `next_input` parameter
 /// (a micro-kernel's tenth, `%9`).
-fn functions(cpu: &str) -> Vec<(String, Vec<String>, bool)> {
-    let ir = llvm_ir("densenet-bc-100", 32, cpu, Precision::Fp32);
+fn functions(cpu: &str, batch: usize) -> Vec<(String, Vec<String>, bool)> {
+    let ir = llvm_ir("densenet-bc-100", [32, batch], cpu, Precision::Fp32);
     let mut out: Vec<(String, Vec<String>, bool)> = Vec::new();
     for line in ir.lines() {
         if let Some(name) = line
@@ -85,7 +85,27 @@ fn functions(cpu: &str) -> Vec<(String, Vec<String>, bool)> {
 
 #[test]
 fn avx512_bottleneck_micro_kernels_prefetch_the_next_tasks_input_rows() {
-    let fns = functions("x86-64-v4");
+    bottleneck_micro_kernels_prefetch_input_rows(1);
+    let avx2 = functions("x86-64-v3", 1);
+    assert!(
+        avx2.iter().any(|(n, ..)| n.starts_with("dnc_uk")),
+        "{avx2:?}"
+    );
+    assert!(avx2.iter().all(|(_, _, p)| !p), "{avx2:?}");
+}
+
+/// At batch 64 BC-100's dense blocks run image group by image group (`schedule.rs`), where
+/// the kernels prefetch none of the next kernel's weights but still the input rows.
+#[test]
+fn batch_tiled_bottlenecks_prefetch_the_next_tasks_input_rows_too() {
+    // Batch-tiled: the task functions read the image group they run from the context.
+    let ir = llvm_ir("densenet-bc-100", [32, 64], "x86-64-v4", Precision::Fp32);
+    assert!(ir.contains("%image0 = load i64"), "not batch-tiled");
+    bottleneck_micro_kernels_prefetch_input_rows(64);
+}
+
+fn bottleneck_micro_kernels_prefetch_input_rows(batch: usize) {
+    let fns = functions("x86-64-v4", batch);
     let calls = |name: &str| -> Vec<String> {
         let f = fns.iter().find(|(n, ..)| n == name);
         f.map(|(_, c, _)| c.clone()).unwrap_or_default()
@@ -116,10 +136,4 @@ fn avx512_bottleneck_micro_kernels_prefetch_the_next_tasks_input_rows() {
             .any(|(b, c, _)| b.ends_with("_gemm") && c.contains(name));
         assert!(gemm || !prefetches(name), "{name}");
     }
-    let avx2 = functions("x86-64-v3");
-    assert!(
-        avx2.iter().any(|(n, ..)| n.starts_with("dnc_uk")),
-        "{avx2:?}"
-    );
-    assert!(avx2.iter().all(|(_, _, p)| !p), "{avx2:?}");
 }

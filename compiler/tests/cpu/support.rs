@@ -28,24 +28,24 @@ pub fn assembly(arch: &str, image: usize, cpu: &str, precision: Precision) -> St
         emit_asm: true,
         ..CpuOptions::default()
     };
-    compile_whole(arch, image, cpu, precision, opts)
+    compile_whole(arch, [image, 1], cpu, precision, opts)
         .asm
         .expect("assembly")
 }
 
-/// The LLVM IR before optimisation of the same ([`assembly`]): the emitted code as written,
-/// one value per instruction.
-pub fn llvm_ir(arch: &str, image: usize, cpu: &str, precision: Precision) -> String {
+/// The LLVM IR before optimisation of the same ([`assembly`]) at `batch` images: the emitted
+/// code as written, one value per instruction.
+pub fn llvm_ir(arch: &str, [image, batch]: [usize; 2], cpu: &str, precision: Precision) -> String {
     let opts = CpuOptions {
         keep_ir: true,
         ..CpuOptions::default()
     };
-    compile_whole(arch, image, cpu, precision, opts).llvm_ir_before
+    compile_whole(arch, [image, batch], cpu, precision, opts).llvm_ir_before
 }
 
 fn compile_whole(
     arch: &str,
-    image: usize,
+    [image, batch]: [usize; 2],
     cpu: &str,
     precision: Precision,
     opts: CpuOptions,
@@ -61,6 +61,7 @@ fn compile_whole(
             ..opts
         }],
         precision,
+        batch,
         ..CompileOptions::default()
     };
     let mut compiled = compiler::compile(&cfg, &Weights::Random(3), &opts).expect("compile");

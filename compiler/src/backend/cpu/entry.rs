@@ -260,7 +260,8 @@ fn emit_body<'ctx>(
             }),
             None => None,
         },
-        // A batch-tiled body's kernels prefetch nothing (see [`Prefetch::of`]).
+        // A batch-tiled body's kernels prefetch none of the next kernel's weights (see
+        // [`Prefetch::of`]); their input rows, yes (`ConvPlan::next_input`).
         next: if prefetches_next(cg.isa) && !tiled {
             Some(PrefetchLines {
                 base: cg.param_ptr(f, 10)?,

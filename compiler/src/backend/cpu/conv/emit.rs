@@ -137,7 +137,7 @@ impl ConvPlan {
         let (in_base, out_base) = (in_base(cg, env, iv)?, out_base(cg, env, ov)?);
         let p0 = cg.mulc(mb, mc)?;
         let with_input;
-        let env = match self.next_input(cg, env, in_base, p0)? {
+        let env = match self.next_input(cg, in_base, p0)? {
             Some(lines) => {
                 with_input = Env {
                     next_input: Some(lines),
@@ -205,19 +205,19 @@ impl ConvPlan {
 
     /// The input rows of the pixel block after the task's (`p0 + mc`), which its micro-kernel
     /// calls prefetch where the plan says so ([`ConvPlan::prefetch_input`]): the whole pixels,
-    /// from its first pixel to its last, channels past K included. Not in a batch-tiled run
-    /// (`env.next` is `None` there, as for the weights).
+    /// from its first pixel to its last, channels past K included. Batch-tiled runs too: the
+    /// block after the task's is in the same call's image group, but for the last task, whose
+    /// walk points past the group's pixels (a hint, never a fault).
     fn next_input<'ctx>(
         &self,
         cg: &Cg<'ctx>,
-        env: &Env<'ctx>,
         in_base: PointerValue<'ctx>,
         p0: IntValue<'ctx>,
     ) -> Result<Option<PrefetchLines<'ctx>>> {
         let Mode::Gemm { mc, .. } = self.mode else {
             return Err(wrong_mode(self.mode));
         };
-        if !self.prefetch_input || env.next.is_none() {
+        if !self.prefetch_input {
             return Ok(None);
         }
         let iv = &self.input;
