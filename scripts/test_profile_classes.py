@@ -60,45 +60,38 @@ class ProfileClassesTest(unittest.TestCase):
         with self.assertRaises(ValueError):
             pc.parse_gflops("fma_peak: unknown width\n")
 
-    def test_a_run_measures_the_peak_between_rounds(self):
+    def run_on_stand_in(self, *args):
+        """The script's stdout for `args` against a stand-in densenetc printing `BENCH`."""
         with tempfile.TemporaryDirectory() as tmp:
             fake = Path(tmp) / "densenetc"
             fake.write_text(f"#!{sys.executable}\nprint({json.dumps(json.dumps(BENCH))})\n")
             fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-            run = subprocess.run(
-                [sys.executable, str(SCRIPT), "--densenetc", str(fake), "--rounds", "2", "--threads", "1",
-                 "--measure-peak", "ymm", "--peak-iters", "2000000", "x.dnc"],
-                capture_output=True, text=True, timeout=120,
-            )
-            self.assertEqual(run.returncode, 0, run.stderr)
-            out = run.stdout
-            head = out.splitlines()[0]
-            self.assertIn("peak (ymm, 1 threads, scripts/fma_peak.c): median", head)
-            self.assertIn("of 3 runs between the rounds", head)
-            peak = float(head.split("median ")[1].split(" GFLOP/s")[0])
-            self.assertGreater(peak, 0.0)
-            self.assertIn(f"% of {peak:.1f}", out)
-            row = next(line for line in out.splitlines() if line.startswith("| bottleneck conv 1x1 |"))
-            cells = [c.strip() for c in row.strip("|").split("|")]
-            # Both blocks' bottlenecks: 4,000,000 MACs in 0.03 ms.
-            self.assertEqual(cells[1:5], ["2", "4,000,000", "0.03", "266.7"])
-            self.assertEqual(cells[5], f"{100 * 266.7 / peak:.0f}%")
+            run = subprocess.run([sys.executable, str(SCRIPT), "--densenetc", str(fake), *args, "x.dnc"],
+                                 capture_output=True, text=True, timeout=120)
+        self.assertEqual(run.returncode, 0, run.stderr)
+        return run.stdout
+
+    def test_a_run_measures_the_peak_between_rounds(self):
+        out = self.run_on_stand_in("--rounds", "2", "--threads", "1", "--measure-peak", "ymm",
+                                   "--peak-iters", "2000000")
+        head = out.splitlines()[0]
+        self.assertIn("peak (ymm, 1 threads, scripts/fma_peak.c): median", head)
+        self.assertIn("of 3 runs between the rounds", head)
+        peak = float(head.split("median ")[1].split(" GFLOP/s")[0])
+        self.assertGreater(peak, 0.0)
+        self.assertIn(f"% of {peak:.1f}", out)
+        row = next(line for line in out.splitlines() if line.startswith("| bottleneck conv 1x1 |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        # Both blocks' bottlenecks: 4,000,000 MACs in 0.03 ms.
+        self.assertEqual(cells[1:5], ["2", "4,000,000", "0.03", "266.7"])
+        self.assertEqual(cells[5], f"{100 * 266.7 / peak:.0f}%")
 
     def test_by_block_rows(self):
-        with tempfile.TemporaryDirectory() as tmp:
-            fake = Path(tmp) / "densenetc"
-            fake.write_text(f"#!{sys.executable}\nprint({json.dumps(json.dumps(BENCH))})\n")
-            fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-            run = subprocess.run(
-                [sys.executable, str(SCRIPT), "--densenetc", str(fake), "--rounds", "1", "--peak-gflops", "400",
-                 "--by-block", "x.dnc"],
-                capture_output=True, text=True, timeout=60,
-            )
-            self.assertEqual(run.returncode, 0, run.stderr)
-            rows = {line.split("|")[1].strip(): line for line in run.stdout.splitlines() if line.startswith("| ")}
-            self.assertIn("| 1 | 1,000,000 | 0.01 | 200.0 | 50% |", rows["bottleneck conv 1x1, block 1"])
-            self.assertIn("| 1 | 3,000,000 | 0.02 | 300.0 | 75% |", rows["bottleneck conv 1x1, block 2"])
-            self.assertNotIn("bottleneck conv 1x1", rows)
+        out = self.run_on_stand_in("--rounds", "1", "--peak-gflops", "400", "--by-block")
+        rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+        self.assertIn("| 1 | 1,000,000 | 0.01 | 200.0 | 50% |", rows["bottleneck conv 1x1, block 1"])
+        self.assertIn("| 1 | 3,000,000 | 0.02 | 300.0 | 75% |", rows["bottleneck conv 1x1, block 2"])
+        self.assertNotIn("bottleneck conv 1x1", rows)
 
     def test_a_fixed_peak_and_a_measured_one_exclude_each_other(self):
         run = subprocess.run(
