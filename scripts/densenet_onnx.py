@@ -129,6 +129,11 @@ def config_from_json(path: Path) -> tuple[Config, int | None]:
     return resolve(d.get("arch"), o), d.get("batch")
 
 
+def imagenet_conv0_size(image_size: int) -> int:
+    """Output side of the ImageNet stem's conv0 (7x7, stride 2, padding 3)."""
+    return (image_size + 6 - 7) // 2 + 1
+
+
 def stages(cfg: Config) -> tuple[list[tuple[int, int]], int]:
     """``(channels_in, size)`` per dense block and the final channel count;
     raises ValueError as densenetc's ``validate`` does."""
@@ -145,7 +150,7 @@ def stages(cfg: Config) -> tuple[list[tuple[int, int]], int]:
         raise ValueError("bn_size must be >= 0 and image size >= 1")
     size = cfg.image_size
     if cfg.stem == "imagenet":
-        size = (size + 6 - 7) // 2 + 1  # conv0 7x7/2 pad 3
+        size = imagenet_conv0_size(size)
         size = (size + 2 - 3) // 2 + 1  # pool0 3x3/2 pad 1
     c = cfg.num_init_features
     out = []
@@ -170,7 +175,7 @@ def macs(cfg: Config) -> int:
     ``densenetc inspect`` counts them (``macs:``, torchvision conventions, before any pass)."""
     blocks, c_final = stages(cfg)
     if cfg.stem == "imagenet":
-        s = (cfg.image_size + 6 - 7) // 2 + 1
+        s = imagenet_conv0_size(cfg.image_size)
         total = s * s * cfg.num_init_features * cfg.in_channels * 49
     else:
         total = cfg.image_size ** 2 * cfg.num_init_features * cfg.in_channels * 9
