@@ -55,32 +55,54 @@ fn avx2_and_bf16_micro_kernels_do_not() {
     }
 }
 
-/// Every function of DenseNet-BC-100 at `batch`, from the IR before optimisation: its name,
-/// the `dnc_*` functions it calls, and whether it prefetches from its `next_input` parameter
-/// (a micro-kernel's tenth, `%9`).
-fn functions(cpu: &str, batch: usize) -> Vec<(String, Vec<String>, bool)> {
+/// A function of the IR before optimisation: its name, the `dnc_*` functions it calls, and
+/// whether it prefetches from its `next_input` parameter (a micro-kernel's tenth, `%9`) and
+/// from its `next` one (the ninth, `%8`).
+struct Function {
+    name: String,
+    calls: Vec<String>,
+    prefetches_input: bool,
+    prefetches_next: bool,
+}
+
+/// Every function of DenseNet-BC-100 at `batch`.
+fn ir_functions(cpu: &str, batch: usize) -> Vec<Function> {
     let ir = llvm_ir("densenet-bc-100", [32, batch], cpu, Precision::Fp32);
-    let mut out: Vec<(String, Vec<String>, bool)> = Vec::new();
+    let mut out: Vec<Function> = Vec::new();
     for line in ir.lines() {
         if let Some(name) = line
             .strip_prefix("define ")
             .and_then(|l| l.split('@').nth(1))
             .and_then(|l| l.split('(').next())
         {
-            out.push((name.to_owned(), Vec::new(), false));
-        } else if let Some((_, calls, prefetches_input)) = out.last_mut() {
+            out.push(Function {
+                name: name.to_owned(),
+                calls: Vec::new(),
+                prefetches_input: false,
+                prefetches_next: false,
+            });
+        } else if let Some(f) = out.last_mut() {
             if let Some(callee) = line
                 .split("call void @")
                 .nth(1)
                 .and_then(|l| l.split('(').next())
                 .filter(|c| c.starts_with("dnc_"))
             {
-                calls.push(callee.to_owned());
+                f.calls.push(callee.to_owned());
             }
-            *prefetches_input |= line.contains("getelementptr i8, ptr %9,");
+            f.prefetches_input |= line.contains("getelementptr i8, ptr %9,");
+            f.prefetches_next |= line.contains("getelementptr i8, ptr %8,");
         }
     }
     out
+}
+
+/// [`ir_functions`] as (name, calls, prefetches the next input rows).
+fn functions(cpu: &str, batch: usize) -> Vec<(String, Vec<String>, bool)> {
+    ir_functions(cpu, batch)
+        .into_iter()
+        .map(|f| (f.name, f.calls, f.prefetches_input))
+        .collect()
 }
 
 #[test]
@@ -95,13 +117,27 @@ fn avx512_bottleneck_micro_kernels_prefetch_the_next_tasks_input_rows() {
 }
 
 /// At batch 64 BC-100's dense blocks run image group by image group (`schedule.rs`), where
-/// the kernels prefetch none of the next kernel's weights but still the input rows.
+/// the kernels still prefetch the input rows of their next task and the weights of the kernel
+/// after them (`entry::runs_after`).
 #[test]
 fn batch_tiled_bottlenecks_prefetch_the_next_tasks_input_rows_too() {
     // Batch-tiled: the task functions read the image group they run from the context.
     let ir = llvm_ir("densenet-bc-100", [32, 64], "x86-64-v4", Precision::Fp32);
     assert!(ir.contains("%image0 = load i64"), "not batch-tiled");
     bottleneck_micro_kernels_prefetch_input_rows(64);
+}
+
+#[test]
+fn batch_tiled_micro_kernels_prefetch_the_next_kernels_weights() {
+    let fns = ir_functions("x86-64-v4", 64);
+    let uks: Vec<&Function> = fns
+        .iter()
+        .filter(|f| f.name.starts_with("dnc_uk"))
+        .collect();
+    assert!(!uks.is_empty(), "no micro-kernel");
+    for uk in uks {
+        assert!(uk.prefetches_next, "{} prefetches no weights", uk.name);
+    }
 }
 
 fn bottleneck_micro_kernels_prefetch_input_rows(batch: usize) {
