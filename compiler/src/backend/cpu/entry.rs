@@ -353,7 +353,8 @@ impl Prefetch {
 /// last kernel those of its first for the next group. DenseNet-121 b8 on a Xeon (AVX-512), 15
 /// interleaved rounds, without the walk in tiled segments -> with it: 109.4 -> 104.2 ms (the
 /// paired ratio's median 0.960, 14 rounds of 15 faster); DenseNet-BC-100 b64 113.0 -> 112.1 ms
-/// (0.983, 11 of 15).
+/// (0.983, 11 of 15). That was a window where the shared host slowed every kernel; in a quiet
+/// one (9 rounds) DenseNet-121 b8 was unchanged (76.9 ms, ratio 0.9999) and BC-100 b64 0.988.
 pub(crate) fn runs_after(segments: &[Segment], batch: usize, i: usize, n: usize) -> Option<usize> {
     let tiled_end = segments
         .iter()
