@@ -199,7 +199,9 @@ fn compile_errors_are_clear() {
             &["--precision", "bf16", "--cpu", "x86-64-v3", "-o", s(&out)],
         ]
         .concat(),
-        "--precision bf16 needs AVX512_BF16 (vdpbf16ps), which CPU `x86-64-v3` lacks",
+        "--precision bf16 needs AVX512_BF16 (vdpbf16ps), which CPU `x86-64-v3` lacks: compile for \
+         a CPU that has it (--cpu znver4, znver5, sapphirerapids, x86-64-v4, …) or use \
+         --precision fp32",
     );
     fails_with(
         &[

@@ -271,7 +271,8 @@ pub fn set_precision(info: &mut TargetInfo, precision: Precision) -> Result<(), 
         Precision::Bf16 => {}
         other => {
             return Err(BackendError::Target(format!(
-                "--precision {other} has no CPU kernels (the CPU computes fp32, or bf16 on CPUs                  with AVX512_BF16)"
+                "--precision {other} has no CPU kernels (the CPU computes fp32, or bf16 on CPUs \
+                 with AVX512_BF16)"
             )))
         }
     }
@@ -287,7 +288,9 @@ pub fn set_precision(info: &mut TargetInfo, precision: Precision) -> Result<(), 
             format!("this host (`{}`)", info.cpu)
         };
         return Err(BackendError::Target(format!(
-            "--precision bf16 needs AVX512_BF16 (vdpbf16ps), which {which} lacks: compile for              a CPU that has it (--cpu znver4, znver5, sapphirerapids, x86-64-v4, …) or use              --precision fp32"
+            "--precision bf16 needs AVX512_BF16 (vdpbf16ps), which {which} lacks: compile for \
+             a CPU that has it (--cpu znver4, znver5, sapphirerapids, x86-64-v4, …) or use \
+             --precision fp32"
         )));
     }
     if info.cpu == "x86-64-v4" {
