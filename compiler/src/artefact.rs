@@ -295,41 +295,36 @@ fn append_aligned(section: &mut Vec<u8>, bytes: &[u8]) -> ByteRange {
 }
 
 /// The features the runtime must find on the host before it runs `c`'s code: the host's
-/// feature string for `native`; for a named AVX-512 CPU (whose name alone the runtime does not
-/// know), the AVX-512 level's extensions, so that a multi-CPU artefact falls back to its AVX2
-/// variant on a CPU without them. `x86-64-vN` names carry their level themselves. bf16 code
-/// adds `avx512bf16`, and code on the AMX tiles `amx-tile` and `amx-bf16` (the only code that
-/// requires AMX features: a `native` string's are dropped elsewhere).
+/// feature string for `native`; for a named CPU model (whose name the runtime does not know),
+/// the extensions of the level LLVM compiled it for (`TargetInfo::level`), so that a multi-CPU
+/// artefact falls back to another variant on a CPU without them; `x86-64-vN` names carry
+/// their level themselves. Then what the code uses beyond that: `avx512bf16` for bf16 code,
+/// `amx-tile` and `amx-bf16` for code on the AMX tiles (the only code that requires AMX
+/// features: the check asks the OS for the tile state, which other code must not depend on).
 fn required_features(c: &crate::backend::cpu::CompiledCpu) -> String {
     let t = &c.target;
-    let mut features = if !t.features.is_empty() || t.cpu.starts_with("x86-64") {
-        // A host's string names its AMX too: required only by code on the tiles (the check
-        // asks the OS for the tile state, which code without tiles must not depend on).
-        t.features
-            .split(',')
-            .filter(|f| t.isa.amx || !f.starts_with("+amx"))
-            .collect::<Vec<_>>()
-            .join(",")
-    } else if t.isa.registers > 16 {
-        "+avx2,+fma,+avx512f,+avx512bw,+avx512cd,+avx512dq,+avx512vl".into()
-    } else {
-        String::new()
+    let mut features: Vec<String> = match t.level.and_then(runtime::level_extensions) {
+        Some(level) => level.iter().map(|f| format!("+{f}")).collect(),
+        None => Vec::new(),
     };
-    if t.isa.bf16 && !features.split(',').any(|f| f == "+avx512bf16") {
-        if !features.is_empty() {
-            features.push(',');
-        }
-        features.push_str("+avx512bf16");
-    }
-    for f in ["+amx-tile", "+amx-bf16"] {
-        if t.isa.amx && !features.split(',').any(|g| g == f) {
-            if !features.is_empty() {
-                features.push(',');
-            }
-            features.push_str(f);
+    for f in t.features.split(',').filter(|f| !f.is_empty()) {
+        if (t.isa.amx || !f.starts_with("+amx")) && !features.iter().any(|g| g == f) {
+            features.push(f.to_owned());
         }
     }
-    features
+    let mut extra = vec![];
+    if t.isa.bf16 {
+        extra.push("+avx512bf16");
+    }
+    if t.isa.amx {
+        extra.extend(["+amx-tile", "+amx-bf16"]);
+    }
+    for f in extra {
+        if !features.iter().any(|g| g == f) {
+            features.push(f.to_owned());
+        }
+    }
+    features.join(",")
 }
 
 /// The manifest's CUDA target: the launch table of `c`, its weights at

@@ -53,6 +53,26 @@ fn host_has(feature: &str) -> Option<bool> {
         "avx512bf16" => has!("avx512bf16"),
         "avx512fp16" => has!("avx512fp16"),
         "avxvnni" => has!("avxvnni"),
+        "avx512vbmi" => has!("avx512vbmi"),
+        "avx512vbmi2" => has!("avx512vbmi2"),
+        "avx512bitalg" => has!("avx512bitalg"),
+        "avx512vpopcntdq" => has!("avx512vpopcntdq"),
+        "avx512ifma" => has!("avx512ifma"),
+        "avx512vp2intersect" => has!("avx512vp2intersect"),
+        "gfni" => has!("gfni"),
+        "vaes" => has!("vaes"),
+        "vpclmulqdq" => has!("vpclmulqdq"),
+        "aes" => has!("aes"),
+        "pclmul" => has!("pclmulqdq"),
+        "sha" => has!("sha"),
+        "adx" => has!("adx"),
+        "rdrnd" => has!("rdrand"),
+        "rdseed" => has!("rdseed"),
+        "sse4a" => has!("sse4a"),
+        "xsave" => has!("xsave"),
+        "xsavec" => has!("xsavec"),
+        "xsaveopt" => has!("xsaveopt"),
+        "xsaves" => has!("xsaves"),
         "amx-tile" | "amx-bf16" => amx_usable(),
         _ => return None,
     })
@@ -127,6 +147,19 @@ fn host_has(_feature: &str) -> Option<bool> {
     None
 }
 
+/// The extensions of an x86-64 level (`x86-64-v4`) with those of the levels below it, as LLVM
+/// names them; `None` for another name. The compiler lists them for code of a named CPU model,
+/// which it compiles for that model's level.
+pub fn level_extensions(level: &str) -> Option<Vec<&'static str>> {
+    let top = LEVELS.iter().position(|(name, _)| *name == level)?;
+    Some(
+        LEVELS[..=top]
+            .iter()
+            .flat_map(|(_, f)| f.iter().copied())
+            .collect(),
+    )
+}
+
 /// The extensions the code requires, from the CPU name and the feature string.
 fn required(cpu: &str, features: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
@@ -182,6 +215,43 @@ mod tests {
         };
         assert_eq!(missing_with("x86-64-v4", "+mystery", has), ["avx512f"]);
         assert!(missing_with("x86-64-v3", "+mystery", has).is_empty());
+    }
+
+    #[test]
+    fn levels_list_their_extensions_and_those_below() {
+        let v4 = level_extensions("x86-64-v4").expect("a level");
+        for f in ["avx512vl", "avx512bw", "fma", "movbe", "sse4.2"] {
+            assert!(v4.contains(&f), "{f}");
+        }
+        assert!(!level_extensions("x86-64-v3")
+            .expect("a level")
+            .contains(&"avx512f"));
+        assert!(level_extensions("znver4").is_none());
+    }
+
+    /// The extensions beyond the levels that LLVM uses where a CPU has them (a `native`
+    /// artefact compiled on a Zen 4 has GFNI instructions) are checked, not passed as unknown.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn extensions_beyond_the_levels_are_detected() {
+        for f in [
+            "gfni",
+            "vaes",
+            "vpclmulqdq",
+            "avx512vbmi",
+            "avx512vbmi2",
+            "avx512bitalg",
+            "avx512vpopcntdq",
+            "avx512ifma",
+            "avx512vnni",
+            "avx512bf16",
+            "aes",
+            "pclmul",
+            "sha",
+            "adx",
+        ] {
+            assert!(host_has(f).is_some(), "{f} is not detected");
+        }
     }
 
     #[test]

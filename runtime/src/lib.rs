@@ -39,7 +39,7 @@ mod aligned;
 pub mod artefact;
 mod binding;
 mod cpu_features;
-pub use cpu_features::host_has_amx;
+pub use cpu_features::{host_has_amx, level_extensions};
 pub mod cuda;
 mod error;
 pub mod ffi;

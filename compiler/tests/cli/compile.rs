@@ -192,6 +192,14 @@ fn compile_errors_are_clear() {
             &format!("--precision {p} has no CPU kernels"),
         );
     }
+    // A named CPU below x86-64-v3 (32-bit ones included, which LLVM would abort on) is an
+    // error that names the levels to use instead.
+    for c in ["pentium4", "sandybridge"] {
+        fails_with(
+            &[&tf32[..], &["--cpu", c, "-o", s(&out)]].concat(),
+            &format!("CPU `{c}` lacks AVX2 and FMA (x86-64-v3)"),
+        );
+    }
     // bf16 needs AVX512_BF16: a CPU without it is an error naming it.
     fails_with(
         &[

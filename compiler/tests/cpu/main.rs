@@ -6,6 +6,7 @@
 //! `support` (load a compiled shared object, arenas, parallel-fors).
 
 mod bf16;
+mod isa_level;
 mod kernels;
 mod kernels_bench;
 mod kernels_graph;

@@ -3,6 +3,7 @@
 //! target's width (`VectorIsa`) with constant tail masks, FMA, ReLU), so each
 //! lowering reads like its loop nest.
 
+use super::target::TargetInfo;
 use crate::backend::BackendError;
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::basic_block::BasicBlock;
@@ -90,14 +91,9 @@ fn intrinsic<'ctx>(
 }
 
 impl<'ctx> Cg<'ctx> {
-    /// A fresh module whose functions all carry the target CPU and features.
-    pub fn new(
-        ctx: &'ctx Context,
-        name: &str,
-        cpu: &str,
-        features: &str,
-        isa: VectorIsa,
-    ) -> Result<Self> {
+    /// A fresh module whose functions all carry the target CPU (and tuning) and features.
+    pub fn new(ctx: &'ctx Context, name: &str, target: &TargetInfo) -> Result<Self> {
+        let isa = target.isa;
         let module = ctx.create_module(name);
         let f32 = ctx.f32_type();
         let vf = f32.vec_type(isa.lanes as u32);
@@ -107,9 +103,12 @@ impl<'ctx> Cg<'ctx> {
         let masked_store = intrinsic(&module, "llvm.masked.store", &[vf.into(), ptr.into()])?;
         let prefetch = intrinsic(&module, "llvm.prefetch", &[ptr.into()])?;
         let mut fn_attrs = vec![
-            ctx.create_string_attribute("target-cpu", cpu),
-            ctx.create_string_attribute("target-features", features),
+            ctx.create_string_attribute("target-cpu", target.llvm_cpu()),
+            ctx.create_string_attribute("target-features", &target.features),
         ];
+        if let Some(tune) = target.tune_cpu() {
+            fn_attrs.push(ctx.create_string_attribute("tune-cpu", tune));
+        }
         if isa.bits() > 256 {
             // LLVM splits 512-bit vectors into two 256-bit halves on CPUs tuned to prefer
             // 256-bit vectors (Intel's AVX-512 server cores) unless a function says it needs

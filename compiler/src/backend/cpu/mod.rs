@@ -302,13 +302,7 @@ fn compile_module(
 ) -> Result<ModuleOutput, BackendError> {
     let machine = target::machine(target, opts.opt_level)?;
     let context = Context::create();
-    let cg = Cg::new(
-        &context,
-        "densenetc_kernels",
-        &target.cpu,
-        &target.features,
-        target.isa,
-    )?;
+    let cg = Cg::new(&context, "densenetc_kernels", target)?;
     cg.module.set_triple(&machine.get_triple());
     cg.module
         .set_data_layout(&machine.get_target_data().get_data_layout());

@@ -190,17 +190,74 @@ const AMX_CPUS: &[&str] = &[
     "graniterapids_d",
 ];
 
+/// The named CPUs (beyond [`AVX512_CPUS`]) with the whole `x86-64-v3` level: AVX2, FMA, BMI1/2,
+/// F16C, LZCNT and MOVBE (LLVM's `X86.td`; `knl`/`knm` have it but not AVX-512 VL/BW).
+const V3_CPUS: &[&str] = &[
+    "alderlake",
+    "arrowlake",
+    "arrowlake-s",
+    "arrowlake_s",
+    "bdver4",
+    "broadwell",
+    "clearwaterforest",
+    "core-avx2",
+    "core_4th_gen_avx",
+    "core_4th_gen_avx_tsx",
+    "core_5th_gen_avx",
+    "core_5th_gen_avx_tsx",
+    "gracemont",
+    "grandridge",
+    "haswell",
+    "knl",
+    "knm",
+    "lunarlake",
+    "meteorlake",
+    "mic_avx512",
+    "pantherlake",
+    "raptorlake",
+    "sierraforest",
+    "skylake",
+    "znver1",
+    "znver2",
+    "znver3",
+];
+
+/// The names that are x86-64 levels themselves (`generic` is the baseline's): their code uses
+/// the level's extensions, which the runtime knows by the name.
+const LEVEL_NAMES: &[&str] = &["generic", "x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4"];
+
 /// A resolved code-generation target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetInfo {
     pub triple: String,
-    /// The LLVM CPU name (the host's for `native`).
+    /// The LLVM CPU name (the host's for `native`), as the artefact records it.
     pub cpu: String,
-    /// The LLVM feature string (the host's for `native`, else empty: the CPU
-    /// name implies its features).
+    /// The LLVM feature string: the host's for `native`; else the extensions beyond the CPU
+    /// (or level) name that the code uses, `+avx512bf16` and the AMX ones (empty for fp32).
     pub features: String,
     /// The vector ISA the kernels are written for: AVX-512 where the CPU has it.
     pub isa: VectorIsa,
+    /// Whether this is the host (`native`): `features` are the host's.
+    pub native: bool,
+    /// For a named CPU model (`znver4`, `skylake`): the x86-64 level whose extensions its code
+    /// uses (`x86-64-v4`, `x86-64-v3`). LLVM gets the level as its CPU and the model as its
+    /// tuning (`tune-cpu`: scheduling, not instructions), so the code needs exactly what the
+    /// artefact records and the runtime checks: a model's other extensions (GFNI, VBMI, …,
+    /// which LLVM otherwise uses where it sees fit) would make a multi-CPU artefact pick code
+    /// an older CPU of the same level cannot run. `None` for `native` and level names.
+    pub level: Option<&'static str>,
+}
+
+impl TargetInfo {
+    /// The CPU LLVM compiles for: the level of a named CPU model, else `cpu`.
+    pub fn llvm_cpu(&self) -> &str {
+        self.level.unwrap_or(&self.cpu)
+    }
+
+    /// The CPU LLVM tunes for when it is not [`TargetInfo::llvm_cpu`]: a named model's.
+    pub fn tune_cpu(&self) -> Option<&str> {
+        self.level.map(|_| self.cpu.as_str())
+    }
 }
 
 /// Whether an LLVM feature string enables `feature` (`+avx512f`).
@@ -249,16 +306,33 @@ pub fn resolve(cpu: &str) -> Result<TargetInfo, BackendError> {
             cpu: name,
             features,
             isa,
+            native: true,
+            level: None,
         });
     }
     if !X86_CPUS.contains(&cpu) {
         return Err(BackendError::UnknownCpu(cpu.to_string()));
     }
+    let level = if LEVEL_NAMES.contains(&cpu) {
+        None
+    } else if AVX512_CPUS.contains(&cpu) {
+        Some("x86-64-v4")
+    } else if V3_CPUS.contains(&cpu) {
+        Some("x86-64-v3")
+    } else {
+        return Err(BackendError::Target(format!(
+            "CPU `{cpu}` lacks AVX2 and FMA (x86-64-v3), which the CPU kernels of a named CPU \
+             are written for: compile for the level it has (--cpu x86-64-v2 or x86-64) or for \
+             native on it"
+        )));
+    };
     Ok(TargetInfo {
         triple,
         cpu: cpu.to_string(),
         features: String::new(),
         isa: isa_of(cpu, ""),
+        native: false,
+        level,
     })
 }
 
@@ -276,16 +350,16 @@ pub fn set_precision(info: &mut TargetInfo, precision: Precision) -> Result<(), 
             )))
         }
     }
-    let has = if info.features.is_empty() {
-        BF16_CPUS.contains(&info.cpu.as_str()) || info.cpu == "x86-64-v4"
-    } else {
+    let has = if info.native {
         has_feature(&info.features, "avx512bf16")
+    } else {
+        BF16_CPUS.contains(&info.cpu.as_str()) || info.cpu == "x86-64-v4"
     };
     if !has {
-        let which = if info.features.is_empty() {
-            format!("CPU `{}`", info.cpu)
-        } else {
+        let which = if info.native {
             format!("this host (`{}`)", info.cpu)
+        } else {
+            format!("CPU `{}`", info.cpu)
         };
         return Err(BackendError::Target(format!(
             "--precision bf16 needs AVX512_BF16 (vdpbf16ps), which {which} lacks: compile for \
@@ -293,12 +367,18 @@ pub fn set_precision(info: &mut TargetInfo, precision: Precision) -> Result<(), 
              --precision fp32"
         )));
     }
-    if info.cpu == "x86-64-v4" {
-        // The level does not include AVX512_BF16: LLVM must be told (the other named CPUs
-        // imply it; the artefact records it for the runtime's check either way).
-        info.features = "+avx512bf16".into();
+    let amx = has_amx(info) && std::env::var("DNC_AMX").as_deref() != Ok("0");
+    if !info.native {
+        // LLVM compiles a named CPU for its level (`TargetInfo::level`), which does not
+        // include these: it must be told, and the artefact records them for the runtime.
+        info.features = if amx {
+            "+avx512bf16,+amx-tile,+amx-bf16"
+        } else {
+            "+avx512bf16"
+        }
+        .into();
     }
-    info.isa = if has_amx(info) && std::env::var("DNC_AMX").as_deref() != Ok("0") {
+    info.isa = if amx {
         info.isa.with_amx()
     } else {
         info.isa.with_bf16()
@@ -309,10 +389,10 @@ pub fn set_precision(info: &mut TargetInfo, precision: Precision) -> Result<(), 
 /// Whether the target has the AMX tile unit with bf16 (AMX-TILE and AMX-BF16): the host's
 /// features for `native`, else the named CPU's.
 fn has_amx(info: &TargetInfo) -> bool {
-    if info.features.is_empty() || info.features == "+avx512bf16" {
-        AMX_CPUS.contains(&info.cpu.as_str())
-    } else {
+    if info.native {
         has_feature(&info.features, "amx-tile") && has_feature(&info.features, "amx-bf16")
+    } else {
+        AMX_CPUS.contains(&info.cpu.as_str())
     }
 }
 
@@ -334,7 +414,7 @@ pub fn machine(info: &TargetInfo, opt_level: u8) -> Result<TargetMachine, Backen
     target
         .create_target_machine(
             &triple,
-            &info.cpu,
+            info.llvm_cpu(),
             &info.features,
             level,
             RelocMode::PIC,
