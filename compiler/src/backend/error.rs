@@ -18,8 +18,9 @@ pub enum BackendError {
     /// The requested target CPU is not one LLVM knows.
     #[error("unknown CPU `{0}` (use `native` or an LLVM x86 CPU name such as `x86-64-v3`, `znver3`, `skylake`)")]
     UnknownCpu(String),
-    /// LLVM could not be initialised for the target or rejected it.
-    #[error("LLVM target setup failed: {0}")]
+    /// The target cannot be compiled for: a CPU or precision the kernels do not support, or
+    /// one LLVM could not be initialised for or rejected.
+    #[error("unsupported target: {0}")]
     Target(String),
     /// Building or verifying the LLVM module failed: a bug in the lowering.
     #[error("LLVM code generation failed: {0}")]
