@@ -213,14 +213,39 @@ def git_commit() -> str:
         return "unknown"
 
 
+def amd_core(family: int, model: int) -> str | None:
+    """The AMD core generation of a CPUID family and model, where the family alone (or with
+    the model's documented ranges) tells: under a hypervisor the model name is often just
+    "AMD EPYC", which says nothing of Zen 3 (AVX2) against Zen 4 (AVX-512)."""
+    if family == 0x17:
+        return "Zen 2" if model >= 0x30 else "Zen / Zen+"
+    if family == 0x19:
+        # Zen 3: Milan 0x00-0x0f, Vermeer/Cezanne/Rembrandt 0x20-0x5f; Zen 4: Genoa 0x10-0x1f,
+        # Raphael/Phoenix/Bergamo 0x60-0xaf.
+        return "Zen 4" if 0x10 <= model <= 0x1f or 0x60 <= model <= 0xaf else "Zen 3"
+    if family == 0x1a:
+        return "Zen 5"
+    return None
+
+
 def cpu_name() -> str:
+    """The model name, with the CPUID family and model (and, for AMD, the core generation)."""
+    fields: dict[str, str] = {}
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    name = fields.get("model name") or platform.processor() or "unknown"
+    try:
+        family, model = int(fields["cpu family"]), int(fields["model"])
+    except (KeyError, ValueError):
+        return name
+    core = amd_core(family, model) if fields.get("vendor_id") == "AuthenticAMD" else None
+    return f"{name} (family {family} model {model}{', ' + core if core else ''})"
 
 
 def cpu_flags() -> set[str]:

@@ -47,6 +47,14 @@ def weights_digest(w: dict) -> str:
 
 
 class Tests(unittest.TestCase):
+    def test_cpu_name_names_the_amd_core(self):
+        self.assertEqual(peers.amd_core(25, 1), "Zen 3")
+        self.assertEqual(peers.amd_core(25, 17), "Zen 4")
+        self.assertEqual(peers.amd_core(25, 0x61), "Zen 4")
+        self.assertEqual(peers.amd_core(26, 2), "Zen 5")
+        self.assertIsNone(peers.amd_core(6, 143))
+        self.assertIn("family", peers.cpu_name())
+
     def test_golden_fixtures(self):
         dirs = sorted(p.parent for p in (REPO / "tests/fixtures/golden").glob("*/config.json"))
         self.assertGreaterEqual(len(dirs), 4)
