@@ -508,6 +508,21 @@ mod tests {
             .collect()
     }
 
+    /// The CPUs this process may use where there are 2 or more; else `None`, said on stderr
+    /// (the test skips).
+    #[cfg(target_os = "linux")]
+    fn two_cpus_or_more() -> Option<Vec<usize>> {
+        let cpus = allowed_cpus();
+        if cpus.len() < 2 {
+            eprintln!(
+                "skipped: this process may use {} CPU(s), the test needs 2",
+                cpus.len()
+            );
+            return None;
+        }
+        Some(cpus)
+    }
+
     /// This thread pinned to `cpu` (and running there once this returns).
     #[cfg(target_os = "linux")]
     fn pin(cpu: usize) {
@@ -521,14 +536,9 @@ mod tests {
     #[test]
     #[cfg(target_os = "linux")]
     fn a_thread_moves_off_a_cpu_and_keeps_its_affinity() {
-        let cpus = allowed_cpus();
-        if cpus.len() < 2 {
-            eprintln!(
-                "skipped: this process may use {} CPU(s), the test needs 2",
-                cpus.len()
-            );
+        let Some(cpus) = two_cpus_or_more() else {
             return;
-        }
+        };
         std::thread::spawn(move || {
             let own = apart::affinity().expect("affinity");
             pin(cpus[0]);
@@ -590,14 +600,9 @@ mod tests {
     #[test]
     #[cfg(target_os = "linux")]
     fn workers_run_off_the_callers_cpu() {
-        let cpus = allowed_cpus();
-        if cpus.len() < 2 {
-            eprintln!(
-                "skipped: this process may use {} CPU(s), the test needs 2",
-                cpus.len()
-            );
+        let Some(cpus) = two_cpus_or_more() else {
             return;
-        }
+        };
         std::thread::spawn(move || {
             let own = apart::affinity().expect("affinity");
             let mut pool = ThreadPool::new(2).expect("pool");
